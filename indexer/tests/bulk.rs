@@ -1,0 +1,323 @@
+//! The bulk indexer against real regtest nodes: every answer the index gives equals the node's.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::Result;
+use bitcoin::hashes::{sha256, Hash, HashEngine};
+use serde_json::json;
+
+use blkindex_shared::blkfile::{list_files, BlockFiles, FileKind};
+use blkindex_shared::query::Index;
+use blkindex_shared::schema::cf;
+use blkindex_shared::store::{Mode, Store};
+use blkindex_testkit::chain::{build_rich_chain, copy_blocks_reversed, ChainBuilder};
+use blkindex_testkit::expect::{expected, Expected};
+use blkindex_testkit::{Node, NodeOptions};
+
+fn indexer(node: &Node, db: &Path, extra: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
+        .args(["--network", "regtest", "--no-follow", "--progress", "log"])
+        .arg("--datadir")
+        .arg(&node.datadir)
+        .arg("--db")
+        .arg(db)
+        .args(["--daemon-rpc-addr", &node.rpc_addr()])
+        .args(extra)
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn index_ok(node: &Node, db: &Path, extra: &[&str]) {
+    let out = indexer(node, db, extra);
+    assert!(
+        out.status.success(),
+        "indexer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn open(node: &Node, db: &Path) -> Index {
+    let secondary = db.with_extension("secondary");
+    let store = Store::open(db, Mode::Secondary(secondary)).unwrap();
+    Index::new(store, BlockFiles::open(&node.blocks_dir()).unwrap()).unwrap()
+}
+
+/// Compares every script's history, unspent outputs and balance, every transaction by txid, and
+/// every spender with what the node says.
+fn check(node: &Node, index: &Index, want: &Expected) -> Result<()> {
+    let tip = node.height()? as u32;
+    assert_eq!(index.chain.tip().unwrap(), (tip, node.best_hash()?));
+    for (sh, history) in &want.history {
+        let state = index.script_state(sh)?;
+        let got: Vec<_> = state.history.iter().map(|h| (h.txid, h.height)).collect();
+        assert_eq!(&got, history, "history of {sh}");
+        let mut utxos: Vec<_> = state
+            .utxos
+            .iter()
+            .map(|u| (u.outpoint, (u.value, u.height)))
+            .collect();
+        utxos.sort();
+        let want_utxos: Vec<_> = want
+            .utxos
+            .get(sh)
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        assert_eq!(utxos, want_utxos, "unspent outputs of {sh}");
+        for (op, (value, _)) in &want_utxos {
+            // The node's own UTXO set agrees (confirmed only).
+            let txout = node.call("gettxout", json!([op.txid.to_string(), op.vout, false]))?;
+            assert_eq!(
+                (txout["value"].as_f64().unwrap() * 1e8).round() as u64,
+                *value,
+                "gettxout {op}"
+            );
+        }
+    }
+    for (txid, height, block, pos) in &want.txs {
+        let found = index.txs_by_txid(txid)?;
+        assert_eq!(found.len(), 1, "tx {txid}");
+        assert_eq!(
+            (found[0].height, found[0].pos),
+            (*height, *pos),
+            "tx {txid}"
+        );
+        let raw = node.call(
+            "getrawtransaction",
+            json!([txid.to_string(), false, block.to_string()]),
+        )?;
+        assert_eq!(
+            hex::encode(&found[0].raw),
+            raw.as_str().unwrap(),
+            "bytes of {txid}"
+        );
+    }
+    eprintln!(
+        "checked {} scripts, {} transactions, {} unspent outputs against the node",
+        want.history.len(),
+        want.txs.len(),
+        want.utxos.values().map(|u| u.len()).sum::<usize>()
+    );
+    for (op, (txid, height)) in want.spenders.iter().take(200) {
+        let s = index.spender(op)?.expect("spender");
+        assert_eq!((s.txid, s.height), (*txid, *height), "spender of {op}");
+    }
+    Ok(())
+}
+
+/// A digest of every row but `meta`, to compare two indexes.
+fn digest(db: &Path) -> [u8; 32] {
+    let secondary = db.with_extension("digest");
+    let store = Store::open(db, Mode::Secondary(secondary)).unwrap();
+    let mut e = sha256::Hash::engine();
+    for name in [cf::HEADERS, cf::TXPOS, cf::TXID, cf::SCRIPT, cf::RAWBLOCK] {
+        e.input(name.as_bytes());
+        for item in store
+            .db()
+            .iterator_cf(store.cf(name), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.unwrap();
+            e.input(&(k.len() as u32).to_le_bytes());
+            e.input(&k);
+            e.input(&(v.len() as u32).to_le_bytes());
+            e.input(&v);
+        }
+    }
+    sha256::Hash::from_engine(e).to_byte_array()
+}
+
+#[test]
+fn rich_chain_with_xor_matches_the_node() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let key = std::fs::read(node.blocks_dir().join("xor.dat"))?;
+    assert_ne!(key, vec![0u8; 8], "the node should obfuscate its files");
+    let want = expected(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    index_ok(&node, &db, &[]);
+    let index = open(&node, &db);
+    check(&node, &index, &want)?;
+    // The reorg left stale blocks in the files; their transactions are not indexed.
+    let stale = node.call("getchaintips", json!([]))?;
+    let stale_tip = stale
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["status"] != "active")
+        .expect("a stale branch");
+    let stale_block = node.call("getblock", json!([stale_tip["hash"], 1]))?;
+    for txid in stale_block["tx"].as_array().unwrap() {
+        let txid: bitcoin::Txid = txid.as_str().unwrap().parse()?;
+        if !want.txs.iter().any(|t| t.0 == txid) {
+            assert!(
+                index.txs_by_txid(&txid)?.is_empty(),
+                "stale tx {txid} is indexed"
+            );
+        }
+    }
+    // Re-running on an up-to-date index changes nothing.
+    let before = digest(&db);
+    index_ok(&node, &db, &[]);
+    assert_eq!(digest(&db), before);
+    Ok(())
+}
+
+#[test]
+fn many_blk_files_without_xor_match_the_node() -> Result<()> {
+    let node = Node::start(NodeOptions {
+        fastprune: true,
+        no_xor: true,
+        ..Default::default()
+    })?;
+    build_rich_chain(&node)?;
+    // Enough blocks to fill several 64 KiB files, and traffic spread across them.
+    let b = ChainBuilder::new(&node)?;
+    b.mine(400)?;
+    b.wallet_traffic(6)?;
+    b.mine(400)?;
+    b.wallet_traffic(6)?;
+    assert!(
+        !node.blocks_dir().join("xor.dat").exists()
+            || std::fs::read(node.blocks_dir().join("xor.dat"))? == vec![0u8; 8]
+    );
+    let files = list_files(&node.blocks_dir(), FileKind::Blk)?;
+    assert!(
+        files.len() >= 5,
+        "expected many blk files, found {}",
+        files.len()
+    );
+    let want = expected(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    // A small memory budget makes many batches.
+    index_ok(&node, &db, &["--mem-budget-mb", "1"]);
+    check(&node, &open(&node, &db), &want)?;
+    Ok(())
+}
+
+#[test]
+fn blocks_stored_out_of_height_order() -> Result<()> {
+    let a = Node::start(NodeOptions::default())?;
+    let b = ChainBuilder::new(&a)?;
+    b.mine(105)?;
+    b.wallet_traffic(3)?;
+    let c = Node::start(NodeOptions::default())?;
+    copy_blocks_reversed(&a, &c, 1)?;
+    // c's first blk file holds the tip before the blocks below it.
+    let files = BlockFiles::open(&c.blocks_dir())?;
+    let bytes = files.file_bytes(FileKind::Blk, 0)?;
+    let (recs, _) = blkindex_shared::blkfile::scan_records(
+        bytes.bytes(),
+        &files.xor_key(),
+        [0xfa, 0xbf, 0xb5, 0xda],
+        FileKind::Blk,
+    );
+    let header_at = |i: usize| {
+        let h = files.read(FileKind::Blk, 0, recs[i].offset, 80).unwrap();
+        bitcoin::consensus::deserialize::<bitcoin::block::Header>(&h)
+            .unwrap()
+            .block_hash()
+    };
+    assert_eq!(
+        header_at(1),
+        c.best_hash()?,
+        "the tip should be stored right after genesis"
+    );
+    let want = expected(&c)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    index_ok(&c, &db, &[]);
+    check(&c, &open(&c, &db), &want)?;
+    Ok(())
+}
+
+#[test]
+fn offline_index_of_a_stopped_node() -> Result<()> {
+    let mut node = Node::start(NodeOptions {
+        fastprune: true,
+        ..Default::default()
+    })?;
+    let b = ChainBuilder::new(&node)?;
+    b.mine(110)?;
+    b.wallet_traffic(3)?;
+    let made = b.special_outputs()?;
+    b.spend_specials(&made)?;
+    let want = expected(&node)?;
+    node.stop()?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    index_ok(&node, &db, &["--offline"]);
+    node.restart()?;
+    check(&node, &open(&node, &db), &want)?;
+    Ok(())
+}
+
+#[test]
+fn sibling_undo_records_are_told_apart_by_the_node() -> Result<()> {
+    // The reorg's new branch starts with a block shaped exactly like the stale one it replaced
+    // (same parent, one transaction spending the same coin), so two rev records fit it. Offline
+    // that must be a clear error, not a guess; with the node it is resolved exactly.
+    let mut node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let want = expected(&node)?;
+    node.stop()?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let out = indexer(&node, &db, &["--offline"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("several undo records fit"), "{stderr}");
+    node.restart()?;
+    index_ok(&node, &db, &[]);
+    check(&node, &open(&node, &db), &want)?;
+    Ok(())
+}
+
+#[test]
+fn wrong_network_and_foreign_db_are_refused() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    ChainBuilder::new(&node)?.mine(5)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    index_ok(&node, &db, &[]);
+    // The same regtest data dir read as signet: the signet folder does not exist.
+    let out = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
+        .args([
+            "--network",
+            "signet",
+            "--no-follow",
+            "--offline",
+            "--blocksdir",
+        ])
+        .arg(node.blocks_dir())
+        .arg("--datadir")
+        .arg(&node.datadir)
+        .arg("--db")
+        .arg(dir.path().join("other"))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("holds regtest blocks, not signet"), "{err}");
+    // A regtest DB opened for testnet4.
+    let out = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
+        .args([
+            "--network",
+            "testnet4",
+            "--no-follow",
+            "--offline",
+            "--blocksdir",
+        ])
+        .arg(node.blocks_dir())
+        .arg("--datadir")
+        .arg(&node.datadir)
+        .arg("--db")
+        .arg(&db)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("built for regtest, not testnet4"), "{err}");
+    Ok(())
+}

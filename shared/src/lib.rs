@@ -1,0 +1,22 @@
+//! What the indexer and the server share: the network's constants, bitcoind's block files and how to
+//! read them, the index schema and its RocksDB store, the queries the index answers, configuration
+//! and the node's RPC client.
+//!
+//! Data flow: `blkfile` (framing, xor) → `parse` (zero-copy blocks) + `undo` (rev records) →
+//! `schema` (rows and keys) → `store` (RocksDB) → `query` (answers).
+
+pub mod blkfile;
+pub mod chain;
+pub mod config;
+pub mod hashes;
+pub mod network;
+pub mod parse;
+pub mod query;
+pub mod rpc;
+pub mod schema;
+pub mod store;
+pub mod undo;
+pub mod varint;
+
+pub use hashes::ScriptHash;
+pub use network::Net;

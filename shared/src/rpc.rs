@@ -1,0 +1,148 @@
+//! A small JSON-RPC client for bitcoind (cookie or user/password auth).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+#[derive(Clone, Debug)]
+pub enum Auth {
+    /// Re-read at every call: bitcoind writes a new cookie each time it starts.
+    Cookie(PathBuf),
+    UserPass(String, String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot reach bitcoind at {addr}: {msg}")]
+    Unreachable { addr: String, msg: String },
+    #[error("bitcoind RPC auth failed at {addr}: {msg}")]
+    Auth { addr: String, msg: String },
+    #[error("bitcoind RPC error {code}: {message}")]
+    Rpc { code: i64, message: String },
+    #[error("unexpected reply from bitcoind: {0}")]
+    Protocol(String),
+}
+
+impl RpcError {
+    /// Worth retrying later (node down, starting, or warming up).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RpcError::Unreachable { .. })
+            || matches!(self, RpcError::Rpc { code: -28, .. })
+    }
+}
+
+pub struct Rpc {
+    agent: ureq::Agent,
+    addr: String,
+    auth: Auth,
+}
+
+impl Rpc {
+    pub fn new(addr: &str, auth: Auth) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Rpc {
+            agent,
+            addr: addr.to_string(),
+            auth,
+        }
+    }
+
+    /// `host:port`, or `host:port/wallet/<name>` for a wallet's endpoint.
+    fn url(&self) -> String {
+        match self.addr.contains('/') {
+            true => format!("http://{}", self.addr),
+            false => format!("http://{}/", self.addr),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn auth_header(&self) -> Result<String, RpcError> {
+        let userpass = match &self.auth {
+            Auth::Cookie(path) => std::fs::read_to_string(path)
+                .map_err(|e| RpcError::Auth {
+                    addr: self.addr.clone(),
+                    msg: format!("cannot read cookie {}: {e}", path.display()),
+                })?
+                .trim()
+                .to_string(),
+            Auth::UserPass(u, p) => format!("{u}:{p}"),
+        };
+        Ok(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(userpass)
+        ))
+    }
+
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let body = json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params});
+        let unreachable = |msg: String| RpcError::Unreachable {
+            addr: self.addr.clone(),
+            msg,
+        };
+        let mut resp = self
+            .agent
+            .post(&self.url())
+            .header("Authorization", &self.auth_header()?)
+            .send_json(&body)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if status == 401 || status == 403 {
+            return Err(RpcError::Auth {
+                addr: self.addr.clone(),
+                msg: format!("HTTP {status}"),
+            });
+        }
+        let reply: Value = resp
+            .body_mut()
+            .with_config()
+            .limit(512 << 20)
+            .read_json()
+            .map_err(|e| RpcError::Protocol(format!("{method}: HTTP {status}: {e}")))?;
+        if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
+            return Err(RpcError::Rpc {
+                code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+                message: err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            });
+        }
+        reply
+            .get("result")
+            .cloned()
+            .ok_or_else(|| RpcError::Protocol(format!("{method}: no result")))
+    }
+
+    pub fn best_block_hash(&self) -> Result<bitcoin::BlockHash, RpcError> {
+        let v = self.call("getbestblockhash", json!([]))?;
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| RpcError::Protocol(format!("getbestblockhash: {v}")))
+    }
+
+    /// The raw bytes of a block.
+    pub fn block_bytes(&self, hash: &bitcoin::BlockHash) -> Result<Vec<u8>, RpcError> {
+        let v = self.call("getblock", json!([hash.to_string(), 0]))?;
+        v.as_str()
+            .and_then(|s| hex::decode(s).ok())
+            .ok_or_else(|| RpcError::Protocol("getblock 0: not hex".into()))
+    }
+
+    pub fn header(&self, hash: &bitcoin::BlockHash) -> Result<bitcoin::block::Header, RpcError> {
+        let v = self.call("getblockheader", json!([hash.to_string(), false]))?;
+        v.as_str()
+            .and_then(|s| hex::decode(s).ok())
+            .and_then(|b| bitcoin::consensus::deserialize(&b).ok())
+            .ok_or_else(|| RpcError::Protocol("getblockheader: bad header".into()))
+    }
+}

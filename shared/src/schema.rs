@@ -1,0 +1,312 @@
+//! The index's on-disk format: column families, keys and values. ARCHITECTURE.md draws the same
+//! layouts; change both together and bump [`FORMAT_VERSION`].
+//!
+//! Every integer is big-endian so that key order is numeric order. A transaction is named by its
+//! `TxNum`, its position in the best chain counting from the genesis coinbase (0); `script` and
+//! `txid` rows are key-only and carry an 8-byte hash prefix, so a lookup is a prefix scan whose
+//! candidates are then checked against the transactions themselves (read from the blk files).
+
+use bitcoin::block::Header;
+use bitcoin::consensus::{deserialize, serialize};
+use bitcoin::hashes::Hash;
+use bitcoin::{BlockHash, Txid};
+
+use crate::hashes::ScriptHash;
+use crate::varint::{get_leb128, put_leb128, DecodeError, Reader};
+
+/// Checked at every open; a mismatch asks for a rebuild instead of misreading rows.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub type TxNum = u32;
+pub type Height = u32;
+
+/// Column families.
+pub mod cf {
+    /// Small named values: format, network, genesis, tip, pending bulk batch, compaction state.
+    pub const META: &str = "meta";
+    /// height → [`super::HeaderRow`].
+    pub const HEADERS: &str = "headers";
+    /// height → the sizes of the block's transactions ([`super::TxPos`]).
+    pub const TXPOS: &str = "txpos";
+    /// txid[..8] ‖ txnum → ∅.
+    pub const TXID: &str = "txid";
+    /// scripthash[..8] ‖ txnum → ∅, for every output a tx creates and every output it spends.
+    pub const SCRIPT: &str = "script";
+    /// block hash → raw block, for best-chain blocks that were not in the blk files when indexed.
+    pub const RAWBLOCK: &str = "rawblock";
+
+    pub const ALL: [&str; 6] = [META, HEADERS, TXPOS, TXID, SCRIPT, RAWBLOCK];
+}
+
+/// Keys of the `meta` column family.
+pub mod meta {
+    pub const FORMAT: &[u8] = b"format";
+    pub const NETWORK: &[u8] = b"network";
+    pub const GENESIS: &[u8] = b"genesis";
+    /// height ‖ block hash of the last block whose rows are all in the index.
+    pub const TIP: &[u8] = b"tip";
+    /// first height ‖ last height ‖ last block hash of a bulk batch being ingested.
+    pub const PENDING: &[u8] = b"pending";
+    /// Present once the full compaction after the bulk load finished.
+    pub const COMPACTED: &[u8] = b"compacted";
+}
+
+pub const PREFIX_LEN: usize = 8;
+pub const KEY_LEN: usize = PREFIX_LEN + 4;
+
+/// A key-only row of the `script` or `txid` family.
+pub type RowKey = [u8; KEY_LEN];
+
+pub fn row_key(prefix: [u8; PREFIX_LEN], txnum: TxNum) -> RowKey {
+    let mut k = [0u8; KEY_LEN];
+    k[..PREFIX_LEN].copy_from_slice(&prefix);
+    k[PREFIX_LEN..].copy_from_slice(&txnum.to_be_bytes());
+    k
+}
+
+pub fn script_key(sh: &ScriptHash, txnum: TxNum) -> RowKey {
+    row_key(sh.prefix(), txnum)
+}
+
+pub fn txid_prefix(txid: &Txid) -> [u8; PREFIX_LEN] {
+    txid.as_byte_array()[..PREFIX_LEN].try_into().unwrap()
+}
+
+pub fn txid_key(txid: &Txid, txnum: TxNum) -> RowKey {
+    row_key(txid_prefix(txid), txnum)
+}
+
+pub fn key_txnum(key: &[u8]) -> TxNum {
+    TxNum::from_be_bytes(key[PREFIX_LEN..KEY_LEN].try_into().unwrap())
+}
+
+pub fn height_key(h: Height) -> [u8; 4] {
+    h.to_be_bytes()
+}
+
+/// Where a block's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockLoc {
+    /// In `blkNNNNN.dat` at the payload offset, `len` bytes.
+    File { file: u32, offset: u32, len: u32 },
+    /// In the `rawblock` column family under the block's hash.
+    Db { len: u32 },
+}
+
+impl BlockLoc {
+    pub fn len(&self) -> u32 {
+        match *self {
+            BlockLoc::File { len, .. } | BlockLoc::Db { len } => len,
+        }
+    }
+}
+
+const IN_DB: u32 = u32::MAX;
+
+/// Value of a `headers` row: `header (80) ‖ first txnum (4) ‖ tx count (4) ‖ file (4) ‖
+/// offset (4) ‖ length (4)`; file = 0xffffffff means the block is in `rawblock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderRow {
+    pub header: Header,
+    pub first_txnum: TxNum,
+    pub tx_count: u32,
+    pub loc: BlockLoc,
+}
+
+pub const HEADER_ROW_LEN: usize = 80 + 4 * 5;
+
+impl HeaderRow {
+    pub fn encode(&self) -> [u8; HEADER_ROW_LEN] {
+        let mut v = [0u8; HEADER_ROW_LEN];
+        v[..80].copy_from_slice(&serialize(&self.header));
+        let (file, offset, len) = match self.loc {
+            BlockLoc::File { file, offset, len } => (file, offset, len),
+            BlockLoc::Db { len } => (IN_DB, 0, len),
+        };
+        for (i, n) in [self.first_txnum, self.tx_count, file, offset, len]
+            .into_iter()
+            .enumerate()
+        {
+            v[80 + 4 * i..84 + 4 * i].copy_from_slice(&n.to_be_bytes());
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
+        if v.len() != HEADER_ROW_LEN {
+            return Err(DecodeError::Invalid {
+                what: "header row of the wrong length",
+                at: 0,
+            });
+        }
+        let header: Header = deserialize(&v[..80]).map_err(|_| DecodeError::Invalid {
+            what: "bad header",
+            at: 0,
+        })?;
+        let n = |i: usize| u32::from_be_bytes(v[80 + 4 * i..84 + 4 * i].try_into().unwrap());
+        let loc = match n(2) {
+            IN_DB => BlockLoc::Db { len: n(4) },
+            file => BlockLoc::File {
+                file,
+                offset: n(3),
+                len: n(4),
+            },
+        };
+        Ok(HeaderRow {
+            header,
+            first_txnum: n(0),
+            tx_count: n(1),
+            loc,
+        })
+    }
+
+    pub fn hash(&self) -> BlockHash {
+        self.header.block_hash()
+    }
+
+    /// Does this block hold `txnum`?
+    pub fn contains(&self, txnum: TxNum) -> bool {
+        txnum >= self.first_txnum && txnum - self.first_txnum < self.tx_count
+    }
+}
+
+/// Value of a `txpos` row: the offset of the first transaction in the block, then each
+/// transaction's size, all as LEB128. Locating transaction i sums i sizes.
+pub struct TxPos;
+
+impl TxPos {
+    pub fn encode(first_offset: u32, sizes: impl IntoIterator<Item = u32>) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_leb128(&mut v, first_offset as u64);
+        for s in sizes {
+            put_leb128(&mut v, s as u64);
+        }
+        v
+    }
+
+    /// (offset within the block, size) of transaction `index`.
+    pub fn locate(v: &[u8], index: u32) -> Result<(u32, u32), DecodeError> {
+        let mut r = Reader::new(v);
+        let mut offset = get_leb128(&mut r)?;
+        for _ in 0..index {
+            offset += get_leb128(&mut r)?;
+        }
+        let size = get_leb128(&mut r)?;
+        let ok = |n: u64| u32::try_from(n).map_err(|_| DecodeError::BadInt(0));
+        Ok((ok(offset)?, ok(size)?))
+    }
+}
+
+/// `meta` tip value.
+pub fn encode_tip(height: Height, hash: &BlockHash) -> Vec<u8> {
+    let mut v = height.to_be_bytes().to_vec();
+    v.extend_from_slice(hash.as_byte_array());
+    v
+}
+
+pub fn decode_tip(v: &[u8]) -> Result<(Height, BlockHash), DecodeError> {
+    if v.len() != 36 {
+        return Err(DecodeError::Invalid {
+            what: "tip of the wrong length",
+            at: 0,
+        });
+    }
+    let h = u32::from_be_bytes(v[..4].try_into().unwrap());
+    Ok((h, BlockHash::from_byte_array(v[4..].try_into().unwrap())))
+}
+
+/// `meta` pending value: a bulk batch that may be partly ingested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub first: Height,
+    pub last: Height,
+    pub last_hash: BlockHash,
+}
+
+impl Pending {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.first.to_be_bytes().to_vec();
+        v.extend_from_slice(&encode_tip(self.last, &self.last_hash));
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
+        if v.len() != 40 {
+            return Err(DecodeError::Invalid {
+                what: "pending of the wrong length",
+                at: 0,
+            });
+        }
+        let (last, last_hash) = decode_tip(&v[4..])?;
+        Ok(Pending {
+            first: u32::from_be_bytes(v[..4].try_into().unwrap()),
+            last,
+            last_hash,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_prefix_then_txnum() {
+        let sh = ScriptHash([7; 32]);
+        let a = script_key(&sh, 1);
+        let b = script_key(&sh, 256);
+        let c = script_key(&sh, u32::MAX);
+        assert!(a < b && b < c);
+        assert_eq!(key_txnum(&b), 256);
+        assert_eq!(&a[..8], &[7; 8]);
+        let txid = Txid::from_byte_array([3; 32]);
+        assert_eq!(key_txnum(&txid_key(&txid, 42)), 42);
+    }
+
+    #[test]
+    fn header_row_round_trip() {
+        let header = bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
+        for loc in [
+            BlockLoc::File {
+                file: 3,
+                offset: 8,
+                len: 285,
+            },
+            BlockLoc::Db { len: 285 },
+        ] {
+            let row = HeaderRow {
+                header,
+                first_txnum: 0,
+                tx_count: 1,
+                loc,
+            };
+            let enc = row.encode();
+            assert_eq!(HeaderRow::decode(&enc).unwrap(), row);
+            assert!(HeaderRow::decode(&enc[..99]).is_err());
+        }
+    }
+
+    #[test]
+    fn txpos_locates_each_transaction() {
+        let v = TxPos::encode(81, [200, 70_000, 5]);
+        assert_eq!(TxPos::locate(&v, 0).unwrap(), (81, 200));
+        assert_eq!(TxPos::locate(&v, 1).unwrap(), (281, 70_000));
+        assert_eq!(TxPos::locate(&v, 2).unwrap(), (70_281, 5));
+        assert!(TxPos::locate(&v, 3).is_err());
+    }
+
+    #[test]
+    fn meta_values_round_trip() {
+        let p = Pending {
+            first: 10,
+            last: 20,
+            last_hash: BlockHash::from_byte_array([9; 32]),
+        };
+        assert_eq!(Pending::decode(&p.encode()).unwrap(), p);
+        assert!(Pending::decode(&[0; 39]).is_err());
+        assert_eq!(
+            decode_tip(&encode_tip(5, &p.last_hash)).unwrap(),
+            (5, p.last_hash)
+        );
+    }
+}

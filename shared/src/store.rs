@@ -1,0 +1,287 @@
+//! The RocksDB that holds the index: how it is opened (the indexer's primary, or the server's
+//! secondary that follows it), its tuning, and the identity checks done at every open.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bitcoin::hashes::Hash;
+use bitcoin::BlockHash;
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
+    SliceTransform, WriteBatch, WriteOptions, DB,
+};
+
+use crate::network::Net;
+use crate::schema::{self, cf, meta, HeaderRow, Height, Pending, PREFIX_LEN};
+
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// The indexer loading from blk files: SST ingestion, no automatic compactions.
+    Bulk,
+    /// The indexer following the tip: WAL on, automatic compactions on.
+    Follow,
+    /// A read-only follower of the indexer's DB (the server), with its own info-log directory.
+    Secondary(PathBuf),
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+/// Options of the key-only hash-prefixed families (`script`, `txid`): prefix Bloom filters for the
+/// 8-byte prefix scans, no compression while loading and zstd where the data finally rests.
+pub fn prefix_cf_options() -> Options {
+    let mut o = Options::default();
+    o.set_prefix_extractor(SliceTransform::create_fixed_prefix(PREFIX_LEN));
+    let mut t = BlockBasedOptions::default();
+    t.set_bloom_filter(10.0, false);
+    t.set_whole_key_filtering(false);
+    t.set_block_size(16 << 10);
+    t.set_cache_index_and_filter_blocks(true);
+    t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    o.set_block_based_table_factory(&t);
+    o.set_compression_type(DBCompressionType::None);
+    o.set_bottommost_compression_type(DBCompressionType::Zstd);
+    o.set_target_file_size_base(256 << 20);
+    o
+}
+
+fn plain_cf_options() -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(DBCompressionType::Lz4);
+    o.set_bottommost_compression_type(DBCompressionType::Zstd);
+    o
+}
+
+pub fn cf_options(name: &str) -> Options {
+    match name {
+        cf::SCRIPT | cf::TXID => prefix_cf_options(),
+        _ => plain_cf_options(),
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path, mode: Mode) -> Result<Self> {
+        let mut opts = Options::default();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as i32)
+            .unwrap_or(2);
+        opts.increase_parallelism(cpus.max(2));
+        opts.set_max_subcompactions(cpus.max(1) as u32);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_log_file_size(16 << 20);
+        // No SstFileManager deletion throttling: a secondary cannot read truncated SSTs.
+        let cfs = |bulk: bool| {
+            cf::ALL.iter().map(move |name| {
+                let mut o = cf_options(name);
+                o.set_disable_auto_compactions(bulk);
+                ColumnFamilyDescriptor::new(*name, o)
+            })
+        };
+        let db = match &mode {
+            Mode::Bulk | Mode::Follow => {
+                opts.create_if_missing(true);
+                opts.create_missing_column_families(true);
+                opts.set_max_open_files(1024);
+                // Families are flushed together so that a crash never leaves one ahead of another.
+                opts.set_atomic_flush(true);
+                let bulk = matches!(mode, Mode::Bulk);
+                DB::open_cf_descriptors(&opts, path, cfs(bulk)).with_context(|| {
+                    format!(
+                        "cannot open index {} (is another indexer running?)",
+                        path.display()
+                    )
+                })?
+            }
+            Mode::Secondary(secondary) => {
+                opts.set_max_open_files(-1);
+                std::fs::create_dir_all(secondary)?;
+                DB::open_cf_descriptors_as_secondary(&opts, path, secondary, cfs(false))
+                    .with_context(|| format!("cannot open index {} as secondary", path.display()))?
+            }
+        };
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column family opened with the DB")
+    }
+
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cf::META), key)?)
+    }
+
+    /// Writes meta values durably (WAL on, synced).
+    pub fn put_meta(&self, items: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        let mut b = WriteBatch::default();
+        for (k, v) in items {
+            match v {
+                Some(v) => b.put_cf(self.cf(cf::META), k, v),
+                None => b.delete_cf(self.cf(cf::META), k),
+            }
+        }
+        self.write_sync(b)
+    }
+
+    pub fn write_sync(&self, batch: WriteBatch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        Ok(self.db.write_opt(batch, &wo)?)
+    }
+
+    /// Stamps an empty DB with the format, network and genesis; refuses a DB made for anything else.
+    pub fn check_identity(&self, net: Net, writable: bool) -> Result<()> {
+        let genesis = net.genesis_hash();
+        match self.get_meta(meta::FORMAT)? {
+            None if writable => {
+                let has_rows = self
+                    .db
+                    .iterator_cf(self.cf(cf::HEADERS), rocksdb::IteratorMode::Start)
+                    .next()
+                    .is_some();
+                if has_rows {
+                    bail!(
+                        "{}: index has rows but no format stamp; delete it and re-index",
+                        self.path.display()
+                    );
+                }
+                self.put_meta(&[
+                    (meta::FORMAT, Some(&schema::FORMAT_VERSION.to_be_bytes())),
+                    (meta::NETWORK, Some(net.name().as_bytes())),
+                    (meta::GENESIS, Some(genesis.as_byte_array())),
+                ])?;
+            }
+            None => bail!(
+                "{}: not a blkindex index (no format stamp)",
+                self.path.display()
+            ),
+            Some(v) => {
+                let version = u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4]));
+                if version != schema::FORMAT_VERSION {
+                    bail!(
+                        "{}: index format {version}, this build reads format {}; delete it and re-index",
+                        self.path.display(),
+                        schema::FORMAT_VERSION
+                    );
+                }
+                let stored_net = self.get_meta(meta::NETWORK)?.unwrap_or_default();
+                if stored_net != net.name().as_bytes() {
+                    bail!(
+                        "{}: index was built for {}, not {net}",
+                        self.path.display(),
+                        String::from_utf8_lossy(&stored_net)
+                    );
+                }
+                let stored_genesis = self.get_meta(meta::GENESIS)?.unwrap_or_default();
+                if stored_genesis != genesis.as_byte_array() {
+                    bail!(
+                        "{}: index was built for a {net} chain with another genesis block",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn tip(&self) -> Result<Option<(Height, BlockHash)>> {
+        self.get_meta(meta::TIP)?
+            .map(|v| Ok(schema::decode_tip(&v)?))
+            .transpose()
+    }
+
+    pub fn pending(&self) -> Result<Option<Pending>> {
+        self.get_meta(meta::PENDING)?
+            .map(|v| Ok(Pending::decode(&v)?))
+            .transpose()
+    }
+
+    pub fn header_row(&self, height: Height) -> Result<Option<HeaderRow>> {
+        let v = self
+            .db
+            .get_cf(self.cf(cf::HEADERS), schema::height_key(height))?;
+        v.map(|v| Ok(HeaderRow::decode(&v)?)).transpose()
+    }
+
+    /// All header rows up to and including `tip`, in height order.
+    pub fn header_rows(&self, tip: Height) -> Result<Vec<HeaderRow>> {
+        let mut rows = Vec::with_capacity(tip as usize + 1);
+        let it = self
+            .db
+            .iterator_cf(self.cf(cf::HEADERS), rocksdb::IteratorMode::Start);
+        for item in it {
+            let (k, v) = item?;
+            let h = u32::from_be_bytes(k.as_ref().try_into().context("bad header key")?);
+            if h > tip {
+                break;
+            }
+            if h as usize != rows.len() {
+                bail!("header rows have a gap at height {}", rows.len());
+            }
+            rows.push(HeaderRow::decode(&v)?);
+        }
+        if rows.len() != tip as usize + 1 {
+            bail!(
+                "header rows end at {} but the tip is {tip}",
+                rows.len() as i64 - 1
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Lets automatic compactions run again (after the bulk load).
+    pub fn enable_auto_compactions(&self) -> Result<()> {
+        for name in cf::ALL {
+            self.db
+                .set_options_cf(self.cf(name), &[("disable_auto_compactions", "false")])?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        let cfs: Vec<_> = cf::ALL.iter().map(|n| self.cf(n)).collect();
+        Ok(self
+            .db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?)
+    }
+
+    /// One full manual compaction of every family.
+    pub fn compact_all(&self) -> Result<()> {
+        for name in cf::ALL {
+            self.db
+                .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    pub fn catch_up(&self) -> Result<()> {
+        Ok(self.db.try_catch_up_with_primary()?)
+    }
+
+    /// Live bytes of SST files per family, for reports.
+    pub fn sst_bytes(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::new();
+        for name in cf::ALL {
+            let v = self
+                .db
+                .property_int_value_cf(self.cf(name), "rocksdb.total-sst-files-size")?
+                .unwrap_or(0);
+            out.push((name, v));
+        }
+        Ok(out)
+    }
+}
