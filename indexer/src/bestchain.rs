@@ -25,9 +25,7 @@ pub struct ChainBlock {
 pub fn select(map: &BlockMap, net: Net, rpc: Option<&Rpc>) -> Result<Vec<ChainBlock>> {
     let genesis = net.genesis_hash();
     if !map.contains_key(&genesis) {
-        bail!(
-            "the {net} genesis block is not in the blk files: wrong --network or data directory?"
-        );
+        bail!("the {net} genesis block is not in the blk files: wrong --network or data directory?");
     }
     let tip = match rpc.map(|r| r.best_block_hash()) {
         Some(Ok(tip)) => {
@@ -48,22 +46,11 @@ pub fn select(map: &BlockMap, net: Net, rpc: Option<&Rpc>) -> Result<Vec<ChainBl
     let mut cur = tip;
     loop {
         let block = match map.get(&cur) {
-            Some(e) => ChainBlock {
-                hash: cur,
-                header: e.header,
-                entry: Some(*e),
-            },
+            Some(e) => ChainBlock { hash: cur, header: e.header, entry: Some(*e) },
             None => {
-                let rpc =
-                    rpc.context("a best-chain block is missing from the blk files and no RPC")?;
-                let header = rpc
-                    .header(&cur)
-                    .with_context(|| format!("header of block {cur}"))?;
-                ChainBlock {
-                    hash: cur,
-                    header,
-                    entry: None,
-                }
+                let rpc = rpc.context("a best-chain block is missing from the blk files and no RPC")?;
+                let header = rpc.header(&cur).with_context(|| format!("header of block {cur}"))?;
+                ChainBlock { hash: cur, header, entry: None }
             }
         };
         chain.push(block);
@@ -75,10 +62,7 @@ pub fn select(map: &BlockMap, net: Net, rpc: Option<&Rpc>) -> Result<Vec<ChainBl
     chain.reverse();
     let missing = chain.iter().filter(|b| b.entry.is_none()).count();
     if missing > 0 {
-        info!(
-            missing,
-            "best-chain blocks not in the blk files yet; they will be fetched over RPC"
-        );
+        info!(missing, "best-chain blocks not in the blk files yet; they will be fetched over RPC");
     }
     Ok(chain)
 }
@@ -88,10 +72,7 @@ fn most_work_tip(map: &BlockMap, genesis: BlockHash) -> BlockHash {
     let mut children: HashMap<BlockHash, Vec<BlockHash>> = HashMap::new();
     for e in map.values() {
         if e.hash != genesis {
-            children
-                .entry(e.header.prev_blockhash)
-                .or_default()
-                .push(e.hash);
+            children.entry(e.header.prev_blockhash).or_default().push(e.hash);
         }
     }
     let mut best = (map[&genesis].header.work(), 0u32, genesis);

@@ -30,7 +30,7 @@ use blkindex_shared::Net;
 use crate::bestchain::ChainBlock;
 use crate::progress::Progress;
 use crate::revmatch::UndoIndex;
-use crate::rows::{block_rows, undo_fits, BlockRows};
+use crate::rows::{block_rows, undo_fits, verify, BlockRows, Verified};
 use crate::scan::BlockMap;
 
 pub struct Bulk<'a> {
@@ -81,10 +81,7 @@ impl Bulk<'_> {
             let fetched = self.fetch_missing(chain, start)?;
             let first_txnums = first_txnums(chain, &fetched)?;
             if start > 0 {
-                let row = self
-                    .store
-                    .header_row(start - 1)?
-                    .context("tip header row missing")?;
+                let row = self.store.header_row(start - 1)?.context("tip header row missing")?;
                 if row.first_txnum + row.tx_count != first_txnums[start as usize] {
                     bail!("stored txnums disagree with the blk files at height {start}; re-index");
                 }
@@ -112,15 +109,9 @@ impl Bulk<'_> {
     /// Brings the store back to a block boundary on `chain` and returns the next height to index.
     fn recover(&self, map: &BlockMap, chain: &[ChainBlock]) -> Result<Height> {
         if let Some(p) = self.store.pending()? {
-            let same = chain
-                .get(p.last as usize)
-                .is_some_and(|b| b.hash == p.last_hash);
+            let same = chain.get(p.last as usize).is_some_and(|b| b.hash == p.last_hash);
             if same {
-                info!(
-                    first = p.first,
-                    last = p.last,
-                    "redoing the batch an earlier run did not finish"
-                );
+                info!(first = p.first, last = p.last, "redoing the batch an earlier run did not finish");
             } else {
                 warn!(
                     first = p.first,
@@ -145,11 +136,7 @@ impl Bulk<'_> {
                             .block_by_hash(map, &cur)
                             .and_then(|b| Ok(bitcoin::consensus::deserialize(&b[..80])?))?,
                     };
-                    branch.push(ChainBlock {
-                        hash: cur,
-                        header,
-                        entry: e.copied(),
-                    });
+                    branch.push(ChainBlock { hash: cur, header, entry: e.copied() });
                     cur = header.prev_blockhash;
                 }
                 branch.reverse();
@@ -167,24 +154,12 @@ impl Bulk<'_> {
         let rows = self.store.header_rows(tip)?;
         let fork = (0..=tip)
             .rev()
-            .find(|&h| {
-                chain
-                    .get(h as usize)
-                    .is_some_and(|b| b.hash == rows[h as usize].hash())
-            })
+            .find(|&h| chain.get(h as usize).is_some_and(|b| b.hash == rows[h as usize].hash()))
             .context("the index shares no block with the node's chain (another chain?)")?;
-        warn!(
-            from = tip,
-            to = fork,
-            "the index is on a stale branch; undoing its blocks"
-        );
+        warn!(from = tip, to = fork, "the index is on a stale branch; undoing its blocks");
         let branch: Vec<ChainBlock> = rows[fork as usize + 1..]
             .iter()
-            .map(|r| ChainBlock {
-                hash: r.hash(),
-                header: r.header,
-                entry: map.get(&r.hash()).copied(),
-            })
+            .map(|r| ChainBlock { hash: r.hash(), header: r.header, entry: map.get(&r.hash()).copied() })
             .collect();
         let first_txnum = rows[fork as usize + 1].first_txnum;
         self.delete_branch(map, &branch, fork + 1, first_txnum)?;
@@ -215,16 +190,11 @@ impl Bulk<'_> {
         for (i, b) in branch.iter().enumerate() {
             let height = first + i as Height;
             let bytes = self.block_by_hash(map, &b.hash)?;
-            let undo = self.undo_for(&undo_index, b, height, &bytes)?;
-            let rows = block_rows(
-                height,
-                &bytes,
-                txnum,
-                BlockLoc::Db {
-                    len: bytes.len() as u32,
-                },
-                undo.as_ref(),
-            )?;
+            let verified =
+                verify(&bytes).with_context(|| format!("stale block {} at height {height}", b.hash))?;
+            let undo = self.undo_for(&undo_index, b, height, &verified)?;
+            let loc = BlockLoc::Db { len: bytes.len() as u32 };
+            let rows = block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())?;
             txnum += rows.header.tx_count;
             for k in &rows.txid {
                 batch.delete_cf(self.store.cf(cf::TXID), k);
@@ -237,15 +207,8 @@ impl Bulk<'_> {
         }
         match first.checked_sub(1) {
             Some(below) => {
-                let row = self
-                    .store
-                    .header_row(below)?
-                    .context("no header row below the branch")?;
-                batch.put_cf(
-                    self.store.cf(cf::META),
-                    meta::TIP,
-                    schema::encode_tip(below, &row.hash()),
-                );
+                let row = self.store.header_row(below)?.context("no header row below the branch")?;
+                batch.put_cf(self.store.cf(cf::META), meta::TIP, schema::encode_tip(below, &row.hash()));
             }
             None => batch.delete_cf(self.store.cf(cf::META), meta::TIP),
         }
@@ -255,41 +218,24 @@ impl Bulk<'_> {
     /// A block's bytes wherever they are: blk files, the rawblock family, or the node.
     fn block_by_hash(&self, map: &BlockMap, hash: &BlockHash) -> Result<Vec<u8>> {
         if let Some(e) = map.get(hash) {
-            return Ok(self
-                .files
-                .read(FileKind::Blk, e.file, e.offset as u64, e.len as usize)?
-                .into_owned());
+            return Ok(self.files.read(FileKind::Blk, e.file, e.offset as u64, e.len as usize)?.into_owned());
         }
-        if let Some(raw) = self
-            .store
-            .db()
-            .get_cf(self.store.cf(cf::RAWBLOCK), hash.as_byte_array())?
-        {
+        if let Some(raw) = self.store.db().get_cf(self.store.cf(cf::RAWBLOCK), hash.as_byte_array())? {
             return Ok(raw);
         }
-        let rpc = self
-            .rpc
-            .ok_or_else(|| anyhow!("block {hash} is in no blk file and there is no RPC"))?;
+        let rpc = self.rpc.ok_or_else(|| anyhow!("block {hash} is in no blk file and there is no RPC"))?;
         Ok(rpc.block_bytes(hash)?)
     }
 
     /// Blocks of the chain that are not in the blk files, fetched from the node and kept in the
     /// `rawblock` family so that their transactions stay servable.
-    fn fetch_missing(
-        &self,
-        chain: &[ChainBlock],
-        start: Height,
-    ) -> Result<HashMap<BlockHash, Fetched>> {
+    fn fetch_missing(&self, chain: &[ChainBlock], start: Height) -> Result<HashMap<BlockHash, Fetched>> {
         let mut out = HashMap::new();
         for b in chain[start as usize..].iter().filter(|b| b.entry.is_none()) {
-            let rpc = self
-                .rpc
-                .context("blocks missing from the blk files need the node's RPC")?;
+            let rpc = self.rpc.context("blocks missing from the blk files need the node's RPC")?;
             let bytes = rpc.block_bytes(&b.hash)?;
             let undo = Some(undo_from_rpc(rpc, &b.hash)?);
-            self.store
-                .db()
-                .put_cf(self.store.cf(cf::RAWBLOCK), b.hash.as_byte_array(), &bytes)?;
+            self.store.db().put_cf(self.store.cf(cf::RAWBLOCK), b.hash.as_byte_array(), &bytes)?;
             out.insert(b.hash, Fetched { bytes, undo });
         }
         if !out.is_empty() {
@@ -305,16 +251,14 @@ impl Bulk<'_> {
         index: &UndoIndex,
         b: &ChainBlock,
         height: Height,
-        block: &[u8],
+        block: &Verified,
     ) -> Result<Option<BlockUndo>> {
         if height == 0 {
             return Ok(None);
         }
         let mut fitting = Vec::new();
         for loc in index.get(&b.hash) {
-            let payload =
-                self.files
-                    .read(FileKind::Rev, loc.file, loc.offset as u64, loc.len as usize)?;
+            let payload = self.files.read(FileKind::Rev, loc.file, loc.offset as u64, loc.len as usize)?;
             match BlockUndo::decode(&payload) {
                 Ok(u) if undo_fits(block, &u) => fitting.push(u),
                 Ok(_) => {}
@@ -324,45 +268,27 @@ impl Bulk<'_> {
         if fitting.len() == 1 {
             return Ok(fitting.pop());
         }
-        let why = if fitting.is_empty() {
-            "no usable undo record"
-        } else {
-            "several undo records fit"
-        };
+        let why = if fitting.is_empty() { "no usable undo record" } else { "several undo records fit" };
         let rpc = self.rpc.ok_or_else(|| {
-            anyhow!("block {} at height {height}: {why} in the rev files, and the node's RPC is not available", b.hash)
+            anyhow!(
+                "block {} at height {height}: {why} in the rev files, and the node's RPC is not available",
+                b.hash
+            )
         })?;
-        Ok(Some(undo_from_rpc(rpc, &b.hash).with_context(|| {
-            format!("block {} at height {height}: {why}", b.hash)
-        })?))
+        Ok(Some(
+            undo_from_rpc(rpc, &b.hash)
+                .with_context(|| format!("block {} at height {height}: {why}", b.hash))?,
+        ))
     }
 
     /// Rows of a block fetched from the node, which is then kept in the `rawblock` family.
-    fn rows_from_node(
-        &self,
-        rpc: &Rpc,
-        b: &ChainBlock,
-        height: Height,
-        txnum: TxNum,
-    ) -> Result<BlockRows> {
+    fn rows_from_node(&self, rpc: &Rpc, b: &ChainBlock, height: Height, txnum: TxNum) -> Result<BlockRows> {
         let bytes = rpc.block_bytes(&b.hash)?;
-        let undo = if height == 0 {
-            None
-        } else {
-            Some(undo_from_rpc(rpc, &b.hash)?)
-        };
-        self.store
-            .db()
-            .put_cf(self.store.cf(cf::RAWBLOCK), b.hash.as_byte_array(), &bytes)?;
-        block_rows(
-            height,
-            &bytes,
-            txnum,
-            BlockLoc::Db {
-                len: bytes.len() as u32,
-            },
-            undo.as_ref(),
-        )
+        let verified = verify(&bytes).with_context(|| format!("block {} from the node", b.hash))?;
+        let undo = if height == 0 { None } else { Some(undo_from_rpc(rpc, &b.hash)?) };
+        self.store.db().put_cf(self.store.cf(cf::RAWBLOCK), b.hash.as_byte_array(), &bytes)?;
+        let loc = BlockLoc::Db { len: bytes.len() as u32 };
+        block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())
     }
 
     fn load(
@@ -374,10 +300,8 @@ impl Bulk<'_> {
         summary: &mut Summary,
     ) -> Result<()> {
         let todo = &chain[start as usize..];
-        let len = |b: &ChainBlock| {
-            b.entry
-                .map_or_else(|| fetched[&b.hash].bytes.len() as u64, |e| e.len as u64)
-        };
+        let len =
+            |b: &ChainBlock| b.entry.map_or_else(|| fetched[&b.hash].bytes.len() as u64, |e| e.len as u64);
         let total: u64 = todo.iter().map(len).sum();
         let mut ranges = Vec::new();
         let (mut from, mut acc) = (start, 0u64);
@@ -390,14 +314,8 @@ impl Bulk<'_> {
                 acc = 0;
             }
         }
-        info!(
-            blocks = todo.len(),
-            bytes = total,
-            batches = ranges.len(),
-            "indexing"
-        );
-        self.progress
-            .start("indexing", total, todo.len() as u64, "blocks");
+        info!(blocks = todo.len(), bytes = total, batches = ranges.len(), "indexing");
+        self.progress.start("indexing", total, todo.len() as u64, "blocks");
         let tmp = self.store.path().join("bulk-tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
@@ -406,8 +324,7 @@ impl Bulk<'_> {
             s.spawn(move || {
                 let mut undo_index = UndoIndex::default();
                 for (a, b) in ranges {
-                    let batch =
-                        self.make_batch(chain, a, b, first_txnums, fetched, &mut undo_index);
+                    let batch = self.make_batch(chain, a, b, first_txnums, fetched, &mut undo_index);
                     self.files.unmap_all();
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
@@ -457,13 +374,13 @@ impl Bulk<'_> {
                     (Some(e), _) => {
                         let bytes = self.files.read(FileKind::Blk, e.file, e.offset as u64, e.len as usize)?;
                         let loc = BlockLoc::File { file: e.file, offset: e.offset, len: e.len };
-                        let from_files = blkindex_shared::parse::for_each_tx::<anyhow::Error>(&bytes, |_, _| Ok(()))
-                            .with_context(|| format!("corrupt block at height {height} in blk{:05}.dat at offset {}", e.file, e.offset));
-                        match (from_files, self.rpc) {
-                            (Ok(_), _) => {
-                                let undo = self.undo_for(undo_index, b, height, &bytes)?;
-                                block_rows(height, &bytes, txnum, loc, undo.as_ref())
-                                    .with_context(|| format!("blk{:05}.dat offset {}", e.file, e.offset))?
+                        let checked = verify(&bytes).with_context(|| {
+                            format!("corrupt block at height {height} in blk{:05}.dat at offset {}", e.file, e.offset)
+                        });
+                        match (checked, self.rpc) {
+                            (Ok(verified), _) => {
+                                let undo = self.undo_for(undo_index, b, height, &verified)?;
+                                block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())?
                             }
                             // A record still being written, or damaged: the node has the block.
                             (Err(err), Some(rpc)) => {
@@ -481,7 +398,8 @@ impl Bulk<'_> {
                     }
                     (None, Some(f)) => {
                         let loc = BlockLoc::Db { len: f.bytes.len() as u32 };
-                        block_rows(height, &f.bytes, txnum, loc, f.undo.as_ref())?
+                        let verified = verify(&f.bytes).with_context(|| format!("block {} from the node", b.hash))?;
+                        block_rows(height, &f.bytes, &verified, txnum, loc, f.undo.as_ref())?
                     }
                     (None, None) => unreachable!("missing blocks were fetched"),
                 };
@@ -521,28 +439,13 @@ impl Bulk<'_> {
     fn write_batch(&self, batch: Batch, tmp: &std::path::Path) -> Result<()> {
         let path = |name: &str| tmp.join(format!("{}-{name}.sst", batch.first));
         let mut ssts: Vec<(&str, PathBuf)> = Vec::new();
-        let keys: Vec<[u8; 4]> = batch
-            .headers
-            .iter()
-            .map(|(h, _)| schema::height_key(*h))
-            .collect();
-        if write_sst(
-            cf::HEADERS,
-            &path(cf::HEADERS),
-            keys.iter().zip(batch.headers.iter().map(|(_, v)| v)),
-        )? {
+        let keys: Vec<[u8; 4]> = batch.headers.iter().map(|(h, _)| schema::height_key(*h)).collect();
+        if write_sst(cf::HEADERS, &path(cf::HEADERS), keys.iter().zip(batch.headers.iter().map(|(_, v)| v)))?
+        {
             ssts.push((cf::HEADERS, path(cf::HEADERS)));
         }
-        let keys: Vec<[u8; 4]> = batch
-            .txpos
-            .iter()
-            .map(|(h, _)| schema::height_key(*h))
-            .collect();
-        if write_sst(
-            cf::TXPOS,
-            &path(cf::TXPOS),
-            keys.iter().zip(batch.txpos.iter().map(|(_, v)| v)),
-        )? {
+        let keys: Vec<[u8; 4]> = batch.txpos.iter().map(|(h, _)| schema::height_key(*h)).collect();
+        if write_sst(cf::TXPOS, &path(cf::TXPOS), keys.iter().zip(batch.txpos.iter().map(|(_, v)| v)))? {
             ssts.push((cf::TXPOS, path(cf::TXPOS)));
         }
         for (name, rows) in [(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)] {
@@ -551,13 +454,8 @@ impl Bulk<'_> {
             }
         }
 
-        let pending = Pending {
-            first: batch.first,
-            last: batch.last,
-            last_hash: batch.last_hash,
-        };
-        self.store
-            .put_meta(&[(meta::PENDING, Some(&pending.encode()))])?;
+        let pending = Pending { first: batch.first, last: batch.last, last_hash: batch.last_hash };
+        self.store.put_meta(&[(meta::PENDING, Some(&pending.encode()))])?;
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
         for (name, path) in ssts {
@@ -565,15 +463,11 @@ impl Bulk<'_> {
                 .db()
                 .ingest_external_file_cf_opts(self.store.cf(name), &ingest, vec![path])
                 .with_context(|| {
-                    format!(
-                        "ingesting {name} rows of heights {}..={}",
-                        batch.first, batch.last
-                    )
+                    format!("ingesting {name} rows of heights {}..={}", batch.first, batch.last)
                 })?;
         }
         let tip = schema::encode_tip(batch.last, &batch.last_hash);
-        self.store
-            .put_meta(&[(meta::TIP, Some(&tip)), (meta::PENDING, None)])?;
+        self.store.put_meta(&[(meta::TIP, Some(&tip)), (meta::PENDING, None)])?;
         Ok(())
     }
 }
@@ -623,15 +517,10 @@ pub fn undo_from_rpc(rpc: &Rpc, hash: &BlockHash) -> Result<BlockUndo> {
         for input in vin {
             let prevout = &input["prevout"];
             let script = hex::decode(
-                prevout["scriptPubKey"]["hex"]
-                    .as_str()
-                    .context("getblock 3: no prevout script")?,
+                prevout["scriptPubKey"]["hex"].as_str().context("getblock 3: no prevout script")?,
             )?;
-            let sats = (prevout["value"]
-                .as_f64()
-                .context("getblock 3: no prevout value")?
-                * 1e8)
-                .round() as u64;
+            let sats =
+                (prevout["value"].as_f64().context("getblock 3: no prevout value")? * 1e8).round() as u64;
             let start = undo.scripts.len() as u32;
             undo.scripts.extend_from_slice(&script);
             undo.coins.push(blkindex_shared::undo::Coin {

@@ -58,6 +58,10 @@ struct Args {
     /// Memory budget in MiB for the bulk pass (batch sizes follow from it).
     #[arg(long, env = "BLKINDEX_MEM_BUDGET_MB", default_value_t = 2048)]
     mem_budget_mb: u64,
+    /// Bytes of blocks per bulk batch, in KiB (default: a third of the memory budget). Smaller
+    /// batches commit more often, at some cost in speed.
+    #[arg(long, env = "BLKINDEX_BATCH_KB")]
+    batch_kb: Option<u64>,
     /// Worker threads (default: one per CPU).
     #[arg(long, env = "BLKINDEX_THREADS")]
     threads: Option<usize>,
@@ -80,15 +84,12 @@ fn run() -> Result<()> {
     let args = Args::parse_from(args_with_config_file(std::env::args_os().collect())?);
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BLKINDEX_LOG")
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BLKINDEX_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     let node = NodeConfig::derive(
         args.network,
@@ -113,18 +114,14 @@ fn run() -> Result<()> {
     let t0 = Instant::now();
     let map = scan::scan_blk_files(&files, args.network, &progress)?;
     let chain = bestchain::select(&map, args.network, rpc.as_ref())?;
-    info!(
-        blocks_in_files = map.len(),
-        chain_height = chain.len() - 1,
-        "chain selected"
-    );
+    info!(blocks_in_files = map.len(), chain_height = chain.len() - 1, "chain selected");
     let bulk = bulk::Bulk {
         store: &store,
         files: &files,
         net: args.network,
         rpc: rpc.as_ref(),
         progress: &progress,
-        batch_bytes: (args.mem_budget_mb << 20) / 3,
+        batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) / 3, |kb| kb << 10),
     };
     let summary = bulk.run(&map, &chain).context("bulk indexing failed")?;
     let sst: u64 = store.sst_bytes()?.iter().map(|(_, b)| b).sum();
@@ -142,9 +139,7 @@ fn run() -> Result<()> {
         HumanBytes(sst),
     );
     if !args.no_follow {
-        anyhow::bail!(
-            "following the node after the bulk pass is not built yet; run with --no-follow"
-        );
+        anyhow::bail!("following the node after the bulk pass is not built yet; run with --no-follow");
     }
     Ok(())
 }

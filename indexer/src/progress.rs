@@ -48,18 +48,11 @@ impl Progress {
         self.bytes.store(0, Ordering::Relaxed);
         self.items.store(0, Ordering::Relaxed);
         *self.totals.lock().unwrap() = (total_bytes, total_items);
-        *self.phase.lock().unwrap() = (
-            phase.to_string(),
-            unit.to_string(),
-            Instant::now(),
-            Instant::now(),
-        );
+        *self.phase.lock().unwrap() = (phase.to_string(), unit.to_string(), Instant::now(), Instant::now());
         match self.mode {
             ProgressMode::Bar => {
-                let bar = ProgressBar::with_draw_target(
-                    Some(total_bytes),
-                    ProgressDrawTarget::stderr_with_hz(5),
-                );
+                let bar =
+                    ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr_with_hz(5));
                 bar.set_style(
                     ProgressStyle::with_template(
                         "{prefix:>18} [{bar:30.cyan/blue}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
@@ -80,12 +73,7 @@ impl Progress {
 
     /// A phase with no measurable size (compaction).
     pub fn spinner(&self, phase: &str) {
-        *self.phase.lock().unwrap() = (
-            phase.to_string(),
-            String::new(),
-            Instant::now(),
-            Instant::now(),
-        );
+        *self.phase.lock().unwrap() = (phase.to_string(), String::new(), Instant::now(), Instant::now());
         match self.mode {
             ProgressMode::Bar => {
                 let bar = ProgressBar::new_spinner();
@@ -119,11 +107,7 @@ impl Progress {
                     p.3 = Instant::now();
                     let secs = p.2.elapsed().as_secs_f64().max(1e-3);
                     let rate = b as f64 / secs;
-                    let eta = if rate > 0.0 {
-                        (tb.saturating_sub(b)) as f64 / rate
-                    } else {
-                        0.0
-                    };
+                    let eta = if rate > 0.0 { (tb.saturating_sub(b)) as f64 / rate } else { 0.0 };
                     info!(
                         phase = %p.0,
                         done = %format!("{}/{}", HumanBytes(b), HumanBytes(tb)),

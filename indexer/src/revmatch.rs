@@ -52,11 +52,7 @@ impl UndoIndex {
         chain: &[ChainBlock],
         nums: &[u32],
     ) -> Result<()> {
-        let todo: HashSet<u32> = nums
-            .iter()
-            .copied()
-            .filter(|n| !self.matched_files.contains(n))
-            .collect();
+        let todo: HashSet<u32> = nums.iter().copied().filter(|n| !self.matched_files.contains(n)).collect();
         if todo.is_empty() {
             return Ok(());
         }
@@ -95,10 +91,7 @@ fn match_file(
 ) -> Result<Vec<(BlockHash, UndoLoc)>> {
     let path = files.path(FileKind::Rev, num);
     if !path.exists() {
-        warn!(
-            file = num,
-            "no rev file for blk file; its blocks' spent outputs will come from the node"
-        );
+        warn!(file = num, "no rev file for blk file; its blocks' spent outputs will come from the node");
         return Ok(Vec::new());
     }
     // Rev files are read, never mapped: bitcoind may still append to any of them.
@@ -112,8 +105,7 @@ fn match_file(
     let mut out = Vec::new();
     let mut next = 0usize; // undo is written in connection order, which is mostly height order
     for rec in records {
-        let mut payload =
-            bytes.bytes()[rec.offset as usize..rec.offset as usize + rec.len as usize].to_vec();
+        let mut payload = bytes.bytes()[rec.offset as usize..rec.offset as usize + rec.len as usize].to_vec();
         key.apply(&mut payload, rec.offset);
         let sum_at = rec.offset + rec.len as u64;
         let mut sum = bytes.bytes()[sum_at as usize..sum_at as usize + UNDO_CHECKSUM_LEN].to_vec();
@@ -121,26 +113,18 @@ fn match_file(
         let Ok(ntx_undo) = BlockUndo::tx_count(&payload) else {
             continue;
         };
-        let fits =
-            |w: &Wanted| w.ntx - 1 == ntx_undo as u32 && checksum(&w.prev, &payload)[..] == sum[..];
+        let fits = |w: &Wanted| w.ntx - 1 == ntx_undo as u32 && checksum(&w.prev, &payload)[..] == sum[..];
         let found = match wanted.get(next).filter(|w| fits(w)) {
             Some(_) => Some(next),
-            None => by_ntx
-                .get(&(ntx_undo as u32))
-                .and_then(|c| c.iter().copied().find(|&i| fits(&wanted[i]))),
+            None => {
+                by_ntx.get(&(ntx_undo as u32)).and_then(|c| c.iter().copied().find(|&i| fits(&wanted[i])))
+            }
         };
         if let Some(i) = found {
             next = i + 1;
             // A stale sibling's record fits too (same previous block): it is kept as a second
             // candidate and told apart by shape when the block is indexed.
-            out.push((
-                wanted[i].hash,
-                UndoLoc {
-                    file: num,
-                    offset: rec.offset as u32,
-                    len: rec.len,
-                },
-            ));
+            out.push((wanted[i].hash, UndoLoc { file: num, offset: rec.offset as u32, len: rec.len }));
         }
     }
     Ok(out)

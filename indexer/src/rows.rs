@@ -3,6 +3,8 @@
 //! remembered, so deleting exactly what a block added needs nothing stored.
 
 use anyhow::{bail, Context, Result};
+use bitcoin::block::Header;
+use bitcoin::Txid;
 
 use blkindex_shared::parse::{self, is_unspendable};
 use blkindex_shared::schema::{self, BlockLoc, HeaderRow, Height, RowKey, TxNum, TxPos};
@@ -17,42 +19,66 @@ pub struct BlockRows {
     pub script: Vec<RowKey>,
 }
 
-/// Does this undo data have the shape of this block (one entry per input of every non-coinbase
-/// transaction)? Tells a block's own undo record from a stale sibling's.
-pub fn undo_fits(block: &[u8], undo: &BlockUndo) -> bool {
-    let mut counts = Vec::new();
-    let ok = parse::for_each_tx::<anyhow::Error>(block, |i, tx| {
-        if i > 0 {
-            counts.push(tx.inputs.len() as u32);
-        }
-        Ok(())
-    });
-    ok.is_ok() && counts == undo.tx_inputs
+/// A block checked against its header: every byte parses and the txids hash to the merkle root.
+pub struct Verified {
+    pub header: Header,
+    pub txids: Vec<Txid>,
+    /// Number of inputs of each transaction.
+    pub inputs: Vec<u32>,
 }
 
-/// The rows of the block at `height`, whose first transaction is `first_txnum`. `undo` is required
-/// for every block but genesis, whose coinbase is unspendable and not indexed.
+/// Parses a block and checks its merkle root, so that a damaged block is an error here, never
+/// rows. (Witness bytes are not covered by the merkle root; the index does not read them.)
+pub fn verify(block: &[u8]) -> Result<Verified> {
+    let (header_bytes, ntx, _) = parse::block_prefix(block)?;
+    let header: Header = bitcoin::consensus::deserialize(header_bytes)?;
+    let mut v = Verified { header, txids: Vec::with_capacity(ntx), inputs: Vec::with_capacity(ntx) };
+    parse::for_each_tx::<anyhow::Error>(block, |_, tx| {
+        v.txids.push(tx.txid);
+        v.inputs.push(tx.inputs.len() as u32);
+        Ok(())
+    })?;
+    if parse::merkle_root(&v.txids) != header.merkle_root {
+        bail!("merkle root mismatch");
+    }
+    Ok(v)
+}
+
+/// Does this undo data have the shape of this block (one entry per input of every non-coinbase
+/// transaction)? Tells a block's own undo record from a stale sibling's.
+pub fn undo_fits(block: &Verified, undo: &BlockUndo) -> bool {
+    block.inputs.get(1..) == Some(undo.tx_inputs.as_slice())
+}
+
+/// The rows of the verified block at `height`, whose first transaction is `first_txnum`. `undo`
+/// is required for every block but genesis, whose coinbase is unspendable and not indexed.
 pub fn block_rows(
     height: Height,
     block: &[u8],
+    verified: &Verified,
     first_txnum: TxNum,
     loc: BlockLoc,
     undo: Option<&BlockUndo>,
 ) -> Result<BlockRows> {
-    let (header_bytes, _, txs_at) = parse::block_prefix(block)?;
-    let header: bitcoin::block::Header = bitcoin::consensus::deserialize(header_bytes)?;
-    let mut txid = Vec::new();
-    let mut script = Vec::new();
-    let mut sizes = Vec::new();
+    let (_, ntx, txs_at) = parse::block_prefix(block)?;
+    let mut txid = Vec::with_capacity(ntx);
+    let mut script = Vec::with_capacity(ntx * 4);
+    let mut sizes = Vec::with_capacity(ntx);
+    if height > 0 {
+        let undo = undo.context("undo data needed")?;
+        if !undo_fits(verified, undo) {
+            bail!("undo data does not fit block {height}");
+        }
+    }
     let mut coins = undo.map(|u| u.coins.iter());
     let mut tx_scripts: Vec<[u8; 8]> = Vec::new();
-    let ntx = parse::for_each_tx::<anyhow::Error>(block, |i, tx| {
+    parse::for_each_tx_unhashed::<anyhow::Error>(block, |i, tx| {
         sizes.push(tx.raw.len() as u32);
         if height == 0 {
             return Ok(());
         }
         let txnum = first_txnum + i as u32;
-        txid.push(schema::txid_key(&tx.txid, txnum));
+        txid.push(schema::txid_key(&verified.txids[i], txnum));
         tx_scripts.clear();
         for out in &tx.outputs {
             if !is_unspendable(out.script) {
@@ -60,10 +86,7 @@ pub fn block_rows(
             }
         }
         if i > 0 {
-            let (undo, coins) = (undo.context("undo data needed")?, coins.as_mut().unwrap());
-            if undo.tx_inputs.get(i - 1) != Some(&(tx.inputs.len() as u32)) {
-                bail!("undo data does not fit transaction {i} of block {height}");
-            }
+            let (undo, coins) = (undo.unwrap(), coins.as_mut().unwrap());
             for _ in &tx.inputs {
                 let coin = coins.next().context("undo data too short")?;
                 tx_scripts.push(ScriptHash::of(undo.script(coin)).prefix());
@@ -73,28 +96,7 @@ pub fn block_rows(
         tx_scripts.dedup();
         script.extend(tx_scripts.iter().map(|p| schema::row_key(*p, txnum)));
         Ok(())
-    })
-    .with_context(|| format!("block {} at height {height}", header.block_hash()))?;
-    if let Some(u) = undo {
-        if u.tx_inputs.len() != ntx - 1 {
-            bail!(
-                "undo data of block {height} has {} transactions, the block {}",
-                u.tx_inputs.len(),
-                ntx - 1
-            );
-        }
-    }
-    let header = HeaderRow {
-        header,
-        first_txnum,
-        tx_count: ntx as u32,
-        loc,
-    };
-    Ok(BlockRows {
-        height,
-        header,
-        txpos: TxPos::encode(txs_at as u32, sizes),
-        txid,
-        script,
-    })
+    })?;
+    let header = HeaderRow { header: verified.header, first_txnum, tx_count: ntx as u32, loc };
+    Ok(BlockRows { height, header, txpos: TxPos::encode(txs_at as u32, sizes), txid, script })
 }

@@ -37,18 +37,9 @@ pub fn scan_blk_files(files: &BlockFiles, net: Net, progress: &Progress) -> Resu
     }
     let sizes: Vec<u64> = nums
         .iter()
-        .map(|n| {
-            std::fs::metadata(files.path(FileKind::Blk, *n))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        })
+        .map(|n| std::fs::metadata(files.path(FileKind::Blk, *n)).map(|m| m.len()).unwrap_or(0))
         .collect();
-    progress.start(
-        "scanning headers",
-        sizes.iter().sum(),
-        nums.len() as u64,
-        "files",
-    );
+    progress.start("scanning headers", sizes.iter().sum(), nums.len() as u64, "files");
     let magic = net.magic();
     let key = files.xor_key();
     let per_file: Vec<Result<Vec<BlockEntry>>> = nums
@@ -58,11 +49,7 @@ pub fn scan_blk_files(files: &BlockFiles, net: Net, progress: &Progress) -> Resu
             let bytes = files.file_bytes(FileKind::Blk, num)?;
             let (records, notes) = scan_records(bytes.bytes(), &key, magic, FileKind::Blk);
             if notes.skipped > 0 {
-                warn!(
-                    file = num,
-                    bytes = notes.skipped,
-                    "blk file has garbage between records; skipped it"
-                );
+                warn!(file = num, bytes = notes.skipped, "blk file has garbage between records; skipped it");
             }
             if notes.partial_tail {
                 debug!(file = num, "blk file ends with a partly written record");
@@ -73,23 +60,14 @@ pub fn scan_blk_files(files: &BlockFiles, net: Net, progress: &Progress) -> Resu
                 let end = (start + 89).min(start + rec.len as usize);
                 let mut head = bytes.bytes()[start..end].to_vec();
                 key.apply(&mut head, rec.offset);
-                let Ok(header) =
-                    bitcoin::consensus::deserialize::<Header>(&head[..80.min(head.len())])
+                let Ok(header) = bitcoin::consensus::deserialize::<Header>(&head[..80.min(head.len())])
                 else {
-                    warn!(
-                        file = num,
-                        offset = rec.offset,
-                        "unreadable block header; record skipped"
-                    );
+                    warn!(file = num, offset = rec.offset, "unreadable block header; record skipped");
                     continue;
                 };
                 let mut r = Reader::new(&head[80..]);
                 let Ok(ntx) = r.compact_size() else {
-                    warn!(
-                        file = num,
-                        offset = rec.offset,
-                        "unreadable transaction count; record skipped"
-                    );
+                    warn!(file = num, offset = rec.offset, "unreadable transaction count; record skipped");
                     continue;
                 };
                 out.push(BlockEntry {
@@ -122,18 +100,12 @@ pub fn scan_blk_files(files: &BlockFiles, net: Net, progress: &Progress) -> Resu
 
 /// A clear error when the files are another network's.
 fn refuse_other_network(files: &BlockFiles, net: Net, nums: &[u32]) -> Result<()> {
-    let mut head = files
-        .read(FileKind::Blk, nums[0], 0, 4)
-        .map(|c| c.into_owned())
-        .unwrap_or_default();
+    let mut head = files.read(FileKind::Blk, nums[0], 0, 4).map(|c| c.into_owned()).unwrap_or_default();
     head.resize(4, 0);
     for other in ["mainnet", "testnet3", "testnet4", "signet", "regtest"] {
         let other: Net = other.parse().unwrap();
         if other != net && head == other.magic() {
-            bail!(
-                "{} holds {other} blocks, not {net}: check --network and --datadir",
-                files.dir().display()
-            );
+            bail!("{} holds {other} blocks, not {net}: check --network and --datadir", files.dir().display());
         }
     }
     Ok(())

@@ -32,11 +32,7 @@ fn indexer(node: &Node, db: &Path, extra: &[&str]) -> Output {
 
 fn index_ok(node: &Node, db: &Path, extra: &[&str]) {
     let out = indexer(node, db, extra);
-    assert!(
-        out.status.success(),
-        "indexer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "indexer failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn open(node: &Node, db: &Path) -> Index {
@@ -54,45 +50,23 @@ fn check(node: &Node, index: &Index, want: &Expected) -> Result<()> {
         let state = index.script_state(sh)?;
         let got: Vec<_> = state.history.iter().map(|h| (h.txid, h.height)).collect();
         assert_eq!(&got, history, "history of {sh}");
-        let mut utxos: Vec<_> = state
-            .utxos
-            .iter()
-            .map(|u| (u.outpoint, (u.value, u.height)))
-            .collect();
+        let mut utxos: Vec<_> = state.utxos.iter().map(|u| (u.outpoint, (u.value, u.height))).collect();
         utxos.sort();
-        let want_utxos: Vec<_> = want
-            .utxos
-            .get(sh)
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
-            .unwrap_or_default();
+        let want_utxos: Vec<_> =
+            want.utxos.get(sh).map(|m| m.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default();
         assert_eq!(utxos, want_utxos, "unspent outputs of {sh}");
         for (op, (value, _)) in &want_utxos {
             // The node's own UTXO set agrees (confirmed only).
             let txout = node.call("gettxout", json!([op.txid.to_string(), op.vout, false]))?;
-            assert_eq!(
-                (txout["value"].as_f64().unwrap() * 1e8).round() as u64,
-                *value,
-                "gettxout {op}"
-            );
+            assert_eq!((txout["value"].as_f64().unwrap() * 1e8).round() as u64, *value, "gettxout {op}");
         }
     }
     for (txid, height, block, pos) in &want.txs {
         let found = index.txs_by_txid(txid)?;
         assert_eq!(found.len(), 1, "tx {txid}");
-        assert_eq!(
-            (found[0].height, found[0].pos),
-            (*height, *pos),
-            "tx {txid}"
-        );
-        let raw = node.call(
-            "getrawtransaction",
-            json!([txid.to_string(), false, block.to_string()]),
-        )?;
-        assert_eq!(
-            hex::encode(&found[0].raw),
-            raw.as_str().unwrap(),
-            "bytes of {txid}"
-        );
+        assert_eq!((found[0].height, found[0].pos), (*height, *pos), "tx {txid}");
+        let raw = node.call("getrawtransaction", json!([txid.to_string(), false, block.to_string()]))?;
+        assert_eq!(hex::encode(&found[0].raw), raw.as_str().unwrap(), "bytes of {txid}");
     }
     eprintln!(
         "checked {} scripts, {} transactions, {} unspent outputs against the node",
@@ -114,10 +88,7 @@ fn digest(db: &Path) -> [u8; 32] {
     let mut e = sha256::Hash::engine();
     for name in [cf::HEADERS, cf::TXPOS, cf::TXID, cf::SCRIPT, cf::RAWBLOCK] {
         e.input(name.as_bytes());
-        for item in store
-            .db()
-            .iterator_cf(store.cf(name), rocksdb::IteratorMode::Start)
-        {
+        for item in store.db().iterator_cf(store.cf(name), rocksdb::IteratorMode::Start) {
             let (k, v) = item.unwrap();
             e.input(&(k.len() as u32).to_le_bytes());
             e.input(&k);
@@ -142,20 +113,13 @@ fn rich_chain_with_xor_matches_the_node() -> Result<()> {
     check(&node, &index, &want)?;
     // The reorg left stale blocks in the files; their transactions are not indexed.
     let stale = node.call("getchaintips", json!([]))?;
-    let stale_tip = stale
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["status"] != "active")
-        .expect("a stale branch");
+    let stale_tip =
+        stale.as_array().unwrap().iter().find(|t| t["status"] != "active").expect("a stale branch");
     let stale_block = node.call("getblock", json!([stale_tip["hash"], 1]))?;
     for txid in stale_block["tx"].as_array().unwrap() {
         let txid: bitcoin::Txid = txid.as_str().unwrap().parse()?;
         if !want.txs.iter().any(|t| t.0 == txid) {
-            assert!(
-                index.txs_by_txid(&txid)?.is_empty(),
-                "stale tx {txid} is indexed"
-            );
+            assert!(index.txs_by_txid(&txid)?.is_empty(), "stale tx {txid} is indexed");
         }
     }
     // Re-running on an up-to-date index changes nothing.
@@ -167,11 +131,7 @@ fn rich_chain_with_xor_matches_the_node() -> Result<()> {
 
 #[test]
 fn many_blk_files_without_xor_match_the_node() -> Result<()> {
-    let node = Node::start(NodeOptions {
-        fastprune: true,
-        no_xor: true,
-        ..Default::default()
-    })?;
+    let node = Node::start(NodeOptions { fastprune: true, no_xor: true, ..Default::default() })?;
     build_rich_chain(&node)?;
     // Enough blocks to fill several 64 KiB files, and traffic spread across them.
     let b = ChainBuilder::new(&node)?;
@@ -184,11 +144,7 @@ fn many_blk_files_without_xor_match_the_node() -> Result<()> {
             || std::fs::read(node.blocks_dir().join("xor.dat"))? == vec![0u8; 8]
     );
     let files = list_files(&node.blocks_dir(), FileKind::Blk)?;
-    assert!(
-        files.len() >= 5,
-        "expected many blk files, found {}",
-        files.len()
-    );
+    assert!(files.len() >= 5, "expected many blk files, found {}", files.len());
     let want = expected(&node)?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
@@ -217,15 +173,9 @@ fn blocks_stored_out_of_height_order() -> Result<()> {
     );
     let header_at = |i: usize| {
         let h = files.read(FileKind::Blk, 0, recs[i].offset, 80).unwrap();
-        bitcoin::consensus::deserialize::<bitcoin::block::Header>(&h)
-            .unwrap()
-            .block_hash()
+        bitcoin::consensus::deserialize::<bitcoin::block::Header>(&h).unwrap().block_hash()
     };
-    assert_eq!(
-        header_at(1),
-        c.best_hash()?,
-        "the tip should be stored right after genesis"
-    );
+    assert_eq!(header_at(1), c.best_hash()?, "the tip should be stored right after genesis");
     let want = expected(&c)?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
@@ -236,10 +186,7 @@ fn blocks_stored_out_of_height_order() -> Result<()> {
 
 #[test]
 fn offline_index_of_a_stopped_node() -> Result<()> {
-    let mut node = Node::start(NodeOptions {
-        fastprune: true,
-        ..Default::default()
-    })?;
+    let mut node = Node::start(NodeOptions { fastprune: true, ..Default::default() })?;
     let b = ChainBuilder::new(&node)?;
     b.mine(110)?;
     b.wallet_traffic(3)?;
@@ -285,13 +232,7 @@ fn wrong_network_and_foreign_db_are_refused() -> Result<()> {
     index_ok(&node, &db, &[]);
     // The same regtest data dir read as signet: the signet folder does not exist.
     let out = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
-        .args([
-            "--network",
-            "signet",
-            "--no-follow",
-            "--offline",
-            "--blocksdir",
-        ])
+        .args(["--network", "signet", "--no-follow", "--offline", "--blocksdir"])
         .arg(node.blocks_dir())
         .arg("--datadir")
         .arg(&node.datadir)
@@ -303,13 +244,7 @@ fn wrong_network_and_foreign_db_are_refused() -> Result<()> {
     assert!(err.contains("holds regtest blocks, not signet"), "{err}");
     // A regtest DB opened for testnet4.
     let out = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
-        .args([
-            "--network",
-            "testnet4",
-            "--no-follow",
-            "--offline",
-            "--blocksdir",
-        ])
+        .args(["--network", "testnet4", "--no-follow", "--offline", "--blocksdir"])
         .arg(node.blocks_dir())
         .arg("--datadir")
         .arg(&node.datadir)
@@ -319,5 +254,162 @@ fn wrong_network_and_foreign_db_are_refused() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("built for regtest, not testnet4"), "{err}");
+    Ok(())
+}
+
+/// Runs the indexer to completion, killing it with SIGKILL at pseudo-random moments first.
+#[test]
+fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
+    let node = Node::start(NodeOptions { fastprune: true, ..Default::default() })?;
+    build_rich_chain(&node)?;
+    let b = ChainBuilder::new(&node)?;
+    b.mine(300)?;
+    b.wallet_traffic(8)?;
+    let want = expected(&node)?;
+    let dir = tempfile::tempdir()?;
+    let args = ["--batch-kb", "1"];
+    let clean = dir.path().join("clean");
+    let t0 = std::time::Instant::now();
+    index_ok(&node, &clean, &args);
+    let clean_ms = t0.elapsed().as_millis().max(20) as u64;
+
+    let db = dir.path().join("killed");
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+    eprintln!("kill seed {seed}, clean run {clean_ms} ms");
+    let mut killed = 0;
+    for _ in 0..40 {
+        if killed == 20 {
+            break;
+        }
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        // A resumed run has less left to do than a clean one: kill within its first third.
+        let wait = (seed >> 33) % (clean_ms / 4);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
+            .args(["--network", "regtest", "--no-follow", "--progress", "none"])
+            .arg("--datadir")
+            .arg(&node.datadir)
+            .arg("--db")
+            .arg(&db)
+            .args(["--daemon-rpc-addr", &node.rpc_addr()])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        if child.try_wait()?.is_none() {
+            child.kill()?; // SIGKILL
+            killed += 1;
+        }
+        child.wait()?;
+    }
+    assert!(killed >= 12, "only {killed} runs were killed before finishing");
+    index_ok(&node, &db, &args);
+    assert_eq!(digest(&db), digest(&clean), "a killed and resumed index differs from a clean one");
+    check(&node, &open(&node, &db), &want)?;
+    Ok(())
+}
+
+/// Copies the node's blocks directory so it can be damaged while the node keeps a good copy.
+fn copy_blocks(node: &Node, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(node.blocks_dir())? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn corrupt_blk_file_is_a_clear_error_offline_and_fetched_from_the_node_online() -> Result<()> {
+    let mut node = Node::start(NodeOptions { fastprune: true, ..Default::default() })?;
+    build_rich_chain(&node)?;
+    let b = ChainBuilder::new(&node)?;
+    b.mine(300)?;
+    b.wallet_traffic(4)?;
+    let want = expected(&node)?;
+    node.stop()?;
+    let dir = tempfile::tempdir()?;
+    let blocks = dir.path().join("blocks");
+    copy_blocks(&node, &blocks)?;
+    node.restart()?;
+    // Damage the body of a block with transactions in a finalized blk file.
+    let files = BlockFiles::open(&blocks)?;
+    let nums = list_files(&blocks, FileKind::Blk)?;
+    let (num, rec) = nums[..nums.len() - 1]
+        .iter()
+        .find_map(|&n| {
+            let raw = files.file_bytes(FileKind::Blk, n).unwrap();
+            let (recs, _) = blkindex_shared::blkfile::scan_records(
+                raw.bytes(),
+                &files.xor_key(),
+                [0xfa, 0xbf, 0xb5, 0xda],
+                FileKind::Blk,
+            );
+            recs.into_iter().find(|r| r.len > 400).map(|r| (n, r))
+        })
+        .expect("a block with transactions in a finalized file");
+    let name = FileKind::Blk.file_name(num);
+    let path = blocks.join(&name);
+    let mut bytes = std::fs::read(&path)?;
+    for b in &mut bytes[rec.offset as usize + 150..rec.offset as usize + 170] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, bytes)?;
+
+    let db = dir.path().join("db");
+    let blocksdir = blocks.to_str().unwrap();
+    let out = indexer(&node, &db, &["--offline", "--blocksdir", blocksdir]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("corrupt block at height") && err.contains(&name), "{err}");
+    // What was committed stops at a block boundary below the damage.
+    {
+        let store = Store::open(&db, Mode::Secondary(dir.path().join("sec1")))?;
+        if let Some((tip, _)) = store.tip()? {
+            assert!(store.header_rows(tip).is_ok());
+        }
+    }
+    // With the node reachable, the damaged block comes from the node and the index is complete.
+    index_ok(&node, &db, &["--blocksdir", blocksdir]);
+    let store = Store::open(&db, Mode::Secondary(dir.path().join("sec2")))?;
+    let index = Index::new(store, BlockFiles::open(&blocks)?)?;
+    check(&node, &index, &want)?;
+    Ok(())
+}
+
+#[test]
+fn truncated_last_blk_file_takes_the_rest_from_the_node() -> Result<()> {
+    let mut node = Node::start(NodeOptions { fastprune: true, ..Default::default() })?;
+    build_rich_chain(&node)?;
+    ChainBuilder::new(&node)?.mine(200)?;
+    let want = expected(&node)?;
+    node.stop()?;
+    let dir = tempfile::tempdir()?;
+    let blocks = dir.path().join("blocks");
+    copy_blocks(&node, &blocks)?;
+    node.restart()?;
+    let last = *list_files(&blocks, FileKind::Blk)?.last().unwrap();
+    let path = blocks.join(FileKind::Blk.file_name(last));
+    let len = std::fs::metadata(&path)?.len();
+    // Cut the file in the middle of its written part, as if the node had not written the rest.
+    let files = BlockFiles::open(&blocks)?;
+    let raw = files.file_bytes(FileKind::Blk, last)?;
+    let (recs, _) = blkindex_shared::blkfile::scan_records(
+        raw.bytes(),
+        &files.xor_key(),
+        [0xfa, 0xbf, 0xb5, 0xda],
+        FileKind::Blk,
+    );
+    drop(raw);
+    assert!(recs.len() >= 4, "{} records in the last file ({len} bytes)", recs.len());
+    let cut = recs[recs.len() / 2].offset + 10;
+    std::fs::OpenOptions::new().write(true).open(&path)?.set_len(cut)?;
+
+    let db = dir.path().join("db");
+    index_ok(&node, &db, &["--blocksdir", blocks.to_str().unwrap()]);
+    let store = Store::open(&db, Mode::Secondary(dir.path().join("sec")))?;
+    let index = Index::new(store, BlockFiles::open(&blocks)?)?;
+    check(&node, &index, &want)?;
     Ok(())
 }

@@ -54,11 +54,7 @@ impl XorKey {
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let key: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-                    anyhow::anyhow!(
-                        "{}: expected 8 bytes, found {}",
-                        path.display(),
-                        bytes.len()
-                    )
+                    anyhow::anyhow!("{}: expected 8 bytes, found {}", path.display(), bytes.len())
                 })?;
                 Ok(XorKey(key))
             }
@@ -122,14 +118,14 @@ impl FileBytes {
         if map {
             // SAFETY: only finalized files are mapped (see the module comment); bitcoind no longer
             // writes or truncates them, and pruning is not supported (files are never deleted).
-            let mmap = unsafe { Mmap::map(&file) }
-                .with_context(|| format!("cannot map {}", path.display()))?;
+            let mmap =
+                unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
             let _ = mmap.advise(memmap2::Advice::Sequential);
             Ok(FileBytes::Mapped(mmap))
         } else {
-            Ok(FileBytes::Read(std::fs::read(path).with_context(|| {
-                format!("cannot read {}", path.display())
-            })?))
+            Ok(FileBytes::Read(
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            ))
         }
     }
 
@@ -161,12 +157,7 @@ pub struct ScanNotes {
 
 /// Walks the records of one file. Tolerates zero-filled preallocated tails, garbage between records
 /// (resynchronizing on the magic), records with impossible sizes, and a partially written last record.
-pub fn scan_records(
-    bytes: &[u8],
-    key: &XorKey,
-    magic: [u8; 4],
-    kind: FileKind,
-) -> (Vec<Record>, ScanNotes) {
+pub fn scan_records(bytes: &[u8], key: &XorKey, magic: [u8; 4], kind: FileKind) -> (Vec<Record>, ScanNotes) {
     let (max_len, trailer) = match kind {
         FileKind::Blk => (MAX_BLOCK_SIZE, 0),
         FileKind::Rev => (MAX_UNDO_SIZE, UNDO_CHECKSUM_LEN as u64),
@@ -217,11 +208,7 @@ impl BlockFiles {
         if !blocks_dir.is_dir() {
             bail!("blocks directory {} does not exist", blocks_dir.display());
         }
-        Ok(BlockFiles {
-            dir: blocks_dir.to_path_buf(),
-            key,
-            maps: Mutex::default(),
-        })
+        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, maps: Mutex::default() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -250,9 +237,7 @@ impl BlockFiles {
             return Ok(None);
         }
         let path = self.path(FileKind::Blk, num);
-        let FileBytes::Mapped(m) = FileBytes::open(&path, true)? else {
-            unreachable!()
-        };
+        let FileBytes::Mapped(m) = FileBytes::open(&path, true)? else { unreachable!() };
         let m = Arc::new(m);
         self.maps.lock().unwrap().insert(num, m.clone());
         Ok(Some(m))
@@ -264,21 +249,12 @@ impl BlockFiles {
     }
 
     /// The de-obfuscated bytes `offset..offset+len` of a file.
-    pub fn read(
-        &self,
-        kind: FileKind,
-        num: u32,
-        offset: u64,
-        len: usize,
-    ) -> Result<Cow<'static, [u8]>> {
+    pub fn read(&self, kind: FileKind, num: u32, offset: u64, len: usize) -> Result<Cow<'static, [u8]>> {
         if kind == FileKind::Blk {
             if let Some(map) = self.final_map(num)? {
                 let end = offset as usize + len;
                 if end > map.len() {
-                    bail!(
-                        "{}: range {offset}+{len} is past the end",
-                        self.path(kind, num).display()
-                    );
+                    bail!("{}: range {offset}+{len} is past the end", self.path(kind, num).display());
                 }
                 let mut v = map[offset as usize..end].to_vec();
                 self.key.apply(&mut v, offset);
@@ -343,20 +319,8 @@ mod tests {
             key.apply(&mut obf, 0);
             let (recs, notes) = scan_records(&obf, &key, MAGIC, FileKind::Blk);
             assert_eq!(recs.len(), 3, "{recs:?}");
-            assert_eq!(
-                recs[0],
-                Record {
-                    offset: 8,
-                    len: 100
-                }
-            );
-            assert_eq!(
-                recs[1],
-                Record {
-                    offset: second_at + 8,
-                    len: 50
-                }
-            );
+            assert_eq!(recs[0], Record { offset: 8, len: 100 });
+            assert_eq!(recs[1], Record { offset: second_at + 8, len: 50 });
             assert_eq!(recs[2].len, 10);
             assert!(notes.skipped > 0);
             assert!(notes.partial_tail);
@@ -389,9 +353,6 @@ mod tests {
         std::fs::write(dir.path().join("xor.dat"), [1, 2, 3]).unwrap();
         assert!(XorKey::read(dir.path()).is_err());
         std::fs::write(dir.path().join("xor.dat"), [1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
-        assert_eq!(
-            XorKey::read(dir.path()).unwrap().0,
-            [1, 2, 3, 4, 5, 6, 7, 8]
-        );
+        assert_eq!(XorKey::read(dir.path()).unwrap().0, [1, 2, 3, 4, 5, 6, 7, 8]);
     }
 }

@@ -51,9 +51,7 @@ impl Chain {
     }
 
     pub fn tip(&self) -> Option<(Height, BlockHash)> {
-        self.hashes
-            .last()
-            .map(|h| (self.hashes.len() as Height - 1, *h))
+        self.hashes.last().map(|h| (self.hashes.len() as Height - 1, *h))
     }
 
     pub fn row(&self, height: Height) -> Option<&HeaderRow> {

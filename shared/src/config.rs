@@ -75,10 +75,7 @@ impl NodeConfig {
         cookie: Option<&Path>,
     ) -> Result<Self> {
         if !datadir.is_dir() {
-            bail!(
-                "bitcoind data directory {} does not exist",
-                datadir.display()
-            );
+            bail!("bitcoind data directory {} does not exist", datadir.display());
         }
         let conf = read_bitcoin_conf(&datadir.join("bitcoin.conf"), net)?;
         let netdir = datadir.join(net.subdir());
@@ -90,14 +87,9 @@ impl NodeConfig {
         let rpc_addr = match rpc_addr {
             Some(a) => a.to_string(),
             None => {
-                let host = conf
-                    .get("rpcconnect")
-                    .cloned()
-                    .unwrap_or_else(|| "127.0.0.1".into());
+                let host = conf.get("rpcconnect").cloned().unwrap_or_else(|| "127.0.0.1".into());
                 let port = match conf.get("rpcport") {
-                    Some(p) => p
-                        .parse()
-                        .with_context(|| format!("bad rpcport {p:?} in bitcoin.conf"))?,
+                    Some(p) => p.parse().with_context(|| format!("bad rpcport {p:?} in bitcoin.conf"))?,
                     None => net.default_rpc_port(),
                 };
                 format!("{host}:{port}")
@@ -107,23 +99,14 @@ impl NodeConfig {
             (Some(c), _, _) => Auth::Cookie(c.to_path_buf()),
             (None, Some(u), Some(p)) => Auth::UserPass(u.clone(), p.clone()),
             _ => Auth::Cookie(
-                conf.get("rpccookiefile")
-                    .map(|f| netdir.join(f))
-                    .unwrap_or_else(|| netdir.join(".cookie")),
+                conf.get("rpccookiefile").map(|f| netdir.join(f)).unwrap_or_else(|| netdir.join(".cookie")),
             ),
         };
         let zmq = conf
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("zmqpub").map(|t| (t.to_string(), v.clone())))
             .collect();
-        Ok(NodeConfig {
-            net,
-            datadir: datadir.to_path_buf(),
-            blocks_dir,
-            rpc_addr,
-            auth,
-            zmq,
-        })
+        Ok(NodeConfig { net, datadir: datadir.to_path_buf(), blocks_dir, rpc_addr, auth, zmq })
     }
 }
 
@@ -143,9 +126,8 @@ pub fn args_with_config_file(args: Vec<OsString>) -> Result<Vec<OsString>> {
     let Some(path) = path else { return Ok(args) };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    let table: toml::Table =
+        text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
     let mut from_file = Vec::new();
     for (key, value) in table {
         let env = format!("BLKINDEX_{}", key.to_uppercase().replace('-', "_"));
@@ -159,10 +141,7 @@ pub fn args_with_config_file(args: Vec<OsString>) -> Result<Vec<OsString>> {
             toml::Value::String(s) => from_file.push(OsString::from(format!("{flag}={s}"))),
             toml::Value::Integer(n) => from_file.push(OsString::from(format!("{flag}={n}"))),
             toml::Value::Float(n) => from_file.push(OsString::from(format!("{flag}={n}"))),
-            other => bail!(
-                "config file {}: unsupported value for {key}: {other}",
-                path.display()
-            ),
+            other => bail!("config file {}: unsupported value for {key}: {other}", path.display()),
         }
     }
     let mut out = Vec::with_capacity(args.len() + from_file.len());
@@ -190,19 +169,12 @@ mod tests {
         assert_eq!(regtest["rpcport"], "3333");
         let signet = read_bitcoin_conf(&conf, "signet".parse().unwrap()).unwrap();
         assert_eq!(signet["rpcport"], "1111");
-        let nc =
-            NodeConfig::derive("regtest".parse().unwrap(), dir.path(), None, None, None).unwrap();
+        let nc = NodeConfig::derive("regtest".parse().unwrap(), dir.path(), None, None, None).unwrap();
         assert_eq!(nc.rpc_addr, "127.0.0.1:3333");
         assert_eq!(nc.blocks_dir, dir.path().join("regtest/blocks"));
         assert_eq!(nc.zmq["hashblock"], "tcp://127.0.0.1:2");
-        let main = NodeConfig::derive(
-            "mainnet".parse().unwrap(),
-            dir.path(),
-            None,
-            Some("h:9"),
-            None,
-        )
-        .unwrap();
+        let main =
+            NodeConfig::derive("mainnet".parse().unwrap(), dir.path(), None, Some("h:9"), None).unwrap();
         assert_eq!(main.rpc_addr, "h:9");
         assert_eq!(main.blocks_dir, dir.path().join("blocks"));
     }
@@ -211,26 +183,13 @@ mod tests {
     fn config_file_goes_under_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("blkindex.toml");
-        std::fs::write(
-            &file,
-            "network = \"regtest\"\nno-follow = true\nmem-budget-mb = 512\n",
-        )
-        .unwrap();
-        let args: Vec<OsString> = [
-            "x",
-            "--config",
-            file.to_str().unwrap(),
-            "--network",
-            "signet",
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
-        let out = args_with_config_file(args).unwrap();
-        let out: Vec<String> = out
+        std::fs::write(&file, "network = \"regtest\"\nno-follow = true\nmem-budget-mb = 512\n").unwrap();
+        let args: Vec<OsString> = ["x", "--config", file.to_str().unwrap(), "--network", "signet"]
             .iter()
-            .map(|s| s.to_string_lossy().into_owned())
+            .map(OsString::from)
             .collect();
+        let out = args_with_config_file(args).unwrap();
+        let out: Vec<String> = out.iter().map(|s| s.to_string_lossy().into_owned()).collect();
         assert_eq!(out[0], "x");
         assert!(out.contains(&"--network=regtest".to_string()));
         assert!(out.contains(&"--no-follow".to_string()));

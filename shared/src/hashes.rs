@@ -60,9 +60,8 @@ mod tests {
             ScriptHash::of(&script).to_string(),
             "8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161"
         );
-        let parsed: ScriptHash = "8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161"
-            .parse()
-            .unwrap();
+        let parsed: ScriptHash =
+            "8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161".parse().unwrap();
         assert_eq!(parsed, ScriptHash::of(&script));
     }
 }

@@ -102,14 +102,9 @@ mod tests {
     #[test]
     fn magics_differ() {
         let nets = ["mainnet", "testnet3", "testnet4", "signet", "regtest"];
-        let magics: std::collections::HashSet<_> = nets
-            .iter()
-            .map(|n| n.parse::<Net>().unwrap().magic())
-            .collect();
+        let magics: std::collections::HashSet<_> =
+            nets.iter().map(|n| n.parse::<Net>().unwrap().magic()).collect();
         assert_eq!(magics.len(), nets.len());
-        assert_eq!(
-            "regtest".parse::<Net>().unwrap().magic(),
-            [0xfa, 0xbf, 0xb5, 0xda]
-        );
+        assert_eq!("regtest".parse::<Net>().unwrap().magic(), [0xfa, 0xbf, 0xb5, 0xda]);
     }
 }

@@ -46,12 +46,7 @@ pub struct Tx<'a> {
 
 impl Default for Tx<'_> {
     fn default() -> Self {
-        Tx {
-            raw: &[],
-            txid: Txid::all_zeros(),
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-        }
+        Tx { raw: &[], txid: Txid::all_zeros(), inputs: Vec::new(), outputs: Vec::new() }
     }
 }
 
@@ -63,6 +58,20 @@ impl Tx<'_> {
 
 /// Parses one transaction at the reader's position into `tx`.
 pub fn parse_tx<'a>(r: &mut Reader<'a>, buf: &'a [u8], tx: &mut Tx<'a>) -> Result<(), DecodeError> {
+    parse_tx_inner(r, buf, tx, true)
+}
+
+/// Like [`parse_tx`] but leaves `tx.txid` alone, for a second walk over a verified block.
+pub fn parse_tx_unhashed<'a>(r: &mut Reader<'a>, buf: &'a [u8], tx: &mut Tx<'a>) -> Result<(), DecodeError> {
+    parse_tx_inner(r, buf, tx, false)
+}
+
+fn parse_tx_inner<'a>(
+    r: &mut Reader<'a>,
+    buf: &'a [u8],
+    tx: &mut Tx<'a>,
+    hash: bool,
+) -> Result<(), DecodeError> {
     let start = r.pos();
     tx.inputs.clear();
     tx.outputs.clear();
@@ -73,18 +82,12 @@ pub fn parse_tx<'a>(r: &mut Reader<'a>, buf: &'a [u8], tx: &mut Tx<'a>) -> Resul
     if segwit {
         let flag = r.u8()?;
         if flag != 1 {
-            return Err(DecodeError::Invalid {
-                what: "bad segwit flag",
-                at: r.pos() - 1,
-            });
+            return Err(DecodeError::Invalid { what: "bad segwit flag", at: r.pos() - 1 });
         }
         io_start = r.pos();
         n_in = r.length(r.remaining() / 41)?;
         if n_in == 0 {
-            return Err(DecodeError::Invalid {
-                what: "segwit transaction without inputs",
-                at: io_start,
-            });
+            return Err(DecodeError::Invalid { what: "segwit transaction without inputs", at: io_start });
         }
     }
     for _ in 0..n_in {
@@ -92,10 +95,7 @@ pub fn parse_tx<'a>(r: &mut Reader<'a>, buf: &'a [u8], tx: &mut Tx<'a>) -> Resul
         let prev_vout = r.u32_le()?;
         let script_len = r.length(r.remaining())?;
         r.skip(script_len + 4)?; // scriptSig, sequence
-        tx.inputs.push(Input {
-            prev_txid,
-            prev_vout,
-        });
+        tx.inputs.push(Input { prev_txid, prev_vout });
     }
     let n_out = r.length(r.remaining() / 9)?;
     for _ in 0..n_out {
@@ -117,6 +117,9 @@ pub fn parse_tx<'a>(r: &mut Reader<'a>, buf: &'a [u8], tx: &mut Tx<'a>) -> Resul
     let lock_at = r.pos();
     r.skip(4)?;
     tx.raw = &buf[start..r.pos()];
+    if !hash {
+        return Ok(());
+    }
     // The txid commits to the serialization without marker, flag and witness.
     let mut engine = sha256d::Hash::engine();
     engine.input(&buf[start..start + 4]);
@@ -138,31 +141,61 @@ pub fn block_prefix(block: &[u8]) -> Result<(&[u8; HEADER_LEN], usize, usize), D
 /// trailing bytes included.
 pub fn for_each_tx<'a, E: From<DecodeError>>(
     block: &'a [u8],
+    f: impl FnMut(usize, &Tx<'a>) -> Result<(), E>,
+) -> Result<usize, E> {
+    walk(block, true, f)
+}
+
+/// [`for_each_tx`] without computing txids (they are left zero).
+pub fn for_each_tx_unhashed<'a, E: From<DecodeError>>(
+    block: &'a [u8],
+    f: impl FnMut(usize, &Tx<'a>) -> Result<(), E>,
+) -> Result<usize, E> {
+    walk(block, false, f)
+}
+
+fn walk<'a, E: From<DecodeError>>(
+    block: &'a [u8],
+    hash: bool,
     mut f: impl FnMut(usize, &Tx<'a>) -> Result<(), E>,
 ) -> Result<usize, E> {
     let (_, ntx, txs_at) = block_prefix(block)?;
     if ntx == 0 {
-        return Err(DecodeError::Invalid {
-            what: "block without transactions",
-            at: HEADER_LEN,
-        }
-        .into());
+        return Err(DecodeError::Invalid { what: "block without transactions", at: HEADER_LEN }.into());
     }
     let mut r = Reader::new(block);
     r.skip(txs_at)?;
     let mut tx = Tx::default();
     for i in 0..ntx {
-        parse_tx(&mut r, block, &mut tx)?;
+        parse_tx_inner(&mut r, block, &mut tx, hash)?;
         f(i, &tx)?;
     }
     if r.remaining() != 0 {
-        return Err(DecodeError::Invalid {
-            what: "trailing bytes after the last transaction",
-            at: r.pos(),
-        }
-        .into());
+        return Err(
+            DecodeError::Invalid { what: "trailing bytes after the last transaction", at: r.pos() }.into()
+        );
     }
     Ok(ntx)
+}
+
+/// The merkle root of a block's txids (Bitcoin's, duplicating the last node of odd levels).
+pub fn merkle_root(txids: &[Txid]) -> bitcoin::TxMerkleNode {
+    let mut level: Vec<[u8; 32]> = txids.iter().map(|t| t.to_byte_array()).collect();
+    if level.is_empty() {
+        return bitcoin::TxMerkleNode::all_zeros();
+    }
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| {
+                let mut e = sha256d::Hash::engine();
+                e.input(&pair[0]);
+                e.input(pair.get(1).unwrap_or(&pair[0]));
+                sha256d::Hash::from_engine(e).to_byte_array()
+            })
+            .collect();
+    }
+    bitcoin::TxMerkleNode::from_byte_array(level[0])
 }
 
 /// Script classes the index treats specially.
@@ -178,9 +211,7 @@ mod tests {
     use bitcoin::Block;
 
     fn genesis_bytes() -> Vec<u8> {
-        serialize(&bitcoin::blockdata::constants::genesis_block(
-            bitcoin::Network::Bitcoin,
-        ))
+        serialize(&bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Bitcoin))
     }
 
     #[test]
@@ -193,11 +224,9 @@ mod tests {
             assert_eq!(tx.txid, want.compute_txid());
             assert_eq!(tx.raw, serialize(want).as_slice());
             assert!(tx.is_coinbase());
+            assert_eq!(merkle_root(&[tx.txid]), block.header.merkle_root);
             assert_eq!(tx.outputs[0].value, want.output[0].value.to_sat());
-            assert_eq!(
-                tx.outputs[0].script,
-                want.output[0].script_pubkey.as_bytes()
-            );
+            assert_eq!(tx.outputs[0].script, want.output[0].script_pubkey.as_bytes());
             seen += 1;
             Ok(())
         })

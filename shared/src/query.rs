@@ -70,11 +70,7 @@ pub struct Index {
 impl Index {
     pub fn new(store: Store, blocks: BlockFiles) -> Result<Self> {
         let chain = Chain::load(&store)?;
-        Ok(Index {
-            store,
-            blocks,
-            chain,
-        })
+        Ok(Index { store, blocks, chain })
     }
 
     /// Re-reads the chain after the store changed (a secondary's catch-up, a follower's step).
@@ -84,9 +80,7 @@ impl Index {
     }
 
     fn row(&self, height: Height) -> Result<&HeaderRow> {
-        self.chain
-            .row(height)
-            .ok_or_else(|| anyhow!("no block at height {height}"))
+        self.chain.row(height).ok_or_else(|| anyhow!("no block at height {height}"))
     }
 
     /// Bytes `offset..offset+len` of the block at `height`.
@@ -96,20 +90,16 @@ impl Index {
             bail!("range {offset}+{len} is outside block {height}");
         }
         match row.loc {
-            BlockLoc::File {
-                file, offset: at, ..
-            } => self
-                .blocks
-                .read(FileKind::Blk, file, at as u64 + offset as u64, len as usize),
+            BlockLoc::File { file, offset: at, .. } => {
+                self.blocks.read(FileKind::Blk, file, at as u64 + offset as u64, len as usize)
+            }
             BlockLoc::Db { .. } => {
                 let raw = self
                     .store
                     .db()
                     .get_cf(self.store.cf(cf::RAWBLOCK), row.hash())?
                     .ok_or_else(|| anyhow!("block {height} missing from the rawblock family"))?;
-                Ok(Cow::Owned(
-                    raw[offset as usize..(offset + len) as usize].to_vec(),
-                ))
+                Ok(Cow::Owned(raw[offset as usize..(offset + len) as usize].to_vec()))
             }
         }
     }
@@ -139,11 +129,7 @@ impl Index {
     /// The txnums of rows with this prefix, ascending.
     fn scan(&self, family: &str, prefix: [u8; PREFIX_LEN]) -> Result<Vec<TxNum>> {
         let mut out = Vec::new();
-        for item in self
-            .store
-            .db()
-            .prefix_iterator_cf(self.store.cf(family), prefix)
-        {
+        for item in self.store.db().prefix_iterator_cf(self.store.cf(family), prefix) {
             let (k, _) = item?;
             if k.len() != schema::KEY_LEN || k[..PREFIX_LEN] != prefix {
                 break;
@@ -163,13 +149,7 @@ impl Index {
         for txnum in self.scan(cf::TXID, schema::txid_prefix(txid))? {
             let (raw, height, pos) = self.tx_by_num(txnum)?;
             if compute_txid(&raw)? == *txid {
-                out.push(TxInfo {
-                    txid: *txid,
-                    txnum,
-                    height,
-                    pos,
-                    raw,
-                });
+                out.push(TxInfo { txid: *txid, txnum, height, pos, raw });
             }
         }
         Ok(out)
@@ -187,10 +167,7 @@ impl Index {
                 .with_context(|| format!("corrupt transaction {txnum} at height {height}"))?;
             let mut touches = false;
             for input in &tx.inputs {
-                let op = OutPoint {
-                    txid: input.prev_txid(),
-                    vout: input.prev_vout,
-                };
+                let op = OutPoint { txid: input.prev_txid(), vout: input.prev_vout };
                 if let Some(i) = funded.remove(&op) {
                     unspent[i] = None;
                     touches = true;
@@ -200,28 +177,16 @@ impl Index {
                 if is_unspendable(out.script) || ScriptHash::of(out.script) != *sh {
                     continue;
                 }
-                let outpoint = OutPoint {
-                    txid: tx.txid,
-                    vout: vout as u32,
-                };
+                let outpoint = OutPoint { txid: tx.txid, vout: vout as u32 };
                 // A BIP30 duplicate replaces the earlier, now unspendable, output.
                 if let Some(i) = funded.insert(outpoint, unspent.len()) {
                     unspent[i] = None;
                 }
-                unspent.push(Some(Utxo {
-                    outpoint,
-                    value: out.value,
-                    height,
-                    txnum,
-                }));
+                unspent.push(Some(Utxo { outpoint, value: out.value, height, txnum }));
                 touches = true;
             }
             if touches {
-                state.history.push(HistoryItem {
-                    txid: tx.txid,
-                    height,
-                    txnum,
-                });
+                state.history.push(HistoryItem { txid: tx.txid, height, txnum });
             }
         }
         state.utxos = unspent.into_iter().flatten().collect();
@@ -246,18 +211,8 @@ impl Index {
             let (raw, height, pos) = self.tx_by_num(txnum)?;
             let mut tx = Tx::default();
             parse::parse_tx(&mut Reader::new(&raw), &raw, &mut tx)?;
-            if tx
-                .inputs
-                .iter()
-                .any(|i| i.prev_txid() == outpoint.txid && i.prev_vout == outpoint.vout)
-            {
-                return Ok(Some(TxInfo {
-                    txid: tx.txid,
-                    txnum,
-                    height,
-                    pos,
-                    raw,
-                }));
+            if tx.inputs.iter().any(|i| i.prev_txid() == outpoint.txid && i.prev_vout == outpoint.vout) {
+                return Ok(Some(TxInfo { txid: tx.txid, txnum, height, pos, raw }));
             }
         }
         Ok(None)
@@ -326,9 +281,8 @@ mod tests {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-        let root: TxMerkleNode = "f3e94742aca4b5ef85488dc37c06c3282295ffec960994b2c0d5ac2a25a95766"
-            .parse()
-            .unwrap();
+        let root: TxMerkleNode =
+            "f3e94742aca4b5ef85488dc37c06c3282295ffec960994b2c0d5ac2a25a95766".parse().unwrap();
         for (pos, txid) in txids.iter().enumerate() {
             let mut acc = txid.to_byte_array();
             for (level, node) in merkle_branch(&txids, pos).iter().enumerate() {

@@ -28,8 +28,7 @@ pub enum RpcError {
 impl RpcError {
     /// Worth retrying later (node down, starting, or warming up).
     pub fn is_transient(&self) -> bool {
-        matches!(self, RpcError::Unreachable { .. })
-            || matches!(self, RpcError::Rpc { code: -28, .. })
+        matches!(self, RpcError::Unreachable { .. }) || matches!(self, RpcError::Rpc { code: -28, .. })
     }
 }
 
@@ -46,11 +45,7 @@ impl Rpc {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        Rpc {
-            agent,
-            addr: addr.to_string(),
-            auth,
-        }
+        Rpc { agent, addr: addr.to_string(), auth }
     }
 
     /// `host:port`, or `host:port/wallet/<name>` for a wallet's endpoint.
@@ -76,18 +71,12 @@ impl Rpc {
                 .to_string(),
             Auth::UserPass(u, p) => format!("{u}:{p}"),
         };
-        Ok(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(userpass)
-        ))
+        Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(userpass)))
     }
 
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let body = json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params});
-        let unreachable = |msg: String| RpcError::Unreachable {
-            addr: self.addr.clone(),
-            msg,
-        };
+        let unreachable = |msg: String| RpcError::Unreachable { addr: self.addr.clone(), msg };
         let mut resp = self
             .agent
             .post(&self.url())
@@ -96,10 +85,7 @@ impl Rpc {
             .map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
-            return Err(RpcError::Auth {
-                addr: self.addr.clone(),
-                msg: format!("HTTP {status}"),
-            });
+            return Err(RpcError::Auth { addr: self.addr.clone(), msg: format!("HTTP {status}") });
         }
         let reply: Value = resp
             .body_mut()
@@ -110,17 +96,10 @@ impl Rpc {
         if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
             return Err(RpcError::Rpc {
                 code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
+                message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
             });
         }
-        reply
-            .get("result")
-            .cloned()
-            .ok_or_else(|| RpcError::Protocol(format!("{method}: no result")))
+        reply.get("result").cloned().ok_or_else(|| RpcError::Protocol(format!("{method}: no result")))
     }
 
     pub fn best_block_hash(&self) -> Result<bitcoin::BlockHash, RpcError> {

@@ -123,10 +123,7 @@ impl HeaderRow {
             BlockLoc::File { file, offset, len } => (file, offset, len),
             BlockLoc::Db { len } => (IN_DB, 0, len),
         };
-        for (i, n) in [self.first_txnum, self.tx_count, file, offset, len]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, n) in [self.first_txnum, self.tx_count, file, offset, len].into_iter().enumerate() {
             v[80 + 4 * i..84 + 4 * i].copy_from_slice(&n.to_be_bytes());
         }
         v
@@ -134,30 +131,16 @@ impl HeaderRow {
 
     pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
         if v.len() != HEADER_ROW_LEN {
-            return Err(DecodeError::Invalid {
-                what: "header row of the wrong length",
-                at: 0,
-            });
+            return Err(DecodeError::Invalid { what: "header row of the wrong length", at: 0 });
         }
-        let header: Header = deserialize(&v[..80]).map_err(|_| DecodeError::Invalid {
-            what: "bad header",
-            at: 0,
-        })?;
+        let header: Header =
+            deserialize(&v[..80]).map_err(|_| DecodeError::Invalid { what: "bad header", at: 0 })?;
         let n = |i: usize| u32::from_be_bytes(v[80 + 4 * i..84 + 4 * i].try_into().unwrap());
         let loc = match n(2) {
             IN_DB => BlockLoc::Db { len: n(4) },
-            file => BlockLoc::File {
-                file,
-                offset: n(3),
-                len: n(4),
-            },
+            file => BlockLoc::File { file, offset: n(3), len: n(4) },
         };
-        Ok(HeaderRow {
-            header,
-            first_txnum: n(0),
-            tx_count: n(1),
-            loc,
-        })
+        Ok(HeaderRow { header, first_txnum: n(0), tx_count: n(1), loc })
     }
 
     pub fn hash(&self) -> BlockHash {
@@ -206,10 +189,7 @@ pub fn encode_tip(height: Height, hash: &BlockHash) -> Vec<u8> {
 
 pub fn decode_tip(v: &[u8]) -> Result<(Height, BlockHash), DecodeError> {
     if v.len() != 36 {
-        return Err(DecodeError::Invalid {
-            what: "tip of the wrong length",
-            at: 0,
-        });
+        return Err(DecodeError::Invalid { what: "tip of the wrong length", at: 0 });
     }
     let h = u32::from_be_bytes(v[..4].try_into().unwrap());
     Ok((h, BlockHash::from_byte_array(v[4..].try_into().unwrap())))
@@ -232,17 +212,10 @@ impl Pending {
 
     pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
         if v.len() != 40 {
-            return Err(DecodeError::Invalid {
-                what: "pending of the wrong length",
-                at: 0,
-            });
+            return Err(DecodeError::Invalid { what: "pending of the wrong length", at: 0 });
         }
         let (last, last_hash) = decode_tip(&v[4..])?;
-        Ok(Pending {
-            first: u32::from_be_bytes(v[..4].try_into().unwrap()),
-            last,
-            last_hash,
-        })
+        Ok(Pending { first: u32::from_be_bytes(v[..4].try_into().unwrap()), last, last_hash })
     }
 }
 
@@ -266,20 +239,8 @@ mod tests {
     #[test]
     fn header_row_round_trip() {
         let header = bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
-        for loc in [
-            BlockLoc::File {
-                file: 3,
-                offset: 8,
-                len: 285,
-            },
-            BlockLoc::Db { len: 285 },
-        ] {
-            let row = HeaderRow {
-                header,
-                first_txnum: 0,
-                tx_count: 1,
-                loc,
-            };
+        for loc in [BlockLoc::File { file: 3, offset: 8, len: 285 }, BlockLoc::Db { len: 285 }] {
+            let row = HeaderRow { header, first_txnum: 0, tx_count: 1, loc };
             let enc = row.encode();
             assert_eq!(HeaderRow::decode(&enc).unwrap(), row);
             assert!(HeaderRow::decode(&enc[..99]).is_err());
@@ -297,16 +258,9 @@ mod tests {
 
     #[test]
     fn meta_values_round_trip() {
-        let p = Pending {
-            first: 10,
-            last: 20,
-            last_hash: BlockHash::from_byte_array([9; 32]),
-        };
+        let p = Pending { first: 10, last: 20, last_hash: BlockHash::from_byte_array([9; 32]) };
         assert_eq!(Pending::decode(&p.encode()).unwrap(), p);
         assert!(Pending::decode(&[0; 39]).is_err());
-        assert_eq!(
-            decode_tip(&encode_tip(5, &p.last_hash)).unwrap(),
-            (5, p.last_hash)
-        );
+        assert_eq!(decode_tip(&encode_tip(5, &p.last_hash)).unwrap(), (5, p.last_hash));
     }
 }

@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use bitcoin::hashes::Hash;
 use bitcoin::BlockHash;
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
-    SliceTransform, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, SliceTransform,
+    WriteBatch, WriteOptions, DB,
 };
 
 use crate::network::Net;
@@ -64,9 +64,7 @@ pub fn cf_options(name: &str) -> Options {
 impl Store {
     pub fn open(path: &Path, mode: Mode) -> Result<Self> {
         let mut opts = Options::default();
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get() as i32)
-            .unwrap_or(2);
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2);
         opts.increase_parallelism(cpus.max(2));
         opts.set_max_subcompactions(cpus.max(1) as u32);
         opts.set_keep_log_file_num(4);
@@ -88,10 +86,7 @@ impl Store {
                 opts.set_atomic_flush(true);
                 let bulk = matches!(mode, Mode::Bulk);
                 DB::open_cf_descriptors(&opts, path, cfs(bulk)).with_context(|| {
-                    format!(
-                        "cannot open index {} (is another indexer running?)",
-                        path.display()
-                    )
+                    format!("cannot open index {} (is another indexer running?)", path.display())
                 })?
             }
             Mode::Secondary(secondary) => {
@@ -101,10 +96,7 @@ impl Store {
                     .with_context(|| format!("cannot open index {} as secondary", path.display()))?
             }
         };
-        Ok(Store {
-            db,
-            path: path.to_path_buf(),
-        })
+        Ok(Store { db, path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {
@@ -116,9 +108,7 @@ impl Store {
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column family opened with the DB")
+        self.db.cf_handle(name).expect("column family opened with the DB")
     }
 
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -148,11 +138,8 @@ impl Store {
         let genesis = net.genesis_hash();
         match self.get_meta(meta::FORMAT)? {
             None if writable => {
-                let has_rows = self
-                    .db
-                    .iterator_cf(self.cf(cf::HEADERS), rocksdb::IteratorMode::Start)
-                    .next()
-                    .is_some();
+                let has_rows =
+                    self.db.iterator_cf(self.cf(cf::HEADERS), rocksdb::IteratorMode::Start).next().is_some();
                 if has_rows {
                     bail!(
                         "{}: index has rows but no format stamp; delete it and re-index",
@@ -165,10 +152,7 @@ impl Store {
                     (meta::GENESIS, Some(genesis.as_byte_array())),
                 ])?;
             }
-            None => bail!(
-                "{}: not a blkindex index (no format stamp)",
-                self.path.display()
-            ),
+            None => bail!("{}: not a blkindex index (no format stamp)", self.path.display()),
             Some(v) => {
                 let version = u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4]));
                 if version != schema::FORMAT_VERSION {
@@ -199,30 +183,22 @@ impl Store {
     }
 
     pub fn tip(&self) -> Result<Option<(Height, BlockHash)>> {
-        self.get_meta(meta::TIP)?
-            .map(|v| Ok(schema::decode_tip(&v)?))
-            .transpose()
+        self.get_meta(meta::TIP)?.map(|v| Ok(schema::decode_tip(&v)?)).transpose()
     }
 
     pub fn pending(&self) -> Result<Option<Pending>> {
-        self.get_meta(meta::PENDING)?
-            .map(|v| Ok(Pending::decode(&v)?))
-            .transpose()
+        self.get_meta(meta::PENDING)?.map(|v| Ok(Pending::decode(&v)?)).transpose()
     }
 
     pub fn header_row(&self, height: Height) -> Result<Option<HeaderRow>> {
-        let v = self
-            .db
-            .get_cf(self.cf(cf::HEADERS), schema::height_key(height))?;
+        let v = self.db.get_cf(self.cf(cf::HEADERS), schema::height_key(height))?;
         v.map(|v| Ok(HeaderRow::decode(&v)?)).transpose()
     }
 
     /// All header rows up to and including `tip`, in height order.
     pub fn header_rows(&self, tip: Height) -> Result<Vec<HeaderRow>> {
         let mut rows = Vec::with_capacity(tip as usize + 1);
-        let it = self
-            .db
-            .iterator_cf(self.cf(cf::HEADERS), rocksdb::IteratorMode::Start);
+        let it = self.db.iterator_cf(self.cf(cf::HEADERS), rocksdb::IteratorMode::Start);
         for item in it {
             let (k, v) = item?;
             let h = u32::from_be_bytes(k.as_ref().try_into().context("bad header key")?);
@@ -235,10 +211,7 @@ impl Store {
             rows.push(HeaderRow::decode(&v)?);
         }
         if rows.len() != tip as usize + 1 {
-            bail!(
-                "header rows end at {} but the tip is {tip}",
-                rows.len() as i64 - 1
-            );
+            bail!("header rows end at {} but the tip is {tip}", rows.len() as i64 - 1);
         }
         Ok(rows)
     }
@@ -246,24 +219,20 @@ impl Store {
     /// Lets automatic compactions run again (after the bulk load).
     pub fn enable_auto_compactions(&self) -> Result<()> {
         for name in cf::ALL {
-            self.db
-                .set_options_cf(self.cf(name), &[("disable_auto_compactions", "false")])?;
+            self.db.set_options_cf(self.cf(name), &[("disable_auto_compactions", "false")])?;
         }
         Ok(())
     }
 
     pub fn flush(&self) -> Result<()> {
         let cfs: Vec<_> = cf::ALL.iter().map(|n| self.cf(n)).collect();
-        Ok(self
-            .db
-            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?)
+        Ok(self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?)
     }
 
     /// One full manual compaction of every family.
     pub fn compact_all(&self) -> Result<()> {
         for name in cf::ALL {
-            self.db
-                .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }
@@ -276,10 +245,8 @@ impl Store {
     pub fn sst_bytes(&self) -> Result<Vec<(&'static str, u64)>> {
         let mut out = Vec::new();
         for name in cf::ALL {
-            let v = self
-                .db
-                .property_int_value_cf(self.cf(name), "rocksdb.total-sst-files-size")?
-                .unwrap_or(0);
+            let v =
+                self.db.property_int_value_cf(self.cf(name), "rocksdb.total-sst-files-size")?.unwrap_or(0);
             out.push((name, v));
         }
         Ok(out)

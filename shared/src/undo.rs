@@ -59,10 +59,7 @@ impl BlockUndo {
             }
         }
         if r.remaining() != 0 {
-            return Err(DecodeError::Invalid {
-                what: "trailing bytes in undo record",
-                at: r.pos(),
-            });
+            return Err(DecodeError::Invalid { what: "trailing bytes in undo record", at: r.pos() });
         }
         Ok(undo)
     }
@@ -91,12 +88,7 @@ fn read_coin(r: &mut Reader, scripts: &mut Vec<u8>) -> Result<Coin, DecodeError>
     let value = decompress_amount(r.core_varint()?);
     let start = scripts.len();
     decompress_script(r, scripts)?;
-    Ok(Coin {
-        height,
-        coinbase: code & 1 == 1,
-        value,
-        script: start as u32..scripts.len() as u32,
-    })
+    Ok(Coin { height, coinbase: code & 1 == 1, value, script: start as u32..scripts.len() as u32 })
 }
 
 /// Inverse of Core's CompressAmount (compressor.cpp).
@@ -145,12 +137,8 @@ fn decompress_script(r: &mut Reader, out: &mut Vec<u8>) -> Result<(), DecodeErro
             let mut compressed = [0u8; 33];
             compressed[0] = size as u8 - 2;
             compressed[1..].copy_from_slice(r.take(32)?);
-            let key = bitcoin::secp256k1::PublicKey::from_slice(&compressed).map_err(|_| {
-                DecodeError::Invalid {
-                    what: "invalid compressed public key",
-                    at,
-                }
-            })?;
+            let key = bitcoin::secp256k1::PublicKey::from_slice(&compressed)
+                .map_err(|_| DecodeError::Invalid { what: "invalid compressed public key", at })?;
             out.push(65);
             out.extend_from_slice(&key.serialize_uncompressed());
             out.push(0xac);
@@ -197,13 +185,9 @@ mod tests {
     #[test]
     fn amounts_round_trip() {
         // Vectors from Core's compress_tests: 0→0, 1→1, 1 BTC→9, 50 BTC→50, 21M BTC→21000000.
-        for (amount, compressed) in [
-            (0u64, 0u64),
-            (1, 1),
-            (100_000_000, 9),
-            (5_000_000_000, 50),
-            (2_100_000_000_000_000, 21_000_000),
-        ] {
+        for (amount, compressed) in
+            [(0u64, 0u64), (1, 1), (100_000_000, 9), (5_000_000_000, 50), (2_100_000_000_000_000, 21_000_000)]
+        {
             assert_eq!(compress_amount(amount), compressed);
             assert_eq!(decompress_amount(compressed), amount);
         }
@@ -217,8 +201,7 @@ mod tests {
         // One tx spending two coins: a P2PKH at height 100 (coinbase, 50 BTC) and a raw 3-byte
         // script at height 7 (1 sat); then one tx spending an uncompressed P2PK.
         let pk = bitcoin::secp256k1::PublicKey::from_slice(
-            &hex::decode("0250863ad64a87ae8a2fe83c1af1a8403cb53f53e486d8511dad8a04887e5b2352")
-                .unwrap(),
+            &hex::decode("0250863ad64a87ae8a2fe83c1af1a8403cb53f53e486d8511dad8a04887e5b2352").unwrap(),
         )
         .unwrap();
         let mut rec = vec![2u8, 2];

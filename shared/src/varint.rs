@@ -93,10 +93,7 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         let n = self.compact_size()?;
         if n > max as u64 {
-            return Err(DecodeError::Invalid {
-                what: "length too large",
-                at,
-            });
+            return Err(DecodeError::Invalid { what: "length too large", at });
         }
         Ok(n as usize)
     }
@@ -179,31 +176,14 @@ mod tests {
     #[test]
     fn core_varint_known_vectors() {
         // Vectors from Bitcoin Core's serialize_tests (varint encodings).
-        for (n, hex_enc) in [
-            (0u64, "00"),
-            (0x7f, "7f"),
-            (0x80, "8000"),
-            (0x1234, "a334"),
-            (0xffff, "82fe7f"),
-        ] {
+        for (n, hex_enc) in [(0u64, "00"), (0x7f, "7f"), (0x80, "8000"), (0x1234, "a334"), (0xffff, "82fe7f")]
+        {
             assert_eq!(hex::encode(core_varint_encode(n)), hex_enc);
             let bytes = hex::decode(hex_enc).unwrap();
             assert_eq!(Reader::new(&bytes).core_varint().unwrap(), n);
         }
-        for n in [
-            1u64,
-            127,
-            128,
-            255,
-            16511,
-            16512,
-            1 << 32,
-            u32::MAX as u64 * 3,
-        ] {
-            assert_eq!(
-                Reader::new(&core_varint_encode(n)).core_varint().unwrap(),
-                n
-            );
+        for n in [1u64, 127, 128, 255, 16511, 16512, 1 << 32, u32::MAX as u64 * 3] {
+            assert_eq!(Reader::new(&core_varint_encode(n)).core_varint().unwrap(), n);
         }
     }
 
@@ -216,21 +196,10 @@ mod tests {
     #[test]
     fn compact_size_canonical() {
         assert_eq!(Reader::new(&[0xfc]).compact_size().unwrap(), 0xfc);
-        assert_eq!(
-            Reader::new(&[0xfd, 0xfd, 0x00]).compact_size().unwrap(),
-            0xfd
-        );
+        assert_eq!(Reader::new(&[0xfd, 0xfd, 0x00]).compact_size().unwrap(), 0xfd);
         assert!(Reader::new(&[0xfd, 0x10, 0x00]).compact_size().is_err());
         assert!(Reader::new(&[0xfe, 0, 0, 0]).compact_size().is_err());
-        for n in [
-            0u64,
-            0xfc,
-            0xfd,
-            0xffff,
-            0x10000,
-            0xffff_ffff,
-            0x1_0000_0000,
-        ] {
+        for n in [0u64, 0xfc, 0xfd, 0xffff, 0x10000, 0xffff_ffff, 0x1_0000_0000] {
             let mut v = Vec::new();
             bitcoin::consensus::Encodable::consensus_encode(&bitcoin::VarInt(n), &mut v).unwrap();
             assert_eq!(v.len(), compact_size_len(n));

@@ -9,8 +9,8 @@ use bitcoin::script::Builder;
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::transaction::Version;
 use bitcoin::{
-    opcodes, Address, Amount, BlockHash, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
-    TxOut, Txid, Witness,
+    opcodes, Address, Amount, BlockHash, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut,
+    Txid, Witness,
 };
 use serde_json::{json, Value};
 
@@ -26,10 +26,7 @@ fn key(i: u8) -> PrivateKey {
 
 fn with_checksum(node: &Node, desc: &str) -> Result<String> {
     let info = node.call("getdescriptorinfo", json!([desc]))?;
-    Ok(format!(
-        "{desc}#{}",
-        info["checksum"].as_str().context("checksum")?
-    ))
+    Ok(format!("{desc}#{}", info["checksum"].as_str().context("checksum")?))
 }
 
 pub struct ChainBuilder<'a> {
@@ -56,10 +53,8 @@ impl<'a> ChainBuilder<'a> {
             if amount >= min && u["spendable"].as_bool() == Some(true) {
                 let txid: Txid = u["txid"].as_str().unwrap().parse()?;
                 let vout = u["vout"].as_u64().unwrap() as u32;
-                self.node.wallet_call(
-                    "lockunspent",
-                    json!([false, [{"txid": txid.to_string(), "vout": vout}]]),
-                )?;
+                self.node
+                    .wallet_call("lockunspent", json!([false, [{"txid": txid.to_string(), "vout": vout}]]))?;
                 return Ok((OutPoint { txid, vout }, amount));
             }
         }
@@ -77,17 +72,9 @@ impl<'a> ChainBuilder<'a> {
         let total: Amount = inputs.iter().map(|i| i.1).sum();
         let spent: Amount = outputs.iter().map(|o| o.1).sum();
         let fee = Amount::from_sat(20_000);
-        let mut output: Vec<TxOut> = outputs
-            .iter()
-            .map(|(s, v)| TxOut {
-                value: *v,
-                script_pubkey: s.clone(),
-            })
-            .collect();
-        output.push(TxOut {
-            value: total - spent - fee,
-            script_pubkey: self.miner.script_pubkey(),
-        });
+        let mut output: Vec<TxOut> =
+            outputs.iter().map(|(s, v)| TxOut { value: *v, script_pubkey: s.clone() }).collect();
+        output.push(TxOut { value: total - spent - fee, script_pubkey: self.miner.script_pubkey() });
         let tx = Transaction {
             version: Version::TWO,
             lock_time: LockTime::ZERO,
@@ -106,26 +93,17 @@ impl<'a> ChainBuilder<'a> {
             return Ok(tx);
         }
         let hex_tx = bitcoin::consensus::encode::serialize_hex(&tx);
-        let signed = self
-            .node
-            .wallet_call("signrawtransactionwithwallet", json!([hex_tx]))?;
+        let signed = self.node.wallet_call("signrawtransactionwithwallet", json!([hex_tx]))?;
         if signed["complete"] != json!(true) {
             anyhow::bail!("wallet could not sign: {signed}");
         }
-        Ok(bitcoin::consensus::encode::deserialize_hex(
-            signed["hex"].as_str().unwrap(),
-        )?)
+        Ok(bitcoin::consensus::encode::deserialize_hex(signed["hex"].as_str().unwrap())?)
     }
 
     /// Mines one block holding exactly `txs` (no policy checks: non-standard is fine).
     pub fn mine_txs(&self, txs: &[Transaction]) -> Result<BlockHash> {
-        let hexes: Vec<String> = txs
-            .iter()
-            .map(bitcoin::consensus::encode::serialize_hex)
-            .collect();
-        let v = self
-            .node
-            .call("generateblock", json!([self.miner.to_string(), hexes]))?;
+        let hexes: Vec<String> = txs.iter().map(bitcoin::consensus::encode::serialize_hex).collect();
+        let v = self.node.call("generateblock", json!([self.miner.to_string(), hexes]))?;
         Ok(v["hash"].as_str().context("generateblock")?.parse()?)
     }
 
@@ -137,25 +115,15 @@ impl<'a> ChainBuilder<'a> {
         let pk = |i| CompressedPublicKey::from_private_key(&secp, &key(i)).unwrap();
         let descs = [
             format!("pk({})", key(1).to_wif()),
-            format!(
-                "wsh(multi(2,{},{},{}))",
-                key(2).to_wif(),
-                key(3).to_wif(),
-                key(4).to_wif()
-            ),
+            format!("wsh(multi(2,{},{},{}))", key(2).to_wif(), key(3).to_wif(), key(4).to_wif()),
         ];
         let import: Vec<Value> = descs
             .iter()
             .map(|d| Ok(json!({"desc": with_checksum(self.node, d)?, "timestamp": "now"})))
             .collect::<Result<_>>()?;
-        let r = self
-            .node
-            .wallet_call("importdescriptors", json!([import]))?;
+        let r = self.node.wallet_call("importdescriptors", json!([import]))?;
         anyhow::ensure!(
-            r.as_array()
-                .unwrap()
-                .iter()
-                .all(|x| x["success"] == json!(true)),
+            r.as_array().unwrap().iter().all(|x| x["success"] == json!(true)),
             "importdescriptors: {r}"
         );
 
@@ -168,15 +136,9 @@ impl<'a> ChainBuilder<'a> {
             .push_opcode(opcodes::all::OP_CHECKMULTISIG)
             .into_script();
         let wsh_addr: Address = {
-            let d = with_checksum(
-                self.node,
-                &format!("wsh(multi(2,{},{},{}))", pk(2), pk(3), pk(4)),
-            )?;
+            let d = with_checksum(self.node, &format!("wsh(multi(2,{},{},{}))", pk(2), pk(3), pk(4)))?;
             let a = self.node.call("deriveaddresses", json!([d]))?;
-            a[0].as_str()
-                .unwrap()
-                .parse::<Address<_>>()?
-                .assume_checked()
+            a[0].as_str().unwrap().parse::<Address<_>>()?.assume_checked()
         };
         let op_return = ScriptBuf::new_op_return(b"blkindex test");
         let nonstandard = Builder::new()
@@ -193,30 +155,18 @@ impl<'a> ChainBuilder<'a> {
             ("nonstandard", nonstandard, v),
         ];
         let input = self.coin(Amount::from_btc(5.0)?)?;
-        let outputs: Vec<(ScriptBuf, Amount)> =
-            outs.iter().map(|(_, s, v)| (s.clone(), *v)).collect();
+        let outputs: Vec<(ScriptBuf, Amount)> = outs.iter().map(|(_, s, v)| (s.clone(), *v)).collect();
         let tx = self.raw_tx(&[input], &outputs, true)?;
         self.mine_txs(&[tx.clone()])?;
         let txid = tx.compute_txid();
         // Keep the wallet's own sends from spending them before `spend_specials` does.
-        let locks: Vec<Value> = (0..outs.len())
-            .map(|i| json!({"txid": txid.to_string(), "vout": i}))
-            .collect();
-        self.node
-            .wallet_call("lockunspent", json!([false, locks]))?;
+        let locks: Vec<Value> =
+            (0..outs.len()).map(|i| json!({"txid": txid.to_string(), "vout": i})).collect();
+        self.node.wallet_call("lockunspent", json!([false, locks]))?;
         Ok(outs
             .iter()
             .enumerate()
-            .map(|(i, (k, _, v))| {
-                (
-                    *k,
-                    OutPoint {
-                        txid,
-                        vout: i as u32,
-                    },
-                    *v,
-                )
-            })
+            .map(|(i, (k, _, v))| (*k, OutPoint { txid, vout: i as u32 }, *v))
             .collect())
     }
 
@@ -245,12 +195,10 @@ impl<'a> ChainBuilder<'a> {
         for round in 0..rounds {
             for kind in ["legacy", "p2sh-segwit", "bech32", "bech32m"] {
                 let a = self.node.new_address(kind)?;
-                self.node
-                    .send(&a, Amount::from_sat(1_000_000 + round as u64))?;
+                self.node.send(&a, Amount::from_sat(1_000_000 + round as u64))?;
             }
             for a in &reused {
-                self.node
-                    .send(a, Amount::from_sat(300_000 + round as u64))?;
+                self.node.send(a, Amount::from_sat(300_000 + round as u64))?;
             }
             // Spend from the unconfirmed change of the sends above.
             let a = self.node.new_address("bech32m")?;
@@ -270,25 +218,16 @@ impl<'a> ChainBuilder<'a> {
     pub fn reorg_with_conflict(&self, depth: u64) -> Result<Vec<BlockHash>> {
         let victim = self.coin(Amount::from_btc(1.0)?)?;
         let a = self.node.new_address("bech32")?;
-        let original = self.raw_tx(
-            &[victim],
-            &[(a.script_pubkey(), Amount::from_btc(0.25)?)],
-            true,
-        )?;
+        let original = self.raw_tx(&[victim], &[(a.script_pubkey(), Amount::from_btc(0.25)?)], true)?;
         let mut stale = vec![self.mine_txs(&[original])?];
         for _ in 1..depth {
             let b = self.node.new_address("legacy")?;
             self.node.send(&b, Amount::from_btc(0.1)?)?;
             stale.extend(self.mine(1)?);
         }
-        self.node
-            .call("invalidateblock", json!([stale[0].to_string()]))?;
+        self.node.call("invalidateblock", json!([stale[0].to_string()]))?;
         let c = self.node.new_address("p2sh-segwit")?;
-        let conflict = self.raw_tx(
-            &[victim],
-            &[(c.script_pubkey(), Amount::from_btc(0.3)?)],
-            true,
-        )?;
+        let conflict = self.raw_tx(&[victim], &[(c.script_pubkey(), Amount::from_btc(0.3)?)], true)?;
         self.mine_txs(&[conflict])?;
         self.mine(depth)?;
         Ok(stale)
@@ -325,17 +264,10 @@ pub fn copy_blocks_reversed(from: &Node, to: &Node, first_height: u64) -> Result
         let r = to.call("submitblock", json!([raw]))?;
         anyhow::ensure!(r.is_null() || r == "inconclusive", "submitblock: {r}");
     }
-    anyhow::ensure!(
-        to.best_hash()? == from.best_hash()?,
-        "copy did not reach the same tip"
-    );
+    anyhow::ensure!(to.best_hash()? == from.best_hash()?, "copy did not reach the same tip");
     Ok(())
 }
 
 pub fn hash_of(node: &Node, h: u64) -> Result<BlockHash> {
-    Ok(node
-        .call("getblockhash", json!([h]))?
-        .as_str()
-        .context("hash")?
-        .parse()?)
+    Ok(node.call("getblockhash", json!([h]))?.as_str().context("hash")?.parse()?)
 }

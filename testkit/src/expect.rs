@@ -65,15 +65,9 @@ pub fn expected(node: &Node) -> Result<Expected> {
                 }
                 let sh = ScriptHash::of(&hex::decode(hex_script)?);
                 touched.push(sh);
-                let op = OutPoint {
-                    txid,
-                    vout: vout as u32,
-                };
+                let op = OutPoint { txid, vout: vout as u32 };
                 owner.insert(op, sh);
-                e.utxos
-                    .entry(sh)
-                    .or_default()
-                    .insert(op, (sats(&out["value"]), h as u32));
+                e.utxos.entry(sh).or_default().insert(op, (sats(&out["value"]), h as u32));
             }
             touched.sort();
             touched.dedup();

@@ -18,11 +18,8 @@ pub fn node_bin_dir() -> Result<PathBuf> {
     static DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-node.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| e.to_string())?;
+        let out =
+            Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!("{} failed", script.display()));
         }
@@ -45,11 +42,7 @@ fn short(params: &Value) -> String {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[derive(Clone, Debug, Default)]
@@ -84,9 +77,7 @@ impl Node {
                 (None, d.clone())
             }
             None => {
-                let t = tempfile::Builder::new()
-                    .prefix("blkindex-node-")
-                    .tempdir()?;
+                let t = tempfile::Builder::new().prefix("blkindex-node-").tempdir()?;
                 let d = t.path().to_path_buf();
                 (Some(t), d)
             }
@@ -183,20 +174,14 @@ impl Node {
 
     pub fn call(&self, method: &str, params: Value) -> Result<Value> {
         let shown = short(&params);
-        self.rpc
-            .call(method, params)
-            .with_context(|| format!("{method} {shown}"))
+        self.rpc.call(method, params).with_context(|| format!("{method} {shown}"))
     }
 
     /// Calls a wallet RPC on the wallet "w".
     pub fn wallet_call(&self, method: &str, params: Value) -> Result<Value> {
-        let rpc = Rpc::new(
-            &format!("{}/wallet/w", self.rpc_addr()),
-            Auth::Cookie(self.cookie()),
-        );
+        let rpc = Rpc::new(&format!("{}/wallet/w", self.rpc_addr()), Auth::Cookie(self.cookie()));
         let shown = short(&params);
-        rpc.call(method, params)
-            .with_context(|| format!("{method} {shown}"))
+        rpc.call(method, params).with_context(|| format!("{method} {shown}"))
     }
 
     /// Stops the node and waits for it to exit (blk and rev files are then complete).
@@ -224,10 +209,7 @@ impl Node {
 
     pub fn ensure_wallet(&self) -> Result<()> {
         let wallets = self.call("listwallets", json!([]))?;
-        if !wallets
-            .as_array()
-            .is_some_and(|w| w.iter().any(|n| n == "w"))
-        {
+        if !wallets.as_array().is_some_and(|w| w.iter().any(|n| n == "w")) {
             if self.call("loadwallet", json!(["w"])).is_err() {
                 self.call("createwallet", json!(["w"]))?;
             }
@@ -237,10 +219,7 @@ impl Node {
 
     pub fn new_address(&self, kind: &str) -> Result<Address> {
         let v = self.wallet_call("getnewaddress", json!(["", kind]))?;
-        Ok(v.as_str()
-            .context("address")?
-            .parse::<Address<_>>()?
-            .assume_checked())
+        Ok(v.as_str().context("address")?.parse::<Address<_>>()?.assume_checked())
     }
 
     pub fn mine(&self, n: u64, to: &Address) -> Result<Vec<BlockHash>> {
@@ -254,10 +233,7 @@ impl Node {
     }
 
     pub fn height(&self) -> Result<u64> {
-        Ok(self
-            .call("getblockcount", json!([]))?
-            .as_u64()
-            .context("height")?)
+        Ok(self.call("getblockcount", json!([]))?.as_u64().context("height")?)
     }
 
     pub fn best_hash(&self) -> Result<BlockHash> {
