@@ -406,7 +406,7 @@ impl Bulk<'_> {
                 if rows.header.hash() != b.hash {
                     bail!("block at height {height} is not {}", b.hash);
                 }
-                self.progress.inc(rows.header.loc.len() as u64, 1);
+                self.progress.inc(rows.header.loc.size() as u64, 1);
                 Ok(rows)
             })
             .collect::<Result<_>>()?;
@@ -422,7 +422,7 @@ impl Bulk<'_> {
             txs: 0,
         };
         for r in rows {
-            batch.bytes += r.header.loc.len() as u64;
+            batch.bytes += r.header.loc.size() as u64;
             batch.txs += r.header.tx_count as u64;
             batch.headers.push((r.height, r.header.encode()));
             batch.txpos.push((r.height, r.txpos));

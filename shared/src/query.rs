@@ -86,7 +86,7 @@ impl Index {
     /// Bytes `offset..offset+len` of the block at `height`.
     fn block_range(&self, height: Height, offset: u32, len: u32) -> Result<Cow<'static, [u8]>> {
         let row = self.row(height)?;
-        if offset as u64 + len as u64 > row.loc.len() as u64 {
+        if offset as u64 + len as u64 > row.loc.size() as u64 {
             bail!("range {offset}+{len} is outside block {height}");
         }
         match row.loc {
@@ -105,7 +105,7 @@ impl Index {
     }
 
     pub fn block_bytes(&self, height: Height) -> Result<Cow<'static, [u8]>> {
-        let len = self.row(height)?.loc.len();
+        let len = self.row(height)?.loc.size();
         self.block_range(height, 0, len)
     }
 

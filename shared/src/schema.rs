@@ -94,7 +94,8 @@ pub enum BlockLoc {
 }
 
 impl BlockLoc {
-    pub fn len(&self) -> u32 {
+    /// The block's size in bytes.
+    pub fn size(&self) -> u32 {
         match *self {
             BlockLoc::File { len, .. } | BlockLoc::Db { len } => len,
         }

@@ -147,7 +147,7 @@ impl<'a> ChainBuilder<'a> {
             .push_opcode(opcodes::all::OP_PUSHNUM_1)
             .into_script();
         let v = Amount::from_btc(0.5)?;
-        let outs = vec![
+        let outs = [
             ("p2pk", p2pk, v),
             ("bare-multisig", bare_multi, v),
             ("p2wsh-multisig", wsh_addr.script_pubkey(), v),
@@ -157,7 +157,7 @@ impl<'a> ChainBuilder<'a> {
         let input = self.coin(Amount::from_btc(5.0)?)?;
         let outputs: Vec<(ScriptBuf, Amount)> = outs.iter().map(|(_, s, v)| (s.clone(), *v)).collect();
         let tx = self.raw_tx(&[input], &outputs, true)?;
-        self.mine_txs(&[tx.clone()])?;
+        self.mine_txs(std::slice::from_ref(&tx))?;
         let txid = tx.compute_txid();
         // Keep the wallet's own sends from spending them before `spend_specials` does.
         let locks: Vec<Value> =

@@ -209,10 +209,9 @@ impl Node {
 
     pub fn ensure_wallet(&self) -> Result<()> {
         let wallets = self.call("listwallets", json!([]))?;
-        if !wallets.as_array().is_some_and(|w| w.iter().any(|n| n == "w")) {
-            if self.call("loadwallet", json!(["w"])).is_err() {
-                self.call("createwallet", json!(["w"]))?;
-            }
+        let loaded = wallets.as_array().is_some_and(|w| w.iter().any(|n| n == "w"));
+        if !loaded && self.call("loadwallet", json!(["w"])).is_err() {
+            self.call("createwallet", json!(["w"]))?;
         }
         Ok(())
     }
@@ -233,7 +232,7 @@ impl Node {
     }
 
     pub fn height(&self) -> Result<u64> {
-        Ok(self.call("getblockcount", json!([]))?.as_u64().context("height")?)
+        self.call("getblockcount", json!([]))?.as_u64().context("height")
     }
 
     pub fn best_hash(&self) -> Result<BlockHash> {
