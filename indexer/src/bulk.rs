@@ -8,7 +8,7 @@
 //! nothing; a rerun that finds `pending` on the same chain simply redoes it, and one that finds it on
 //! a chain that changed meanwhile deletes the rows its blocks would have added first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,7 +22,9 @@ use tracing::{info, warn};
 
 use blkindex_shared::blkfile::{BlockFiles, FileKind};
 use blkindex_shared::rpc::Rpc;
-use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, Pending, RowKey, TxNum};
+use blkindex_shared::schema::{
+    self, cf, meta, BlockLoc, Height, Pending, RowKey, ScriptEntry, TxNum, PREFIX_LEN,
+};
 use blkindex_shared::store::{cf_options, Store};
 use blkindex_shared::undo::BlockUndo;
 use blkindex_shared::Net;
@@ -187,6 +189,8 @@ impl Bulk<'_> {
         wanted.extend_from_slice(branch);
         undo_index.match_files(self.files, self.net, &wanted, &nums)?;
         let mut batch = WriteBatch::default();
+        let from_txnum = txnum;
+        let mut prefixes = BTreeSet::new();
         for (i, b) in branch.iter().enumerate() {
             let height = first + i as Height;
             let bytes = self.block_by_hash(map, &b.hash)?;
@@ -199,12 +203,13 @@ impl Bulk<'_> {
             for k in &rows.txid {
                 batch.delete_cf(self.store.cf(cf::TXID), k);
             }
-            for k in &rows.script {
-                batch.delete_cf(self.store.cf(cf::SCRIPT), k);
-            }
+            prefixes
+                .extend(rows.script.iter().map(|k| <[u8; PREFIX_LEN]>::try_from(&k[..PREFIX_LEN]).unwrap()));
             batch.delete_cf(self.store.cf(cf::HEADERS), schema::height_key(height));
             batch.delete_cf(self.store.cf(cf::TXPOS), schema::height_key(height));
         }
+        // Script entries may also hold txnums of blocks below the branch: cut them at its start.
+        self.store.truncate_script_rows(&prefixes, from_txnum, &mut batch)?;
         match first.checked_sub(1) {
             Some(below) => {
                 let row = self.store.header_row(below)?.context("no header row below the branch")?;
@@ -448,10 +453,12 @@ impl Bulk<'_> {
         if write_sst(cf::TXPOS, &path(cf::TXPOS), keys.iter().zip(batch.txpos.iter().map(|(_, v)| v)))? {
             ssts.push((cf::TXPOS, path(cf::TXPOS)));
         }
-        for (name, rows) in [(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)] {
-            if write_sst(name, &path(name), rows.iter().map(|k| (k, [0u8; 0])))? {
-                ssts.push((name, path(name)));
-            }
+        if write_sst(cf::TXID, &path(cf::TXID), batch.txid.iter().map(|k| (k, [0u8; 0])))? {
+            ssts.push((cf::TXID, path(cf::TXID)));
+        }
+        let entries = ScriptEntry::group(&batch.script);
+        if write_sst(cf::SCRIPT, &path(cf::SCRIPT), entries.iter().map(|(k, v)| (k, v)))? {
+            ssts.push((cf::SCRIPT, path(cf::SCRIPT)));
         }
 
         let pending = Pending { first: batch.first, last: batch.last, last_hash: batch.last_hash };

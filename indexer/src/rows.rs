@@ -71,7 +71,7 @@ pub fn block_rows(
         }
     }
     let mut coins = undo.map(|u| u.coins.iter());
-    let mut tx_scripts: Vec<[u8; 8]> = Vec::new();
+    let mut tx_scripts: Vec<[u8; schema::PREFIX_LEN]> = Vec::new();
     parse::for_each_tx_unhashed::<anyhow::Error>(block, |i, tx| {
         sizes.push(tx.raw.len() as u32);
         if height == 0 {
@@ -82,14 +82,14 @@ pub fn block_rows(
         tx_scripts.clear();
         for out in &tx.outputs {
             if !is_unspendable(out.script) {
-                tx_scripts.push(ScriptHash::of(out.script).prefix());
+                tx_scripts.push(schema::script_prefix(&ScriptHash::of(out.script)));
             }
         }
         if i > 0 {
             let (undo, coins) = (undo.unwrap(), coins.as_mut().unwrap());
             for _ in &tx.inputs {
                 let coin = coins.next().context("undo data too short")?;
-                tx_scripts.push(ScriptHash::of(undo.script(coin)).prefix());
+                tx_scripts.push(schema::script_prefix(&ScriptHash::of(undo.script(coin))));
             }
         }
         tx_scripts.sort_unstable();

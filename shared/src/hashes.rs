@@ -14,11 +14,6 @@ impl ScriptHash {
     pub fn of(script: &[u8]) -> Self {
         ScriptHash(sha256::Hash::hash(script).to_byte_array())
     }
-
-    /// The first 8 bytes, which key the index's `script` rows.
-    pub fn prefix(&self) -> [u8; 8] {
-        self.0[..8].try_into().unwrap()
-    }
 }
 
 impl fmt::Display for ScriptHash {

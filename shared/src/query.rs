@@ -2,7 +2,7 @@
 //! by txid or txnum; the spender of an outpoint; block bytes and merkle branches. Everything comes
 //! from the index and the blk files alone; no node round-trip.
 //!
-//! Rows carry 8-byte hash prefixes, so every candidate a prefix scan yields is checked against the
+//! Rows carry 6-byte hash prefixes, so every candidate a prefix scan yields is checked against the
 //! transaction itself: a funding output must hash to the script hash exactly, and a spending input
 //! must spend an output already found to fund it. Prefix collisions therefore cost a read, never a
 //! wrong answer.
@@ -18,7 +18,7 @@ use crate::blkfile::{BlockFiles, FileKind};
 use crate::chain::Chain;
 use crate::hashes::ScriptHash;
 use crate::parse::{self, is_unspendable, Tx};
-use crate::schema::{self, cf, BlockLoc, HeaderRow, Height, TxNum, TxPos, PREFIX_LEN};
+use crate::schema::{self, cf, BlockLoc, HeaderRow, Height, ScriptEntry, TxNum, TxPos, PREFIX_LEN};
 use crate::store::Store;
 use crate::varint::Reader;
 
@@ -130,16 +130,18 @@ impl Index {
     fn scan(&self, family: &str, prefix: [u8; PREFIX_LEN]) -> Result<Vec<TxNum>> {
         let mut out = Vec::new();
         for item in self.store.db().prefix_iterator_cf(self.store.cf(family), prefix) {
-            let (k, _) = item?;
+            let (k, v) = item?;
             if k.len() != schema::KEY_LEN || k[..PREFIX_LEN] != prefix {
                 break;
             }
-            let n = schema::key_txnum(&k);
-            // Rows past the indexed tip belong to a batch not yet committed: not visible.
-            if n < self.chain.next_txnum() {
-                out.push(n);
+            match family {
+                cf::SCRIPT => out.extend(ScriptEntry::txnums(&k, &v)?),
+                _ => out.push(schema::key_txnum(&k)),
             }
         }
+        // Rows past the indexed tip belong to a batch not yet committed: not visible.
+        let end = self.chain.next_txnum();
+        out.retain(|&n| n < end);
         Ok(out)
     }
 
@@ -160,7 +162,7 @@ impl Index {
         let mut state = ScriptState::default();
         let mut funded: HashMap<OutPoint, usize> = HashMap::new();
         let mut unspent: Vec<Option<Utxo>> = Vec::new();
-        for txnum in self.scan(cf::SCRIPT, sh.prefix())? {
+        for txnum in self.scan(cf::SCRIPT, schema::script_prefix(sh))? {
             let (raw, height, _) = self.tx_by_num(txnum)?;
             let mut tx = Tx::default();
             parse::parse_tx(&mut Reader::new(&raw), &raw, &mut tx)
@@ -204,7 +206,7 @@ impl Index {
             return Ok(None);
         };
         let sh = ScriptHash::of(out.script);
-        for txnum in self.scan(cf::SCRIPT, sh.prefix())? {
+        for txnum in self.scan(cf::SCRIPT, schema::script_prefix(&sh))? {
             if txnum <= funding.txnum {
                 continue;
             }

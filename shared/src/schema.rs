@@ -2,9 +2,10 @@
 //! layouts; change both together and bump [`FORMAT_VERSION`].
 //!
 //! Every integer is big-endian so that key order is numeric order. A transaction is named by its
-//! `TxNum`, its position in the best chain counting from the genesis coinbase (0); `script` and
-//! `txid` rows are key-only and carry an 8-byte hash prefix, so a lookup is a prefix scan whose
-//! candidates are then checked against the transactions themselves (read from the blk files).
+//! `TxNum`, its position in the best chain counting from the genesis coinbase (0). `script` and
+//! `txid` keys start with a 6-byte hash prefix, so a lookup is a prefix scan whose candidates are
+//! then checked against the transactions themselves (read from the blk files): a collision costs a
+//! read, never a wrong answer. Random hash bytes do not compress, so every byte of a key counts.
 
 use bitcoin::block::Header;
 use bitcoin::consensus::{deserialize, serialize};
@@ -28,9 +29,10 @@ pub mod cf {
     pub const HEADERS: &str = "headers";
     /// height → the sizes of the block's transactions ([`super::TxPos`]).
     pub const TXPOS: &str = "txpos";
-    /// txid[..8] ‖ txnum → ∅.
+    /// txid[..6] ‖ txnum → ∅.
     pub const TXID: &str = "txid";
-    /// scripthash[..8] ‖ txnum → ∅, for every output a tx creates and every output it spends.
+    /// scripthash[..6] ‖ first txnum → LEB128 deltas of later txnums: the transactions, in chain
+    /// order, that create or spend an output of the script ([`super::ScriptEntry`]).
     pub const SCRIPT: &str = "script";
     /// block hash → raw block, for best-chain blocks that were not in the blk files when indexed.
     pub const RAWBLOCK: &str = "rawblock";
@@ -51,10 +53,10 @@ pub mod meta {
     pub const COMPACTED: &[u8] = b"compacted";
 }
 
-pub const PREFIX_LEN: usize = 8;
+pub const PREFIX_LEN: usize = 6;
 pub const KEY_LEN: usize = PREFIX_LEN + 4;
 
-/// A key-only row of the `script` or `txid` family.
+/// A `prefix ‖ txnum` key; also the unit in which rows are made and sorted.
 pub type RowKey = [u8; KEY_LEN];
 
 pub fn row_key(prefix: [u8; PREFIX_LEN], txnum: TxNum) -> RowKey {
@@ -64,8 +66,12 @@ pub fn row_key(prefix: [u8; PREFIX_LEN], txnum: TxNum) -> RowKey {
     k
 }
 
+pub fn script_prefix(sh: &ScriptHash) -> [u8; PREFIX_LEN] {
+    sh.0[..PREFIX_LEN].try_into().unwrap()
+}
+
 pub fn script_key(sh: &ScriptHash, txnum: TxNum) -> RowKey {
-    row_key(sh.prefix(), txnum)
+    row_key(script_prefix(sh), txnum)
 }
 
 pub fn txid_prefix(txid: &Txid) -> [u8; PREFIX_LEN] {
@@ -78,6 +84,47 @@ pub fn txid_key(txid: &Txid, txnum: TxNum) -> RowKey {
 
 pub fn key_txnum(key: &[u8]) -> TxNum {
     TxNum::from_be_bytes(key[PREFIX_LEN..KEY_LEN].try_into().unwrap())
+}
+
+/// `script` rows are grouped: one entry holds every txnum of a prefix within a stretch of the
+/// chain (a bulk batch, a followed block). Key: `prefix ‖ first txnum`; value: the LEB128
+/// differences of each later txnum from the one before it. Entries of one prefix never overlap,
+/// so reading them in key order yields the txnums in chain order.
+pub struct ScriptEntry;
+
+impl ScriptEntry {
+    /// Groups sorted, deduplicated `prefix ‖ txnum` rows into entries.
+    pub fn group(rows: &[RowKey]) -> Vec<(RowKey, Vec<u8>)> {
+        let mut out: Vec<(RowKey, Vec<u8>)> = Vec::new();
+        let mut last = 0;
+        for row in rows {
+            let txnum = key_txnum(row);
+            match out.last_mut() {
+                Some((key, value)) if key[..PREFIX_LEN] == row[..PREFIX_LEN] => {
+                    put_leb128(value, (txnum - last) as u64);
+                }
+                _ => out.push((*row, Vec::new())),
+            }
+            last = txnum;
+        }
+        out
+    }
+
+    /// The txnums of one entry.
+    pub fn txnums(key: &[u8], value: &[u8]) -> Result<Vec<TxNum>, DecodeError> {
+        if key.len() != KEY_LEN {
+            return Err(DecodeError::Invalid { what: "script key of the wrong length", at: 0 });
+        }
+        let mut n = key_txnum(key);
+        let mut out = vec![n];
+        let mut r = Reader::new(value);
+        while r.remaining() > 0 {
+            let d = get_leb128(&mut r)?;
+            n = u32::try_from(n as u64 + d).map_err(|_| DecodeError::BadInt(r.pos()))?;
+            out.push(n);
+        }
+        Ok(out)
+    }
 }
 
 pub fn height_key(h: Height) -> [u8; 4] {
@@ -232,9 +279,23 @@ mod tests {
         let c = script_key(&sh, u32::MAX);
         assert!(a < b && b < c);
         assert_eq!(key_txnum(&b), 256);
-        assert_eq!(&a[..8], &[7; 8]);
+        assert_eq!(&a[..PREFIX_LEN], &[7; PREFIX_LEN]);
         let txid = Txid::from_byte_array([3; 32]);
         assert_eq!(key_txnum(&txid_key(&txid, 42)), 42);
+    }
+
+    #[test]
+    fn script_entries_group_by_prefix_and_round_trip() {
+        let (a, b) = (ScriptHash([1; 32]), ScriptHash([2; 32]));
+        let rows = [script_key(&a, 5), script_key(&a, 6), script_key(&a, 300), script_key(&b, 7)];
+        let entries = ScriptEntry::group(&rows);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0, script_key(&a, 5));
+        assert_eq!(ScriptEntry::txnums(&entries[0].0, &entries[0].1).unwrap(), vec![5, 6, 300]);
+        assert_eq!(ScriptEntry::txnums(&entries[1].0, &entries[1].1).unwrap(), vec![7]);
+        assert!(entries[1].1.is_empty());
+        assert!(ScriptEntry::txnums(&entries[0].0, &[0x80]).is_err());
+        assert!(ScriptEntry::txnums(&entries[0].0[..9], &[]).is_err());
     }
 
     #[test]

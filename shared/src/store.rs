@@ -216,6 +216,39 @@ impl Store {
         Ok(rows)
     }
 
+    /// Adds to `batch` what removes every txnum ≥ `from` from the `script` entries of these
+    /// prefixes: entries that start at or after `from` go, an entry that straddles it is cut.
+    /// Undoing blocks always removes a suffix of the chain, so this is exactly what they added.
+    pub fn truncate_script_rows(
+        &self,
+        prefixes: &std::collections::BTreeSet<[u8; PREFIX_LEN]>,
+        from: schema::TxNum,
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        let family = self.cf(cf::SCRIPT);
+        for prefix in prefixes {
+            for item in self.db.prefix_iterator_cf(family, prefix) {
+                let (k, v) = item?;
+                if k.len() != schema::KEY_LEN || k[..PREFIX_LEN] != prefix[..] {
+                    break;
+                }
+                let txnums = schema::ScriptEntry::txnums(&k, &v)?;
+                if schema::key_txnum(&k) >= from {
+                    batch.delete_cf(family, &k);
+                } else if txnums.last().is_some_and(|&n| n >= from) {
+                    let keep: Vec<_> = txnums
+                        .iter()
+                        .filter(|&&n| n < from)
+                        .map(|&n| schema::row_key(prefix[..].try_into().unwrap(), n))
+                        .collect();
+                    let (key, value) = &schema::ScriptEntry::group(&keep)[0];
+                    batch.put_cf(family, key, value);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Lets automatic compactions run again (after the bulk load).
     pub fn enable_auto_compactions(&self) -> Result<()> {
         for name in cf::ALL {
@@ -229,10 +262,14 @@ impl Store {
         Ok(self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?)
     }
 
-    /// One full manual compaction of every family.
+    /// One full manual compaction of every family. Bottom-level files are rewritten too: ingested
+    /// SSTs land there uncompressed, and this is where they get their final compression.
     pub fn compact_all(&self) -> Result<()> {
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        opts.set_exclusive_manual_compaction(true);
         for name in cf::ALL {
-            self.db.compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+            self.db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &opts);
         }
         Ok(())
     }
