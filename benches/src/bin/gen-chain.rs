@@ -473,7 +473,7 @@ fn main() -> Result<()> {
         let bytes = bitcoin::consensus::encode::serialize(&block).len() as u64;
         total_bytes += bytes;
         total_txs += block.txdata.len() as u64;
-        if height % 50 == 0 {
+        if height.is_multiple_of(50) {
             eprintln!(
                 "gen-chain: height {height}, {} txs, {:.1} MB of blocks, pool {} coins, {:.0}s",
                 total_txs,
