@@ -1,0 +1,98 @@
+//! Runs a command and reports its wall time and peak resident memory as one JSON line.
+//!
+//!   measure [--log FILE] [--until TEXT] [--timeout SECS] -- COMMAND [ARGS...]
+//!
+//! With --until, the run ends when TEXT appears in the command's output (written to --log), and
+//! the command is then stopped: electrs never exits after its initial sync, so its sync time is
+//! the time to its "finished full compaction" line.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut log, mut until, mut timeout) = (None, None, 24 * 3600u64);
+    let mut cmd = Vec::new();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--log" => log = args.next(),
+            "--until" => until = args.next(),
+            "--timeout" => timeout = args.next().context("--timeout SECS")?.parse()?,
+            "--" => {
+                cmd.extend(args.by_ref());
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if cmd.is_empty() {
+        bail!("usage: measure [--log FILE] [--until TEXT] [--timeout SECS] -- COMMAND [ARGS...]");
+    }
+    let log_path = log.unwrap_or_else(|| format!("/tmp/measure-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log_path)?;
+    let t0 = Instant::now();
+    let mut child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", cmd[0]))?;
+    let pid = child.id();
+    let mut peak = 0u64;
+    let mut reached = false;
+    let status = loop {
+        if let Some(kb) = vm_hwm_kb(pid) {
+            peak = peak.max(kb);
+        }
+        // wait4 gives the exact peak (ru_maxrss) of a child that exits by itself.
+        let mut st = 0i32;
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid as i32, &mut st, libc::WNOHANG, &mut ru) };
+        if r == pid as i32 {
+            peak = peak.max(ru.ru_maxrss as u64);
+            break Some(st);
+        }
+        if let Some(text) = &until {
+            let mut s = String::new();
+            std::fs::File::open(&log_path)?.read_to_string(&mut s)?;
+            if s.contains(text.as_str()) {
+                reached = true;
+                if let Some(kb) = vm_hwm_kb(pid) {
+                    peak = peak.max(kb);
+                }
+                break None;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(timeout) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let wall = t0.elapsed().as_secs_f64();
+    if status.is_none() {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let exit = status.map(|st| if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { -1 });
+    println!(
+        "{{\"wall_secs\": {wall:.2}, \"peak_rss_mb\": {:.1}, \"exit\": {}, \"until_reached\": {}, \"log\": \"{log_path}\"}}",
+        peak as f64 / 1024.0,
+        exit.map_or("null".to_string(), |e| e.to_string()),
+        reached
+    );
+    Ok(())
+}
