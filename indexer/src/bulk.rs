@@ -22,9 +22,7 @@ use tracing::{info, warn};
 
 use blkindex_shared::blkfile::{BlockFiles, FileKind};
 use blkindex_shared::rpc::Rpc;
-use blkindex_shared::schema::{
-    self, cf, meta, BlockLoc, Height, Pending, RowKey, ScriptEntry, TxNum, PREFIX_LEN,
-};
+use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, Pending, RowKey, TxNum, TxnumList};
 use blkindex_shared::store::{cf_options, Store};
 use blkindex_shared::undo::BlockUndo;
 use blkindex_shared::Net;
@@ -190,7 +188,7 @@ impl Bulk<'_> {
         undo_index.match_files(self.files, self.net, &wanted, &nums)?;
         let mut batch = WriteBatch::default();
         let from_txnum = txnum;
-        let mut prefixes = BTreeSet::new();
+        let (mut txid_prefixes, mut script_prefixes) = (BTreeSet::new(), BTreeSet::new());
         for (i, b) in branch.iter().enumerate() {
             let height = first + i as Height;
             let bytes = self.block_by_hash(map, &b.hash)?;
@@ -200,16 +198,14 @@ impl Bulk<'_> {
             let loc = BlockLoc::Db { len: bytes.len() as u32 };
             let rows = block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())?;
             txnum += rows.header.tx_count;
-            for k in &rows.txid {
-                batch.delete_cf(self.store.cf(cf::TXID), k);
-            }
-            prefixes
-                .extend(rows.script.iter().map(|k| <[u8; PREFIX_LEN]>::try_from(&k[..PREFIX_LEN]).unwrap()));
+            txid_prefixes.extend(rows.txid.iter().map(schema::key_prefix));
+            script_prefixes.extend(rows.script.iter().map(schema::key_prefix));
             batch.delete_cf(self.store.cf(cf::HEADERS), schema::height_key(height));
             batch.delete_cf(self.store.cf(cf::TXPOS), schema::height_key(height));
         }
-        // Script entries may also hold txnums of blocks below the branch: cut them at its start.
-        self.store.truncate_script_rows(&prefixes, from_txnum, &mut batch)?;
+        // The lists also hold txnums of blocks below the branch: cut them at its start.
+        self.store.truncate_txnums(cf::TXID, &txid_prefixes, from_txnum, &mut batch)?;
+        self.store.truncate_txnums(cf::SCRIPT, &script_prefixes, from_txnum, &mut batch)?;
         match first.checked_sub(1) {
             Some(below) => {
                 let row = self.store.header_row(below)?.context("no header row below the branch")?;
@@ -445,20 +441,19 @@ impl Bulk<'_> {
         let path = |name: &str| tmp.join(format!("{}-{name}.sst", batch.first));
         let mut ssts: Vec<(&str, PathBuf)> = Vec::new();
         let keys: Vec<[u8; 4]> = batch.headers.iter().map(|(h, _)| schema::height_key(*h)).collect();
-        if write_sst(cf::HEADERS, &path(cf::HEADERS), keys.iter().zip(batch.headers.iter().map(|(_, v)| v)))?
-        {
+        let headers = keys.iter().zip(batch.headers.iter().map(|(_, v)| v));
+        if write_sst(cf::HEADERS, &path(cf::HEADERS), headers, false)? {
             ssts.push((cf::HEADERS, path(cf::HEADERS)));
         }
         let keys: Vec<[u8; 4]> = batch.txpos.iter().map(|(h, _)| schema::height_key(*h)).collect();
-        if write_sst(cf::TXPOS, &path(cf::TXPOS), keys.iter().zip(batch.txpos.iter().map(|(_, v)| v)))? {
+        if write_sst(cf::TXPOS, &path(cf::TXPOS), keys.iter().zip(batch.txpos.iter().map(|(_, v)| v)), false)?
+        {
             ssts.push((cf::TXPOS, path(cf::TXPOS)));
         }
-        if write_sst(cf::TXID, &path(cf::TXID), batch.txid.iter().map(|k| (k, [0u8; 0])))? {
-            ssts.push((cf::TXID, path(cf::TXID)));
-        }
-        let entries = ScriptEntry::group(&batch.script);
-        if write_sst(cf::SCRIPT, &path(cf::SCRIPT), entries.iter().map(|(k, v)| (k, v)))? {
-            ssts.push((cf::SCRIPT, path(cf::SCRIPT)));
+        for (name, rows) in [(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)] {
+            if write_sst(name, &path(name), TxnumList::group(rows).into_iter(), true)? {
+                ssts.push((name, path(name)));
+            }
         }
 
         let pending = Pending { first: batch.first, last: batch.last, last_hash: batch.last_hash };
@@ -479,18 +474,24 @@ impl Bulk<'_> {
     }
 }
 
-/// Writes sorted rows into an SST file for family `name`; false when there were none.
+/// Writes sorted rows into an SST file for family `name`, as merge operands when `merge` (the
+/// txnum-list families: a batch adds to what earlier batches stored under the same prefix); false
+/// when there were no rows.
 fn write_sst<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     name: &str,
     path: &std::path::Path,
     rows: impl Iterator<Item = (K, V)>,
+    merge: bool,
 ) -> Result<bool> {
     let opts = cf_options(name);
     let mut w = SstFileWriter::create(&opts);
     w.open(path)?;
     let mut any = false;
     for (k, v) in rows {
-        w.put(k, v)?;
+        match merge {
+            true => w.merge(k, v)?,
+            false => w.put(k, v)?,
+        }
         any = true;
     }
     if any {

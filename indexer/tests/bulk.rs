@@ -90,10 +90,10 @@ fn digest(db: &Path) -> [u8; 32] {
         e.input(name.as_bytes());
         for item in store.db().iterator_cf(store.cf(name), rocksdb::IteratorMode::Start) {
             let (k, v) = item.unwrap();
-            if name == cf::SCRIPT {
-                // Logical rows: how they are grouped into entries depends on batch boundaries.
-                for n in blkindex_shared::schema::ScriptEntry::txnums(&k, &v).unwrap() {
-                    e.input(&k[..blkindex_shared::schema::PREFIX_LEN]);
+            if name == cf::SCRIPT || name == cf::TXID {
+                // Logical rows, whatever merge operands are still unmerged.
+                for n in blkindex_shared::schema::TxnumList::decode(&v).unwrap() {
+                    e.input(&k);
                     e.input(&n.to_be_bytes());
                 }
                 continue;

@@ -2,7 +2,7 @@
 //! by txid or txnum; the spender of an outpoint; block bytes and merkle branches. Everything comes
 //! from the index and the blk files alone; no node round-trip.
 //!
-//! Rows carry 6-byte hash prefixes, so every candidate a prefix scan yields is checked against the
+//! Rows carry 5-byte hash prefixes, so every candidate a prefix scan yields is checked against the
 //! transaction itself: a funding output must hash to the script hash exactly, and a spending input
 //! must spend an output already found to fund it. Prefix collisions therefore cost a read, never a
 //! wrong answer.
@@ -18,7 +18,7 @@ use crate::blkfile::{BlockFiles, FileKind};
 use crate::chain::Chain;
 use crate::hashes::ScriptHash;
 use crate::parse::{self, is_unspendable, Tx};
-use crate::schema::{self, cf, BlockLoc, HeaderRow, Height, ScriptEntry, TxNum, TxPos, PREFIX_LEN};
+use crate::schema::{self, cf, BlockLoc, HeaderRow, Height, Prefix, TxNum, TxPos};
 use crate::store::Store;
 use crate::varint::Reader;
 
@@ -126,22 +126,12 @@ impl Index {
         Ok((raw, height, pos))
     }
 
-    /// The txnums of rows with this prefix, ascending.
-    fn scan(&self, family: &str, prefix: [u8; PREFIX_LEN]) -> Result<Vec<TxNum>> {
-        let mut out = Vec::new();
-        for item in self.store.db().prefix_iterator_cf(self.store.cf(family), prefix) {
-            let (k, v) = item?;
-            if k.len() != schema::KEY_LEN || k[..PREFIX_LEN] != prefix {
-                break;
-            }
-            match family {
-                cf::SCRIPT => out.extend(ScriptEntry::txnums(&k, &v)?),
-                _ => out.push(schema::key_txnum(&k)),
-            }
-        }
-        // Rows past the indexed tip belong to a batch not yet committed: not visible.
+    /// The txnums stored under this prefix, ascending, up to the indexed tip.
+    fn scan(&self, family: &str, prefix: Prefix) -> Result<Vec<TxNum>> {
+        let mut out = self.store.txnums(family, &prefix)?;
+        // Txnums past the indexed tip belong to a batch not yet committed: not visible.
         let end = self.chain.next_txnum();
-        out.retain(|&n| n < end);
+        out.truncate(out.partition_point(|&n| n < end));
         Ok(out)
     }
 

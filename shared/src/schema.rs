@@ -1,11 +1,13 @@
 //! The index's on-disk format: column families, keys and values. ARCHITECTURE.md draws the same
 //! layouts; change both together and bump [`FORMAT_VERSION`].
 //!
-//! Every integer is big-endian so that key order is numeric order. A transaction is named by its
-//! `TxNum`, its position in the best chain counting from the genesis coinbase (0). `script` and
-//! `txid` keys start with a 6-byte hash prefix, so a lookup is a prefix scan whose candidates are
-//! then checked against the transactions themselves (read from the blk files): a collision costs a
-//! read, never a wrong answer. Random hash bytes do not compress, so every byte of a key counts.
+//! Every integer in a key is big-endian so that key order is numeric order. A transaction is named
+//! by its `TxNum`, its position in the best chain counting from the genesis coinbase (0). `script`
+//! and `txid` are keyed by a 5-byte hash prefix and hold the list of txnums under it, so a lookup
+//! is one read whose candidates are then checked against the transactions themselves (read from
+//! the blk files): a collision costs a read, never a wrong answer. Random hash bytes do not
+//! compress, so the index's size is its number of entries times their bytes: one entry per prefix
+//! for the whole chain, merged by RocksDB (`TxnumList::merge`) from one operand per batch or block.
 
 use bitcoin::block::Header;
 use bitcoin::consensus::{deserialize, serialize};
@@ -29,10 +31,10 @@ pub mod cf {
     pub const HEADERS: &str = "headers";
     /// height → the sizes of the block's transactions ([`super::TxPos`]).
     pub const TXPOS: &str = "txpos";
-    /// txid[..6] ‖ txnum → ∅.
+    /// txid[..5] → [`super::TxnumList`] of the transactions with that prefix (usually one).
     pub const TXID: &str = "txid";
-    /// scripthash[..6] ‖ first txnum → LEB128 deltas of later txnums: the transactions, in chain
-    /// order, that create or spend an output of the script ([`super::ScriptEntry`]).
+    /// scripthash[..5] → [`super::TxnumList`] of the transactions, in chain order, that create or
+    /// spend an output of a script with that prefix.
     pub const SCRIPT: &str = "script";
     /// block hash → raw block, for best-chain blocks that were not in the blk files when indexed.
     pub const RAWBLOCK: &str = "rawblock";
@@ -53,10 +55,13 @@ pub mod meta {
     pub const COMPACTED: &[u8] = b"compacted";
 }
 
-pub const PREFIX_LEN: usize = 6;
+pub const PREFIX_LEN: usize = 5;
 pub const KEY_LEN: usize = PREFIX_LEN + 4;
 
-/// A `prefix ‖ txnum` key; also the unit in which rows are made and sorted.
+pub type Prefix = [u8; PREFIX_LEN];
+
+/// A logical row `prefix ‖ txnum`, the unit in which rows are made and sorted before they are
+/// grouped into [`TxnumList`] values under their prefix.
 pub type RowKey = [u8; KEY_LEN];
 
 pub fn row_key(prefix: [u8; PREFIX_LEN], txnum: TxNum) -> RowKey {
@@ -66,7 +71,7 @@ pub fn row_key(prefix: [u8; PREFIX_LEN], txnum: TxNum) -> RowKey {
     k
 }
 
-pub fn script_prefix(sh: &ScriptHash) -> [u8; PREFIX_LEN] {
+pub fn script_prefix(sh: &ScriptHash) -> Prefix {
     sh.0[..PREFIX_LEN].try_into().unwrap()
 }
 
@@ -74,7 +79,7 @@ pub fn script_key(sh: &ScriptHash, txnum: TxNum) -> RowKey {
     row_key(script_prefix(sh), txnum)
 }
 
-pub fn txid_prefix(txid: &Txid) -> [u8; PREFIX_LEN] {
+pub fn txid_prefix(txid: &Txid) -> Prefix {
     txid.as_byte_array()[..PREFIX_LEN].try_into().unwrap()
 }
 
@@ -86,44 +91,77 @@ pub fn key_txnum(key: &[u8]) -> TxNum {
     TxNum::from_be_bytes(key[PREFIX_LEN..KEY_LEN].try_into().unwrap())
 }
 
-/// `script` rows are grouped: one entry holds every txnum of a prefix within a stretch of the
-/// chain (a bulk batch, a followed block). Key: `prefix ‖ first txnum`; value: the LEB128
-/// differences of each later txnum from the one before it. Entries of one prefix never overlap,
-/// so reading them in key order yields the txnums in chain order.
-pub struct ScriptEntry;
+pub fn key_prefix(row: &RowKey) -> Prefix {
+    row[..PREFIX_LEN].try_into().unwrap()
+}
 
-impl ScriptEntry {
-    /// Groups sorted, deduplicated `prefix ‖ txnum` rows into entries.
-    pub fn group(rows: &[RowKey]) -> Vec<(RowKey, Vec<u8>)> {
-        let mut out: Vec<(RowKey, Vec<u8>)> = Vec::new();
+/// The value of a `script` or `txid` entry: ascending txnums, the first as LEB128, each later one
+/// as the LEB128 difference from the one before. Several lists under one key (one per batch or
+/// block) are combined by [`TxnumList::merge`], RocksDB's merge operator for these families.
+pub struct TxnumList;
+
+impl TxnumList {
+    pub fn encode(txnums: &[TxNum]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(txnums.len() * 2 + 2);
         let mut last = 0;
-        for row in rows {
-            let txnum = key_txnum(row);
-            match out.last_mut() {
-                Some((key, value)) if key[..PREFIX_LEN] == row[..PREFIX_LEN] => {
-                    put_leb128(value, (txnum - last) as u64);
-                }
-                _ => out.push((*row, Vec::new())),
-            }
-            last = txnum;
+        for (i, &n) in txnums.iter().enumerate() {
+            put_leb128(&mut v, if i == 0 { n as u64 } else { (n - last) as u64 });
+            last = n;
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Vec<TxNum>, DecodeError> {
+        let mut out = Vec::new();
+        Self::decode_into(v, &mut out)?;
+        Ok(out)
+    }
+
+    fn decode_into(v: &[u8], out: &mut Vec<TxNum>) -> Result<(), DecodeError> {
+        let mut r = Reader::new(v);
+        let mut n: u64 = 0;
+        let mut first = true;
+        while r.remaining() > 0 {
+            let d = get_leb128(&mut r)?;
+            n = if first { d } else { n + d };
+            first = false;
+            out.push(u32::try_from(n).map_err(|_| DecodeError::BadInt(r.pos()))?);
+        }
+        Ok(())
+    }
+
+    /// Groups sorted, deduplicated rows into one (prefix, list) per prefix.
+    pub fn group(rows: &[RowKey]) -> Vec<(Prefix, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let prefix = key_prefix(&rows[i]);
+            let j = i + rows[i..].iter().take_while(|r| key_prefix(r) == prefix).count();
+            let txnums: Vec<TxNum> = rows[i..j].iter().map(|r| key_txnum(r)).collect();
+            out.push((prefix, Self::encode(&txnums)));
+            i = j;
         }
         out
     }
 
-    /// The txnums of one entry.
-    pub fn txnums(key: &[u8], value: &[u8]) -> Result<Vec<TxNum>, DecodeError> {
-        if key.len() != KEY_LEN {
-            return Err(DecodeError::Invalid { what: "script key of the wrong length", at: 0 });
+    /// The union of several lists (RocksDB's merge: the stored value, then operands in order).
+    /// Lists usually follow one another in txnum order and are then joined without sorting; a
+    /// list given twice (a batch ingested again after a crash) adds nothing.
+    pub fn merge<'a>(lists: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<u8>, DecodeError> {
+        let mut all: Vec<TxNum> = Vec::new();
+        let mut sorted = true;
+        for list in lists {
+            let start = all.len();
+            Self::decode_into(list, &mut all)?;
+            if start > 0 && all.len() > start && all[start] <= all[start - 1] {
+                sorted = false;
+            }
         }
-        let mut n = key_txnum(key);
-        let mut out = vec![n];
-        let mut r = Reader::new(value);
-        while r.remaining() > 0 {
-            let d = get_leb128(&mut r)?;
-            n = u32::try_from(n as u64 + d).map_err(|_| DecodeError::BadInt(r.pos()))?;
-            out.push(n);
+        if !sorted {
+            all.sort_unstable();
+            all.dedup();
         }
-        Ok(out)
+        Ok(Self::encode(&all))
     }
 }
 
@@ -285,17 +323,22 @@ mod tests {
     }
 
     #[test]
-    fn script_entries_group_by_prefix_and_round_trip() {
+    fn txnum_lists_group_merge_and_round_trip() {
         let (a, b) = (ScriptHash([1; 32]), ScriptHash([2; 32]));
         let rows = [script_key(&a, 5), script_key(&a, 6), script_key(&a, 300), script_key(&b, 7)];
-        let entries = ScriptEntry::group(&rows);
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].0, script_key(&a, 5));
-        assert_eq!(ScriptEntry::txnums(&entries[0].0, &entries[0].1).unwrap(), vec![5, 6, 300]);
-        assert_eq!(ScriptEntry::txnums(&entries[1].0, &entries[1].1).unwrap(), vec![7]);
-        assert!(entries[1].1.is_empty());
-        assert!(ScriptEntry::txnums(&entries[0].0, &[0x80]).is_err());
-        assert!(ScriptEntry::txnums(&entries[0].0[..9], &[]).is_err());
+        let groups = TxnumList::group(&rows);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].0, script_prefix(&a));
+        assert_eq!(TxnumList::decode(&groups[0].1).unwrap(), vec![5, 6, 300]);
+        assert_eq!(TxnumList::decode(&groups[1].1).unwrap(), vec![7]);
+        let (x, y) = (TxnumList::encode(&[1, 9]), TxnumList::encode(&[10, 2_000_000]));
+        let joined = TxnumList::merge([&x[..], &y[..]]).unwrap();
+        assert_eq!(TxnumList::decode(&joined).unwrap(), vec![1, 9, 10, 2_000_000]);
+        // Out of order, overlapping, and the same list twice.
+        let again = TxnumList::merge([&y[..], &x[..], &x[..]]).unwrap();
+        assert_eq!(again, joined);
+        assert!(TxnumList::decode(&[0x80]).is_err());
+        assert!(TxnumList::merge([&[0xff][..]]).is_err());
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Makes a large regtest chain through a real node, fast: transactions are built and signed here
 //! with the `bitcoin` crate (wallet RPC is far too slow) and whole blocks go in with `submitblock`.
 //!
-//! Mix: P2WPKH, P2TR key-path, P2PKH and P2SH-P2WPKH coins; 1–3 inputs; change, small batches
-//! and payouts of 10–30 outputs; a third of payments to a few hot (reused) addresses; spends of
-//! parents earlier in the same block. Deterministic for a seed. The node must start at height 0.
+//! Mix, shaped after mainnet's averages (about 2.6 inputs and 3 outputs per transaction): P2WPKH,
+//! P2TR key-path, P2PKH and P2SH-P2WPKH coins; 1 to 20 inputs; change, small batches and payouts
+//! of 10–30 outputs; 70% of outputs to fresh keys, 30% to 20,000 reused keys with a heavy head (a
+//! few very popular addresses); spends of parents earlier in the same block. Deterministic for a
+//! seed. The node must start at height 0.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -58,25 +61,27 @@ struct Key {
     spk: ScriptBuf,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Coin {
     outpoint: OutPoint,
     value: u64,
-    key: u32,
+    key: Arc<Key>,
 }
 
-const HOT_KEYS: u32 = 40;
-const KEYS: u32 = 20_000;
+/// Keys that receive again and again.
+const REUSED_KEYS: u64 = 20_000;
+/// Fresh keys are made in parallel, this many at a time.
+const KEY_BATCH: u64 = 50_000;
 
-fn make_keys(secp: &Secp256k1<bitcoin::secp256k1::All>) -> Vec<Key> {
-    (0..KEYS)
+fn make_keys(secp: &Secp256k1<bitcoin::secp256k1::All>, from: u64, n: u64) -> Vec<Arc<Key>> {
+    (from..from + n)
         .into_par_iter()
         .map(|i| {
             let mut b = [0x11u8; 32];
-            b[..4].copy_from_slice(&(i + 1).to_be_bytes());
+            b[..8].copy_from_slice(&(i + 1).to_be_bytes());
             let sk = SecretKey::from_slice(&b).unwrap();
             let pk = CompressedPublicKey(sk.public_key(secp));
-            let kind = match i % 20 {
+            let kind = match (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 59) % 20 {
                 0..=9 => Kind::Wpkh,
                 10..=14 => Kind::Tr,
                 15..=17 => Kind::Pkh,
@@ -90,7 +95,7 @@ fn make_keys(secp: &Secp256k1<bitcoin::secp256k1::All>) -> Vec<Key> {
                 Kind::Pkh => ScriptBuf::new_p2pkh(&pk.pubkey_hash()),
                 Kind::ShWpkh => ScriptBuf::new_p2sh(&ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()).script_hash()),
             };
-            Key { sk, pk, tweaked, kind, spk }
+            Arc::new(Key { sk, pk, tweaked, kind, spk })
         })
         .collect()
 }
@@ -128,16 +133,15 @@ fn input_size(kind: Kind) -> u64 {
 /// A transaction waiting for signatures, with the keys and amounts of what it spends.
 struct Unsigned {
     tx: Transaction,
-    spent: Vec<(u32, TxOut)>,
+    spent: Vec<(Arc<Key>, TxOut)>,
 }
 
-fn sign(secp: &Secp256k1<bitcoin::secp256k1::All>, keys: &[Key], u: &mut Unsigned) {
+fn sign(secp: &Secp256k1<bitcoin::secp256k1::All>, u: &mut Unsigned) {
     let prevouts: Vec<TxOut> = u.spent.iter().map(|(_, o)| o.clone()).collect();
     let mut sigs: Vec<(ScriptBuf, Witness)> = Vec::with_capacity(u.spent.len());
     {
         let mut cache = SighashCache::new(&u.tx);
-        for (i, (k, out)) in u.spent.iter().enumerate() {
-            let key = &keys[*k as usize];
+        for (i, (key, out)) in u.spent.iter().enumerate() {
             let wpkh = ScriptBuf::new_p2wpkh(&key.pk.wpubkey_hash());
             let ecdsa = |hash: [u8; 32]| {
                 let sig = secp.sign_ecdsa(&Message::from_digest(hash), &key.sk);
@@ -187,31 +191,45 @@ fn sign(secp: &Secp256k1<bitcoin::secp256k1::All>, keys: &[Key], u: &mut Unsigne
 
 struct Gen {
     rng: fastrand::Rng,
-    keys: Vec<Key>,
+    secp: Secp256k1<bitcoin::secp256k1::All>,
+    reused: Vec<Arc<Key>>,
+    fresh: Vec<Arc<Key>>,
+    next_key: u64,
     pool: Vec<Coin>,
     /// Coinbase coins by the height at which they mature.
     maturing: std::collections::VecDeque<(u32, Coin)>,
 }
 
 impl Gen {
-    fn pick_key(&mut self) -> u32 {
-        if self.rng.u32(0..3) == 0 {
-            self.rng.u32(0..HOT_KEYS)
+    fn fresh_key(&mut self) -> Arc<Key> {
+        if self.fresh.is_empty() {
+            self.fresh = make_keys(&self.secp, self.next_key, KEY_BATCH);
+            self.next_key += KEY_BATCH;
+        }
+        self.fresh.pop().unwrap()
+    }
+
+    /// 30% to a reused key (u⁴ puts a heavy head on the first few), else a fresh one.
+    fn pick_key(&mut self) -> Arc<Key> {
+        if self.rng.u32(0..10) < 3 {
+            let u = self.rng.f64();
+            self.reused[((u * u * u * u) * REUSED_KEYS as f64) as usize].clone()
         } else {
-            self.rng.u32(HOT_KEYS..KEYS)
+            self.fresh_key()
         }
     }
 
     /// Builds one transaction from the pool; returns it with its estimated size and the keys of
     /// its outputs.
-    fn build_tx(&mut self) -> Option<(Unsigned, u64, Vec<u32>)> {
+    fn build_tx(&mut self) -> Option<(Unsigned, u64, Vec<Arc<Key>>)> {
         if self.pool.is_empty() {
             return None;
         }
-        let want_in = match self.rng.u32(0..10) {
-            0..=6 => 1,
-            7..=8 => 2,
-            _ => 3,
+        let want_in = match self.rng.u32(0..100) {
+            0..=49 => 1,
+            50..=74 => 2,
+            75..=91 => self.rng.usize(3..6),
+            _ => self.rng.usize(6..21),
         };
         let mut inputs = Vec::new();
         let mut total = 0u64;
@@ -231,9 +249,7 @@ impl Gen {
                 _ => self.rng.usize(10..31),
             }
         };
-        let vsize: u64 = 11
-            + inputs.iter().map(|c| input_vsize(self.keys[c.key as usize].kind)).sum::<u64>()
-            + 34 * n_out as u64;
+        let vsize: u64 = 11 + inputs.iter().map(|c| input_vsize(c.key.kind)).sum::<u64>() + 34 * n_out as u64;
         let fee = vsize * self.rng.u64(1..6);
         if total <= fee + 1000 * n_out as u64 {
             // Too small to split: keep the coins for a consolidation later.
@@ -258,50 +274,39 @@ impl Gen {
                 .map(|c| TxIn {
                     previous_output: c.outpoint,
                     // P2SH-P2WPKH's scriptSig is known before signing, so its txid is too.
-                    script_sig: self.keys[c.key as usize].nested_script_sig(),
+                    script_sig: c.key.nested_script_sig(),
                     sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
                     witness: Witness::new(),
                 })
                 .collect(),
             output: outputs
                 .iter()
-                .map(|(k, v)| TxOut {
-                    value: Amount::from_sat(*v),
-                    script_pubkey: self.keys[*k as usize].spk.clone(),
-                })
+                .map(|(k, v)| TxOut { value: Amount::from_sat(*v), script_pubkey: k.spk.clone() })
                 .collect(),
         };
         let size = 10
-            + inputs.iter().map(|c| input_size(self.keys[c.key as usize].kind)).sum::<u64>()
+            + inputs.iter().map(|c| input_size(c.key.kind)).sum::<u64>()
             + tx.output.iter().map(|o| 9 + o.script_pubkey.len() as u64).sum::<u64>();
         let spent = inputs
-            .iter()
+            .into_iter()
             .map(|c| {
-                (
-                    c.key,
-                    TxOut {
-                        value: Amount::from_sat(c.value),
-                        script_pubkey: self.keys[c.key as usize].spk.clone(),
-                    },
-                )
+                let out = TxOut { value: Amount::from_sat(c.value), script_pubkey: c.key.spk.clone() };
+                (c.key, out)
             })
             .collect();
-        let out_keys = outputs.iter().map(|(k, _)| *k).collect();
+        let out_keys = outputs.into_iter().map(|(k, _)| k).collect();
         Some((Unsigned { tx, spent }, size, out_keys))
     }
 
     fn is_legacy(&self, u: &Unsigned) -> bool {
-        u.spent.iter().any(|(k, _)| self.keys[*k as usize].kind == Kind::Pkh)
+        u.spent.iter().any(|(k, _)| k.kind == Kind::Pkh)
     }
 
-    fn add_outputs(&mut self, tx: &Transaction, keys_of: &[u32]) {
+    fn add_outputs(&mut self, tx: &Transaction, keys_of: &[Arc<Key>]) {
         let txid = tx.compute_txid();
         for (vout, (out, key)) in tx.output.iter().zip(keys_of).enumerate() {
-            self.pool.push(Coin {
-                outpoint: OutPoint { txid, vout: vout as u32 },
-                value: out.value.to_sat(),
-                key: *key,
-            });
+            let outpoint = OutPoint { txid, vout: vout as u32 };
+            self.pool.push(Coin { outpoint, value: out.value.to_sat(), key: key.clone() });
         }
     }
 }
@@ -345,10 +350,13 @@ fn main() -> Result<()> {
     }
     let secp = Secp256k1::new();
     let t0 = Instant::now();
-    let keys = make_keys(&secp);
+    let reused = make_keys(&secp, 1 << 40, REUSED_KEYS);
     let mut g = Gen {
         rng: fastrand::Rng::with_seed(args.seed),
-        keys,
+        secp: secp.clone(),
+        reused,
+        fresh: Vec::new(),
+        next_key: 0,
         pool: Vec::new(),
         maturing: Default::default(),
     };
@@ -384,7 +392,7 @@ fn main() -> Result<()> {
             g.pool.push(c);
         }
         // Build: segwit-only transactions' outputs are spendable later in the same block.
-        let mut txs: Vec<(Unsigned, Vec<u32>)> = Vec::new();
+        let mut txs: Vec<(Unsigned, Vec<Arc<Key>>)> = Vec::new();
         let mut later: Vec<usize> = Vec::new();
         let mut size = 200u64;
         let mut misses = 0;
@@ -401,7 +409,7 @@ fn main() -> Result<()> {
             size += s;
             txs.push((u, out_keys));
         }
-        txs.par_iter_mut().for_each(|(u, _)| sign(&secp, &g.keys, u));
+        txs.par_iter_mut().for_each(|(u, _)| sign(&secp, u));
         for &i in &later {
             let (u, keys_of) = &txs[i];
             let (tx, keys_of) = (u.tx.clone(), keys_of.clone());
@@ -414,11 +422,10 @@ fn main() -> Result<()> {
                     - u.tx.output.iter().map(|o| o.value.to_sat()).sum::<u64>()
             })
             .sum();
-        let cb_key = g.pick_key();
+        let cb_key = g.fresh_key();
         let mut body: Vec<Transaction> = txs.into_iter().map(|(u, _)| u.tx).collect();
         let has_witness = !body.is_empty();
-        let mut block_txs =
-            vec![coinbase(height, subsidy(height) + fees, &g.keys[cb_key as usize].spk, None)];
+        let mut block_txs = vec![coinbase(height, subsidy(height) + fees, &cb_key.spk, None)];
         block_txs.append(&mut body);
         if has_witness {
             let mut probe = Block {
@@ -432,16 +439,11 @@ fn main() -> Result<()> {
                 },
                 txdata: block_txs,
             };
-            probe.txdata[0] =
-                coinbase(height, subsidy(height) + fees, &g.keys[cb_key as usize].spk, Some([0; 32]));
+            probe.txdata[0] = coinbase(height, subsidy(height) + fees, &cb_key.spk, Some([0; 32]));
             let root: WitnessMerkleNode = probe.witness_root().context("witness root")?;
             let commitment = Block::compute_witness_commitment(&root, &[0u8; 32]);
-            probe.txdata[0] = coinbase(
-                height,
-                subsidy(height) + fees,
-                &g.keys[cb_key as usize].spk,
-                Some(commitment.to_byte_array()),
-            );
+            probe.txdata[0] =
+                coinbase(height, subsidy(height) + fees, &cb_key.spk, Some(commitment.to_byte_array()));
             block_txs = probe.txdata;
         }
         let cb = &block_txs[0];
