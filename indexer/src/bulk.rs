@@ -29,7 +29,7 @@ use blkindex_shared::Net;
 
 use crate::bestchain::ChainBlock;
 use crate::progress::Progress;
-use crate::revmatch::UndoIndex;
+use crate::revmatch::{UndoIndex, UndoLoc};
 use crate::rows::{block_rows, undo_fits, verify, BlockRows, Verified};
 use crate::scan::BlockMap;
 
@@ -133,7 +133,7 @@ impl Bulk<'_> {
                     let header = match e {
                         Some(e) => e.header,
                         None => self
-                            .block_by_hash(map, &cur)
+                            .block_bytes(map, &cur, None)
                             .and_then(|b| Ok(bitcoin::consensus::deserialize(&b[..80])?))?,
                     };
                     branch.push(ChainBlock { hash: cur, header, entry: e.copied() });
@@ -168,7 +168,7 @@ impl Bulk<'_> {
 
     /// Deletes every row the blocks of `branch` (heights from `first`) added, and sets the tip
     /// just below them.
-    fn delete_branch(
+    pub(crate) fn delete_branch(
         &self,
         map: &BlockMap,
         branch: &[ChainBlock],
@@ -191,7 +191,7 @@ impl Bulk<'_> {
         let (mut txid_prefixes, mut script_prefixes) = (BTreeSet::new(), BTreeSet::new());
         for (i, b) in branch.iter().enumerate() {
             let height = first + i as Height;
-            let bytes = self.block_by_hash(map, &b.hash)?;
+            let bytes = self.block_bytes(map, &b.hash, b.entry.as_ref())?;
             let verified =
                 verify(&bytes).with_context(|| format!("stale block {} at height {height}", b.hash))?;
             let undo = self.undo_for(&undo_index, b, height, &verified)?;
@@ -217,8 +217,13 @@ impl Bulk<'_> {
     }
 
     /// A block's bytes wherever they are: blk files, the rawblock family, or the node.
-    fn block_by_hash(&self, map: &BlockMap, hash: &BlockHash) -> Result<Vec<u8>> {
-        if let Some(e) = map.get(hash) {
+    pub(crate) fn block_bytes(
+        &self,
+        map: &BlockMap,
+        hash: &BlockHash,
+        entry: Option<&crate::scan::BlockEntry>,
+    ) -> Result<Vec<u8>> {
+        if let Some(e) = entry.or_else(|| map.get(hash)) {
             return Ok(self.files.read(FileKind::Blk, e.file, e.offset as u64, e.len as usize)?.into_owned());
         }
         if let Some(raw) = self.store.db().get_cf(self.store.cf(cf::RAWBLOCK), hash.as_byte_array())? {
@@ -254,11 +259,22 @@ impl Bulk<'_> {
         height: Height,
         block: &Verified,
     ) -> Result<Option<BlockUndo>> {
+        self.undo_from(index.get(&b.hash), b, height, block)
+    }
+
+    /// The undo data among these rev records that fits the block, or the node's.
+    pub(crate) fn undo_from(
+        &self,
+        locs: &[UndoLoc],
+        b: &ChainBlock,
+        height: Height,
+        block: &Verified,
+    ) -> Result<Option<BlockUndo>> {
         if height == 0 {
             return Ok(None);
         }
         let mut fitting = Vec::new();
-        for loc in index.get(&b.hash) {
+        for loc in locs {
             let payload = self.files.read(FileKind::Rev, loc.file, loc.offset as u64, loc.len as usize)?;
             match BlockUndo::decode(&payload) {
                 Ok(u) if undo_fits(block, &u) => fitting.push(u),
@@ -283,7 +299,13 @@ impl Bulk<'_> {
     }
 
     /// Rows of a block fetched from the node, which is then kept in the `rawblock` family.
-    fn rows_from_node(&self, rpc: &Rpc, b: &ChainBlock, height: Height, txnum: TxNum) -> Result<BlockRows> {
+    pub(crate) fn rows_from_node(
+        &self,
+        rpc: &Rpc,
+        b: &ChainBlock,
+        height: Height,
+        txnum: TxNum,
+    ) -> Result<BlockRows> {
         let bytes = rpc.block_bytes(&b.hash)?;
         let verified = verify(&bytes).with_context(|| format!("block {} from the node", b.hash))?;
         let undo = if height == 0 { None } else { Some(undo_from_rpc(rpc, &b.hash)?) };

@@ -1,18 +1,23 @@
-//! `blkindex-indexer`: bulk-indexes bitcoind's blk files into RocksDB, then (in a later release)
-//! follows the node's tip.
+//! `blkindex-indexer`: bulk-indexes bitcoind's blk files into RocksDB, then follows the node's tip.
 //!
 //! Flow: `scan` (blk framing → block map) → `bestchain` (which blocks) → `bulk` (batches:
-//! `revmatch` finds undo data, `rows` makes rows, SSTs are ingested) → compaction.
+//! `revmatch` finds undo data, `rows` makes rows, SSTs are ingested) → compaction → `follow`
+//! (woken by `zmq` or a timer; new blocks from `tail` of the files, or RPC; reorgs undone).
 
 mod bestchain;
 mod bulk;
+mod follow;
 mod progress;
 mod revmatch;
 mod rows;
 mod scan;
+mod tail;
+mod zmq;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -22,8 +27,12 @@ use tracing::info;
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, NodeConfig};
 use blkindex_shared::rpc::Rpc;
+use blkindex_shared::schema::meta;
 use blkindex_shared::store::{Mode, Store};
 use blkindex_shared::Net;
+use serde_json::json;
+
+use follow::{FollowSource, Follower};
 
 use progress::{Progress, ProgressMode};
 
@@ -55,6 +64,20 @@ struct Args {
     /// Exit after the bulk pass instead of following the node.
     #[arg(long, env = "BLKINDEX_NO_FOLLOW")]
     no_follow: bool,
+    /// The node's ZMQ endpoint for block notifications (default: asked with getzmqnotifications,
+    /// else zmqpubhashblock / zmqpubsequence from bitcoin.conf; none: poll only).
+    #[arg(long, env = "BLKINDEX_ZMQ_ENDPOINT")]
+    zmq_endpoint: Option<String>,
+    /// Seconds between polls of the node's best block (also when ZMQ is on, in case it drops).
+    #[arg(long, env = "BLKINDEX_POLL_SECS", default_value_t = 2.0)]
+    poll_secs: f64,
+    /// Where followed blocks come from.
+    #[arg(long, env = "BLKINDEX_FOLLOW_SOURCE", value_enum, default_value = "files")]
+    follow_source: FollowSource,
+    /// Go straight to following when the index is at most this many blocks behind the node
+    /// (no header scan of the blk files); further behind, the bulk path catches up first.
+    #[arg(long, env = "BLKINDEX_FOLLOW_GAP", default_value_t = 1000)]
+    follow_gap: u32,
     /// Memory budget in MiB for the bulk pass (batch sizes follow from it).
     #[arg(long, env = "BLKINDEX_MEM_BUDGET_MB", default_value_t = 2048)]
     mem_budget_mb: u64,
@@ -84,7 +107,8 @@ fn run() -> Result<()> {
     let args = Args::parse_from(args_with_config_file(std::env::args_os().collect())?);
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BLKINDEX_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BLKINDEX_LOG")
+                .unwrap_or_else(|_| "info,zeromq=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -111,10 +135,6 @@ fn run() -> Result<()> {
     store.check_identity(args.network, true)?;
 
     let progress = Progress::new(args.progress);
-    let t0 = Instant::now();
-    let map = scan::scan_blk_files(&files, args.network, &progress)?;
-    let chain = bestchain::select(&map, args.network, rpc.as_ref())?;
-    info!(blocks_in_files = map.len(), chain_height = chain.len() - 1, "chain selected");
     let bulk = bulk::Bulk {
         store: &store,
         files: &files,
@@ -123,6 +143,50 @@ fn run() -> Result<()> {
         progress: &progress,
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) / 3, |kb| kb << 10),
     };
+    if args.no_follow || !close_to_tip(&store, rpc.as_ref(), args.follow_gap)? {
+        bulk_pass(&bulk, &store, &files, args.network, rpc.as_ref(), &progress)?;
+    } else {
+        info!("the index is close to the node's tip: following without a bulk pass");
+        store.enable_auto_compactions()?;
+    }
+    if args.no_follow {
+        return Ok(());
+    }
+    if rpc.is_none() {
+        anyhow::bail!("following needs the node's RPC: drop --offline, or add --no-follow");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let poll = Duration::from_secs_f64(args.poll_secs.max(0.05));
+    let mut follower = Follower::new(&bulk, args.follow_source, poll, stop.clone())?;
+    let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+    match zmq_config(&args, &node, rpc.as_ref().unwrap()) {
+        Some(cfg) => {
+            info!(endpoint = %cfg.endpoint, topic = %cfg.topic, poll_secs = args.poll_secs, source = ?args.follow_source, "following: ZMQ notifications, and polling");
+            zmq::spawn(cfg, wake_tx, follower.zmq_reconnect.clone(), stop.clone());
+        }
+        None => {
+            info!(poll_secs = args.poll_secs, source = ?args.follow_source, "following: no ZMQ endpoint, polling only");
+            std::mem::forget(wake_tx);
+        }
+    }
+    follower.run(&wake_rx)
+}
+
+/// The bulk pass: scan, best chain, batches, compaction; prints a summary.
+fn bulk_pass(
+    bulk: &bulk::Bulk,
+    store: &Store,
+    files: &BlockFiles,
+    net: Net,
+    rpc: Option<&Rpc>,
+    progress: &Progress,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let map = scan::scan_blk_files(files, net, progress)?;
+    let chain = bestchain::select(&map, net, rpc)?;
+    info!(blocks_in_files = map.len(), chain_height = chain.len() - 1, "chain selected");
     let summary = bulk.run(&map, &chain).context("bulk indexing failed")?;
     let sst: u64 = store.sst_bytes()?.iter().map(|(_, b)| b).sum();
     let (tip_height, tip_hash) = summary.tip.context("nothing indexed")?;
@@ -138,8 +202,41 @@ fn run() -> Result<()> {
         tip_height,
         HumanBytes(sst),
     );
-    if !args.no_follow {
-        anyhow::bail!("following the node after the bulk pass is not built yet; run with --no-follow");
-    }
     Ok(())
+}
+
+/// Is a finished index within `gap` blocks of the node's best block (so the follower can catch up
+/// over RPC without scanning every blk file)?
+fn close_to_tip(store: &Store, rpc: Option<&Rpc>, gap: u32) -> Result<bool> {
+    let (Some(rpc), Some((tip, _))) = (rpc, store.tip()?) else { return Ok(false) };
+    if store.pending()?.is_some() || store.get_meta(meta::COMPACTED)?.is_none() {
+        return Ok(false);
+    }
+    match rpc.call("getblockcount", json!([])) {
+        Ok(v) => Ok(v.as_u64().is_some_and(|n| n <= tip as u64 + gap as u64)),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Where the node publishes block notifications: the flag, else what the node says, else
+/// bitcoin.conf.
+fn zmq_config(args: &Args, node: &NodeConfig, rpc: &Rpc) -> Option<zmq::ZmqConfig> {
+    if let Some(e) = &args.zmq_endpoint {
+        return Some(zmq::ZmqConfig { endpoint: e.clone(), topic: "hashblock".into() });
+    }
+    let mut found: Vec<(String, String)> = Vec::new();
+    if let Ok(v) = rpc.call("getzmqnotifications", json!([])) {
+        for n in v.as_array().into_iter().flatten() {
+            if let (Some(t), Some(a)) = (n["type"].as_str(), n["address"].as_str()) {
+                found.push((t.trim_start_matches("pub").to_string(), a.to_string()));
+            }
+        }
+    }
+    found.extend(node.zmq.iter().map(|(t, a)| (t.clone(), a.clone())));
+    ["hashblock", "sequence"].iter().find_map(|topic| {
+        found
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, a)| zmq::ZmqConfig { endpoint: a.clone(), topic: topic.to_string() })
+    })
 }

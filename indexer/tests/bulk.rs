@@ -4,15 +4,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::Result;
-use bitcoin::hashes::{sha256, Hash, HashEngine};
 use serde_json::json;
 
 use blkindex_shared::blkfile::{list_files, BlockFiles, FileKind};
 use blkindex_shared::query::Index;
-use blkindex_shared::schema::cf;
 use blkindex_shared::store::{Mode, Store};
 use blkindex_testkit::chain::{build_rich_chain, copy_blocks_reversed, ChainBuilder};
-use blkindex_testkit::expect::{expected, Expected};
+use blkindex_testkit::expect::expected;
+use blkindex_testkit::verify::{check, digest, open_index};
 use blkindex_testkit::{Node, NodeOptions};
 
 fn indexer(node: &Node, db: &Path, extra: &[&str]) -> Output {
@@ -36,75 +35,7 @@ fn index_ok(node: &Node, db: &Path, extra: &[&str]) {
 }
 
 fn open(node: &Node, db: &Path) -> Index {
-    let secondary = db.with_extension("secondary");
-    let store = Store::open(db, Mode::Secondary(secondary)).unwrap();
-    Index::new(store, BlockFiles::open(&node.blocks_dir()).unwrap()).unwrap()
-}
-
-/// Compares every script's history, unspent outputs and balance, every transaction by txid, and
-/// every spender with what the node says.
-fn check(node: &Node, index: &Index, want: &Expected) -> Result<()> {
-    let tip = node.height()? as u32;
-    assert_eq!(index.chain.tip().unwrap(), (tip, node.best_hash()?));
-    for (sh, history) in &want.history {
-        let state = index.script_state(sh)?;
-        let got: Vec<_> = state.history.iter().map(|h| (h.txid, h.height)).collect();
-        assert_eq!(&got, history, "history of {sh}");
-        let mut utxos: Vec<_> = state.utxos.iter().map(|u| (u.outpoint, (u.value, u.height))).collect();
-        utxos.sort();
-        let want_utxos: Vec<_> =
-            want.utxos.get(sh).map(|m| m.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default();
-        assert_eq!(utxos, want_utxos, "unspent outputs of {sh}");
-        for (op, (value, _)) in &want_utxos {
-            // The node's own UTXO set agrees (confirmed only).
-            let txout = node.call("gettxout", json!([op.txid.to_string(), op.vout, false]))?;
-            assert_eq!((txout["value"].as_f64().unwrap() * 1e8).round() as u64, *value, "gettxout {op}");
-        }
-    }
-    for (txid, height, block, pos) in &want.txs {
-        let found = index.txs_by_txid(txid)?;
-        assert_eq!(found.len(), 1, "tx {txid}");
-        assert_eq!((found[0].height, found[0].pos), (*height, *pos), "tx {txid}");
-        let raw = node.call("getrawtransaction", json!([txid.to_string(), false, block.to_string()]))?;
-        assert_eq!(hex::encode(&found[0].raw), raw.as_str().unwrap(), "bytes of {txid}");
-    }
-    eprintln!(
-        "checked {} scripts, {} transactions, {} unspent outputs against the node",
-        want.history.len(),
-        want.txs.len(),
-        want.utxos.values().map(|u| u.len()).sum::<usize>()
-    );
-    for (op, (txid, height)) in want.spenders.iter().take(200) {
-        let s = index.spender(op)?.expect("spender");
-        assert_eq!((s.txid, s.height), (*txid, *height), "spender of {op}");
-    }
-    Ok(())
-}
-
-/// A digest of every row but `meta`, to compare two indexes.
-fn digest(db: &Path) -> [u8; 32] {
-    let secondary = db.with_extension("digest");
-    let store = Store::open(db, Mode::Secondary(secondary)).unwrap();
-    let mut e = sha256::Hash::engine();
-    for name in [cf::HEADERS, cf::TXPOS, cf::TXID, cf::SCRIPT, cf::RAWBLOCK] {
-        e.input(name.as_bytes());
-        for item in store.db().iterator_cf(store.cf(name), rocksdb::IteratorMode::Start) {
-            let (k, v) = item.unwrap();
-            if name == cf::SCRIPT || name == cf::TXID {
-                // Logical rows, whatever merge operands are still unmerged.
-                for n in blkindex_shared::schema::TxnumList::decode(&v).unwrap() {
-                    e.input(&k);
-                    e.input(&n.to_be_bytes());
-                }
-                continue;
-            }
-            e.input(&(k.len() as u32).to_le_bytes());
-            e.input(&k);
-            e.input(&(v.len() as u32).to_le_bytes());
-            e.input(&v);
-        }
-    }
-    sha256::Hash::from_engine(e).to_byte_array()
+    open_index(node, db)
 }
 
 #[test]

@@ -62,13 +62,22 @@ impl Rpc {
 
     fn auth_header(&self) -> Result<String, RpcError> {
         let userpass = match &self.auth {
-            Auth::Cookie(path) => std::fs::read_to_string(path)
-                .map_err(|e| RpcError::Auth {
-                    addr: self.addr.clone(),
-                    msg: format!("cannot read cookie {}: {e}", path.display()),
-                })?
-                .trim()
-                .to_string(),
+            Auth::Cookie(path) => match std::fs::read_to_string(path) {
+                Ok(c) => c.trim().to_string(),
+                // bitcoind deletes its cookie when it stops: a missing cookie is a node that is down.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(RpcError::Unreachable {
+                        addr: self.addr.clone(),
+                        msg: format!("no cookie file {} (is bitcoind running?)", path.display()),
+                    })
+                }
+                Err(e) => {
+                    return Err(RpcError::Auth {
+                        addr: self.addr.clone(),
+                        msg: format!("cannot read cookie {}: {e}", path.display()),
+                    })
+                }
+            },
             Auth::UserPass(u, p) => format!("{u}:{p}"),
         };
         Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(userpass)))

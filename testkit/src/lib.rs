@@ -4,5 +4,6 @@
 pub mod chain;
 pub mod expect;
 pub mod node;
+pub mod verify;
 
 pub use node::{Node, NodeOptions};

@@ -1,0 +1,266 @@
+//! Following the node's tip after the bulk pass: on a ZMQ notification or the poll timer, ask the
+//! node for its best block, undo our blocks that left its chain, and apply the new ones, each in
+//! one synced WriteBatch with the new tip, so that a kill at any moment leaves the index at a block
+//! boundary and a reader (the server's secondary) never sees half a block.
+//!
+//! Blocks come from the blk files by default (bitcoind writes a block, and its undo data when it
+//! connects it, before announcing it): they are then served from the files like bulk-indexed ones.
+//! With `--follow-source rpc`, or when the files do not have a block, it comes from `getblock`
+//! (raw bytes kept in `rawblock`, spent outputs from verbosity 3).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use bitcoin::block::Header;
+use bitcoin::hashes::Hash;
+use bitcoin::BlockHash;
+use crossbeam_channel::Receiver;
+use rocksdb::WriteBatch;
+use tracing::{info, warn};
+
+use blkindex_shared::blkfile::{list_files, FileKind};
+use blkindex_shared::chain::Chain;
+use blkindex_shared::rpc::RpcError;
+use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, TxnumList};
+
+use crate::bestchain::ChainBlock;
+use crate::bulk::{undo_from_rpc, Bulk};
+use crate::rows::{block_rows, verify, BlockRows};
+use crate::scan::{BlockEntry, BlockMap};
+use crate::tail::Tail;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FollowSource {
+    /// Read new blocks and undo data from the node's files (RPC when they are not there).
+    Files,
+    /// Fetch every new block with getblock (raw) and getblock verbosity 3 (spent outputs).
+    Rpc,
+}
+
+pub struct Follower<'a> {
+    pub ctx: &'a Bulk<'a>,
+    pub source: FollowSource,
+    pub poll: Duration,
+    pub stop: Arc<AtomicBool>,
+    /// Set when the node came back after being unreachable, so ZMQ reconnects.
+    pub zmq_reconnect: Arc<AtomicBool>,
+    chain: Chain,
+    tail: Tail,
+}
+
+impl<'a> Follower<'a> {
+    pub fn new(
+        ctx: &'a Bulk<'a>,
+        source: FollowSource,
+        poll: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self> {
+        let chain = Chain::load(ctx.store)?;
+        // Tail the blk files from the end of the tip block, or from the start of the newest file.
+        let (file, offset) = match chain.tip().and_then(|(h, _)| chain.row(h)).map(|r| r.loc) {
+            Some(BlockLoc::File { file, offset, len }) => (file, offset as u64 + len as u64),
+            _ => (list_files(ctx.files.dir(), FileKind::Blk)?.last().copied().unwrap_or(0), 0),
+        };
+        Ok(Follower {
+            ctx,
+            source,
+            poll,
+            stop,
+            zmq_reconnect: Arc::new(AtomicBool::new(false)),
+            chain,
+            tail: Tail::new(ctx.net, file, offset),
+        })
+    }
+
+    /// Runs until `stop` is set. Node errors are retried with back-off; anything else ends it.
+    pub fn run(&mut self, wake: &Receiver<()>) -> Result<()> {
+        let mut backoff = Duration::from_secs(1);
+        let mut node_down = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.sync() {
+                Ok(_) => {
+                    if node_down {
+                        info!("the node is back; following again");
+                        self.zmq_reconnect.store(true, Ordering::Relaxed);
+                        node_down = false;
+                    }
+                    backoff = Duration::from_secs(1);
+                }
+                Err(e) if is_transient(&e) => {
+                    if !node_down {
+                        warn!("node unavailable ({e:#}); retrying with back-off");
+                        node_down = true;
+                    }
+                    self.sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            // Wait for a notification or the poll timer; coalesce a burst of notifications.
+            let _ = wake.recv_timeout(self.poll);
+            while wake.try_recv().is_ok() {}
+        }
+        info!("stopped following");
+        Ok(())
+    }
+
+    fn sleep(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Brings the index to the node's best block. Returns the number of blocks applied.
+    pub fn sync(&mut self) -> Result<usize> {
+        let rpc = self.ctx.rpc.context("following needs the node's RPC")?;
+        let best = rpc.best_block_hash()?;
+        if self.chain.tip().map(|t| t.1) == Some(best) {
+            return Ok(0);
+        }
+        // Walk back from the node's tip to a block we have.
+        let mut new: Vec<(BlockHash, Header)> = Vec::new();
+        let mut cur = best;
+        let fork = loop {
+            if let Some(h) = self.chain.height_of(&cur) {
+                break h;
+            }
+            let header = rpc.header(&cur)?;
+            if header.prev_blockhash == BlockHash::all_zeros() {
+                bail!("the node's chain does not contain the index's genesis: another chain?");
+            }
+            new.push((cur, header));
+            cur = header.prev_blockhash;
+        };
+        let (tip, _) = self.chain.tip().context("empty index")?;
+        if fork < tip {
+            self.unwind(fork)?;
+        }
+        self.tail.poll_blocks(self.ctx.files)?;
+        let mut applied = 0;
+        for (hash, header) in new.into_iter().rev() {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            self.apply(hash, header)?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
+    /// Undoes every block above `fork`, in one synced write.
+    fn unwind(&mut self, fork: Height) -> Result<()> {
+        let (tip, _) = self.chain.tip().unwrap();
+        warn!(from = tip, to = fork, "reorg: undoing {} block(s)", tip - fork);
+        let branch: Vec<ChainBlock> = (fork + 1..=tip)
+            .map(|h| {
+                let row = self.chain.row(h).unwrap();
+                let hash = row.hash();
+                let entry = match row.loc {
+                    BlockLoc::File { file, offset, len } => {
+                        Some(BlockEntry { header: row.header, hash, file, offset, len, ntx: row.tx_count })
+                    }
+                    BlockLoc::Db { .. } => None,
+                };
+                ChainBlock { hash, header: row.header, entry }
+            })
+            .collect();
+        let first_txnum = self.chain.row(fork + 1).unwrap().first_txnum;
+        self.ctx.delete_branch(&BlockMap::new(), &branch, fork + 1, first_txnum)?;
+        while self.chain.len() as Height > fork + 1 {
+            self.chain.pop();
+        }
+        Ok(())
+    }
+
+    /// Indexes one block on top of the tip.
+    fn apply(&mut self, hash: BlockHash, header: Header) -> Result<()> {
+        let t0 = Instant::now();
+        let height = self.chain.len() as Height;
+        let txnum = self.chain.next_txnum();
+        let b = ChainBlock { hash, header, entry: self.tail.block(&hash) };
+        let from_files = match (self.source, b.entry) {
+            (FollowSource::Files, Some(e)) => self.rows_from_files(&b, e, height, txnum).map_err(|err| {
+                warn!("block {hash} from the files: {err:#}; fetching it from the node");
+            }),
+            _ => Err(()),
+        };
+        let (rows, raw) = match from_files {
+            Ok(rows) => (rows, None),
+            Err(()) => {
+                let rpc = self.ctx.rpc.context("no RPC")?;
+                let bytes = rpc.block_bytes(&hash)?;
+                let verified = verify(&bytes).with_context(|| format!("block {hash} from the node"))?;
+                let undo = if height == 0 { None } else { Some(undo_from_rpc(rpc, &hash)?) };
+                let loc = BlockLoc::Db { len: bytes.len() as u32 };
+                (block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())?, Some(bytes))
+            }
+        };
+        if rows.header.hash() != hash {
+            bail!("block at height {height} is not {hash}");
+        }
+        self.commit(&rows, raw.as_deref())?;
+        self.tail.forget(&hash);
+        let ntx = rows.header.tx_count;
+        self.chain.push(rows.header);
+        let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        info!(
+            height,
+            %hash,
+            txs = ntx,
+            ms = %format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
+            committed_at_us = now_us as u64,
+            "block committed"
+        );
+        Ok(())
+    }
+
+    fn rows_from_files(
+        &mut self,
+        b: &ChainBlock,
+        e: BlockEntry,
+        height: Height,
+        txnum: u32,
+    ) -> Result<BlockRows> {
+        let bytes = self.ctx.files.read(FileKind::Blk, e.file, e.offset as u64, e.len as usize)?;
+        let verified = verify(&bytes)?;
+        let locs = if height == 0 {
+            Vec::new()
+        } else {
+            self.tail.undo_candidates(self.ctx.files, e.file, &b.header.prev_blockhash, e.ntx)?
+        };
+        let undo = self.ctx.undo_from(&locs, b, height, &verified)?;
+        let loc = BlockLoc::File { file: e.file, offset: e.offset, len: e.len };
+        block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())
+    }
+
+    /// A block's rows and the new tip, in one synced WriteBatch (WAL on).
+    fn commit(&self, rows: &BlockRows, raw: Option<&[u8]>) -> Result<()> {
+        let store = self.ctx.store;
+        let mut batch = WriteBatch::default();
+        for (name, keys) in [(cf::TXID, &rows.txid), (cf::SCRIPT, &rows.script)] {
+            let mut keys = keys.clone();
+            keys.sort_unstable();
+            keys.dedup();
+            for (prefix, list) in TxnumList::group(&keys) {
+                batch.merge_cf(store.cf(name), prefix, list);
+            }
+        }
+        let h = schema::height_key(rows.height);
+        batch.put_cf(store.cf(cf::HEADERS), h, rows.header.encode());
+        batch.put_cf(store.cf(cf::TXPOS), h, &rows.txpos);
+        if let Some(raw) = raw {
+            batch.put_cf(store.cf(cf::RAWBLOCK), rows.header.hash().as_byte_array(), raw);
+        }
+        batch.put_cf(store.cf(cf::META), meta::TIP, schema::encode_tip(rows.height, &rows.header.hash()));
+        store.write_sync(batch)
+    }
+}
+
+/// Errors worth waiting out: the node is down, restarting or warming up.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<RpcError>().is_some_and(|r| r.is_transient()))
+}

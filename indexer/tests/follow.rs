@@ -1,0 +1,143 @@
+//! The follower against real regtest nodes: after blocks one by one and in bursts, reorgs of
+//! several depths with conflicting transactions, a node restart and SIGKILLs at random moments,
+//! the index equals a fresh bulk index of the node's chain and answers as the node does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
+use blkindex_testkit::expect::expected;
+use blkindex_testkit::verify::{check, digest, open_index, Digest, Indexer};
+use blkindex_testkit::{Node, NodeOptions};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_blkindex-indexer"))
+}
+
+/// A fresh bulk index of the node's chain as it is now, to compare with.
+fn fresh_digest(node: &Node, dir: &Path) -> Digest {
+    let db = dir.join(format!("fresh-{}", node.height().unwrap()));
+    let out = Command::new(bin())
+        .args(["--network", "regtest", "--no-follow", "--progress", "none", "--datadir"])
+        .arg(&node.datadir)
+        .arg("--db")
+        .arg(&db)
+        .args(["--daemon-rpc-addr", &node.rpc_addr()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    digest(&db)
+}
+
+/// The follower's index equals a fresh one and answers every query as the node does.
+fn assert_matches_node(f: &mut Indexer, node: &Node, db: &Path, dir: &Path) -> Result<()> {
+    f.wait_synced(node, db)?;
+    assert_eq!(digest(db), fresh_digest(node, dir), "followed index differs from a fresh bulk index");
+    check(node, &open_index(node, db), &expected(node)?)
+}
+
+#[test]
+fn follows_blocks_one_by_one_and_in_bursts() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let mut f = Indexer::follow(&bin(), &node, &db, &[])?;
+    f.wait_synced(&node, &db)?;
+    let b = ChainBuilder::new(&node)?;
+    b.wallet_traffic(5)?; // five blocks, one at a time, with transactions
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    b.mine(100)?; // a burst
+    b.wallet_traffic(1)?;
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    assert!(f.stop()?.success());
+    Ok(())
+}
+
+#[test]
+fn follows_reorgs_of_depth_1_6_and_30_with_conflicting_transactions() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let mut f = Indexer::follow(&bin(), &node, &db, &[])?;
+    f.wait_synced(&node, &db)?;
+    let b = ChainBuilder::new(&node)?;
+    for depth in [1, 6, 30] {
+        b.reorg_with_conflict(depth)?;
+        assert_matches_node(&mut f, &node, &db, dir.path())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn follows_over_rpc_and_serves_those_blocks_from_the_index() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let mut f = Indexer::follow(&bin(), &node, &db, &["--follow-source", "rpc"])?;
+    f.wait_synced(&node, &db)?;
+    let b = ChainBuilder::new(&node)?;
+    b.wallet_traffic(3)?;
+    b.reorg_with_conflict(2)?;
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    Ok(())
+}
+
+#[test]
+fn node_restarted_under_the_follower() -> Result<()> {
+    let mut node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let mut f = Indexer::follow(&bin(), &node, &db, &[])?;
+    f.wait_synced(&node, &db)?;
+    node.stop()?;
+    std::thread::sleep(Duration::from_secs(2)); // the follower meets a dead node and waits
+    node.restart()?;
+    let b = ChainBuilder::new(&node)?;
+    b.wallet_traffic(3)?;
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    let log = std::fs::read_to_string(&f.log)?;
+    assert!(log.contains("node unavailable"), "{log}");
+    assert!(log.contains("the node is back"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn killed_at_random_moments_while_blocks_and_reorgs_arrive() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let b = ChainBuilder::new(&node)?;
+    let mut seed = match std::env::var("BLKINDEX_TEST_SEED") {
+        Ok(s) => s.parse()?,
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64,
+    };
+    eprintln!("kill seed {seed} (BLKINDEX_TEST_SEED={seed} repeats the choices, not the timing)");
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    for round in 0..20 {
+        let mut f = Indexer::follow(&bin(), &node, &db, &["--follow-gap", "100000"])?;
+        // Change the chain while the follower works: blocks, bursts, or a reorg.
+        match next() % 4 {
+            0 => drop(b.mine(1 + next() % 5)?),
+            1 => b.wallet_traffic(1)?,
+            2 => drop(b.reorg_with_conflict(1 + next() % 4)?),
+            _ => drop(b.mine(20)?),
+        }
+        std::thread::sleep(Duration::from_millis(next() % 400));
+        f.kill9()?;
+        eprintln!("round {round}: killed at height {}", node.height()?);
+    }
+    let mut f = Indexer::follow(&bin(), &node, &db, &[])?;
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    Ok(())
+}

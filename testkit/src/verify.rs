@@ -1,0 +1,196 @@
+//! Comparing an index with the node: every answer checked against RPC, and a digest of an index's
+//! logical content to compare two indexes.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use bitcoin::hashes::{sha256, Hash, HashEngine};
+use serde_json::json;
+
+use blkindex_shared::blkfile::BlockFiles;
+use blkindex_shared::query::Index;
+use blkindex_shared::schema::{cf, HeaderRow, TxnumList};
+use blkindex_shared::store::{Mode, Store};
+
+use crate::expect::Expected;
+use crate::node::Node;
+
+/// Opens an index read-only (a secondary instance in a fresh directory).
+pub fn open_index(node: &Node, db: &Path) -> Index {
+    let secondary = tempfile::tempdir().unwrap().keep();
+    let store = Store::open(db, Mode::Secondary(secondary)).unwrap();
+    Index::new(store, BlockFiles::open(&node.blocks_dir()).unwrap()).unwrap()
+}
+
+/// Every script's history, unspent outputs and balance, every transaction by txid (bytes,
+/// height, position) and spenders, against what the node says.
+pub fn check(node: &Node, index: &Index, want: &Expected) -> Result<()> {
+    let tip = node.height()? as u32;
+    assert_eq!(index.chain.tip().unwrap(), (tip, node.best_hash()?));
+    for (sh, history) in &want.history {
+        let state = index.script_state(sh)?;
+        let got: Vec<_> = state.history.iter().map(|h| (h.txid, h.height)).collect();
+        assert_eq!(&got, history, "history of {sh}");
+        let mut utxos: Vec<_> = state.utxos.iter().map(|u| (u.outpoint, (u.value, u.height))).collect();
+        utxos.sort();
+        let want_utxos: Vec<_> =
+            want.utxos.get(sh).map(|m| m.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default();
+        assert_eq!(utxos, want_utxos, "unspent outputs of {sh}");
+        for (op, (value, _)) in &want_utxos {
+            let txout = node.call("gettxout", json!([op.txid.to_string(), op.vout, false]))?;
+            assert_eq!((txout["value"].as_f64().unwrap() * 1e8).round() as u64, *value, "gettxout {op}");
+        }
+    }
+    for (txid, height, block, pos) in &want.txs {
+        let found = index.txs_by_txid(txid)?;
+        assert_eq!(found.len(), 1, "tx {txid}");
+        assert_eq!((found[0].height, found[0].pos), (*height, *pos), "tx {txid}");
+        let raw = node.call("getrawtransaction", json!([txid.to_string(), false, block.to_string()]))?;
+        assert_eq!(hex::encode(&found[0].raw), raw.as_str().unwrap(), "bytes of {txid}");
+    }
+    for (op, (txid, height)) in want.spenders.iter().take(200) {
+        let s = index.spender(op)?.expect("spender");
+        assert_eq!((s.txid, s.height), (*txid, *height), "spender of {op}");
+    }
+    eprintln!(
+        "checked {} scripts, {} transactions, {} unspent outputs against the node",
+        want.history.len(),
+        want.txs.len(),
+        want.utxos.values().map(|u| u.len()).sum::<usize>()
+    );
+    Ok(())
+}
+
+/// A digest of what an index answers: headers with their txnums (not where the block bytes are),
+/// tx positions, and every (prefix, txnum) of the txid and script lists.
+pub fn digest(db: &Path) -> Digest {
+    let secondary = tempfile::tempdir().unwrap();
+    let store = Store::open(db, Mode::Secondary(secondary.path().to_path_buf())).unwrap();
+    let tip = store.tip().unwrap().map(|t| t.0);
+    let mut out = Digest::default();
+    for name in [cf::HEADERS, cf::TXPOS, cf::TXID, cf::SCRIPT] {
+        let mut e = sha256::Hash::engine();
+        for item in store.db().iterator_cf(store.cf(name), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.unwrap();
+            match name {
+                cf::HEADERS => {
+                    if Some(u32::from_be_bytes(k[..4].try_into().unwrap())) > tip {
+                        continue;
+                    }
+                    let row = HeaderRow::decode(&v).unwrap();
+                    e.input(&k);
+                    e.input(&bitcoin::consensus::serialize(&row.header));
+                    e.input(&row.first_txnum.to_be_bytes());
+                    e.input(&row.tx_count.to_be_bytes());
+                }
+                cf::TXID | cf::SCRIPT => {
+                    for n in TxnumList::decode(&v).unwrap() {
+                        e.input(&k);
+                        e.input(&n.to_be_bytes());
+                    }
+                }
+                _ => {
+                    e.input(&k);
+                    e.input(&v);
+                }
+            }
+        }
+        out.0.push((name, hex::encode(sha256::Hash::from_engine(e).to_byte_array())));
+    }
+    out
+}
+
+/// Per-family digests, so that a mismatch says where.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Digest(pub Vec<(&'static str, String)>);
+
+/// A running `blkindex-indexer`, stopped (SIGTERM) on drop.
+pub struct Indexer {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Indexer {
+    /// Starts `bin` (the indexer binary) on the node's data dir, following.
+    pub fn follow(bin: &Path, node: &Node, db: &Path, extra: &[&str]) -> Result<Self> {
+        let log = db.with_extension("log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new(bin)
+            .args(["--network", "regtest", "--progress", "none", "--poll-secs", "0.5"])
+            .arg("--datadir")
+            .arg(&node.datadir)
+            .arg("--db")
+            .arg(db)
+            .args(["--daemon-rpc-addr", &node.rpc_addr()])
+            .args(extra)
+            .env("BLKINDEX_LOG", "info,zeromq=error")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()?;
+        Ok(Indexer { child, log })
+    }
+
+    /// Waits until the index (read through a secondary) is at the node's best block.
+    pub fn wait_synced(&mut self, node: &Node, db: &Path) -> Result<()> {
+        let best = node.best_hash()?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let secondary = tempfile::tempdir()?;
+        let mut store: Option<Store> = None;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the indexer exited ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if store.is_none() && db.join("CURRENT").exists() {
+                store = Store::open(db, Mode::Secondary(secondary.path().to_path_buf())).ok();
+            }
+            if let Some(s) = &store {
+                s.catch_up()?;
+                if s.tip()?.map(|t| t.1) == Some(best) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not synced to {best} in 90 s: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!("the indexer did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.stop();
+        }
+    }
+}
