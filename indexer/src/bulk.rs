@@ -402,6 +402,16 @@ impl Bulk<'_> {
                         });
                         match (checked, self.rpc) {
                             (Ok(verified), _) => {
+                                // Txnums were handed out with the count the scan read; a block
+                                // that was still being written then would shift every later one.
+                                if verified.txids.len() != e.ntx as usize {
+                                    bail!(
+                                        "block {} at height {height} changed since the scan ({} transactions, {} scanned); run the indexer again",
+                                        b.hash,
+                                        verified.txids.len(),
+                                        e.ntx
+                                    );
+                                }
                                 let undo = self.undo_for(undo_index, b, height, &verified)?;
                                 block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())?
                             }

@@ -111,6 +111,7 @@ fn run() -> Result<()> {
                 .unwrap_or_else(|_| "info,zeromq=error".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;

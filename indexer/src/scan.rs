@@ -66,8 +66,10 @@ pub fn scan_blk_files(files: &BlockFiles, net: Net, progress: &Progress) -> Resu
                     continue;
                 };
                 let mut r = Reader::new(&head[80..]);
-                let Ok(ntx) = r.compact_size() else {
-                    warn!(file = num, offset = rec.offset, "unreadable transaction count; record skipped");
+                // Zero is what a record still being written reads as (bitcoind preallocates its
+                // files): no valid block has no transactions.
+                let Some(ntx) = r.compact_size().ok().filter(|&n| n > 0) else {
+                    debug!(file = num, offset = rec.offset, "no transaction count yet; record skipped");
                     continue;
                 };
                 out.push(BlockEntry {

@@ -10,16 +10,20 @@ use anyhow::Result;
 
 use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
 use blkindex_testkit::expect::expected;
-use blkindex_testkit::verify::{check, digest, open_index, Digest, Indexer};
+use blkindex_testkit::verify::{check, digest, first_header_difference, open_index, Digest, Indexer};
 use blkindex_testkit::{Node, NodeOptions};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_blkindex-indexer"))
 }
 
+fn fresh_db(node: &Node, dir: &Path) -> PathBuf {
+    dir.join(format!("fresh-{}", node.height().unwrap()))
+}
+
 /// A fresh bulk index of the node's chain as it is now, to compare with.
 fn fresh_digest(node: &Node, dir: &Path) -> Digest {
-    let db = dir.join(format!("fresh-{}", node.height().unwrap()));
+    let db = fresh_db(node, dir);
     let out = Command::new(bin())
         .args(["--network", "regtest", "--no-follow", "--progress", "none", "--datadir"])
         .arg(&node.datadir)
@@ -35,7 +39,15 @@ fn fresh_digest(node: &Node, dir: &Path) -> Digest {
 /// The follower's index equals a fresh one and answers every query as the node does.
 fn assert_matches_node(f: &mut Indexer, node: &Node, db: &Path, dir: &Path) -> Result<()> {
     f.wait_synced(node, db)?;
-    assert_eq!(digest(db), fresh_digest(node, dir), "followed index differs from a fresh bulk index");
+    let fresh = fresh_digest(node, dir);
+    if digest(db) != fresh {
+        let diff = first_header_difference(db, &fresh_db(node, dir));
+        let log = std::fs::read_to_string(&f.log).unwrap_or_default();
+        let keep = std::env::temp_dir().join(format!("blkindex-mismatch-{}", std::process::id()));
+        let _ = Command::new("cp").arg("-r").arg(dir).arg(&keep).status();
+        let _ = Command::new("cp").arg("-r").arg(&node.datadir).arg(keep.join("node")).status();
+        panic!("followed index differs from a fresh bulk index: {diff:?}; kept in {}\n{log}", keep.display());
+    }
     check(node, &open_index(node, db), &expected(node)?)
 }
 

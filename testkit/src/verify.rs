@@ -194,3 +194,21 @@ impl Drop for Indexer {
         }
     }
 }
+
+/// The first height where two indexes' header rows (hash, first txnum, tx count) differ.
+pub fn first_header_difference(a: &Path, b: &Path) -> Option<String> {
+    let open = |db: &Path| {
+        let s = Store::open(db, Mode::Secondary(tempfile::tempdir().unwrap().keep())).unwrap();
+        let tip = s.tip().unwrap().unwrap().0;
+        (s.header_rows(tip).unwrap(), s)
+    };
+    let ((ra, _sa), (rb, _sb)) = (open(a), open(b));
+    for h in 0..ra.len().max(rb.len()) {
+        let (x, y) = (ra.get(h), rb.get(h));
+        let key = |r: Option<&HeaderRow>| r.map(|r| (r.hash(), r.first_txnum, r.tx_count));
+        if key(x) != key(y) {
+            return Some(format!("height {h}: {:?} vs {:?}", key(x), key(y)));
+        }
+    }
+    None
+}

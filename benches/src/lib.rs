@@ -1,0 +1,3 @@
+//! Benchmark support: a generator of realistic regtest chains.
+
+pub mod chaingen;
