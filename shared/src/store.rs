@@ -30,15 +30,16 @@ pub struct Store {
 }
 
 /// Options of the txnum-list families (`script`, `txid`): the union merge operator, whole-key
-/// Bloom filters for their point reads, no compression while loading and zstd where the data
-/// finally rests.
+/// Bloom filters for their point reads, no compression while loading and zstd-3 at the bottom
+/// level (on a generated 1.1 GB chain: 40% smaller than none, as fast; zstd-9 saved 5% more and
+/// made the final compaction twice as slow).
 pub fn list_cf_options() -> Options {
     let mut o = Options::default();
     o.set_merge_operator_associative("blkindex.txnum_union.v1", merge_txnum_lists);
     let mut t = BlockBasedOptions::default();
     t.set_bloom_filter(10.0, false);
     // Measured on a generated chain (benches/README.md): 64 KiB blocks with a restart point every
-    // 64 keys and zstd-9 at the bottom level are 6% smaller than 16 KiB / 16 / no compression.
+    // 64 keys are 2% smaller than 16 KiB blocks with one every 16.
     t.set_block_size(64 << 10);
     t.set_block_restart_interval(64);
     t.set_cache_index_and_filter_blocks(true);
@@ -111,10 +112,9 @@ impl Store {
         };
         let store = Store { db, path: path.to_path_buf() };
         if !matches!(mode, Mode::Secondary(_)) {
-            // Keep a compressed block whatever it saves (RocksDB's default wants 12.5%): hash bytes
-            // barely compress, but the framing and the txnums' high bits do.
+            // Keep a compressed block whatever it saves (RocksDB's default wants 12.5%).
             for name in [cf::SCRIPT, cf::TXID] {
-                let opts = "{max_compressed_bytes_per_kb=1024;level=9;enabled=true}";
+                let opts = "{max_compressed_bytes_per_kb=1024;level=3;enabled=true}";
                 store.db.set_options_cf(store.cf(name), &[("bottommost_compression_opts", opts)])?;
             }
         }
@@ -285,14 +285,20 @@ impl Store {
     }
 
     /// One full manual compaction of every family. Bottom-level files are rewritten too: ingested
-    /// SSTs land there uncompressed, and this is where they get their final compression.
+    /// SSTs that landed there are merged with the rest and get their final compression.
     pub fn compact_all(&self) -> Result<()> {
         let mut opts = rocksdb::CompactOptions::default();
-        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        opts.set_exclusive_manual_compaction(true);
-        for name in cf::ALL {
-            self.db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &opts);
-        }
+        // Rewrite bottom-level files, but not the ones this compaction has just written.
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
+        // Families are independent: compact them side by side.
+        std::thread::scope(|s| {
+            for name in cf::ALL {
+                let opts = &opts;
+                s.spawn(move || {
+                    self.db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, opts)
+                });
+            }
+        });
         Ok(())
     }
 
