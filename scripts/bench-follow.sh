@@ -19,7 +19,7 @@ run() { # $1 = follow source
     # shellcheck disable=SC1091
     . "$dir/node/node.env"
     "$bin/blkindex-indexer" --network regtest --datadir "$dir/node" --db "$dir/db" --daemon-rpc-addr "$RPC_ADDR" \
-        --progress none --follow-source "$1" 2>"$dir/indexer.log" &
+        --progress none --follow-source "$1" >"$dir/indexer.out" 2>"$dir/indexer.log" &
     local pid=$!
     while ! grep -q "following" "$dir/indexer.log" 2>/dev/null; do sleep 0.1; done
     local r

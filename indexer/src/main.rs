@@ -132,6 +132,9 @@ fn run() -> Result<()> {
         db = %args.db.display(),
         "starting"
     );
+    if let Some(rpc) = &rpc {
+        check_node_network(rpc, args.network)?;
+    }
     let store = Store::open(&args.db, Mode::Bulk)?;
     store.check_identity(args.network, true)?;
 
@@ -203,6 +206,21 @@ fn bulk_pass(
         tip_height,
         HumanBytes(sst),
     );
+    Ok(())
+}
+
+/// Refuses a node of another network (a reachable node only: a node that is down is the
+/// follower's business).
+fn check_node_network(rpc: &Rpc, net: Net) -> Result<()> {
+    if let Ok(info) = rpc.call("getblockchaininfo", json!([])) {
+        let chain = info["chain"].as_str().unwrap_or("");
+        if chain != net.conf_section() {
+            anyhow::bail!(
+                "the node at {} is on {chain}, not {net}: check --network and --daemon-rpc-addr",
+                rpc.addr()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -181,6 +181,21 @@ fn wrong_network_and_foreign_db_are_refused() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("holds regtest blocks, not signet"), "{err}");
+    // A regtest node's RPC given to a testnet4 indexer.
+    let out = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
+        .args(["--network", "testnet4", "--no-follow", "--blocksdir"])
+        .arg(node.blocks_dir())
+        .arg("--datadir")
+        .arg(&node.datadir)
+        .arg("--db")
+        .arg(dir.path().join("third"))
+        .args(["--daemon-rpc-addr", &node.rpc_addr()])
+        .arg("--cookie")
+        .arg(node.cookie())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is on regtest, not testnet4"), "{err}");
     // A regtest DB opened for testnet4.
     let out = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
         .args(["--network", "testnet4", "--no-follow", "--offline", "--blocksdir"])
