@@ -11,17 +11,12 @@ use blkindex_shared::query::Index;
 use blkindex_shared::store::{Mode, Store};
 use blkindex_testkit::chain::{build_rich_chain, copy_blocks_reversed, ChainBuilder};
 use blkindex_testkit::expect::expected;
-use blkindex_testkit::verify::{check, digest, open_index};
+use blkindex_testkit::verify::{check, digest, indexer_command, open_index};
 use blkindex_testkit::{Node, NodeOptions};
 
 fn indexer(node: &Node, db: &Path, extra: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
-        .args(["--network", "regtest", "--no-follow", "--progress", "log"])
-        .arg("--datadir")
-        .arg(&node.datadir)
-        .arg("--db")
-        .arg(db)
-        .args(["--daemon-rpc-addr", &node.rpc_addr()])
+    let out = indexer_command(Path::new(env!("CARGO_BIN_EXE_blkindex-indexer")), node, db)
+        .args(["--no-follow", "--progress", "log"])
         .args(extra)
         .output()
         .unwrap();
@@ -103,13 +98,7 @@ fn blocks_stored_out_of_height_order() -> Result<()> {
     copy_blocks_reversed(&a, &c, 1)?;
     // c's first blk file holds the tip before the blocks below it.
     let files = BlockFiles::open(&c.blocks_dir())?;
-    let bytes = files.file_bytes(FileKind::Blk, 0)?;
-    let (recs, _) = blkindex_shared::blkfile::scan_records(
-        bytes.bytes(),
-        &files.xor_key(),
-        [0xfa, 0xbf, 0xb5, 0xda],
-        FileKind::Blk,
-    );
+    let recs = blk_records(&files, 0);
     let header_at = |i: usize| {
         let h = files.read(FileKind::Blk, 0, recs[i].offset, 80).unwrap();
         bitcoin::consensus::deserialize::<bitcoin::block::Header>(&h).unwrap().block_hash()
@@ -262,8 +251,23 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
     Ok(())
 }
 
-/// Copies the node's blocks directory so it can be damaged while the node keeps a good copy.
-fn copy_blocks(node: &Node, to: &Path) -> Result<()> {
+/// The records of blk file `num` in `files`.
+fn blk_records(files: &BlockFiles, num: u32) -> Vec<blkindex_shared::blkfile::Record> {
+    let raw = files.file_bytes(FileKind::Blk, num).unwrap();
+    let magic = [0xfa, 0xbf, 0xb5, 0xda];
+    blkindex_shared::blkfile::scan_records(raw.bytes(), &files.xor_key(), magic, FileKind::Blk).0
+}
+
+/// An index read with the blocks of `blocks` (a damaged copy) instead of the node's.
+fn open_with_blocks(db: &Path, blocks: &Path) -> Index {
+    let store = Store::open(db, Mode::Secondary(tempfile::tempdir().unwrap().keep())).unwrap();
+    Index::new(store, BlockFiles::open(blocks).unwrap()).unwrap()
+}
+
+/// Copies the node's blocks directory (with the node stopped, so the files are complete) so it can
+/// be damaged while the node keeps a good copy.
+fn copy_blocks(node: &mut Node, to: &Path) -> Result<()> {
+    node.stop()?;
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(node.blocks_dir())? {
         let entry = entry?;
@@ -271,7 +275,7 @@ fn copy_blocks(node: &Node, to: &Path) -> Result<()> {
             std::fs::copy(entry.path(), to.join(entry.file_name()))?;
         }
     }
-    Ok(())
+    node.restart()
 }
 
 #[test]
@@ -282,26 +286,15 @@ fn corrupt_blk_file_is_a_clear_error_offline_and_fetched_from_the_node_online() 
     b.mine(300)?;
     b.wallet_traffic(4)?;
     let want = expected(&node)?;
-    node.stop()?;
     let dir = tempfile::tempdir()?;
     let blocks = dir.path().join("blocks");
-    copy_blocks(&node, &blocks)?;
-    node.restart()?;
+    copy_blocks(&mut node, &blocks)?;
     // Damage the body of a block with transactions in a finalized blk file.
     let files = BlockFiles::open(&blocks)?;
     let nums = list_files(&blocks, FileKind::Blk)?;
     let (num, rec) = nums[..nums.len() - 1]
         .iter()
-        .find_map(|&n| {
-            let raw = files.file_bytes(FileKind::Blk, n).unwrap();
-            let (recs, _) = blkindex_shared::blkfile::scan_records(
-                raw.bytes(),
-                &files.xor_key(),
-                [0xfa, 0xbf, 0xb5, 0xda],
-                FileKind::Blk,
-            );
-            recs.into_iter().find(|r| r.len > 400).map(|r| (n, r))
-        })
+        .find_map(|&n| blk_records(&files, n).into_iter().find(|r| r.len > 400).map(|r| (n, r)))
         .expect("a block with transactions in a finalized file");
     let name = FileKind::Blk.file_name(num);
     let path = blocks.join(&name);
@@ -326,9 +319,7 @@ fn corrupt_blk_file_is_a_clear_error_offline_and_fetched_from_the_node_online() 
     }
     // With the node reachable, the damaged block comes from the node and the index is complete.
     index_ok(&node, &db, &["--blocksdir", blocksdir]);
-    let store = Store::open(&db, Mode::Secondary(dir.path().join("sec2")))?;
-    let index = Index::new(store, BlockFiles::open(&blocks)?)?;
-    check(&node, &index, &want)?;
+    check(&node, &open_with_blocks(&db, &blocks), &want)?;
     Ok(())
 }
 
@@ -338,33 +329,21 @@ fn truncated_last_blk_file_takes_the_rest_from_the_node() -> Result<()> {
     build_rich_chain(&node)?;
     ChainBuilder::new(&node)?.mine(200)?;
     let want = expected(&node)?;
-    node.stop()?;
     let dir = tempfile::tempdir()?;
     let blocks = dir.path().join("blocks");
-    copy_blocks(&node, &blocks)?;
-    node.restart()?;
+    copy_blocks(&mut node, &blocks)?;
     let last = *list_files(&blocks, FileKind::Blk)?.last().unwrap();
     let path = blocks.join(FileKind::Blk.file_name(last));
     let len = std::fs::metadata(&path)?.len();
     // Cut the file in the middle of its written part, as if the node had not written the rest.
-    let files = BlockFiles::open(&blocks)?;
-    let raw = files.file_bytes(FileKind::Blk, last)?;
-    let (recs, _) = blkindex_shared::blkfile::scan_records(
-        raw.bytes(),
-        &files.xor_key(),
-        [0xfa, 0xbf, 0xb5, 0xda],
-        FileKind::Blk,
-    );
-    drop(raw);
+    let recs = blk_records(&BlockFiles::open(&blocks)?, last);
     assert!(recs.len() >= 4, "{} records in the last file ({len} bytes)", recs.len());
     let cut = recs[recs.len() / 2].offset + 10;
     std::fs::OpenOptions::new().write(true).open(&path)?.set_len(cut)?;
 
     let db = dir.path().join("db");
     index_ok(&node, &db, &["--blocksdir", blocks.to_str().unwrap()]);
-    let store = Store::open(&db, Mode::Secondary(dir.path().join("sec")))?;
-    let index = Index::new(store, BlockFiles::open(&blocks)?)?;
-    check(&node, &index, &want)?;
+    check(&node, &open_with_blocks(&db, &blocks), &want)?;
     Ok(())
 }
 

@@ -10,7 +10,9 @@ use anyhow::Result;
 
 use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
 use blkindex_testkit::expect::expected;
-use blkindex_testkit::verify::{check, digest, first_header_difference, open_index, Digest, Indexer};
+use blkindex_testkit::verify::{
+    check, digest, first_header_difference, indexer_command, open_index, Digest, Indexer,
+};
 use blkindex_testkit::{Node, NodeOptions};
 
 fn bin() -> PathBuf {
@@ -24,14 +26,8 @@ fn fresh_db(node: &Node, dir: &Path) -> PathBuf {
 /// A fresh bulk index of the node's chain as it is now, to compare with.
 fn fresh_digest(node: &Node, dir: &Path) -> Digest {
     let db = fresh_db(node, dir);
-    let out = Command::new(bin())
-        .args(["--network", "regtest", "--no-follow", "--progress", "none", "--datadir"])
-        .arg(&node.datadir)
-        .arg("--db")
-        .arg(&db)
-        .args(["--daemon-rpc-addr", &node.rpc_addr()])
-        .output()
-        .unwrap();
+    let out =
+        indexer_command(&bin(), node, &db).args(["--no-follow", "--progress", "none"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     digest(&db)
 }
@@ -51,14 +47,20 @@ fn assert_matches_node(f: &mut Indexer, node: &Node, db: &Path, dir: &Path) -> R
     check(node, &open_index(node, db), &expected(node)?)
 }
 
-#[test]
-fn follows_blocks_one_by_one_and_in_bursts() -> Result<()> {
+/// A node with the rich test chain and an indexer following it, synced.
+fn following(extra: &[&str]) -> Result<(Node, tempfile::TempDir, PathBuf, Indexer)> {
     let node = Node::start(NodeOptions::default())?;
     build_rich_chain(&node)?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
-    let mut f = Indexer::follow(&bin(), &node, &db, &[])?;
+    let mut f = Indexer::follow(&bin(), &node, &db, extra)?;
     f.wait_synced(&node, &db)?;
+    Ok((node, dir, db, f))
+}
+
+#[test]
+fn follows_blocks_one_by_one_and_in_bursts() -> Result<()> {
+    let (node, dir, db, mut f) = following(&[])?;
     let b = ChainBuilder::new(&node)?;
     b.wallet_traffic(5)?; // five blocks, one at a time, with transactions
     assert_matches_node(&mut f, &node, &db, dir.path())?;
@@ -71,12 +73,7 @@ fn follows_blocks_one_by_one_and_in_bursts() -> Result<()> {
 
 #[test]
 fn follows_reorgs_of_depth_1_6_and_30_with_conflicting_transactions() -> Result<()> {
-    let node = Node::start(NodeOptions::default())?;
-    build_rich_chain(&node)?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("db");
-    let mut f = Indexer::follow(&bin(), &node, &db, &[])?;
-    f.wait_synced(&node, &db)?;
+    let (node, dir, db, mut f) = following(&[])?;
     let b = ChainBuilder::new(&node)?;
     for depth in [1, 6, 30] {
         b.reorg_with_conflict(depth)?;
@@ -87,12 +84,7 @@ fn follows_reorgs_of_depth_1_6_and_30_with_conflicting_transactions() -> Result<
 
 #[test]
 fn follows_over_rpc_and_serves_those_blocks_from_the_index() -> Result<()> {
-    let node = Node::start(NodeOptions::default())?;
-    build_rich_chain(&node)?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("db");
-    let mut f = Indexer::follow(&bin(), &node, &db, &["--follow-source", "rpc"])?;
-    f.wait_synced(&node, &db)?;
+    let (node, dir, db, mut f) = following(&["--follow-source", "rpc"])?;
     let b = ChainBuilder::new(&node)?;
     b.wallet_traffic(3)?;
     b.reorg_with_conflict(2)?;
@@ -102,12 +94,7 @@ fn follows_over_rpc_and_serves_those_blocks_from_the_index() -> Result<()> {
 
 #[test]
 fn node_restarted_under_the_follower() -> Result<()> {
-    let mut node = Node::start(NodeOptions::default())?;
-    build_rich_chain(&node)?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("db");
-    let mut f = Indexer::follow(&bin(), &node, &db, &[])?;
-    f.wait_synced(&node, &db)?;
+    let (mut node, dir, db, mut f) = following(&[])?;
     node.stop()?;
     std::thread::sleep(Duration::from_secs(2)); // the follower meets a dead node and waits
     node.restart()?;

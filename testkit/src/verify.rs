@@ -106,6 +106,17 @@ pub fn digest(db: &Path) -> Digest {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Digest(pub Vec<(&'static str, String)>);
 
+/// `blkindex-indexer` (the binary `bin`) on the node's regtest data dir and RPC, with index `db`.
+pub fn indexer_command(bin: &Path, node: &Node, db: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["--network", "regtest", "--datadir"])
+        .arg(&node.datadir)
+        .arg("--db")
+        .arg(db)
+        .args(["--daemon-rpc-addr", &node.rpc_addr()]);
+    c
+}
+
 /// A running `blkindex-indexer`, stopped (SIGTERM) on drop.
 pub struct Indexer {
     pub child: Child,
@@ -117,13 +128,8 @@ impl Indexer {
     pub fn follow(bin: &Path, node: &Node, db: &Path, extra: &[&str]) -> Result<Self> {
         let log = db.with_extension("log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = Command::new(bin)
-            .args(["--network", "regtest", "--progress", "none", "--poll-secs", "0.5"])
-            .arg("--datadir")
-            .arg(&node.datadir)
-            .arg("--db")
-            .arg(db)
-            .args(["--daemon-rpc-addr", &node.rpc_addr()])
+        let child = indexer_command(bin, node, db)
+            .args(["--progress", "none", "--poll-secs", "0.5"])
             .args(extra)
             .env("BLKINDEX_LOG", "info,zeromq=error")
             .stdout(Stdio::null())

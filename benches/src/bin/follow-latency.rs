@@ -16,14 +16,12 @@ use clap::Parser;
 use serde_json::json;
 
 use blkindex_benches::chaingen::ChainGen;
-use blkindex_shared::rpc::{Auth, Rpc};
+use blkindex_benches::NodeArgs;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    rpc_addr: String,
-    #[arg(long)]
-    cookie: std::path::PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
     #[arg(long)]
     indexer_log: std::path::PathBuf,
     #[arg(long, default_value_t = 200)]
@@ -75,7 +73,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rpc = Rpc::new(&args.rpc_addr, Auth::Cookie(args.cookie.clone()));
+    let rpc = args.node.rpc();
     let mut gen = ChainGen::new(args.seed, rpc.best_block_hash()?);
     let mut log = LogWatch { file: std::fs::File::open(&args.indexer_log)?, pos: 0, buf: String::new() };
     let submit = |block: &bitcoin::Block| -> Result<()> {

@@ -10,14 +10,12 @@ use clap::Parser;
 use serde_json::json;
 
 use blkindex_benches::chaingen::ChainGen;
-use blkindex_shared::rpc::{Auth, Rpc};
+use blkindex_benches::NodeArgs;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    rpc_addr: String,
-    #[arg(long)]
-    cookie: std::path::PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Stop after this many MB of serialized blocks.
     #[arg(long, default_value_t = 1100)]
     target_mb: u64,
@@ -30,7 +28,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rpc = Rpc::new(&args.rpc_addr, Auth::Cookie(args.cookie.clone()));
+    let rpc = args.node.rpc();
     let info = rpc.call("getblockchaininfo", json!([]))?;
     if info["blocks"].as_u64() != Some(0) {
         bail!("the node must be at height 0 (it is at {})", info["blocks"]);
@@ -39,7 +37,7 @@ fn main() -> Result<()> {
     let mut gen = ChainGen::new(args.seed, rpc.best_block_hash()?);
     let (tx_blocks, rx_blocks) = crossbeam_channel::bounded::<(u32, Block)>(2);
     let submitter = {
-        let rpc = Rpc::new(&args.rpc_addr, Auth::Cookie(args.cookie.clone()));
+        let rpc = args.node.rpc();
         std::thread::spawn(move || -> Result<()> {
             for (height, block) in rx_blocks {
                 let hex_block = bitcoin::consensus::encode::serialize_hex(&block);
