@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: install Bitcoin Knots, make a regtest chain through
-# it, bulk-index the node's blk files with the progress bar, and print what the index holds.
+# it, bulk-index the node's blk files with the progress bar, print what the index holds, then
+# start the Electrum server on it and ask it something.
 #
 # Environment: DEMO_DIR (default ~/.cache/blkindex/demo), DEMO_CHAIN_MB (default 200).
 set -euo pipefail
@@ -14,7 +15,7 @@ MB=${DEMO_CHAIN_MB:-200}
 echo "== installing the node" >&2
 "$here/install-node.sh" >/dev/null
 echo "== building blkindex (the first build compiles RocksDB: ~10 minutes on 2 cores)" >&2
-(cd "$root" && cargo build --release -q -p blkindex-indexer -p blkindex-benches)
+(cd "$root" && cargo build --release -q -p blkindex-indexer -p blkindex-server -p blkindex-benches)
 bin=$CARGO_TARGET_DIR/release
 
 chain=$DEMO_DIR/node
@@ -27,6 +28,7 @@ if [ ! -f "$chain/complete" ]; then
     "$bin/gen-chain" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" --target-mb "$MB" >"$chain/complete"
     "$here/regtest.sh" stop "$chain"
 fi
+"$here/regtest.sh" stop "$chain" # one left running by an earlier, interrupted demo
 "$here/regtest.sh" start "$chain" >/dev/null
 trap '"$here/regtest.sh" stop "$chain"' EXIT
 # shellcheck disable=SC1091
@@ -39,3 +41,50 @@ rm -rf "$DEMO_DIR/db"
 echo
 echo "== what the index holds"
 "$bin/index-stats" "$DEMO_DIR/db" "$(cat "$chain"/regtest/blocks/blk*.dat | wc -c)"
+
+port=${DEMO_PORT:-60401}
+echo
+echo "== serving Electrum on 127.0.0.1:$port and asking it something"
+"$bin/blkindex-server" --network regtest --datadir "$chain" --db "$DEMO_DIR/db" --daemon-rpc-addr "$RPC_ADDR" \
+    --electrum-addr "127.0.0.1:$port" 2>"$DEMO_DIR/server.log" &
+server=$!
+trap 'kill $server 2>/dev/null; "$here/regtest.sh" stop "$chain"' EXIT
+python3 - "$port" <<'PY'
+import json, socket, sys, time
+port = int(sys.argv[1])
+for _ in range(100):
+    try:
+        s = socket.create_connection(("127.0.0.1", port)); break
+    except OSError:
+        time.sleep(0.1)
+f = s.makefile("rw")
+def ask(method, *params):
+    f.write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}) + "\n"); f.flush()
+    reply = json.loads(f.readline())
+    print(f"> {method} {list(params)}\n< {json.dumps(reply.get('result', reply.get('error')))[:300]}")
+    return reply.get("result")
+ask("server.version", "demo", ["1.4", "1.6"])
+tip = ask("blockchain.headers.subscribe")
+txid = ask("blockchain.transaction.id_from_pos", tip["height"], 1)
+raw = ask("blockchain.transaction.get", txid)
+# The first output's script → its script hash → balance and history.
+import hashlib
+tx = bytes.fromhex(raw)
+# Parse just enough of the transaction to find its first output script.
+def varint(b, i):
+    x = b[i]
+    if x < 0xfd: return x, i + 1
+    n = {0xfd: 2, 0xfe: 4, 0xff: 8}[x]
+    return int.from_bytes(b[i + 1:i + 1 + n], "little"), i + 1 + n
+i = 4 + (2 if tx[4] == 0 else 0)
+n, i = varint(tx, i)
+for _ in range(n):
+    i += 36; l, i = varint(tx, i); i += l + 4
+n, i = varint(tx, i)
+i += 8; l, i = varint(tx, i)
+script = tx[i:i + l]
+sh = hashlib.sha256(script).digest()[::-1].hex()
+ask("blockchain.scripthash.get_balance", sh)
+history = ask("blockchain.scripthash.get_history", sh)
+print(f"script {script.hex()} has {len(history)} confirmed transactions")
+PY

@@ -21,6 +21,10 @@ dir=$(cd "$dir" && pwd)
 
 case "$cmd" in
 start)
+    if [ -f "$dir/bitcoind.pid" ] && kill -0 "$(cat "$dir/bitcoind.pid")" 2>/dev/null; then
+        echo "a node is already running on $dir (pid $(cat "$dir/bitcoind.pid")): stop it first" >&2
+        exit 1
+    fi
     bin=$("$here/install-node.sh" | tail -n1)
     rpc=$(free_port); p2p=$(free_port); zmq=$(free_port)
     cat >"$dir/node.env" <<ENV
@@ -57,6 +61,7 @@ stop)
     "$BIN/bitcoin-cli" -regtest -datadir="$dir" -rpcport="$RPC_PORT" stop >/dev/null 2>&1 || true
     pid=$(cat "$dir/bitcoind.pid" 2>/dev/null || echo)
     if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true # in case the RPC stop did not reach it
         for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
     fi

@@ -14,7 +14,6 @@ mod scan;
 mod tail;
 mod zmq;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use indicatif::HumanBytes;
 use tracing::info;
 
 use blkindex_shared::blkfile::BlockFiles;
-use blkindex_shared::config::{args_with_config_file, NodeConfig};
+use blkindex_shared::config::{args_with_config_file, init_logging, NodeArgs, NodeConfig};
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::meta;
 use blkindex_shared::store::{Mode, Store};
@@ -40,24 +39,8 @@ use progress::{Progress, ProgressMode};
 #[derive(Parser, Debug)]
 #[command(version, about, args_override_self = true)]
 struct Args {
-    /// mainnet, testnet3, testnet4, signet or regtest.
-    #[arg(long, env = "BLKINDEX_NETWORK", default_value = "mainnet")]
-    network: Net,
-    /// bitcoind's data directory (the one holding bitcoin.conf).
-    #[arg(long, env = "BLKINDEX_DATADIR")]
-    datadir: PathBuf,
-    /// Where the index lives.
-    #[arg(long, env = "BLKINDEX_DB")]
-    db: PathBuf,
-    /// bitcoind's blocks directory, when not <datadir>/<network>/blocks.
-    #[arg(long, env = "BLKINDEX_BLOCKSDIR")]
-    blocksdir: Option<PathBuf>,
-    /// bitcoind's RPC address (default: from bitcoin.conf, else the network's port on 127.0.0.1).
-    #[arg(long, env = "BLKINDEX_DAEMON_RPC_ADDR")]
-    daemon_rpc_addr: Option<String>,
-    /// RPC cookie file (default: <datadir>/<network>/.cookie; rpcuser/rpcpassword from bitcoin.conf).
-    #[arg(long, env = "BLKINDEX_COOKIE")]
-    cookie: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Index what is in the blk files without asking the node (most-work chain in the files).
     #[arg(long, env = "BLKINDEX_OFFLINE")]
     offline: bool,
@@ -91,9 +74,6 @@ struct Args {
     /// Progress display.
     #[arg(long, env = "BLKINDEX_PROGRESS", value_enum, default_value = "auto")]
     progress: ProgressMode,
-    /// TOML file with any of these settings (keys are the flag names); flags and env win over it.
-    #[arg(long, env = "BLKINDEX_CONFIG")]
-    config: Option<PathBuf>,
 }
 
 fn main() {
@@ -105,50 +85,37 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse_from(args_with_config_file(std::env::args_os().collect())?);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BLKINDEX_LOG")
-                .unwrap_or_else(|_| "info,zeromq=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging("info,zeromq=error");
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
-    let node = NodeConfig::derive(
-        args.network,
-        &args.datadir,
-        args.blocksdir.as_deref(),
-        args.daemon_rpc_addr.as_deref(),
-        args.cookie.as_deref(),
-    )?;
+    let node = args.node.node()?;
     let rpc = (!args.offline).then(|| Rpc::new(&node.rpc_addr, node.auth.clone()));
     let files = BlockFiles::open(&node.blocks_dir)?;
     info!(
-        network = %args.network,
+        network = %args.node.network,
         blocks = %node.blocks_dir.display(),
         xor = !files.xor_key().is_zero(),
-        db = %args.db.display(),
+        db = %args.node.db.display(),
         "starting"
     );
     if let Some(rpc) = &rpc {
-        check_node_network(rpc, args.network)?;
+        check_node_network(rpc, args.node.network)?;
     }
-    let store = Store::open(&args.db, Mode::Bulk)?;
-    store.check_identity(args.network, true)?;
+    let store = Store::open(&args.node.db, Mode::Bulk)?;
+    store.check_identity(args.node.network, true)?;
 
     let progress = Progress::new(args.progress);
     let bulk = bulk::Bulk {
         store: &store,
         files: &files,
-        net: args.network,
+        net: args.node.network,
         rpc: rpc.as_ref(),
         progress: &progress,
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) / 3, |kb| kb << 10),
     };
     if args.no_follow || !close_to_tip(&store, rpc.as_ref(), args.follow_gap)? {
-        bulk_pass(&bulk, &store, &files, args.network, rpc.as_ref(), &progress)?;
+        bulk_pass(&bulk, &store, &files, args.node.network, rpc.as_ref(), &progress)?;
     } else {
         info!("the index is close to the node's tip: following without a bulk pass");
         store.enable_auto_compactions()?;

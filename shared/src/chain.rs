@@ -28,6 +28,30 @@ impl Chain {
         Ok(chain)
     }
 
+    /// Brings the chain to the store's tip: drops blocks the store no longer has at their
+    /// height, then reads the new ones. Returns whether anything changed.
+    pub fn sync(&mut self, store: &Store) -> Result<bool> {
+        let Some((tip, tip_hash)) = store.tip()? else {
+            let changed = !self.is_empty();
+            *self = Chain::default();
+            return Ok(changed);
+        };
+        if self.tip() == Some((tip, tip_hash)) {
+            return Ok(false);
+        }
+        while let Some((h, hash)) = self.tip() {
+            if h <= tip && store.header_row(h)?.map(|r| r.hash()) == Some(hash) {
+                break;
+            }
+            self.pop();
+        }
+        for h in self.len() as Height..=tip {
+            let row = store.header_row(h)?.ok_or_else(|| anyhow::anyhow!("no header row at height {h}"))?;
+            self.push(row);
+        }
+        Ok(true)
+    }
+
     pub fn push(&mut self, row: HeaderRow) {
         let hash = row.hash();
         self.by_hash.insert(hash, self.rows.len() as Height);

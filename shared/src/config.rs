@@ -110,6 +110,56 @@ impl NodeConfig {
     }
 }
 
+/// The flags both binaries take to find the node and the index (each also a `BLKINDEX_*`
+/// variable or a key of the `--config` file).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// mainnet, testnet3, testnet4, signet or regtest.
+    #[arg(long, env = "BLKINDEX_NETWORK", default_value = "mainnet")]
+    pub network: Net,
+    /// bitcoind's data directory (the one holding bitcoin.conf).
+    #[arg(long, env = "BLKINDEX_DATADIR")]
+    pub datadir: PathBuf,
+    /// Where the index lives.
+    #[arg(long, env = "BLKINDEX_DB")]
+    pub db: PathBuf,
+    /// bitcoind's blocks directory, when not <datadir>/<network>/blocks.
+    #[arg(long, env = "BLKINDEX_BLOCKSDIR")]
+    pub blocksdir: Option<PathBuf>,
+    /// bitcoind's RPC address (default: from bitcoin.conf, else the network's port on 127.0.0.1).
+    #[arg(long, env = "BLKINDEX_DAEMON_RPC_ADDR")]
+    pub daemon_rpc_addr: Option<String>,
+    /// RPC cookie file (default: <datadir>/<network>/.cookie; rpcuser/rpcpassword from bitcoin.conf).
+    #[arg(long, env = "BLKINDEX_COOKIE")]
+    pub cookie: Option<PathBuf>,
+    /// TOML file with any of these settings (keys are the flag names); flags and env win over it.
+    #[arg(long, env = "BLKINDEX_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    pub fn node(&self) -> Result<NodeConfig> {
+        NodeConfig::derive(
+            self.network,
+            &self.datadir,
+            self.blocksdir.as_deref(),
+            self.daemon_rpc_addr.as_deref(),
+            self.cookie.as_deref(),
+        )
+    }
+}
+
+/// Logs to stderr, filtered by `$BLKINDEX_LOG` (else `default`), coloured only on a terminal.
+pub fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BLKINDEX_LOG").unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// Command-line arguments with a TOML config file's settings put in front of them, so that flags
 /// win over the file. A setting whose `BLKINDEX_*` variable is set is left out, so the environment
 /// wins over the file too. The file is `--config PATH` or `$BLKINDEX_CONFIG`.

@@ -234,14 +234,20 @@ pub fn compute_txid(raw: &[u8]) -> Result<Txid> {
 }
 
 /// The merkle branch of the leaf at `pos`, bottom-up, as Electrum's `get_merkle` returns it.
-pub fn merkle_branch(txids: &[Txid], mut pos: usize) -> Vec<TxMerkleNode> {
-    let mut level: Vec<[u8; 32]> = txids.iter().map(|t| t.to_byte_array()).collect();
+pub fn merkle_branch(txids: &[Txid], pos: usize) -> Vec<TxMerkleNode> {
+    let leaves = txids.iter().map(|t| t.to_byte_array()).collect();
+    merkle_branch_and_root(leaves, pos).0.into_iter().map(TxMerkleNode::from_byte_array).collect()
+}
+
+/// Bitcoin's merkle tree over `leaves` (odd levels duplicate their last node): the branch of the
+/// leaf at `pos`, deepest pairing first, and the root.
+pub fn merkle_branch_and_root(mut level: Vec<[u8; 32]>, mut pos: usize) -> (Vec<[u8; 32]>, [u8; 32]) {
     let mut branch = Vec::new();
     while level.len() > 1 {
         if level.len() % 2 == 1 {
             level.push(*level.last().unwrap());
         }
-        branch.push(TxMerkleNode::from_byte_array(level[pos ^ 1]));
+        branch.push(level[pos ^ 1]);
         level = level
             .chunks(2)
             .map(|pair| {
@@ -253,7 +259,7 @@ pub fn merkle_branch(txids: &[Txid], mut pos: usize) -> Vec<TxMerkleNode> {
             .collect();
         pos /= 2;
     }
-    branch
+    (branch, level.first().copied().unwrap_or([0; 32]))
 }
 
 #[cfg(test)]

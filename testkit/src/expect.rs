@@ -20,6 +20,8 @@ pub struct Expected {
     pub txs: Vec<(Txid, u32, BlockHash, u32)>,
     /// Spender of each spent outpoint: (txid, height).
     pub spenders: HashMap<OutPoint, (Txid, u32)>,
+    /// The script behind each script hash.
+    pub scripts: HashMap<ScriptHash, Vec<u8>>,
 }
 
 fn sats(v: &Value) -> u64 {
@@ -48,6 +50,7 @@ pub fn expected(node: &Node) -> Result<Expected> {
                 }
                 let script = hex::decode(vin["prevout"]["scriptPubKey"]["hex"].as_str().unwrap())?;
                 let sh = ScriptHash::of(&script);
+                e.scripts.insert(sh, script);
                 touched.push(sh);
                 let op = OutPoint {
                     txid: vin["txid"].as_str().unwrap().parse()?,
@@ -63,7 +66,9 @@ pub fn expected(node: &Node) -> Result<Expected> {
                 if is_op_return(hex_script) {
                     continue;
                 }
-                let sh = ScriptHash::of(&hex::decode(hex_script)?);
+                let script = hex::decode(hex_script)?;
+                let sh = ScriptHash::of(&script);
+                e.scripts.insert(sh, script);
                 touched.push(sh);
                 let op = OutPoint { txid, vout: vout as u32 };
                 owner.insert(op, sh);

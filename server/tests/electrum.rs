@@ -1,0 +1,230 @@
+//! blkindex-server against a real node and indexer, asked by a real Electrum client (BDK's
+//! `electrum-client` crate): every answer equals the node's, notifications arrive, and bad input
+//! gets errors while the server keeps serving.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bitcoin::hashes::Hash;
+use bitcoin::ScriptBuf;
+use electrum_client::{Client, ElectrumApi};
+use serde_json::{json, Value};
+
+use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
+use blkindex_testkit::expect::expected;
+use blkindex_testkit::node::free_port;
+use blkindex_testkit::verify::Indexer;
+use blkindex_testkit::{Node, NodeOptions};
+
+/// The indexer binary, built beside this test by `cargo test --workspace`.
+fn indexer_bin() -> PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let bin = dir.join("blkindex-indexer");
+    assert!(bin.exists(), "{} is missing: run `cargo test --workspace`", bin.display());
+    bin
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(node: &Node, db: &Path) -> Result<Self> {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
+            .args(["--network", "regtest", "--datadir"])
+            .arg(&node.datadir)
+            .arg("--db")
+            .arg(db)
+            .args(["--daemon-rpc-addr", &node.rpc_addr()])
+            .args(["--electrum-addr", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&addr).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Server { child, addr })
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&format!("tcp://{}", self.addr)).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw lines and reads one reply line per expected reply (or until the server closes).
+fn raw(addr: &str, lines: &[&str], replies: usize) -> Vec<String> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for l in lines {
+        s.write_all(l.as_bytes()).unwrap();
+        s.write_all(b"\n").unwrap();
+    }
+    let mut r = BufReader::new(s);
+    (0..replies)
+        .map_while(|_| {
+            let mut line = String::new();
+            (r.read_line(&mut line).ok()? > 0).then_some(line)
+        })
+        .collect()
+}
+
+fn setup() -> Result<(Node, tempfile::TempDir, Indexer, Server)> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, &[])?;
+    indexer.wait_synced(&node, &db)?;
+    let server = Server::start(&node, &db)?;
+    Ok((node, dir, indexer, server))
+}
+
+#[test]
+fn electrum_client_sees_what_the_node_sees() -> Result<()> {
+    let (node, _dir, _indexer, server) = setup()?;
+    let want = expected(&node)?;
+    let client = server.client();
+    let features = client.server_features()?;
+    // electrum-client keeps the hash's hex in display order.
+    let genesis = node.call("getblockhash", json!([0]))?;
+    assert_eq!(hex::encode(features.genesis_hash), genesis.as_str().unwrap());
+    for (sh, history) in &want.history {
+        let script = ScriptBuf::from_bytes(want.scripts[sh].clone());
+        let got: Vec<_> =
+            client.script_get_history(&script)?.iter().map(|h| (h.tx_hash, h.height as u32)).collect();
+        assert_eq!(&got, history, "history of {sh}");
+        let mut utxos: Vec<_> = client
+            .script_list_unspent(&script)?
+            .iter()
+            .map(|u| (u.tx_hash, u.tx_pos as u32, u.value, u.height as u32))
+            .collect();
+        utxos.sort();
+        let mut want_utxos: Vec<_> = want
+            .utxos
+            .get(sh)
+            .map(|m| m.iter().map(|(op, (v, h))| (op.txid, op.vout, *v, *h)).collect())
+            .unwrap_or_default();
+        want_utxos.sort();
+        assert_eq!(utxos, want_utxos, "unspent outputs of {sh}");
+        let balance = client.script_get_balance(&script)?;
+        assert_eq!(balance.confirmed, want_utxos.iter().map(|u| u.2).sum::<u64>(), "balance of {sh}");
+    }
+    for (txid, height, block, pos) in want.txs.iter().step_by(7) {
+        let raw = node.call("getrawtransaction", json!([txid.to_string(), false, block.to_string()]))?;
+        assert_eq!(hex::encode(client.transaction_get_raw(txid)?), raw.as_str().unwrap());
+        let proof = client.transaction_get_merkle(txid, *height as usize)?;
+        assert_eq!(proof.pos, *pos as usize);
+        let header = client.block_header(*height as usize)?;
+        assert_eq!(header.block_hash(), *block);
+        // The branch (hashes in display order, as ElectrumX sends them) leads from the txid to the
+        // header's merkle root.
+        let mut acc = txid.to_byte_array();
+        for (level, shown) in proof.merkle.iter().enumerate() {
+            let mut node_hash = *shown;
+            node_hash.reverse();
+            let mut e = bitcoin::hashes::sha256d::Hash::engine();
+            use bitcoin::hashes::HashEngine;
+            if (proof.pos >> level) & 1 == 0 {
+                e.input(&acc);
+                e.input(&node_hash);
+            } else {
+                e.input(&node_hash);
+                e.input(&acc);
+            }
+            acc = bitcoin::hashes::sha256d::Hash::from_engine(e).to_byte_array();
+        }
+        assert_eq!(acc, header.merkle_root.to_byte_array(), "merkle proof of {txid}");
+    }
+    eprintln!(
+        "checked {} scripts and {} transactions through electrum-client",
+        want.history.len(),
+        want.txs.len() / 7
+    );
+    Ok(())
+}
+
+#[test]
+fn notifications_for_new_blocks_and_changed_scripts() -> Result<()> {
+    let (node, _dir, _indexer, server) = setup()?;
+    let client = server.client();
+    let tip = client.block_headers_subscribe()?;
+    assert_eq!(tip.height as u64, node.height()?);
+    let b = ChainBuilder::new(&node)?;
+    let addr = node.new_address("bech32")?;
+    assert!(client.script_subscribe(&addr.script_pubkey())?.is_none(), "a fresh address has no status");
+    node.send(&addr, bitcoin::Amount::from_btc(0.5)?)?;
+    b.mine(1)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut header, mut status) = (None, None);
+    while (header.is_none() || status.is_none()) && Instant::now() < deadline {
+        client.ping()?; // reading a reply also collects queued notifications
+        header = header.or(client.block_headers_pop()?);
+        status = status.or(client.script_pop(&addr.script_pubkey())?);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let header = header.expect("a header notification");
+    assert_eq!(header.height as u64, node.height()?);
+    assert_eq!(header.header.block_hash(), node.best_hash()?);
+    assert!(status.is_some(), "a status notification for the funded address");
+    Ok(())
+}
+
+#[test]
+fn bad_input_gets_errors_and_the_server_keeps_serving() -> Result<()> {
+    let (_node, _dir, _indexer, server) = setup()?;
+    let parse = |l: &str| serde_json::from_str::<Value>(l).unwrap();
+    // Invalid JSON, an unknown method, wrong parameter types, a batch too big.
+    let batch: Vec<Value> =
+        (0..10_000).map(|i| json!({"id": i, "method": "server.ping", "params": []})).collect();
+    let batch = serde_json::to_string(&batch)?;
+    let replies = raw(
+        &server.addr,
+        &[
+            "this is not json",
+            r#"{"id":1,"method":"no.such.method","params":[]}"#,
+            r#"{"id":2,"method":"blockchain.block.header","params":["tall"]}"#,
+            r#"{"id":3,"method":"blockchain.scripthash.get_history","params":["zz"]}"#,
+            &batch,
+            r#"{"id":4,"method":"server.ping","params":[]}"#,
+        ],
+        6,
+    );
+    assert_eq!(replies.len(), 6, "{replies:?}");
+    assert_eq!(parse(&replies[0])["error"]["code"], -32700);
+    assert_eq!(parse(&replies[1])["error"]["code"], -32601);
+    assert_eq!(parse(&replies[2])["error"]["code"], -32602);
+    assert_eq!(parse(&replies[3])["error"]["code"], -32602);
+    assert_eq!(parse(&replies[4])["error"]["code"], -32600);
+    assert_eq!(parse(&replies[5])["result"], Value::Null);
+    // A line longer than the limit ends that session, not the server.
+    let long = format!(r#"{{"id":5,"method":"server.ping","params":["{}"]}}"#, "a".repeat(5 << 20));
+    let replies = raw(&server.addr, &[&long], 2);
+    assert_eq!(replies.len(), 1, "one error, then the connection closes");
+    assert_eq!(parse(&replies[0])["error"]["code"], -32600);
+    // Version negotiation: no common version closes the connection after the error.
+    let replies = raw(
+        &server.addr,
+        &[r#"{"id":6,"method":"server.version","params":["x","1.0"]}"#, r#"{"id":7,"method":"server.ping"}"#],
+        2,
+    );
+    assert_eq!(replies.len(), 1);
+    assert_eq!(parse(&replies[0])["error"]["code"], 1);
+    // And the server still answers a well-behaved client.
+    assert!(server.client().ping().is_ok());
+    Ok(())
+}
