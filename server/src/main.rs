@@ -4,6 +4,7 @@
 //! Flow: `state` (secondary DB + blk files + node RPC; a catch-up task announces new tips) →
 //! `session` (one per connection: framing, batches, notifications) → `methods` (the calls).
 
+mod mempool;
 mod methods;
 mod session;
 mod state;
@@ -34,6 +35,9 @@ struct Args {
     /// Address for Electrum clients over TCP.
     #[arg(long, env = "BLKINDEX_ELECTRUM_ADDR", default_value = "127.0.0.1:50001")]
     electrum_addr: SocketAddr,
+    /// How often to read the node's mempool, in milliseconds.
+    #[arg(long, env = "BLKINDEX_MEMPOOL_MS", default_value_t = 500)]
+    mempool_ms: u64,
     /// How often to catch up with the indexer, in milliseconds.
     #[arg(long, env = "BLKINDEX_CATCH_UP_MS", default_value_t = 200)]
     catch_up_ms: u64,
@@ -62,6 +66,7 @@ fn run() -> Result<()> {
             .with_context(|| format!("cannot listen on {}", args.electrum_addr))?;
         info!(addr = %listener.local_addr()?, tip = ?state.tip.borrow().map(|t| t.height), "serving Electrum over TCP");
         tokio::spawn(state::catch_up_loop(state.clone(), Duration::from_millis(args.catch_up_ms)));
+        tokio::spawn(state::mempool_loop(state.clone(), Duration::from_millis(args.mempool_ms)));
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {

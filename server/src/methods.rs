@@ -1,8 +1,8 @@
 //! The Electrum methods this server answers, by name, for the negotiated protocol version.
-//! Confirmed data comes from the index; fees and broadcast from the node. Mempool tracking is not
-//! built yet: unconfirmed balances are 0 and `get_mempool` is empty.
+//! Confirmed data comes from the index, unconfirmed data from the tracked mempool, fees and
+//! broadcast from the node.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bitcoin::consensus::serialize;
@@ -10,9 +10,10 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::Txid;
 use serde_json::{json, Value};
 
-use blkindex_shared::query::{merkle_branch, merkle_branch_and_root, Index};
+use blkindex_shared::query::{merkle_branch, merkle_branch_and_root, Index, ScriptState};
 use blkindex_shared::ScriptHash;
 
+use crate::mempool::{Mempool, ScriptMempool};
 use crate::state::State;
 
 /// Protocol versions served, as (major, minor, revision).
@@ -138,34 +139,51 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
         "blockchain.block.headers" => block_headers(state, params).await,
         "blockchain.scripthash.get_history" => {
             let sh = scripthash_arg(params)?;
-            let history = state.read(move |i| Ok(i.script_state(&sh)?.history)).await?;
-            if history.len() > MAX_HISTORY {
-                return Err(err(BAD_REQUEST, format!("history too large ({} transactions)", history.len())));
+            let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
+            if v.confirmed.history.len() + v.mempool.history.len() > MAX_HISTORY {
+                return Err(err(BAD_REQUEST, "history too large"));
             }
-            Ok(history.iter().map(|h| json!({"tx_hash": h.txid.to_string(), "height": h.height})).collect())
+            let confirmed = v
+                .confirmed
+                .history
+                .iter()
+                .map(|h| json!({"tx_hash": h.txid.to_string(), "height": h.height}));
+            let unconfirmed = v
+                .mempool
+                .history
+                .iter()
+                .map(|(t, h, fee)| json!({"tx_hash": t.to_string(), "height": h, "fee": fee}));
+            Ok(confirmed.chain(unconfirmed).collect())
         }
         "blockchain.scripthash.get_balance" => {
             let sh = scripthash_arg(params)?;
-            let confirmed = state.read(move |i| Ok(i.script_state(&sh)?.balance())).await?;
-            Ok(json!({"confirmed": confirmed, "unconfirmed": 0}))
+            let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
+            Ok(json!({"confirmed": v.confirmed.balance(), "unconfirmed": v.mempool.delta}))
         }
         "blockchain.scripthash.listunspent" => {
             let sh = scripthash_arg(params)?;
-            let utxos = state.read(move |i| Ok(i.script_state(&sh)?.utxos)).await?;
-            Ok(utxos
-                .iter()
-                .map(|u| {
-                    json!({"tx_hash": u.outpoint.txid.to_string(), "tx_pos": u.outpoint.vout, "height": u.height, "value": u.value})
-                })
-                .collect())
+            let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
+            // Confirmed outputs no mempool transaction spends, then unconfirmed ones (height 0).
+            let confirmed = v.confirmed.utxos.iter().filter(|u| !v.mempool.spent.contains(&u.outpoint)).map(|u| {
+                json!({"tx_hash": u.outpoint.txid.to_string(), "tx_pos": u.outpoint.vout, "height": u.height, "value": u.value})
+            });
+            let unconfirmed = v.mempool.unspent.iter().map(|(op, value)| {
+                json!({"tx_hash": op.txid.to_string(), "tx_pos": op.vout, "height": 0, "value": value})
+            });
+            Ok(confirmed.chain(unconfirmed).collect())
         }
         "blockchain.scripthash.get_mempool" => {
-            scripthash_arg(params)?;
-            Ok(json!([]))
+            let sh = scripthash_arg(params)?;
+            let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
+            Ok(v.mempool
+                .history
+                .iter()
+                .map(|(t, h, fee)| json!({"tx_hash": t.to_string(), "height": h, "fee": fee}))
+                .collect())
         }
         "blockchain.scripthash.subscribe" => {
             let sh = scripthash_arg(params)?;
-            let status = state.read(move |i| status(i, &sh)).await?;
+            let status = state.read(move |i, m| status(i, m, &sh)).await?;
             s.scripthashes.insert(sh, status.clone());
             Ok(json!(status))
         }
@@ -178,15 +196,22 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
             if bool_arg(params, 1, "verbose")? {
                 return Err(err(BAD_REQUEST, "verbose transactions are not served yet"));
             }
-            let raw = state.read(move |i| Ok(i.txs_by_txid(&txid)?.pop().map(|t| t.raw))).await?;
+            let raw = state
+                .read(move |i, m| {
+                    Ok(match i.txs_by_txid(&txid)?.pop() {
+                        Some(t) => Some(t.raw),
+                        None => m.txs.get(&txid).map(|e| serialize(&e.tx)),
+                    })
+                })
+                .await?;
             raw.map(|r| json!(hex::encode(r)))
-                .ok_or_else(|| err(BAD_REQUEST, format!("no confirmed transaction {txid}")))
+                .ok_or_else(|| err(BAD_REQUEST, format!("no transaction {txid}")))
         }
         "blockchain.transaction.get_merkle" => {
             let txid = txid_arg(params)?;
             let height = u32_arg(params, 1, "height", None)?;
             state
-                .read(move |i| {
+                .read(move |i, _| {
                     let tx = i.txs_by_txid(&txid)?.into_iter().find(|t| t.height == height);
                     let Some(tx) = tx else { return Ok(None) };
                     let branch = merkle_branch(&i.block_txids(height)?, tx.pos as usize);
@@ -201,7 +226,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
             let pos = u32_arg(params, 1, "tx_pos", None)? as usize;
             let merkle = bool_arg(params, 2, "merkle")?;
             state
-                .read(move |i| {
+                .read(move |i, _| {
                     if i.chain.row(height).is_none() {
                         anyhow::bail!("no block at height {height}");
                     }
@@ -285,13 +310,29 @@ pub fn header_notification(height: u32, header: &bitcoin::block::Header) -> Valu
     json!({"hex": hex::encode(serialize(header)), "height": height})
 }
 
-/// Electrum's status: sha256 of "txid:height:" for every transaction of the history, in order.
-pub fn status(index: &Index, sh: &ScriptHash) -> anyhow::Result<Option<String>> {
-    let history = index.script_state(sh)?.history;
-    if history.is_empty() {
+/// A script's confirmed and unconfirmed sides, seen together. A transaction found on both sides
+/// (mined since the mempool was last read) counts as confirmed.
+pub struct ScriptView {
+    pub confirmed: ScriptState,
+    pub mempool: ScriptMempool,
+}
+
+pub fn script_view(index: &Index, mempool: &Mempool, sh: &ScriptHash) -> anyhow::Result<ScriptView> {
+    let confirmed = index.script_state(sh)?;
+    let mined: HashSet<Txid> = confirmed.history.iter().map(|h| h.txid).collect();
+    let mempool = mempool.script(sh, &mined);
+    Ok(ScriptView { confirmed, mempool })
+}
+
+/// Electrum's status: sha256 of "txid:height:" for every transaction of the history (confirmed
+/// in chain order, then unconfirmed in 1.6's order), or None for no history.
+pub fn status(index: &Index, mempool: &Mempool, sh: &ScriptHash) -> anyhow::Result<Option<String>> {
+    let v = script_view(index, mempool, sh)?;
+    if v.confirmed.history.is_empty() && v.mempool.history.is_empty() {
         return Ok(None);
     }
-    let text: String = history.iter().map(|h| format!("{}:{}:", h.txid, h.height)).collect();
+    let mut text: String = v.confirmed.history.iter().map(|h| format!("{}:{}:", h.txid, h.height)).collect();
+    text.extend(v.mempool.history.iter().map(|(t, h, _)| format!("{t}:{h}:")));
     Ok(Some(hex::encode(sha256::Hash::hash(text.as_bytes()).to_byte_array())))
 }
 
@@ -316,7 +357,7 @@ async fn block_header(state: &Arc<State>, params: &Value) -> Reply {
     let height = u32_arg(params, 0, "height", None)?;
     let cp_height = u32_arg(params, 1, "cp_height", Some(0))?;
     state
-        .read(move |i| {
+        .read(move |i, _| {
             let row = i.chain.row(height).ok_or_else(|| anyhow::anyhow!("no block at height {height}"))?;
             let hex_header = hex::encode(serialize(&row.header));
             if cp_height == 0 {
@@ -334,7 +375,7 @@ async fn block_headers(state: &Arc<State>, params: &Value) -> Reply {
     let count = u32_arg(params, 1, "count", None)?.min(MAX_HEADERS);
     let cp_height = u32_arg(params, 2, "cp_height", Some(0))?;
     state
-        .read(move |i| {
+        .read(move |i, _| {
             let end = (start as u64 + count as u64).min(i.chain.len() as u64) as u32;
             let mut hex_headers = String::new();
             for h in start..end.max(start) {

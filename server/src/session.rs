@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::debug;
 
+use blkindex_shared::ScriptHash;
+
 use crate::methods::{self, RpcError, Session};
 use crate::state::State;
 
@@ -38,6 +40,7 @@ pub async fn serve(stream: TcpStream, state: Arc<State>) {
     let mut session = Session::default();
     let mut tip_rx = state.tip.subscribe();
     tip_rx.mark_unchanged();
+    let mut mempool_rx = state.mempool_changes.subscribe();
     loop {
         tokio::select! {
             line = lines.next() => {
@@ -56,6 +59,19 @@ pub async fn serve(stream: TcpStream, state: Arc<State>) {
                     }
                 }
                 if session.close {
+                    break;
+                }
+            }
+            changes = mempool_rx.recv() => {
+                let touched: Option<std::collections::HashSet<ScriptHash>> = match changes {
+                    Ok(set) => Some((*set).clone()),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None, // recheck all
+                    Err(_) => break,
+                };
+                let subs: Vec<ScriptHash> =
+                    session.scripthashes.keys().filter(|sh| touched.as_ref().is_none_or(|t| t.contains(sh))).copied().collect();
+                if !notify_scripts(&state, &mut session, &out_tx, subs, Vec::new()).await {
+                    debug!(?peer, "client too slow to read notifications; closing");
                     break;
                 }
             }
@@ -94,11 +110,23 @@ async fn notify(
         ));
     }
     let subs: Vec<_> = s.scripthashes.keys().copied().collect();
+    notify_scripts(state, s, out, subs, msgs).await
+}
+
+/// Sends `msgs` and a notification for each of `subs` whose status changed. False when the
+/// client does not keep up.
+async fn notify_scripts(
+    state: &Arc<State>,
+    s: &mut methods::Session,
+    out: &mpsc::Sender<String>,
+    subs: Vec<ScriptHash>,
+    mut msgs: Vec<String>,
+) -> bool {
     if !subs.is_empty() {
         let statuses = state
-            .read(move |i| {
+            .read(move |i, m| {
                 subs.into_iter()
-                    .map(|sh| Ok((sh, methods::status(i, &sh)?)))
+                    .map(|sh| Ok((sh, methods::status(i, m, &sh)?)))
                     .collect::<anyhow::Result<Vec<_>>>()
             })
             .await;

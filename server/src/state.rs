@@ -1,18 +1,21 @@
 //! What every session shares: the index (a RocksDB secondary of the indexer's DB and the blk
 //! files), the node's RPC, and the tip, which a catch-up task moves forward and announces.
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
 use bitcoin::block::Header;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use blkindex_shared::query::Index;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::Height;
-use blkindex_shared::Net;
+use blkindex_shared::{Net, ScriptHash};
+
+use crate::mempool::Mempool;
 
 /// The indexed tip as sessions see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,23 +29,39 @@ pub struct State {
     /// Read by requests; written only by the catch-up task (which takes the write lock so that
     /// no request sees the chain half-updated).
     pub index: RwLock<Index>,
+    pub mempool: RwLock<Mempool>,
     pub rpc: Rpc,
     pub tip: watch::Sender<Option<Tip>>,
+    /// Script hashes whose unconfirmed side changed.
+    pub mempool_changes: broadcast::Sender<Arc<HashSet<ScriptHash>>>,
 }
 
 impl State {
     pub fn new(net: Net, index: Index, rpc: Rpc) -> Arc<Self> {
         let tip = current_tip(&index);
-        Arc::new(State { net, index: RwLock::new(index), rpc, tip: watch::Sender::new(tip) })
+        Arc::new(State {
+            net,
+            index: RwLock::new(index),
+            mempool: RwLock::new(Mempool::default()),
+            rpc,
+            tip: watch::Sender::new(tip),
+            mempool_changes: broadcast::Sender::new(256),
+        })
     }
 
-    /// Runs `f` on the index on a blocking thread (RocksDB and blk-file reads block).
+    /// Runs `f` on the index and the mempool, seen together, on a blocking thread (RocksDB and
+    /// blk-file reads block).
     pub async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Index) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Index, &Mempool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let state = self.clone();
-        tokio::task::spawn_blocking(move || f(&state.index.read().unwrap())).await?
+        tokio::task::spawn_blocking(move || {
+            let index = state.index.read().unwrap();
+            let mempool = state.mempool.read().unwrap();
+            f(&index, &mempool)
+        })
+        .await?
     }
 
     /// Calls the node on a blocking thread.
@@ -88,6 +107,36 @@ pub async fn catch_up_loop(state: Arc<State>, every: Duration) {
             Ok(Ok(None)) => {}
             Ok(Err(e)) => warn!("catching up with the indexer failed: {e:#}"),
             Err(e) => warn!("catch-up task failed: {e}"),
+        }
+    }
+}
+
+/// Keeps the mempool in step with the node's every `every`, and announces what changed.
+pub async fn mempool_loop(state: Arc<State>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        let s = state.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let index = s.index.read().unwrap();
+            let mut mempool = s.mempool.write().unwrap();
+            mempool.sync(&s.rpc, &index)
+        })
+        .await;
+        match result {
+            Ok(Ok(changed)) => {
+                failing = false;
+                if !changed.is_empty() {
+                    let _ = state.mempool_changes.send(Arc::new(changed));
+                }
+            }
+            Ok(Err(e)) if !failing => {
+                warn!("reading the node's mempool failed: {e:#}");
+                failing = true;
+            }
+            _ => {}
         }
     }
 }

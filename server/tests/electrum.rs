@@ -228,3 +228,91 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() -> Result<()> {
     assert!(server.client().ping().is_ok());
     Ok(())
 }
+
+#[test]
+fn unconfirmed_transactions_count_and_notify() -> Result<()> {
+    let (node, _dir, _indexer, server) = setup()?;
+    let client = server.client();
+    let a = node.new_address("bech32")?;
+    let c = node.new_address("bech32m")?;
+    assert!(client.script_subscribe(&a.script_pubkey())?.is_none());
+    // A pays `a` from confirmed coins; B spends that unconfirmed output to `c`.
+    let txid_a = node.send(&a, bitcoin::Amount::from_btc(0.7)?)?;
+    let tx_a = node.call("getrawtransaction", json!([txid_a.to_string(), true]))?;
+    let vout = tx_a["vout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|o| o["scriptPubKey"]["address"] == a.to_string())
+        .unwrap();
+    let unsigned = node.call(
+        "createrawtransaction",
+        json!([[{"txid": txid_a.to_string(), "vout": vout}], {c.to_string(): 0.69}]),
+    )?;
+    let signed = node.wallet_call("signrawtransactionwithwallet", json!([unsigned]))?;
+    let txid_b: bitcoin::Txid =
+        node.call("sendrawtransaction", json!([signed["hex"]]))?.as_str().unwrap().parse()?;
+    let fee = |t: &bitcoin::Txid| -> u64 {
+        let e = node.call("getmempoolentry", json!([t.to_string()])).unwrap();
+        (e["fees"]["base"].as_f64().unwrap() * 1e8).round() as u64
+    };
+    // The status notification comes from the mempool alone, no block mined.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = None;
+    while status.is_none() && Instant::now() < deadline {
+        client.ping()?;
+        status = client.script_pop(&a.script_pubkey())?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(status.is_some(), "no status notification for an unconfirmed payment");
+    // Let the server's mempool see B too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.script_get_history(&c.script_pubkey())?.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `a`: funded by A (parent confirmed: height 0), spent by B (unconfirmed parent: -1), in that order.
+    let hist: Vec<_> =
+        client.script_get_history(&a.script_pubkey())?.iter().map(|h| (h.tx_hash, h.height)).collect();
+    assert_eq!(hist, vec![(txid_a, 0), (txid_b, -1)]);
+    let mempool = client.script_get_history(&c.script_pubkey())?;
+    assert_eq!(mempool.len(), 1);
+    assert_eq!((mempool[0].tx_hash, mempool[0].height, mempool[0].fee), (txid_b, -1, Some(fee(&txid_b))));
+    let bal = client.script_get_balance(&a.script_pubkey())?;
+    assert_eq!((bal.confirmed, bal.unconfirmed), (0, 0), "funded and spent in the mempool");
+    let bal = client.script_get_balance(&c.script_pubkey())?;
+    assert_eq!((bal.confirmed, bal.unconfirmed), (0, 69_000_000));
+    let utxos = client.script_list_unspent(&c.script_pubkey())?;
+    assert_eq!(
+        utxos.iter().map(|u| (u.tx_hash, u.height, u.value)).collect::<Vec<_>>(),
+        vec![(txid_b, 0, 69_000_000)]
+    );
+    assert!(client.script_list_unspent(&a.script_pubkey())?.is_empty(), "spent in the mempool");
+    let want_status = {
+        use bitcoin::hashes::{sha256, Hash};
+        hex::encode(sha256::Hash::hash(format!("{txid_a}:0:{txid_b}:-1:").as_bytes()).to_byte_array())
+    };
+    let raw_status = raw(
+        &server.addr,
+        &[&format!(
+            r#"{{"id":1,"method":"blockchain.scripthash.subscribe","params":["{}"]}}"#,
+            blkindex_shared::ScriptHash::of(a.script_pubkey().as_bytes())
+        )],
+        1,
+    );
+    assert_eq!(serde_json::from_str::<Value>(&raw_status[0])?["result"], want_status);
+    // Mined: both move to the confirmed side.
+    ChainBuilder::new(&node)?.mine(1)?;
+    let height = node.height()? as i32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hist: Vec<_> = client.script_get_history(&a.script_pubkey())?.iter().map(|h| h.height).collect();
+        if hist == vec![height, height] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not confirmed in the server's view: {hist:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bal = client.script_get_balance(&c.script_pubkey())?;
+    assert_eq!((bal.confirmed, bal.unconfirmed), (69_000_000, 0));
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! The node's mempool as the server needs it: each unconfirmed transaction's fee, whether it
+//! spends another unconfirmed one, and the scripts it funds and spends, indexed by script hash.
+//! Refreshed from `getrawmempool true`; new transactions come from `getrawtransaction` and the
+//! scripts they spend from their mempool parent or the index.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result};
+use bitcoin::{OutPoint, Transaction, Txid};
+use serde_json::{json, Value};
+
+use blkindex_shared::query::Index;
+use blkindex_shared::rpc::Rpc;
+use blkindex_shared::ScriptHash;
+
+pub struct MempoolTx {
+    pub tx: Transaction,
+    pub fee: u64,
+    /// Spends an output of another mempool transaction (Electrum height -1, else 0).
+    pub unconfirmed_parent: bool,
+    /// (outpoint, value, script hash) of every output it spends.
+    pub spent: Vec<(OutPoint, u64, ScriptHash)>,
+}
+
+#[derive(Default)]
+pub struct Mempool {
+    pub txs: HashMap<Txid, MempoolTx>,
+    by_script: HashMap<ScriptHash, HashSet<Txid>>,
+}
+
+/// A script's unconfirmed side.
+#[derive(Default, Debug)]
+pub struct ScriptMempool {
+    /// (txid, height 0 or -1, fee), in Electrum 1.6's order: height 0 first, then txid as shown.
+    pub history: Vec<(Txid, i32, u64)>,
+    /// Outputs to the script that no mempool transaction spends: (outpoint, value).
+    pub unspent: Vec<(OutPoint, u64)>,
+    /// Outpoints of the script that mempool transactions spend.
+    pub spent: HashSet<OutPoint>,
+    /// Funded minus spent, in satoshis (can be negative).
+    pub delta: i64,
+}
+
+impl Mempool {
+    /// Brings the mempool up to date; returns the script hashes whose mempool side changed.
+    pub fn sync(&mut self, rpc: &Rpc, index: &Index) -> Result<HashSet<ScriptHash>> {
+        let listed = rpc.call("getrawmempool", json!([true]))?;
+        let listed = listed.as_object().context("getrawmempool: not an object")?;
+        let mut changed = HashSet::new();
+        let gone: Vec<Txid> =
+            self.txs.keys().filter(|t| !listed.contains_key(&t.to_string())).copied().collect();
+        for txid in gone {
+            self.remove(&txid, &mut changed);
+        }
+        // Parents before children, so that a child finds its parent's outputs here.
+        let mut new: Vec<(Txid, &Value)> = listed
+            .iter()
+            .filter_map(|(k, v)| k.parse::<Txid>().ok().map(|t| (t, v)))
+            .filter(|(t, _)| !self.txs.contains_key(t))
+            .collect();
+        new.sort_by_key(|(_, v)| v["ancestorcount"].as_u64().unwrap_or(1));
+        for (txid, info) in new {
+            match self.add(rpc, index, txid, info) {
+                Ok(scripts) => changed.extend(scripts),
+                // Mined or replaced since getrawmempool: the next sync settles it.
+                Err(e) => tracing::debug!(%txid, "mempool tx skipped: {e:#}"),
+            }
+        }
+        Ok(changed)
+    }
+
+    fn add(&mut self, rpc: &Rpc, index: &Index, txid: Txid, info: &Value) -> Result<Vec<ScriptHash>> {
+        let raw = rpc.call("getrawtransaction", json!([txid.to_string(), false]))?;
+        let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(raw.as_str().context("hex")?)?;
+        let fee = (info["fees"]["base"].as_f64().context("fees.base")? * 1e8).round() as u64;
+        let mut spent = Vec::with_capacity(tx.input.len());
+        let mut unconfirmed_parent = false;
+        for input in &tx.input {
+            let op = input.previous_output;
+            let (value, script) = match self.txs.get(&op.txid) {
+                Some(parent) => {
+                    unconfirmed_parent = true;
+                    let out = parent.tx.output.get(op.vout as usize).context("no such parent output")?;
+                    (out.value.to_sat(), out.script_pubkey.to_bytes())
+                }
+                None => {
+                    let funding = index
+                        .txs_by_txid(&op.txid)?
+                        .pop()
+                        .context("parent neither confirmed nor in the mempool")?;
+                    let parent: Transaction = bitcoin::consensus::deserialize(&funding.raw)?;
+                    let out = parent.output.get(op.vout as usize).context("no such output")?;
+                    (out.value.to_sat(), out.script_pubkey.to_bytes())
+                }
+            };
+            spent.push((op, value, ScriptHash::of(&script)));
+        }
+        let mut scripts: Vec<ScriptHash> = spent.iter().map(|s| s.2).collect();
+        scripts.extend(
+            tx.output
+                .iter()
+                .filter(|o| !o.script_pubkey.is_op_return())
+                .map(|o| ScriptHash::of(o.script_pubkey.as_bytes())),
+        );
+        scripts.sort();
+        scripts.dedup();
+        for sh in &scripts {
+            self.by_script.entry(*sh).or_default().insert(txid);
+        }
+        self.txs.insert(txid, MempoolTx { tx, fee, unconfirmed_parent, spent });
+        Ok(scripts)
+    }
+
+    fn remove(&mut self, txid: &Txid, changed: &mut HashSet<ScriptHash>) {
+        let Some(entry) = self.txs.remove(txid) else { return };
+        let outs = entry.tx.output.iter().map(|o| ScriptHash::of(o.script_pubkey.as_bytes()));
+        for sh in entry.spent.iter().map(|s| s.2).chain(outs) {
+            if let Some(set) = self.by_script.get_mut(&sh) {
+                set.remove(txid);
+                if set.is_empty() {
+                    self.by_script.remove(&sh);
+                }
+            }
+            changed.insert(sh);
+        }
+    }
+
+    /// The unconfirmed side of a script, leaving out `mined`: transactions the index already has
+    /// (mined since the mempool was last read).
+    pub fn script(&self, sh: &ScriptHash, mined: &HashSet<Txid>) -> ScriptMempool {
+        let mut out = ScriptMempool::default();
+        let Some(txids) = self.by_script.get(sh) else { return out };
+        let mut funded: Vec<(OutPoint, u64)> = Vec::new();
+        for txid in txids.iter().filter(|t| !mined.contains(*t)) {
+            let e = &self.txs[txid];
+            out.history.push((*txid, if e.unconfirmed_parent { -1 } else { 0 }, e.fee));
+            for (op, value, spent_sh) in &e.spent {
+                if spent_sh == sh {
+                    out.spent.insert(*op);
+                    out.delta -= *value as i64;
+                }
+            }
+            for (vout, o) in e.tx.output.iter().enumerate() {
+                if ScriptHash::of(o.script_pubkey.as_bytes()) == *sh {
+                    funded.push((OutPoint { txid: *txid, vout: vout as u32 }, o.value.to_sat()));
+                    out.delta += o.value.to_sat() as i64;
+                }
+            }
+        }
+        out.unspent = funded.into_iter().filter(|(op, _)| !out.spent.contains(op)).collect();
+        // Electrum 1.6: -height ascending (0 before -1), then txid in its displayed hex.
+        out.history.sort_by_key(|h| (-h.1, h.0.to_string()));
+        out.unspent.sort();
+        out
+    }
+}
