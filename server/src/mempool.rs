@@ -16,6 +16,7 @@ use blkindex_shared::ScriptHash;
 pub struct MempoolTx {
     pub tx: Transaction,
     pub fee: u64,
+    pub vsize: u64,
     /// Spends an output of another mempool transaction (Electrum height -1, else 0).
     pub unconfirmed_parent: bool,
     /// (outpoint, value, script hash) of every output it spends.
@@ -73,6 +74,7 @@ impl Mempool {
         let raw = rpc.call("getrawtransaction", json!([txid.to_string(), false]))?;
         let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(raw.as_str().context("hex")?)?;
         let fee = (info["fees"]["base"].as_f64().context("fees.base")? * 1e8).round() as u64;
+        let vsize = info["vsize"].as_u64().context("vsize")?.max(1);
         let mut spent = Vec::with_capacity(tx.input.len());
         let mut unconfirmed_parent = false;
         for input in &tx.input {
@@ -107,7 +109,7 @@ impl Mempool {
         for sh in &scripts {
             self.by_script.entry(*sh).or_default().insert(txid);
         }
-        self.txs.insert(txid, MempoolTx { tx, fee, unconfirmed_parent, spent });
+        self.txs.insert(txid, MempoolTx { tx, fee, vsize, unconfirmed_parent, spent });
         Ok(scripts)
     }
 
@@ -123,6 +125,36 @@ impl Mempool {
             }
             changed.insert(sh);
         }
+    }
+
+    /// `mempool.get_fee_histogram`: (fee rate in sat/vB, vsize) pairs, rates descending, each
+    /// the vsize of the transactions paying at least that rate and less than the previous one.
+    /// Binned as ElectrumX does: rates floored to 0.1 sat/vB, bins of about 100,000 vB that
+    /// grow by a tenth each, a big lump at one rate closing the bin before it.
+    pub fn fee_histogram(&self) -> Vec<(f64, u64)> {
+        let mut by_rate: std::collections::BTreeMap<u64, u64> = Default::default();
+        for e in self.txs.values() {
+            *by_rate.entry(e.fee * 10 / e.vsize).or_default() += e.vsize; // tenths of sat/vB
+        }
+        let mut out = Vec::new();
+        let (mut bin, mut cum, mut prev) = (100_000f64, 0u64, None);
+        for (&rate, &size) in by_rate.iter().rev() {
+            if size as f64 > 2.0 * bin && cum > 0 {
+                if let Some(p) = prev {
+                    out.push((p as f64 / 10.0, cum));
+                    cum = 0;
+                    bin *= 1.1;
+                }
+            }
+            cum += size;
+            if cum as f64 > bin {
+                out.push((rate as f64 / 10.0, cum));
+                cum = 0;
+                bin *= 1.1;
+            }
+            prev = Some(rate);
+        }
+        out
     }
 
     /// The unconfirmed side of a script, leaving out `mined`: transactions the index already has
@@ -152,5 +184,36 @@ impl Mempool {
         out.history.sort_by_key(|h| (-h.1, h.0.to_string()));
         out.unspent.sort();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+
+    fn tx_paying(fee: u64, vsize: u64) -> MempoolTx {
+        let tx = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![],
+            output: vec![],
+        };
+        MempoolTx { tx, fee, vsize, unconfirmed_parent: false, spent: vec![] }
+    }
+
+    #[test]
+    fn fee_histogram_bins_like_electrumx() {
+        let mut m = Mempool::default();
+        // 60,000 vB at 50 sat/vB, 60,000 at 20.05 (floored to 20.0), and a 300,000 vB lump at 1.
+        let rates = [(3_000_000, 60_000), (1_203_000, 60_000), (300_000, 300_000)];
+        for (i, (fee, vsize)) in rates.iter().enumerate() {
+            m.txs.insert(bitcoin::Txid::from_byte_array([i as u8; 32]), tx_paying(*fee, *vsize));
+        }
+        // 50 alone stays under the first bin; 20 brings it to 120,000 > 100,000: one bin. The lump
+        // is more than twice the next bin (110,000), so what came before would be closed first
+        // (nothing is left), then it fills a bin of its own.
+        assert_eq!(m.fee_histogram(), vec![(20.0, 120_000), (1.0, 300_000)]);
+        assert!(Mempool::default().fee_histogram().is_empty());
     }
 }

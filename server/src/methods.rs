@@ -245,6 +245,10 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                 .await
                 .map_err(RpcError::from)
         }
+        "mempool.get_fee_histogram" => {
+            let h = state.read(|_, m| Ok(m.fee_histogram())).await?;
+            Ok(h.iter().map(|(rate, size)| json!([rate, size])).collect())
+        }
         "blockchain.estimatefee" => {
             let target = u32_arg(params, 0, "number", None)?;
             let v = state.node("estimatesmartfee", json!([target])).await.map_err(daemon)?;
