@@ -24,7 +24,7 @@ use indicatif::HumanBytes;
 use tracing::info;
 
 use blkindex_shared::blkfile::BlockFiles;
-use blkindex_shared::config::{args_with_config_file, init_logging, NodeArgs, NodeConfig};
+use blkindex_shared::config::{args_with_config_file, init_logging, run_main, NodeArgs, NodeConfig};
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::meta;
 use blkindex_shared::store::{Mode, Store};
@@ -77,10 +77,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    run_main(run)
 }
 
 fn run() -> Result<()> {

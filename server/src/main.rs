@@ -18,7 +18,7 @@ use clap::Parser;
 use tracing::{info, warn};
 
 use blkindex_shared::blkfile::BlockFiles;
-use blkindex_shared::config::{args_with_config_file, init_logging, NodeArgs};
+use blkindex_shared::config::{args_with_config_file, init_logging, run_main, NodeArgs};
 use blkindex_shared::query::Index;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::store::{Mode, Store};
@@ -44,10 +44,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    run_main(run)
 }
 
 fn run() -> Result<()> {

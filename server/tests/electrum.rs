@@ -2,69 +2,24 @@
 //! `electrum-client` crate): every answer equals the node's, notifications arrive, and bad input
 //! gets errors while the server keeps serving.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bitcoin::hashes::Hash;
 use bitcoin::ScriptBuf;
-use electrum_client::{Client, ElectrumApi};
+use electrum_client::ElectrumApi;
 use serde_json::{json, Value};
 
 use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
 use blkindex_testkit::expect::expected;
-use blkindex_testkit::node::free_port;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-/// The indexer binary, built beside this test by `cargo test --workspace`.
-fn indexer_bin() -> PathBuf {
-    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = dir.join("blkindex-indexer");
-    assert!(bin.exists(), "{} is missing: run `cargo test --workspace`", bin.display());
-    bin
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(node: &Node, db: &Path) -> Result<Self> {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
-            .args(["--network", "regtest", "--datadir"])
-            .arg(&node.datadir)
-            .arg("--db")
-            .arg(db)
-            .args(["--daemon-rpc-addr", &node.rpc_addr()])
-            .args(["--electrum-addr", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
-            .spawn()?;
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "the server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Server { child, addr })
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&format!("tcp://{}", self.addr)).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{indexer_bin, Server};
 
 /// Sends raw lines and reads one reply line per expected reply (or until the server closes).
 fn raw(addr: &str, lines: &[&str], replies: usize) -> Vec<String> {

@@ -1,6 +1,8 @@
 //! The real Electrum wallet (Debian's `electrum` package, headless) syncs a watch-only wallet
 //! from blkindex-server; its balance and history equal the node's.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -11,14 +13,10 @@ use serde_json::Value;
 
 use blkindex_testkit::chain::build_rich_chain;
 use blkindex_testkit::expect::expected;
-use blkindex_testkit::node::free_port;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-fn indexer_bin() -> PathBuf {
-    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    dir.join("blkindex-indexer")
-}
+use common::{indexer_bin, Server};
 
 struct Electrum {
     dir: PathBuf,
@@ -67,15 +65,7 @@ fn electrum_wallet_syncs_a_watch_only_wallet() -> Result<()> {
     let db = dir.path().join("db");
     let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, &[])?;
     indexer.wait_synced(&node, &db)?;
-    let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
-        .args(["--network", "regtest", "--datadir"])
-        .arg(&node.datadir)
-        .arg("--db")
-        .arg(&db)
-        .args(["--daemon-rpc-addr", &node.rpc_addr(), "--electrum-addr", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()?;
+    let server = Server::start(&node, &db)?;
 
     // Watch the addresses of up to 30 scripts with history, the most used first.
     let mut scripts: Vec<_> = want.history.iter().collect();
@@ -96,7 +86,7 @@ fn electrum_wallet_syncs_a_watch_only_wallet() -> Result<()> {
     txids.dedup();
 
     let el = Electrum { dir: dir.path().join("electrum") };
-    let server_arg = format!("127.0.0.1:{port}:t");
+    let server_arg = format!("{}:t", server.addr);
     // `daemon -d` forks and keeps the standard streams: give it a file, not pipes to wait on.
     std::fs::create_dir_all(&el.dir)?;
     let log = std::fs::File::create(el.dir.join("daemon.log"))?;
@@ -136,7 +126,7 @@ fn electrum_wallet_syncs_a_watch_only_wallet() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let _ = server.kill();
+    drop(server);
     if (got_balance, &got_txids) != (balance, &txids) {
         let log = std::fs::read_to_string(el.dir.join("daemon.log")).unwrap_or_default();
         let interesting: Vec<&str> = log

@@ -149,6 +149,14 @@ impl NodeArgs {
     }
 }
 
+/// A binary's `main`: runs `run`, and on error prints the whole chain of causes and exits 1.
+pub fn run_main(run: impl FnOnce() -> Result<()>) {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
 /// Logs to stderr, filtered by `$BLKINDEX_LOG` (else `default`), coloured only on a terminal.
 pub fn init_logging(default: &str) {
     tracing_subscriber::fmt()
