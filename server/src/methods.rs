@@ -1,4 +1,5 @@
-//! The Electrum methods this server answers, by name, for the negotiated protocol version.
+//! The Electrum methods this server answers, by name, for the negotiated protocol version
+//! (1.4 to 1.6; a client that never sends `server.version` is served as 1.4).
 //! Confirmed data comes from the index, unconfirmed data from the tracked mempool, fees and
 //! broadcast from the node.
 
@@ -18,7 +19,7 @@ use crate::state::State;
 
 /// Protocol versions served, as (major, minor, revision).
 pub const PROTOCOL_MIN: Version = (1, 4, 0);
-pub const PROTOCOL_MAX: Version = (1, 4, 2);
+pub const PROTOCOL_MAX: Version = (1, 6, 0);
 /// `blockchain.block.headers` returns at most this many.
 pub const MAX_HEADERS: u32 = 2016;
 /// A history longer than this is an error rather than a huge response.
@@ -48,6 +49,11 @@ impl From<anyhow::Error> for RpcError {
 }
 
 pub type Reply = Result<Value, RpcError>;
+
+/// The version a session speaks: the negotiated one, or 1.4 for clients that never negotiate.
+fn effective(s: &Session) -> Version {
+    s.version.unwrap_or(PROTOCOL_MIN)
+}
 
 /// What a session remembers between requests.
 #[derive(Default)]
@@ -136,7 +142,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
             Ok(header_notification(tip.height, &tip.header))
         }
         "blockchain.block.header" => block_header(state, params).await,
-        "blockchain.block.headers" => block_headers(state, params).await,
+        "blockchain.block.headers" => block_headers(state, params, effective(s) >= (1, 6, 0)).await,
         "blockchain.scripthash.get_history" => {
             let sh = scripthash_arg(params)?;
             let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
@@ -251,17 +257,64 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
         }
         "blockchain.estimatefee" => {
             let target = u32_arg(params, 0, "number", None)?;
-            let v = state.node("estimatesmartfee", json!([target])).await.map_err(daemon)?;
+            // 1.6 passes `mode` (CONSERVATIVE / ECONOMICAL) on to estimatesmartfee.
+            let mode = match arg(params, 1, "mode") {
+                None => None,
+                Some(Value::String(m))
+                    if ["CONSERVATIVE", "ECONOMICAL"].contains(&m.to_uppercase().as_str()) =>
+                {
+                    Some(m.to_uppercase())
+                }
+                Some(_) => return Err(err(INVALID_PARAMS, "mode must be CONSERVATIVE or ECONOMICAL")),
+            };
+            let call = match mode {
+                Some(m) => json!([target, m]),
+                None => json!([target]),
+            };
+            let v = state.node("estimatesmartfee", call).await.map_err(daemon)?;
             Ok(v.get("feerate").cloned().unwrap_or(json!(-1)))
         }
-        "blockchain.relayfee" => {
+        "blockchain.relayfee" if effective(s) < (1, 6, 0) => {
             let v = state.node("getnetworkinfo", json!([])).await.map_err(daemon)?;
             Ok(v["relayfee"].clone())
+        }
+        "mempool.get_info" if effective(s) >= (1, 6, 0) => {
+            let v = state.node("getmempoolinfo", json!([])).await.map_err(daemon)?;
+            Ok(json!({
+                "mempoolminfee": v["mempoolminfee"],
+                "minrelaytxfee": v["minrelaytxfee"],
+                "incrementalrelayfee": v["incrementalrelayfee"],
+            }))
         }
         "blockchain.transaction.broadcast" => {
             let raw = str_arg(params, 0, "raw_tx")?.to_string();
             state.node("sendrawtransaction", json!([raw])).await.map_err(|e| {
                 err(BAD_REQUEST, format!("the transaction was rejected by network rules.\n\n{e:#}"))
+            })
+        }
+        "blockchain.transaction.broadcast_package" if effective(s) >= (1, 6, 0) => {
+            let txs = arg(params, 0, "raw_txs")
+                .and_then(Value::as_array)
+                .filter(|a| !a.is_empty() && a.iter().all(Value::is_string))
+                .ok_or_else(|| err(INVALID_PARAMS, "raw_txs must be a non-empty list of hex strings"))?
+                .clone();
+            let verbose = bool_arg(params, 1, "verbose")?;
+            let v = state.node("submitpackage", json!([txs])).await.map_err(daemon)?;
+            if verbose {
+                return Ok(v);
+            }
+            // The stable form: success, and the errors by txid.
+            let errors: Vec<Value> = v["tx-results"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, r)| r.get("error").map(|e| json!({"txid": r["txid"], "error": e})))
+                .collect();
+            let success = v["package_msg"] == "success" && errors.is_empty();
+            Ok(if errors.is_empty() {
+                json!({"success": success})
+            } else {
+                json!({"success": success, "errors": errors})
             })
         }
         _ => Err(err(METHOD_NOT_FOUND, format!("unknown method {method:?}"))),
@@ -374,19 +427,22 @@ async fn block_header(state: &Arc<State>, params: &Value) -> Reply {
         .map_err(RpcError::from)
 }
 
-async fn block_headers(state: &Arc<State>, params: &Value) -> Reply {
+/// `blockchain.block.headers`: concatenated hex before 1.6, a list of headers from 1.6.
+async fn block_headers(state: &Arc<State>, params: &Value, as_list: bool) -> Reply {
     let start = u32_arg(params, 0, "start_height", None)?;
     let count = u32_arg(params, 1, "count", None)?.min(MAX_HEADERS);
     let cp_height = u32_arg(params, 2, "cp_height", Some(0))?;
     state
         .read(move |i, _| {
             let end = (start as u64 + count as u64).min(i.chain.len() as u64) as u32;
-            let mut hex_headers = String::new();
-            for h in start..end.max(start) {
-                hex_headers.push_str(&hex::encode(serialize(&i.chain.row(h).unwrap().header)));
-            }
+            let headers: Vec<String> = (start..end.max(start))
+                .map(|h| hex::encode(serialize(&i.chain.row(h).unwrap().header)))
+                .collect();
             let n = end.saturating_sub(start);
-            let mut out = json!({"count": n, "hex": hex_headers, "max": MAX_HEADERS});
+            let mut out = match as_list {
+                true => json!({"count": n, "headers": headers, "max": MAX_HEADERS}),
+                false => json!({"count": n, "hex": headers.concat(), "max": MAX_HEADERS}),
+            };
             if n > 0 && cp_height > 0 {
                 let (branch, root) = header_proof(i, end - 1, cp_height)?;
                 out["branch"] = json!(branch);
@@ -420,7 +476,8 @@ mod tests {
             let r = server_version(&mut s, &p);
             (r.map(|v| v[1].as_str().unwrap().to_string()).ok(), s.close)
         };
-        assert_eq!(nego(json!(["c", ["1.1", "1.9"]])), (Some("1.4.2".into()), false));
+        assert_eq!(nego(json!(["c", ["1.1", "1.9"]])), (Some("1.6".into()), false));
+        assert_eq!(nego(json!(["c", ["1.4", "1.4.2"], "trailing", 9999.9])), (Some("1.4.2".into()), false));
         assert_eq!(nego(json!(["c", "1.4"])), (Some("1.4".into()), false));
         assert_eq!(nego(json!(["c"])), (Some("1.4".into()), false));
         assert_eq!(
@@ -428,7 +485,8 @@ mod tests {
             (Some("1.4.1".into()), false)
         );
         assert_eq!(nego(json!(["c", "1.2"])), (None, true));
-        assert_eq!(nego(json!(["c", ["1.5", "1.6"]])), (None, true));
+        assert_eq!(nego(json!(["c", ["1.7", "1.8"]])), (None, true));
+        assert_eq!(nego(json!(["c", "1.3"])), (None, true));
         let mut s = Session::default();
         server_version(&mut s, &json!(["c", "1.4"])).unwrap();
         assert!(server_version(&mut s, &json!(["c", "1.4"])).is_err());

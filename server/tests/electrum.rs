@@ -271,3 +271,79 @@ fn unconfirmed_transactions_count_and_notify() -> Result<()> {
     assert_eq!((bal.confirmed, bal.unconfirmed), (69_000_000, 0));
     Ok(())
 }
+
+/// Sends requests on one connection and returns the replies, in order.
+fn session(addr: &str, requests: &[Value]) -> Vec<Value> {
+    let lines: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    raw(addr, &lines, requests.len()).iter().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn shapes_follow_the_negotiated_version() -> Result<()> {
+    let (node, _dir, _indexer, server) = setup()?;
+    let req = |id: u32, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let v14 = session(
+        &server.addr,
+        &[
+            req(0, "server.version", json!(["t", "1.4"])),
+            req(1, "blockchain.block.headers", json!([0, 3])),
+            req(2, "blockchain.relayfee", json!([])),
+            req(3, "mempool.get_info", json!([])),
+        ],
+    );
+    assert_eq!(v14[0]["result"][1], "1.4");
+    assert_eq!(v14[1]["result"]["hex"].as_str().unwrap().len(), 3 * 160);
+    assert!(v14[2]["result"].is_number(), "{}", v14[2]);
+    assert_eq!(v14[3]["error"]["code"], -32601, "mempool.get_info is 1.6");
+    let v16 = session(
+        &server.addr,
+        &[
+            req(0, "server.version", json!(["t", ["1.4", "1.6"], "extra", 1])),
+            req(1, "blockchain.block.headers", json!([0, 3])),
+            req(2, "blockchain.relayfee", json!([])),
+            req(3, "mempool.get_info", json!([])),
+            req(4, "blockchain.estimatefee", json!([2, "ECONOMICAL"])),
+            req(5, "blockchain.estimatefee", json!([2, "FAST"])),
+        ],
+    );
+    assert_eq!(v16[0]["result"][1], "1.6");
+    let headers = v16[1]["result"]["headers"].as_array().unwrap();
+    assert_eq!(headers.len(), 3);
+    let genesis = node.call("getblockheader", json!([node.call("getblockhash", json!([0]))?, false]))?;
+    assert_eq!(headers[0], genesis);
+    assert_eq!(v16[2]["error"]["code"], -32601, "relayfee is gone in 1.6");
+    let info = &v16[3]["result"];
+    let node_info = node.call("getmempoolinfo", json!([]))?;
+    assert_eq!(info["minrelaytxfee"], node_info["minrelaytxfee"]);
+    assert!(info["mempoolminfee"].is_number() && info["incrementalrelayfee"].is_number());
+    assert!(v16[4]["result"].is_number());
+    assert_eq!(v16[5]["error"]["code"], -32602);
+
+    // A parent and its child, neither sent before, as one package.
+    let to = node.new_address("bech32")?;
+    let parent = node
+        .wallet_call("send", json!([{to.to_string(): 1.0}, null, "unset", null, {"add_to_wallet": false}]))?;
+    let parent_hex = parent["hex"].as_str().unwrap().to_string();
+    let parent_tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(&parent_hex)?;
+    let vout = parent_tx.output.iter().position(|o| o.script_pubkey == to.script_pubkey()).unwrap();
+    let child_to = node.new_address("bech32")?;
+    let unsigned = node.call(
+        "createrawtransaction",
+        json!([[{"txid": parent_tx.compute_txid().to_string(), "vout": vout}], {child_to.to_string(): 0.999}]),
+    )?;
+    let prev = json!([{"txid": parent_tx.compute_txid().to_string(), "vout": vout,
+        "scriptPubKey": hex::encode(to.script_pubkey().as_bytes()), "amount": 1.0}]);
+    let child = node.wallet_call("signrawtransactionwithwallet", json!([unsigned, prev]))?;
+    let r = session(
+        &server.addr,
+        &[
+            req(0, "server.version", json!(["t", "1.6"])),
+            req(1, "blockchain.transaction.broadcast_package", json!([[parent_hex, child["hex"]]])),
+        ],
+    );
+    assert_eq!(r[1]["result"], json!({"success": true}), "{}", r[1]);
+    let mempool = node.call("getrawmempool", json!([]))?;
+    assert!(mempool.as_array().unwrap().iter().any(|t| t == &json!(parent_tx.compute_txid().to_string())));
+    Ok(())
+}
