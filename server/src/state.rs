@@ -94,7 +94,10 @@ pub async fn catch_up_loop(state: Arc<State>, every: Duration) {
         let result = tokio::task::spawn_blocking(move || -> Result<Option<Tip>> {
             let mut guard = s.index.write().unwrap();
             let Index { store, chain, .. } = &mut *guard;
-            store.catch_up()?;
+            if let Err(e) = store.catch_up() {
+                tracing::debug!("catch-up failed ({e:#}); reopening the secondary");
+                *store = store.reopen()?;
+            }
             let changed = chain.sync(store)?;
             Ok(if changed { current_tip(&guard) } else { None })
         })

@@ -27,6 +27,7 @@ pub enum Mode {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    mode: Mode,
 }
 
 /// Options of the txnum-list families (`script`, `txid`): the union merge operator, whole-key
@@ -110,7 +111,7 @@ impl Store {
                     .with_context(|| format!("cannot open index {} as secondary", path.display()))?
             }
         };
-        let store = Store { db, path: path.to_path_buf() };
+        let store = Store { db, path: path.to_path_buf(), mode: mode.clone() };
         if !matches!(mode, Mode::Secondary(_)) {
             // Keep a compressed block whatever it saves (RocksDB's default wants 12.5%).
             for name in [cf::SCRIPT, cf::TXID] {
@@ -304,6 +305,13 @@ impl Store {
 
     pub fn catch_up(&self) -> Result<()> {
         Ok(self.db.try_catch_up_with_primary()?)
+    }
+
+    /// The same DB opened afresh. A secondary whose catch-up failed needs this: when the primary
+    /// deletes an SST (after a compaction) that the secondary had not yet caught up to, catching
+    /// up fails with "No such file"; a new instance starts from the primary's current files.
+    pub fn reopen(&self) -> Result<Store> {
+        Store::open(&self.path, self.mode.clone())
     }
 
     /// Live bytes of SST files per family, for reports.

@@ -94,8 +94,22 @@ impl Node {
             opts,
             rpc: Rpc::new(&format!("127.0.0.1:{rpc_port}"), Auth::Cookie(cookie)),
         };
-        node.spawn()?;
-        Ok(node)
+        // Another process may take a port between free_port() and bitcoind's bind: retry with
+        // fresh ports when the node dies at start.
+        let mut attempt = 0;
+        loop {
+            match node.spawn() {
+                Ok(()) => return Ok(node),
+                Err(e) if attempt < 3 && e.to_string().contains("exited at start") => {
+                    attempt += 1;
+                    node.rpc_port = free_port();
+                    node.p2p_port = free_port();
+                    node.zmq_port = free_port();
+                    node.rpc = Rpc::new(&format!("127.0.0.1:{}", node.rpc_port), Auth::Cookie(node.cookie()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn spawn(&mut self) -> Result<()> {

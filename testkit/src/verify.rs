@@ -155,7 +155,11 @@ impl Indexer {
                 store = Store::open(db, Mode::Secondary(secondary.path().to_path_buf())).ok();
             }
             if let Some(s) = &store {
-                s.catch_up()?;
+                // A failed catch-up (the indexer deleted a file mid-way) needs a fresh instance.
+                if s.catch_up().is_err() {
+                    store = None;
+                    continue;
+                }
                 if s.tip()?.map(|t| t.1) == Some(best) {
                     return Ok(());
                 }

@@ -2,15 +2,13 @@
 // Each test file compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use electrum_client::Client;
 
-use blkindex_testkit::node::free_port;
 use blkindex_testkit::Node;
 
 /// The indexer binary, built beside this test by `cargo test --workspace`.
@@ -27,24 +25,32 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts the server on a port the OS picks (no race with other tests for a free port) and
+    /// reads the address from its log.
     pub fn start(node: &Node, db: &Path) -> Result<Self> {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
+        let log = db.with_extension("server.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
             .args(["--network", "regtest", "--datadir"])
             .arg(&node.datadir)
             .arg("--db")
             .arg(db)
-            .args(["--daemon-rpc-addr", &node.rpc_addr()])
-            .args(["--electrum-addr", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
+            .args(["--daemon-rpc-addr", &node.rpc_addr(), "--electrum-addr", "127.0.0.1:0"])
+            .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        let addr = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "the server did not listen");
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(addr) =
+                text.split("serving Electrum over TCP addr=").nth(1).and_then(|r| r.split_whitespace().next())
+            {
+                return Ok(Server { child, addr: addr.to_string() });
+            }
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("the server exited ({status}): {text}");
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the server did not listen: {text}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Server { child, addr })
     }
 
     pub fn client(&self) -> Client {
