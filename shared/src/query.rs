@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::hashes::{sha256d, Hash, HashEngine};
-use bitcoin::{BlockHash, OutPoint, TxMerkleNode, Txid};
+use bitcoin::{OutPoint, TxMerkleNode, Txid};
 
 use crate::blkfile::{BlockFiles, FileKind};
 use crate::chain::Chain;
@@ -71,12 +71,6 @@ impl Index {
     pub fn new(store: Store, blocks: BlockFiles) -> Result<Self> {
         let chain = Chain::load(&store)?;
         Ok(Index { store, blocks, chain })
-    }
-
-    /// Re-reads the chain after the store changed (a secondary's catch-up, a follower's step).
-    pub fn reload_chain(&mut self) -> Result<()> {
-        self.chain = Chain::load(&self.store)?;
-        Ok(())
     }
 
     fn row(&self, height: Height) -> Result<&HeaderRow> {
@@ -219,10 +213,6 @@ impl Index {
             Ok(())
         })?;
         Ok(txids)
-    }
-
-    pub fn block_hash(&self, height: Height) -> Option<BlockHash> {
-        self.chain.hash(height)
     }
 }
 
