@@ -21,6 +21,8 @@ pub struct MempoolTx {
     pub unconfirmed_parent: bool,
     /// (outpoint, value, script hash) of every output it spends.
     pub spent: Vec<(OutPoint, u64, ScriptHash)>,
+    /// The script hash of each of its outputs, by output index (hashed once, on arrival).
+    pub funded: Vec<ScriptHash>,
 }
 
 #[derive(Default)]
@@ -97,26 +99,24 @@ impl Mempool {
             };
             spent.push((op, value, ScriptHash::of(&script)));
         }
+        let funded: Vec<ScriptHash> =
+            tx.output.iter().map(|o| ScriptHash::of(o.script_pubkey.as_bytes())).collect();
         let mut scripts: Vec<ScriptHash> = spent.iter().map(|s| s.2).collect();
         scripts.extend(
-            tx.output
-                .iter()
-                .filter(|o| !o.script_pubkey.is_op_return())
-                .map(|o| ScriptHash::of(o.script_pubkey.as_bytes())),
+            tx.output.iter().zip(&funded).filter(|(o, _)| !o.script_pubkey.is_op_return()).map(|(_, sh)| *sh),
         );
         scripts.sort();
         scripts.dedup();
         for sh in &scripts {
             self.by_script.entry(*sh).or_default().insert(txid);
         }
-        self.txs.insert(txid, MempoolTx { tx, fee, vsize, unconfirmed_parent, spent });
+        self.txs.insert(txid, MempoolTx { tx, fee, vsize, unconfirmed_parent, spent, funded });
         Ok(scripts)
     }
 
     fn remove(&mut self, txid: &Txid, changed: &mut HashSet<ScriptHash>) {
         let Some(entry) = self.txs.remove(txid) else { return };
-        let outs = entry.tx.output.iter().map(|o| ScriptHash::of(o.script_pubkey.as_bytes()));
-        for sh in entry.spent.iter().map(|s| s.2).chain(outs) {
+        for sh in entry.spent.iter().map(|s| s.2).chain(entry.funded.iter().copied()) {
             if let Some(set) = self.by_script.get_mut(&sh) {
                 set.remove(txid);
                 if set.is_empty() {
@@ -172,8 +172,8 @@ impl Mempool {
                     out.delta -= *value as i64;
                 }
             }
-            for (vout, o) in e.tx.output.iter().enumerate() {
-                if ScriptHash::of(o.script_pubkey.as_bytes()) == *sh {
+            for (vout, (o, out_sh)) in e.tx.output.iter().zip(&e.funded).enumerate() {
+                if out_sh == sh {
                     funded.push((OutPoint { txid: *txid, vout: vout as u32 }, o.value.to_sat()));
                     out.delta += o.value.to_sat() as i64;
                 }
@@ -199,7 +199,7 @@ mod tests {
             input: vec![],
             output: vec![],
         };
-        MempoolTx { tx, fee, vsize, unconfirmed_parent: false, spent: vec![] }
+        MempoolTx { tx, fee, vsize, unconfirmed_parent: false, spent: vec![], funded: vec![] }
     }
 
     #[test]
