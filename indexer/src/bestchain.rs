@@ -9,6 +9,7 @@ use bitcoin::{BlockHash, Work};
 use tracing::{info, warn};
 
 use blkindex_shared::rpc::Rpc;
+use blkindex_shared::schema::{BlockLoc, HeaderRow};
 use blkindex_shared::Net;
 
 use crate::scan::{BlockEntry, BlockMap};
@@ -19,6 +20,20 @@ pub struct ChainBlock {
     pub header: Header,
     /// Where it is in the blk files; None when only the node has it (not yet flushed to a file).
     pub entry: Option<BlockEntry>,
+}
+
+impl ChainBlock {
+    /// An indexed block, from its header row: its place in the blk files is the row's.
+    pub fn from_row(row: &HeaderRow) -> Self {
+        let hash = row.hash();
+        let entry = match row.loc {
+            BlockLoc::File { file, offset, len } => {
+                Some(BlockEntry { header: row.header, hash, file, offset, len, ntx: row.tx_count })
+            }
+            BlockLoc::Db { .. } => None,
+        };
+        ChainBlock { hash, header: row.header, entry }
+    }
 }
 
 /// The best chain from genesis to the tip.

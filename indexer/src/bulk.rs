@@ -157,10 +157,7 @@ impl Bulk<'_> {
             .find(|&h| chain.get(h as usize).is_some_and(|b| b.hash == rows[h as usize].hash()))
             .context("the index shares no block with the node's chain (another chain?)")?;
         warn!(from = tip, to = fork, "the index is on a stale branch; undoing its blocks");
-        let branch: Vec<ChainBlock> = rows[fork as usize + 1..]
-            .iter()
-            .map(|r| ChainBlock { hash: r.hash(), header: r.header, entry: map.get(&r.hash()).copied() })
-            .collect();
+        let branch: Vec<ChainBlock> = rows[fork as usize + 1..].iter().map(ChainBlock::from_row).collect();
         let first_txnum = rows[fork as usize + 1].first_txnum;
         self.delete_branch(map, &branch, fork + 1, first_txnum)?;
         Ok(fork + 1)

@@ -155,19 +155,8 @@ impl<'a> Follower<'a> {
     fn unwind(&mut self, fork: Height) -> Result<()> {
         let (tip, _) = self.chain.tip().unwrap();
         warn!(from = tip, to = fork, "reorg: undoing {} block(s)", tip - fork);
-        let branch: Vec<ChainBlock> = (fork + 1..=tip)
-            .map(|h| {
-                let row = self.chain.row(h).unwrap();
-                let hash = row.hash();
-                let entry = match row.loc {
-                    BlockLoc::File { file, offset, len } => {
-                        Some(BlockEntry { header: row.header, hash, file, offset, len, ntx: row.tx_count })
-                    }
-                    BlockLoc::Db { .. } => None,
-                };
-                ChainBlock { hash, header: row.header, entry }
-            })
-            .collect();
+        let branch: Vec<ChainBlock> =
+            (fork + 1..=tip).map(|h| ChainBlock::from_row(self.chain.row(h).unwrap())).collect();
         let first_txnum = self.chain.row(fork + 1).unwrap().first_txnum;
         self.ctx.delete_branch(&BlockMap::new(), &branch, fork + 1, first_txnum)?;
         while self.chain.len() as Height > fork + 1 {
