@@ -207,15 +207,7 @@ fn zmq_config(args: &Args, node: &NodeConfig, rpc: &Rpc) -> Option<zmq::ZmqConfi
     if let Some(e) = &args.zmq_endpoint {
         return Some(zmq::ZmqConfig { endpoint: e.clone(), topic: "hashblock".into() });
     }
-    let mut found: Vec<(String, String)> = Vec::new();
-    if let Ok(v) = rpc.call("getzmqnotifications", json!([])) {
-        for n in v.as_array().into_iter().flatten() {
-            if let (Some(t), Some(a)) = (n["type"].as_str(), n["address"].as_str()) {
-                found.push((t.trim_start_matches("pub").to_string(), a.to_string()));
-            }
-        }
-    }
-    found.extend(node.zmq.iter().map(|(t, a)| (t.clone(), a.clone())));
+    let found = node.zmq_notifications(rpc);
     ["hashblock", "sequence"].iter().find_map(|topic| {
         found
             .iter()

@@ -1,27 +1,36 @@
 //! `blkindex-server`: serves the Electrum protocol from the index that `blkindex-indexer` writes,
 //! opened read-only as a RocksDB secondary that catches up with the indexer.
 //!
-//! Flow: `state` (secondary DB + blk files + node RPC; a catch-up task announces new tips) →
-//! `session` (one per connection: framing, batches, notifications) → `methods` (the calls).
+//! Flow: `state` (secondary DB + blk files + node RPC; a catch-up task announces new tips, a
+//! mempool task tracks the node's mempool, `zmq` wakes both early) → `listen` (TCP, TLS,
+//! WebSocket; connection limits) → `session` (one per connection: requests, batches,
+//! notifications) → `methods` (the calls, by protocol version). `metrics` counts it all.
 
+mod listen;
 mod mempool;
 mod methods;
+mod metrics;
 mod session;
 mod state;
+mod zmq;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tracing::{info, warn};
+use serde_json::json;
+use tracing::info;
 
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, init_logging, run_main, NodeArgs};
 use blkindex_shared::query::Index;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::store::{Mode, Store};
+
+use listen::{Admission, Transport};
 
 /// Serves Electrum clients from a blkindex index.
 #[derive(Parser, Debug)]
@@ -32,13 +41,64 @@ struct Args {
     /// Where this server keeps its secondary instance's files (default: <db>.server).
     #[arg(long, env = "BLKINDEX_SECONDARY_DIR")]
     secondary_dir: Option<PathBuf>,
-    /// Address for Electrum clients over TCP.
+    /// Address for Electrum clients over TCP ("off": no TCP listener).
     #[arg(long, env = "BLKINDEX_ELECTRUM_ADDR", default_value = "127.0.0.1:50001")]
-    electrum_addr: SocketAddr,
-    /// How often to read the node's mempool, in milliseconds.
+    electrum_addr: String,
+    /// Address for Electrum clients over TLS (needs --tls-cert and --tls-key).
+    #[arg(long, env = "BLKINDEX_TLS_ADDR")]
+    tls_addr: Option<SocketAddr>,
+    /// Address for Electrum clients over WebSocket.
+    #[arg(long, env = "BLKINDEX_WS_ADDR")]
+    ws_addr: Option<SocketAddr>,
+    /// Address for Electrum clients over WebSocket with TLS (needs --tls-cert and --tls-key).
+    #[arg(long, env = "BLKINDEX_WSS_ADDR")]
+    wss_addr: Option<SocketAddr>,
+    /// TLS certificate chain, PEM.
+    #[arg(long, env = "BLKINDEX_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM.
+    #[arg(long, env = "BLKINDEX_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Address for Prometheus metrics over HTTP.
+    #[arg(long, env = "BLKINDEX_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Most connections open at once.
+    #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
+    /// Most connections from one IP address (loopback exempt unless --limit-loopback).
+    #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
+    max_connections_per_ip: usize,
+    /// Apply --max-connections-per-ip to loopback clients too.
+    #[arg(long, env = "BLKINDEX_LIMIT_LOOPBACK")]
+    limit_loopback: bool,
+    /// Seconds without a complete request before a connection is closed.
+    #[arg(long, env = "BLKINDEX_IDLE_TIMEOUT", default_value_t = 600)]
+    idle_timeout: u64,
+    /// Longest request accepted, in bytes.
+    #[arg(long, env = "BLKINDEX_MAX_REQUEST", default_value_t = 4 << 20)]
+    max_request: usize,
+    /// Most requests in one batch.
+    #[arg(long, env = "BLKINDEX_MAX_BATCH", default_value_t = 100)]
+    max_batch: usize,
+    /// Longest history (or unspent list) served; longer ones get an error, never a cut list.
+    #[arg(long, env = "BLKINDEX_MAX_HISTORY", default_value_t = 100_000)]
+    max_history: usize,
+    /// Text for server.banner.
+    #[arg(long, env = "BLKINDEX_BANNER")]
+    banner: Option<String>,
+    /// Address for server.donation_address.
+    #[arg(long, env = "BLKINDEX_DONATION_ADDRESS", default_value = "")]
+    donation_address: String,
+    /// Host name this server is reached at, for server.features (default: the listen address).
+    #[arg(long, env = "BLKINDEX_PUBLIC_HOST")]
+    public_host: Option<String>,
+    /// A peer for server.peers.subscribe: "host [tPORT] [sPORT] [vVERSION]" (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// How often to read the node's mempool, in milliseconds (ZMQ wakes it sooner).
     #[arg(long, env = "BLKINDEX_MEMPOOL_MS", default_value_t = 500)]
     mempool_ms: u64,
-    /// How often to catch up with the indexer, in milliseconds.
+    /// How often to catch up with the indexer, in milliseconds (ZMQ wakes it sooner).
     #[arg(long, env = "BLKINDEX_CATCH_UP_MS", default_value_t = 200)]
     catch_up_ms: u64,
 }
@@ -50,43 +110,119 @@ fn main() {
 fn run() -> Result<()> {
     let args = Args::parse_from(args_with_config_file(std::env::args_os().collect())?);
     init_logging("info");
+    // Each connection is a file descriptor; ask for as many as the system allows.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let node = args.node.node()?;
+    let tcp_addr: Option<SocketAddr> = match args.electrum_addr.as_str() {
+        "off" => None,
+        a => Some(a.parse().with_context(|| format!("--electrum-addr {a:?}"))?),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(listen::tls_acceptor(c, k)?),
+        (None, None) if args.tls_addr.is_none() && args.wss_addr.is_none() => None,
+        _ => anyhow::bail!("--tls-addr and --wss-addr need both --tls-cert and --tls-key"),
+    };
     let secondary = args.secondary_dir.clone().unwrap_or_else(|| args.node.db.with_extension("server"));
     let store = Store::open(&args.node.db, Mode::Secondary(secondary))?;
     store.check_identity(args.node.network, false)?;
     let index = Index::new(store, BlockFiles::open(&node.blocks_dir)?)?;
-    let state = state::State::new(args.node.network, index, Rpc::new(&node.rpc_addr, node.auth.clone()));
+    let rpc = Rpc::new(&node.rpc_addr, node.auth.clone());
+    let published = node.zmq_notifications(&rpc);
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    if let Some(addr) = args.metrics_addr {
+        let bound = metrics::serve(metrics.clone(), addr)?;
+        info!(addr = %bound, "serving metrics over HTTP");
+    }
+    let limits = session::Limits {
+        max_request: args.max_request,
+        max_batch: args.max_batch,
+        idle: Duration::from_secs(args.idle_timeout),
+    };
+    let admission = Admission::new(args.max_connections, args.max_connections_per_ip, args.limit_loopback);
+
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.electrum_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.electrum_addr))?;
-        info!(addr = %listener.local_addr()?, tip = ?state.tip.borrow().map(|t| t.height), "serving Electrum over TCP");
-        tokio::spawn(state::catch_up_loop(state.clone(), Duration::from_millis(args.catch_up_ms)));
-        tokio::spawn(state::mempool_loop(state.clone(), Duration::from_millis(args.mempool_ms)));
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            anyhow::Ok(())
-        };
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        tokio::spawn(session::serve(stream, state.clone()));
-                    }
-                    Err(e) => warn!("accept failed: {e}"),
-                },
-                _ = &mut shutdown => {
-                    info!("shutting down");
-                    return Ok(());
-                }
+        let mut listeners = Vec::new();
+        for (addr, transport) in [
+            (tcp_addr, Transport::Tcp),
+            (args.tls_addr, Transport::Tls),
+            (args.ws_addr, Transport::Ws),
+            (args.wss_addr, Transport::Wss),
+        ] {
+            if let Some(addr) = addr {
+                listeners.push((listen::bind(addr, transport).await?, transport));
             }
         }
+        anyhow::ensure!(!listeners.is_empty(), "no listener: give at least one of the listen addresses");
+        let info = info(&args, &listeners)?;
+        let state = state::State::new(args.node.network, index, rpc, info, limits, metrics);
+        info!(tip = ?state.tip.borrow().map(|t| t.height), "index opened");
+        zmq::spawn(state.clone(), published);
+        tokio::spawn(state::catch_up_loop(state.clone(), Duration::from_millis(args.catch_up_ms)));
+        tokio::spawn(state::mempool_loop(state.clone(), Duration::from_millis(args.mempool_ms)));
+        for (listener, transport) in listeners {
+            let acceptor = matches!(transport, Transport::Tls | Transport::Wss).then(|| tls.clone().unwrap());
+            tokio::spawn(listen::accept_loop(
+                listener,
+                transport,
+                acceptor,
+                state.clone(),
+                admission.clone(),
+            ));
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("shutting down");
+        Ok(())
+    })?;
+    // Sessions blocked on slow clients are not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// What `server.*` reports: banner, donation address, our hosts and ports, configured peers.
+fn info(args: &Args, listeners: &[(tokio::net::TcpListener, Transport)]) -> Result<methods::Info> {
+    let mut ports = serde_json::Map::new();
+    let mut host = args.public_host.clone();
+    for (l, t) in listeners {
+        let addr = l.local_addr()?;
+        host.get_or_insert_with(|| addr.ip().to_string());
+        let key = match t {
+            Transport::Tcp => "tcp_port",
+            Transport::Tls => "ssl_port",
+            Transport::Ws => "ws_port",
+            Transport::Wss => "wss_port",
+        };
+        ports.insert(key.into(), json!(addr.port()));
+    }
+    let mut hosts = serde_json::Map::new();
+    hosts.insert(host.unwrap_or_default(), serde_json::Value::Object(ports));
+    let peers = args
+        .peers
+        .iter()
+        .map(|p| {
+            let mut words = p.split_whitespace();
+            let host = words.next().context("--peer needs a host")?.to_string();
+            let features: Vec<String> = words.map(str::to_string).collect();
+            anyhow::ensure!(
+                features.iter().all(|f| f.starts_with(['t', 's', 'v', 'p'])),
+                "--peer {p:?}: features are tPORT, sPORT, vVERSION or pPRUNING"
+            );
+            Ok(json!([host, host, features]))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(methods::Info {
+        banner: args
+            .banner
+            .clone()
+            .unwrap_or_else(|| format!("Welcome to blkindex {}", env!("CARGO_PKG_VERSION"))),
+        donation_address: args.donation_address.clone(),
+        hosts,
+        peers,
+        max_history: args.max_history,
     })
 }

@@ -3,7 +3,7 @@
 //! Refreshed from `getrawmempool true`; new transactions come from `getrawtransaction` and the
 //! scripts they spend from their mempool parent or the index.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use anyhow::{Context, Result};
 use bitcoin::{OutPoint, Transaction, Txid};
@@ -29,7 +29,14 @@ pub struct MempoolTx {
 pub struct Mempool {
     pub txs: HashMap<Txid, MempoolTx>,
     by_script: HashMap<ScriptHash, HashSet<Txid>>,
+    /// Which mempool transaction spends each outpoint.
+    pub spenders: HashMap<OutPoint, Txid>,
+    /// Arrivals, newest last (some may have left since).
+    arrivals: VecDeque<Txid>,
 }
+
+/// Arrivals remembered for `mempool.recent`.
+const ARRIVALS: usize = 1000;
 
 /// A script's unconfirmed side.
 #[derive(Default, Debug)]
@@ -110,12 +117,24 @@ impl Mempool {
         for sh in &scripts {
             self.by_script.entry(*sh).or_default().insert(txid);
         }
+        for (op, ..) in &spent {
+            self.spenders.insert(*op, txid);
+        }
+        if self.arrivals.len() == ARRIVALS {
+            self.arrivals.pop_front();
+        }
+        self.arrivals.push_back(txid);
         self.txs.insert(txid, MempoolTx { tx, fee, vsize, unconfirmed_parent, spent, funded });
         Ok(scripts)
     }
 
     fn remove(&mut self, txid: &Txid, changed: &mut HashSet<ScriptHash>) {
         let Some(entry) = self.txs.remove(txid) else { return };
+        for (op, ..) in &entry.spent {
+            if self.spenders.get(op) == Some(txid) {
+                self.spenders.remove(op);
+            }
+        }
         for sh in entry.spent.iter().map(|s| s.2).chain(entry.funded.iter().copied()) {
             if let Some(set) = self.by_script.get_mut(&sh) {
                 set.remove(txid);
@@ -125,6 +144,23 @@ impl Mempool {
             }
             changed.insert(sh);
         }
+    }
+
+    /// The last `n` transactions to arrive that are still here, newest first.
+    pub fn recent(&self, n: usize) -> Vec<(Txid, &MempoolTx)> {
+        let mut seen = HashSet::new();
+        self.arrivals
+            .iter()
+            .rev()
+            .filter(|t| seen.insert(**t))
+            .filter_map(|t| self.txs.get(t).map(|e| (*t, e)))
+            .take(n)
+            .collect()
+    }
+
+    /// Electrum's height of an unconfirmed transaction: -1 when it spends another one, else 0.
+    pub fn height(&self, txid: &Txid) -> Option<i32> {
+        self.txs.get(txid).map(|e| if e.unconfirmed_parent { -1 } else { 0 })
     }
 
     /// `mempool.get_fee_histogram`: (fee rate in sat/vB, vsize) pairs, rates descending, each
@@ -180,11 +216,16 @@ impl Mempool {
             }
         }
         out.unspent = funded.into_iter().filter(|(op, _)| !out.spent.contains(op)).collect();
-        // Electrum 1.6: -height ascending (0 before -1), then txid in its displayed hex.
-        out.history.sort_by_key(|h| (-h.1, h.0.to_string()));
+        electrum_order(&mut out.history);
         out.unspent.sort();
         out
     }
+}
+
+/// Electrum 1.6's order of unconfirmed entries: -height ascending (0 before -1), then the txid
+/// as displayed (not its internal byte order).
+pub fn electrum_order(history: &mut [(Txid, i32, u64)]) {
+    history.sort_by_key(|h| (-h.1, h.0.to_string()));
 }
 
 #[cfg(test)]

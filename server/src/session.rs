@@ -1,60 +1,70 @@
-//! One client connection: newline-framed JSON-RPC 1.0/2.0 requests and batches in, replies and
-//! notifications out. A bounded outgoing queue keeps a slow reader from growing our memory: a
-//! reply waits for room, a notification that finds the queue full ends the session.
+//! One client connection, whatever carries it (`listen` supplies the transport): JSON-RPC 1.0/2.0
+//! requests and batches in, replies and notifications out. A bounded outgoing queue keeps a
+//! slow reader from growing our memory: a reply waits for room, a notification that finds the
+//! queue full ends the session. A session that sends no complete request for the idle timeout is
+//! closed, which also ends connections that trickle bytes without ever finishing a line.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::debug;
 
 use blkindex_shared::ScriptHash;
 
 use crate::methods::{self, RpcError, Session};
-use crate::state::State;
+use crate::state::{State, Tip};
 
-/// Longest request line accepted (a raw transaction to broadcast fits easily).
-pub const MAX_LINE: usize = 4 << 20;
-/// Most requests in one batch.
-pub const MAX_BATCH: usize = 100;
 /// Replies and notifications waiting to be written.
-const OUT_QUEUE: usize = 64;
+pub const OUT_QUEUE: usize = 64;
 
-pub async fn serve(stream: TcpStream, state: Arc<State>) {
-    let peer = stream.peer_addr().ok();
-    let (read, mut write) = stream.into_split();
-    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
-    let (out_tx, mut out_rx) = mpsc::channel::<String>(OUT_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(mut line) = out_rx.recv().await {
-            line.push('\n');
-            if write.write_all(line.as_bytes()).await.is_err() {
-                break;
-            }
-        }
-    });
+/// What a transport hands the session.
+pub enum Incoming {
+    /// One request (or batch): a line on TCP/TLS, a message on WebSocket.
+    Message(String),
+    /// A request longer than the limit: answered with an error, then the session ends.
+    TooLong,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_request: usize,
+    pub max_batch: usize,
+    pub idle: Duration,
+}
+
+pub async fn run(
+    mut input: impl Stream<Item = Incoming> + Unpin,
+    out: mpsc::Sender<String>,
+    state: Arc<State>,
+    peer: SocketAddr,
+) {
+    let limits = state.limits.clone();
     let mut session = Session::default();
     let mut tip_rx = state.tip.subscribe();
     tip_rx.mark_unchanged();
     let mut mempool_rx = state.mempool_changes.subscribe();
+    let idle = tokio::time::sleep(limits.idle);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
-            line = lines.next() => {
-                let line = match line {
+            msg = input.next() => {
+                let text = match msg {
                     None => break,
-                    Some(Ok(line)) => line,
-                    Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                        let _ = out_tx.send(error_reply(&Value::Null, true, -32600, &format!("request longer than {MAX_LINE} bytes"))).await;
+                    Some(Incoming::Message(text)) => text,
+                    Some(Incoming::TooLong) => {
+                        let message = format!("request longer than {} bytes", limits.max_request);
+                        let _ = out.send(error_reply(&Value::Null, true, -32600, &message)).await;
                         break;
                     }
-                    Some(Err(_)) => break,
                 };
-                if let Some(reply) = handle_line(&state, &mut session, &line).await {
-                    if out_tx.send(reply).await.is_err() {
+                idle.as_mut().reset(tokio::time::Instant::now() + limits.idle);
+                if let Some(reply) = handle_message(&state, &mut session, &text).await {
+                    if out.send(reply).await.is_err() {
                         break;
                     }
                 }
@@ -63,15 +73,19 @@ pub async fn serve(stream: TcpStream, state: Arc<State>) {
                 }
             }
             changes = mempool_rx.recv() => {
-                let touched: Option<std::collections::HashSet<ScriptHash>> = match changes {
+                let touched: Option<HashSet<ScriptHash>> = match changes {
                     Ok(set) => Some((*set).clone()),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None, // recheck all
                     Err(_) => break,
                 };
-                let subs: Vec<ScriptHash> =
-                    session.scripthashes.keys().filter(|sh| touched.as_ref().is_none_or(|t| t.contains(sh))).copied().collect();
-                if !notify_scripts(&state, &mut session, &out_tx, subs, Vec::new()).await {
-                    debug!(?peer, "client too slow to read notifications; closing");
+                let scripts: Vec<ScriptHash> = session
+                    .scripts
+                    .keys()
+                    .filter(|sh| touched.as_ref().is_none_or(|t| t.contains(sh)))
+                    .copied()
+                    .collect();
+                if !notify(&state, &mut session, &out, scripts, Vec::new()).await {
+                    debug!(%peer, "client too slow to read notifications; closing");
                     break;
                 }
             }
@@ -81,59 +95,80 @@ pub async fn serve(stream: TcpStream, state: Arc<State>) {
                 }
                 let tip = *tip_rx.borrow_and_update();
                 if let Some(tip) = tip {
-                    if !notify(&state, &mut session, &out_tx, tip).await {
-                        debug!(?peer, "client too slow to read notifications; closing");
+                    let msgs = tip_notifications(&session, tip);
+                    let scripts = session.scripts.keys().copied().collect();
+                    if !notify(&state, &mut session, &out, scripts, msgs).await {
+                        debug!(%peer, "client too slow to read notifications; closing");
                         break;
                     }
                 }
             }
+            _ = &mut idle => {
+                debug!(%peer, "idle for {:?}; closing", limits.idle);
+                let message = format!("no request for {} s", limits.idle.as_secs());
+                let _ = out.try_send(error_reply(&Value::Null, true, -32000, &message));
+                break;
+            }
         }
     }
-    drop(out_tx);
-    let _ = writer.await;
-    debug!(?peer, "session ended");
+    debug!(%peer, "session ended");
 }
 
-/// Notifications for a new tip: the header, and every subscribed script whose status changed.
-/// False when the client does not keep up.
-async fn notify(
-    state: &Arc<State>,
-    s: &mut methods::Session,
-    out: &mpsc::Sender<String>,
-    tip: crate::state::Tip,
-) -> bool {
+fn tip_notifications(s: &Session, tip: Tip) -> Vec<String> {
     let mut msgs = Vec::new();
-    if s.headers_subscribed {
+    if let Some(form) = s.headers {
         msgs.push(notification(
             "blockchain.headers.subscribe",
-            json!([methods::header_notification(tip.height, &tip.header)]),
+            json!([methods::header_json(form, tip.height, &tip.header)]),
         ));
     }
-    let subs: Vec<_> = s.scripthashes.keys().copied().collect();
-    notify_scripts(state, s, out, subs, msgs).await
+    if s.numblocks {
+        msgs.push(notification("blockchain.numblocks.subscribe", json!([tip.height])));
+    }
+    msgs
 }
 
-/// Sends `msgs` and a notification for each of `subs` whose status changed. False when the
-/// client does not keep up.
-async fn notify_scripts(
+/// Sends `msgs`, a notification for each of `scripts` whose status changed, and one for each
+/// subscribed outpoint whose status changed. False when the client does not keep up.
+async fn notify(
     state: &Arc<State>,
-    s: &mut methods::Session,
+    s: &mut Session,
     out: &mpsc::Sender<String>,
-    subs: Vec<ScriptHash>,
+    scripts: Vec<ScriptHash>,
     mut msgs: Vec<String>,
 ) -> bool {
-    if !subs.is_empty() {
-        let statuses = state
+    let outpoints: Vec<bitcoin::OutPoint> = s.outpoints.keys().copied().collect();
+    if !scripts.is_empty() || !outpoints.is_empty() {
+        let fresh = state
             .read(move |i, m| {
-                subs.into_iter()
+                let scripts = scripts
+                    .into_iter()
                     .map(|sh| Ok((sh, methods::status(i, m, &sh)?)))
-                    .collect::<anyhow::Result<Vec<_>>>()
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let outpoints = outpoints
+                    .into_iter()
+                    .map(|op| Ok((op, methods::outpoint_status(i, m, &op)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok((scripts, outpoints))
             })
             .await;
-        for (sh, status) in statuses.unwrap_or_default() {
-            if s.scripthashes.get(&sh) != Some(&status) {
-                s.scripthashes.insert(sh, status.clone());
-                msgs.push(notification("blockchain.scripthash.subscribe", json!([sh.to_string(), status])));
+        let (scripts, outpoints) = fresh.unwrap_or_default();
+        for (sh, status) in scripts {
+            let Some(sub) = s.scripts.get_mut(&sh) else { continue };
+            if sub.status != status {
+                sub.status = status.clone();
+                for (method, name) in &sub.names {
+                    msgs.push(notification(method, json!([name, status])));
+                }
+            }
+        }
+        for (op, status) in outpoints {
+            if s.outpoints.get(&op).is_some_and(|last| *last != status) {
+                msgs.push(notification(
+                    "blockchain.outpoint.subscribe",
+                    json!([op.txid.to_string(), op.vout, status]),
+                ));
+                s.outpoints.insert(op, status);
             }
         }
     }
@@ -144,30 +179,30 @@ fn notification(method: &str, params: Value) -> String {
     json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string()
 }
 
-fn error_reply(id: &Value, v2: bool, code: i64, message: &str) -> String {
+pub fn error_reply(id: &Value, v2: bool, code: i64, message: &str) -> String {
+    error_value(id, v2, code, message).to_string()
+}
+
+fn error_value(id: &Value, v2: bool, code: i64, message: &str) -> Value {
     let error = json!({"code": code, "message": message});
     match v2 {
         true => json!({"jsonrpc": "2.0", "error": error, "id": id}),
         false => json!({"result": null, "error": error, "id": id}),
     }
-    .to_string()
 }
 
-/// One line: a request, or a batch of them. None when nothing is owed (a notification).
-async fn handle_line(state: &Arc<State>, s: &mut Session, line: &str) -> Option<String> {
-    let msg: Value = match serde_json::from_str(line) {
+/// One message: a request, or a batch of them. None when nothing is owed (notifications only).
+async fn handle_message(state: &Arc<State>, s: &mut Session, text: &str) -> Option<String> {
+    let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return Some(error_reply(&Value::Null, true, -32700, &format!("invalid JSON: {e}"))),
     };
     match msg {
         Value::Array(batch) => {
-            if batch.is_empty() || batch.len() > MAX_BATCH {
-                return Some(error_reply(
-                    &Value::Null,
-                    true,
-                    -32600,
-                    &format!("a batch holds 1 to {MAX_BATCH} requests"),
-                ));
+            let max = state.limits.max_batch;
+            if batch.is_empty() || batch.len() > max {
+                let message = format!("a batch holds 1 to {max} requests");
+                return Some(error_reply(&Value::Null, true, -32600, &message));
             }
             let mut replies = Vec::new();
             for req in &batch {
@@ -190,16 +225,9 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     let (Some(method), params) =
         (req.get("method").and_then(Value::as_str), req.get("params").cloned().unwrap_or(json!([])))
     else {
-        return Some(
-            serde_json::from_str(&error_reply(
-                &id.unwrap_or(Value::Null),
-                v2,
-                -32600,
-                "not a JSON-RPC request",
-            ))
-            .unwrap(),
-        );
+        return Some(error_value(&id.unwrap_or(Value::Null), v2, -32600, "not a JSON-RPC request"));
     };
+    let started = Instant::now();
     let result = match params {
         Value::Array(_) | Value::Object(_) => methods::call(state, s, method, &params).await,
         _ => Err(RpcError {
@@ -207,10 +235,11 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
             message: "params must be an array or an object".into(),
         }),
     };
+    state.metrics.request(method, result.is_ok(), started.elapsed());
     let id = id?; // a notification from the client: nothing to answer
     Some(match (result, v2) {
         (Ok(r), true) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
         (Ok(r), false) => json!({"result": r, "error": null, "id": id}),
-        (Err(e), _) => serde_json::from_str(&error_reply(&id, v2, e.code, &e.message)).unwrap(),
+        (Err(e), _) => error_value(&id, v2, e.code, &e.message),
     })
 }

@@ -16,6 +16,9 @@ use blkindex_shared::schema::Height;
 use blkindex_shared::{Net, ScriptHash};
 
 use crate::mempool::Mempool;
+use crate::methods::Info;
+use crate::metrics::Metrics;
+use crate::session::Limits;
 
 /// The indexed tip as sessions see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +37,27 @@ pub struct State {
     pub tip: watch::Sender<Option<Tip>>,
     /// Script hashes whose unconfirmed side changed.
     pub mempool_changes: broadcast::Sender<Arc<HashSet<ScriptHash>>>,
+    /// Wakes the catch-up and mempool tasks early (the node's ZMQ says something changed).
+    pub wake_catch_up: tokio::sync::Notify,
+    pub wake_mempool: tokio::sync::Notify,
+    pub info: Info,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
 }
 
 impl State {
-    pub fn new(net: Net, index: Index, rpc: Rpc) -> Arc<Self> {
+    pub fn new(
+        net: Net,
+        index: Index,
+        rpc: Rpc,
+        info: Info,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let tip = current_tip(&index);
+        if let Some(t) = tip {
+            metrics.tip.set(t.height as i64);
+        }
         Arc::new(State {
             net,
             index: RwLock::new(index),
@@ -46,6 +65,11 @@ impl State {
             rpc,
             tip: watch::Sender::new(tip),
             mempool_changes: broadcast::Sender::new(256),
+            wake_catch_up: Default::default(),
+            wake_mempool: Default::default(),
+            info,
+            limits,
+            metrics,
         })
     }
 
@@ -83,13 +107,16 @@ fn current_tip(index: &Index) -> Option<Tip> {
         .map(|r| Tip { height: index.chain.len() as Height - 1, header: r.header })
 }
 
-/// Follows the indexer: catches the secondary up with the primary every `every`, and announces a
-/// new tip when there is one.
+/// Follows the indexer: catches the secondary up with the primary every `every`, or sooner when
+/// woken, and announces a new tip when there is one.
 pub async fn catch_up_loop(state: Arc<State>, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = state.wake_catch_up.notified() => {}
+        }
         let s = state.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<Option<Tip>> {
             let mut guard = s.index.write().unwrap();
@@ -105,6 +132,7 @@ pub async fn catch_up_loop(state: Arc<State>, every: Duration) {
         match result {
             Ok(Ok(Some(tip))) => {
                 info!(height = tip.height, hash = %tip.header.block_hash(), "new tip");
+                state.metrics.tip.set(tip.height as i64);
                 state.tip.send_replace(Some(tip));
             }
             Ok(Ok(None)) => {}
@@ -114,18 +142,24 @@ pub async fn catch_up_loop(state: Arc<State>, every: Duration) {
     }
 }
 
-/// Keeps the mempool in step with the node's every `every`, and announces what changed.
+/// Keeps the mempool in step with the node's every `every`, or sooner when woken, and announces
+/// what changed.
 pub async fn mempool_loop(state: Arc<State>, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failing = false;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = state.wake_mempool.notified() => {}
+        }
         let s = state.clone();
         let result = tokio::task::spawn_blocking(move || {
             let index = s.index.read().unwrap();
             let mut mempool = s.mempool.write().unwrap();
-            mempool.sync(&s.rpc, &index)
+            let changed = mempool.sync(&s.rpc, &index);
+            s.metrics.mempool_txs.set(mempool.txs.len() as i64);
+            changed
         })
         .await;
         match result {

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -19,26 +17,7 @@ use blkindex_testkit::expect::expected;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-use common::{indexer_bin, Server};
-
-/// Sends raw lines and reads one reply line per expected reply (or until the server closes).
-fn raw(addr: &str, lines: &[&str], replies: usize) -> Vec<String> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    for l in lines {
-        // The server may close first (an oversized line, no common version): read what it sent.
-        if s.write_all(l.as_bytes()).and_then(|_| s.write_all(b"\n")).is_err() {
-            break;
-        }
-    }
-    let mut r = BufReader::new(s);
-    (0..replies)
-        .map_while(|_| {
-            let mut line = String::new();
-            (r.read_line(&mut line).ok()? > 0).then_some(line)
-        })
-        .collect()
-}
+use common::{indexer_bin, raw, session, Server};
 
 fn setup() -> Result<(Node, tempfile::TempDir, Indexer, Server)> {
     let node = Node::start(NodeOptions::default())?;
@@ -176,7 +155,7 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() -> Result<()> {
     // Version negotiation: no common version closes the connection after the error.
     let replies = raw(
         &server.addr,
-        &[r#"{"id":6,"method":"server.version","params":["x","1.0"]}"#, r#"{"id":7,"method":"server.ping"}"#],
+        &[r#"{"id":6,"method":"server.version","params":["x",["1.8","2.0"]]}"#, r#"{"id":7,"method":"server.ping"}"#],
         2,
     );
     assert_eq!(replies.len(), 1);
@@ -274,17 +253,10 @@ fn unconfirmed_transactions_count_and_notify() -> Result<()> {
     Ok(())
 }
 
-/// Sends requests on one connection and returns the replies, in order.
-fn session(addr: &str, requests: &[Value]) -> Vec<Value> {
-    let lines: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    raw(addr, &lines, requests.len()).iter().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 #[test]
 fn shapes_follow_the_negotiated_version() -> Result<()> {
     let (node, _dir, _indexer, server) = setup()?;
-    let req = |id: u32, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let req = common::req;
     let v14 = session(
         &server.addr,
         &[

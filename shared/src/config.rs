@@ -23,6 +23,23 @@ pub struct NodeConfig {
     pub zmq: HashMap<String, String>,
 }
 
+impl NodeConfig {
+    /// Where the node publishes ZMQ notifications, as (topic, endpoint): what the node itself
+    /// says (`getzmqnotifications`), then `bitcoin.conf`.
+    pub fn zmq_notifications(&self, rpc: &crate::rpc::Rpc) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = Vec::new();
+        if let Ok(v) = rpc.call("getzmqnotifications", serde_json::json!([])) {
+            for n in v.as_array().into_iter().flatten() {
+                if let (Some(t), Some(a)) = (n["type"].as_str(), n["address"].as_str()) {
+                    found.push((t.trim_start_matches("pub").to_string(), a.to_string()));
+                }
+            }
+        }
+        found.extend(self.zmq.iter().map(|(t, a)| (t.clone(), a.clone())));
+        found
+    }
+}
+
 /// `bitcoin.conf` settings that apply to `net`: top-level ones, overridden by the network's section.
 pub fn read_bitcoin_conf(path: &Path, net: Net) -> Result<HashMap<String, String>> {
     let text = match std::fs::read_to_string(path) {

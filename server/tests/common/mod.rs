@@ -21,29 +21,36 @@ pub fn indexer_bin() -> PathBuf {
 
 pub struct Server {
     child: Child,
+    /// The TCP listener's address (empty with `--electrum-addr off`).
     pub addr: String,
+    log: PathBuf,
 }
 
 impl Server {
     /// Starts the server on a port the OS picks (no race with other tests for a free port) and
     /// reads the address from its log.
     pub fn start(node: &Node, db: &Path) -> Result<Self> {
-        let log = db.with_extension("server.log");
+        Self::start_with(node, db, &[])
+    }
+
+    /// As `start`, with more flags (which may override the defaults given here).
+    pub fn start_with(node: &Node, db: &Path, extra: &[&str]) -> Result<Self> {
+        let log = db.with_extension(format!("server{}.log", std::process::id() ^ rand_suffix()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
             .args(["--network", "regtest", "--datadir"])
             .arg(&node.datadir)
             .arg("--db")
             .arg(db)
             .args(["--daemon-rpc-addr", &node.rpc_addr(), "--electrum-addr", "127.0.0.1:0"])
+            .args(extra)
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) =
-                text.split("serving Electrum over TCP addr=").nth(1).and_then(|r| r.split_whitespace().next())
-            {
-                return Ok(Server { child, addr: addr.to_string() });
+            if text.contains("index opened") {
+                let addr = logged_addr(&text, "serving Electrum over TCP").unwrap_or_default();
+                return Ok(Server { child, addr, log });
             }
             if let Some(status) = child.try_wait()? {
                 anyhow::bail!("the server exited ({status}): {text}");
@@ -51,6 +58,16 @@ impl Server {
             anyhow::ensure!(Instant::now() < deadline, "the server did not listen: {text}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The address a listener logged, e.g. "serving Electrum over TLS" or "serving metrics".
+    pub fn addr_of(&self, what: &str) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        logged_addr(&text, what).unwrap_or_else(|| panic!("no {what:?} in the log: {text}"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn client(&self) -> Client {
@@ -63,4 +80,49 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn logged_addr(log: &str, what: &str) -> Option<String> {
+    let rest = log.split(what).nth(1)?;
+    let rest = rest.split("addr=").nth(1)?;
+    rest.split_whitespace().next().map(str::to_string)
+}
+
+/// Tells apart the logs of servers started on one index.
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed) << 20
+}
+
+/// Sends raw lines and reads one reply line per expected reply (or until the server closes).
+pub fn raw(addr: &str, lines: &[&str], replies: usize) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for l in lines {
+        // The server may close first (an oversized line, no common version): read what it sent.
+        if s.write_all(l.as_bytes()).and_then(|_| s.write_all(b"\n")).is_err() {
+            break;
+        }
+    }
+    let mut r = BufReader::new(s);
+    (0..replies)
+        .map_while(|_| {
+            let mut line = String::new();
+            (r.read_line(&mut line).ok()? > 0).then_some(line)
+        })
+        .collect()
+}
+
+/// Sends requests on one connection and returns the replies, in order.
+pub fn session(addr: &str, requests: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let lines: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    raw(addr, &lines, requests.len()).iter().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A JSON-RPC 2.0 request.
+pub fn req(id: u32, method: &str, params: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }

@@ -1,0 +1,293 @@
+//! Listeners and transports: TCP and TLS carry newline-framed JSON, WebSocket (ws, and wss over
+//! TLS) carries one JSON message per frame. Each accepted connection is admitted against the
+//! connection limits, then handed to `session::run` with a writer task that owns the socket.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tracing::{debug, info, warn};
+
+use crate::session::{self, error_reply, Incoming, OUT_QUEUE};
+use crate::state::State;
+
+/// A client that does not take a write within this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for the TLS and WebSocket handshakes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+}
+
+/// Loads a certificate chain and its private key (PEM files) for the TLS listeners.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading a private key from {}", key.display()))?;
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("the TLS certificate and key do not fit together")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Connection limits: in all, and per client address (loopback exempt unless asked).
+pub struct Admission {
+    pub max_total: usize,
+    pub max_per_ip: usize,
+    pub limit_loopback: bool,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// An admitted connection; dropping it frees its place.
+pub struct Admitted {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    pub fn new(max_total: usize, max_per_ip: usize, limit_loopback: bool) -> Arc<Self> {
+        Arc::new(Admission { max_total, max_per_ip, limit_loopback, open: Mutex::new((0, HashMap::new())) })
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let mut open = self.open.lock().unwrap();
+        if open.0 >= self.max_total {
+            return Err("the server is full");
+        }
+        let per_ip = open.1.entry(ip).or_default();
+        if *per_ip >= self.max_per_ip && (self.limit_loopback || !ip.is_loopback()) {
+            return Err("too many connections from your address");
+        }
+        *per_ip += 1;
+        open.0 += 1;
+        Ok(Admitted { admission: self.clone(), ip })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.admission.open.lock().unwrap();
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+pub async fn bind(addr: SocketAddr, transport: Transport) -> Result<TcpListener> {
+    let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    info!(addr = %l.local_addr()?, transport = transport.name(), "serving Electrum over {}", transport.name().to_uppercase());
+    Ok(l)
+}
+
+pub async fn accept_loop(
+    listener: TcpListener,
+    transport: Transport,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    admission: Arc<Admission>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, usually: wait rather than spin.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match admission.admit(peer.ip()) {
+            Ok(admitted) => {
+                tokio::spawn(connection(stream, peer, transport, tls.clone(), state.clone(), admitted));
+            }
+            Err(reason) => {
+                debug!(%peer, "refused: {reason}");
+                state.metrics.rejected.with_label_values(&[reason]).inc();
+                tokio::spawn(refuse(stream, transport, reason));
+            }
+        }
+    }
+}
+
+/// Tells a refused TCP client why (others get the connection closed).
+async fn refuse(mut stream: TcpStream, transport: Transport, reason: &str) {
+    if transport == Transport::Tcp {
+        let line = error_reply(&serde_json::Value::Null, true, -32000, reason) + "\n";
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    _admitted: Admitted,
+) {
+    let gauge = state.metrics.connections.with_label_values(&[transport.name()]);
+    gauge.inc();
+    let result = async {
+        match transport {
+            Transport::Tcp => {
+                let (r, w) = stream.into_split();
+                serve_lines(r, w, state.clone(), peer).await;
+            }
+            Transport::Tls => {
+                let tls_stream = handshake(tls.unwrap().accept(stream)).await?;
+                let (r, w) = tokio::io::split(tls_stream);
+                serve_lines(r, w, state.clone(), peer).await;
+            }
+            Transport::Ws => {
+                let ws = handshake(websocket(stream, &state)).await?;
+                serve_websocket(ws, state.clone(), peer).await;
+            }
+            Transport::Wss => {
+                let tls_stream = handshake(tls.unwrap().accept(stream)).await?;
+                let ws = handshake(websocket(tls_stream, &state)).await?;
+                serve_websocket(ws, state.clone(), peer).await;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        debug!(%peer, "{} handshake failed: {e:#}", transport.name());
+    }
+    gauge.dec();
+}
+
+async fn handshake<T, E: std::error::Error + Send + Sync + 'static>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T> {
+    Ok(tokio::time::timeout(HANDSHAKE_TIMEOUT, f).await.context("timed out")??)
+}
+
+fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    state: &State,
+) -> impl std::future::Future<Output = Result<tokio_tungstenite::WebSocketStream<S>, tungstenite::Error>> {
+    let max = state.limits.max_request;
+    let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
+    tokio_tungstenite::accept_async_with_config(stream, Some(config))
+}
+
+/// Newline-framed JSON over a byte stream (TCP, TLS).
+async fn serve_lines<R, W>(r: R, w: W, state: Arc<State>, peer: SocketAddr)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<String>(OUT_QUEUE);
+    let writer = tokio::spawn(write_lines(w, rx));
+    // `scan` ends the stream at the first None: a read error ends the session.
+    let lines = FramedRead::new(r, LinesCodec::new_with_max_length(state.limits.max_request));
+    let input = lines.scan((), |_, r| {
+        std::future::ready(match r {
+            Ok(line) => Some(Incoming::Message(line)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Some(Incoming::TooLong),
+            Err(LinesCodecError::Io(_)) => None,
+        })
+    });
+    session::run(Box::pin(input), tx, state, peer).await;
+    let _ = writer.await;
+}
+
+/// Writes each queued message and a newline, flushing when the queue runs dry (so a batch of
+/// notifications goes out in one write), and gives up on a client that stops reading.
+async fn write_lines<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<String>) {
+    let mut w = BufWriter::new(w);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(line) = next {
+            let write = async {
+                w.write_all(line.as_bytes()).await?;
+                w.write_all(b"\n").await
+            };
+            if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, w.flush()).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// One JSON message per WebSocket text (or binary) frame, no newlines.
+async fn serve_websocket<S>(ws: tokio_tungstenite::WebSocketStream<S>, state: Arc<State>, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<String>(OUT_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let send = sink.send(Message::text(msg));
+            if !matches!(tokio::time::timeout(WRITE_TIMEOUT, send).await, Ok(Ok(()))) {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    // `scan` ends the stream at the first None: a close frame or an error ends the session.
+    let input = stream
+        .scan((), |_, m| {
+            std::future::ready(match m {
+                Ok(Message::Text(t)) => Some(Some(Incoming::Message(t.to_string()))),
+                Ok(Message::Binary(b)) => {
+                    Some(Some(Incoming::Message(String::from_utf8_lossy(&b).into_owned())))
+                }
+                Ok(Message::Close(_)) => None,
+                Ok(_) => Some(None), // ping, pong, raw frames: tungstenite answers pings itself
+                Err(tungstenite::Error::Capacity(_)) => Some(Some(Incoming::TooLong)),
+                Err(_) => None,
+            })
+        })
+        .filter_map(std::future::ready);
+    session::run(Box::pin(input), tx, state, peer).await;
+    let _ = writer.await;
+}

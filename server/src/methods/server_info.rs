@@ -1,0 +1,139 @@
+//! `server.*`: version negotiation, features, banner, peers, ping.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::*;
+
+pub fn software() -> String {
+    format!("blkindex {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Longest `server.ping` pong (1.7) served.
+const MAX_PONG: u64 = 1 << 20;
+
+pub fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -> Reply {
+    let v = s.version();
+    match method {
+        "server.version" => server_version(s, params),
+        "server.banner" => Ok(json!(state.info.banner)),
+        "server.donation_address" => Ok(json!(state.info.donation_address)),
+        "server.peers.subscribe" => Ok(json!(state.info.peers)),
+        // We do not discover or keep peers, so a peer announcing itself is not taken.
+        "server.add_peer" => Ok(json!(false)),
+        "server.features" => {
+            let mut f = json!({
+                "genesis_hash": state.net.genesis_hash().to_string(),
+                "hosts": state.info.hosts,
+                "protocol_min": version_string(PROTOCOL_MIN),
+                "protocol_max": version_string(PROTOCOL_MAX),
+                "server_version": software(),
+                "pruning": null,
+            });
+            if v < (1, 7, 0) {
+                f["hash_function"] = json!("sha256");
+            }
+            Ok(f)
+        }
+        "server.ping" if v >= (1, 7, 0) => {
+            // 1.7: padding both ways against traffic analysis; `data` is any hex and ignored.
+            if let Some(d) = arg(params, 1, "data") {
+                d.as_str()
+                    .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or_else(|| err(INVALID_PARAMS, "data must be a hex string"))?;
+            }
+            let len = match arg(params, 0, "pong_len") {
+                None => 0,
+                Some(n) => n
+                    .as_u64()
+                    .filter(|n| *n <= MAX_PONG)
+                    .ok_or_else(|| err(INVALID_PARAMS, format!("pong_len must be 0 to {MAX_PONG}")))?,
+            };
+            Ok(json!({"data": "0".repeat(len as usize)}))
+        }
+        "server.ping" => Ok(Value::Null),
+        _ => unreachable!("{method} is routed here by its family"),
+    }
+}
+
+/// `server.version(client_name, protocol_version)`: protocol_version is one version or a
+/// [min, max] pair; the highest version both speak wins; none in common ends the session.
+fn server_version(s: &mut Session, params: &Value) -> Reply {
+    if s.version.is_some() {
+        return Err(err(BAD_REQUEST, "server.version already sent"));
+    }
+    let (min, max) = match arg(params, 1, "protocol_version") {
+        None => (UNNEGOTIATED_DEFAULT, UNNEGOTIATED_DEFAULT),
+        Some(Value::String(v)) => {
+            let v = parse_version(v)
+                .ok_or_else(|| err(BAD_REQUEST, format!("invalid protocol version {v:?}")))?;
+            (v, v)
+        }
+        Some(Value::Array(a)) if a.len() == 2 => {
+            let p = |v: &Value| v.as_str().and_then(parse_version);
+            match (p(&a[0]), p(&a[1])) {
+                (Some(lo), Some(hi)) => (lo, hi),
+                _ => return Err(err(BAD_REQUEST, "invalid protocol version range")),
+            }
+        }
+        Some(_) => return Err(err(BAD_REQUEST, "protocol_version must be a string or [min, max]")),
+    };
+    let Some(&chosen) = VERSIONS.iter().rev().find(|v| min <= **v && **v <= max) else {
+        s.close = true;
+        return Err(err(
+            BAD_REQUEST,
+            format!(
+                "unsupported protocol version: this server speaks {} to {}",
+                version_string(PROTOCOL_MIN),
+                version_string(PROTOCOL_MAX)
+            ),
+        ));
+    };
+    s.version = Some(chosen);
+    // 1.0 answered with the server's version alone.
+    Ok(match chosen {
+        (1, 0, 0) => json!(software()),
+        _ => json!([software(), version_string(chosen)]),
+    })
+}
+
+/// The spec's default `protocol_version` argument.
+const UNNEGOTIATED_DEFAULT: Version = (1, 4, 0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version_or_closes() {
+        let nego = |p: Value| {
+            let mut s = Session::default();
+            let r = server_version(&mut s, &p);
+            let version = r.ok().map(|v| match v {
+                Value::Array(a) => a[1].as_str().unwrap().to_string(),
+                other => format!("bare {}", other.as_str().unwrap().split(' ').next().unwrap()),
+            });
+            (version, s.close)
+        };
+        assert_eq!(nego(json!(["c", ["1.1", "1.9"]])), (Some("1.7".into()), false));
+        assert_eq!(nego(json!(["c", ["1.4", "1.6"]])), (Some("1.6".into()), false));
+        assert_eq!(nego(json!(["c", ["1.4", "1.4.2"], "trailing", 9999.9])), (Some("1.4.2".into()), false));
+        assert_eq!(nego(json!(["c", "1.4"])), (Some("1.4".into()), false));
+        assert_eq!(nego(json!(["c"])), (Some("1.4".into()), false));
+        assert_eq!(
+            nego(json!({"client_name": "c", "protocol_version": "1.4.1"})),
+            (Some("1.4.1".into()), false)
+        );
+        assert_eq!(nego(json!(["c", "1.2"])), (Some("1.2".into()), false));
+        assert_eq!(nego(json!(["c", "1.0"])), (Some("bare blkindex".into()), false));
+        // 1.5 was never defined: a range ending there gets the version before it.
+        assert_eq!(nego(json!(["c", ["1.4", "1.5"]])), (Some("1.4.2".into()), false));
+        assert_eq!(nego(json!(["c", "1.5"])), (None, true));
+        assert_eq!(nego(json!(["c", ["1.8", "1.9"]])), (None, true));
+        assert_eq!(nego(json!(["c", "0.9"])), (None, true));
+        let mut s = Session::default();
+        server_version(&mut s, &json!(["c", "1.4"])).unwrap();
+        assert!(server_version(&mut s, &json!(["c", "1.4"])).is_err());
+    }
+}
