@@ -155,7 +155,10 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() -> Result<()> {
     // Version negotiation: no common version closes the connection after the error.
     let replies = raw(
         &server.addr,
-        &[r#"{"id":6,"method":"server.version","params":["x",["1.8","2.0"]]}"#, r#"{"id":7,"method":"server.ping"}"#],
+        &[
+            r#"{"id":6,"method":"server.version","params":["x",["1.8","2.0"]]}"#,
+            r#"{"id":7,"method":"server.ping"}"#,
+        ],
         2,
     );
     assert_eq!(replies.len(), 1);
