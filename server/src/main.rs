@@ -38,7 +38,7 @@ use listen::{Admission, Transport};
 struct Args {
     #[command(flatten)]
     node: NodeArgs,
-    /// Where this server keeps its secondary instance's files (default: <db>.server).
+    /// Where this server keeps its secondary instances' files (default: <db>.server).
     #[arg(long, env = "BLKINDEX_SECONDARY_DIR")]
     secondary_dir: Option<PathBuf>,
     /// Address for Electrum clients over TCP ("off": no TCP listener).
@@ -123,9 +123,15 @@ fn run() -> Result<()> {
         _ => anyhow::bail!("--tls-addr and --wss-addr need both --tls-cert and --tls-key"),
     };
     let secondary = args.secondary_dir.clone().unwrap_or_else(|| args.node.db.with_extension("server"));
-    let store = Store::open(&args.node.db, Mode::Secondary(secondary))?;
-    store.check_identity(args.node.network, false)?;
-    let index = Index::new(store, BlockFiles::open(&node.blocks_dir)?)?;
+    // Two secondary instances that take turns (see `state`).
+    let open = |which: &str| -> Result<Index> {
+        std::fs::create_dir_all(secondary.join(which))
+            .with_context(|| format!("creating {}", secondary.join(which).display()))?;
+        let store = Store::open(&args.node.db, Mode::Secondary(secondary.join(which)))?;
+        store.check_identity(args.node.network, false)?;
+        Index::new(store, BlockFiles::open(&node.blocks_dir)?)
+    };
+    let (index, standby) = (open("a")?, open("b")?);
     let rpc = Rpc::new(&node.rpc_addr, node.auth.clone());
     let published = node.zmq_notifications(&rpc);
 
@@ -159,7 +165,7 @@ fn run() -> Result<()> {
         let state = state::State::new(args.node.network, index, rpc, info, limits, metrics);
         info!(tip = ?state.tip.borrow().map(|t| t.height), "index opened");
         zmq::spawn(state.clone(), published);
-        tokio::spawn(state::catch_up_loop(state.clone(), Duration::from_millis(args.catch_up_ms)));
+        tokio::spawn(state::catch_up_loop(state.clone(), standby, Duration::from_millis(args.catch_up_ms)));
         tokio::spawn(state::mempool_loop(state.clone(), Duration::from_millis(args.mempool_ms)));
         for (listener, transport) in listeners {
             let acceptor = matches!(transport, Transport::Tls | Transport::Wss).then(|| tls.clone().unwrap());

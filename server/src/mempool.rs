@@ -4,6 +4,7 @@
 //! scripts they spend from their mempool parent or the index.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::RwLock;
 
 use anyhow::{Context, Result};
 use bitcoin::{OutPoint, Transaction, Txid};
@@ -51,60 +52,107 @@ pub struct ScriptMempool {
     pub delta: i64,
 }
 
-impl Mempool {
-    /// Brings the mempool up to date; returns the script hashes whose mempool side changed.
-    pub fn sync(&mut self, rpc: &Rpc, index: &Index) -> Result<HashSet<ScriptHash>> {
-        let listed = rpc.call("getrawmempool", json!([true]))?;
-        let listed = listed.as_object().context("getrawmempool: not an object")?;
-        let mut changed = HashSet::new();
+/// A new mempool transaction, fetched from the node without holding the mempool's lock, with
+/// the confirmed outputs it spends already looked up in the index.
+struct Fetched {
+    txid: Txid,
+    tx: Transaction,
+    fee: u64,
+    vsize: u64,
+    /// Spent outputs of confirmed parents: (value, script hash).
+    confirmed: HashMap<OutPoint, (u64, ScriptHash)>,
+}
+
+/// Brings the mempool up to date; returns the script hashes whose mempool side changed. The node
+/// and the index are asked without holding the lock; only applying the changes takes the write
+/// lock, so requests never wait for RPC round trips.
+pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<HashSet<ScriptHash>> {
+    let listed = rpc.call("getrawmempool", json!([true]))?;
+    let listed = listed.as_object().context("getrawmempool: not an object")?;
+    let (gone, mut new) = {
+        let m = lock.read().unwrap();
         let gone: Vec<Txid> =
-            self.txs.keys().filter(|t| !listed.contains_key(&t.to_string())).copied().collect();
-        for txid in gone {
-            self.remove(&txid, &mut changed);
-        }
-        // Parents before children, so that a child finds its parent's outputs here.
-        let mut new: Vec<(Txid, &Value)> = listed
+            m.txs.keys().filter(|t| !listed.contains_key(&t.to_string())).copied().collect();
+        let new: Vec<(Txid, &Value)> = listed
             .iter()
             .filter_map(|(k, v)| k.parse::<Txid>().ok().map(|t| (t, v)))
-            .filter(|(t, _)| !self.txs.contains_key(t))
+            .filter(|(t, _)| !m.txs.contains_key(t))
             .collect();
-        new.sort_by_key(|(_, v)| v["ancestorcount"].as_u64().unwrap_or(1));
-        for (txid, info) in new {
-            match self.add(rpc, index, txid, info) {
-                Ok(scripts) => changed.extend(scripts),
-                // Mined or replaced since getrawmempool: the next sync settles it.
-                Err(e) => tracing::debug!(%txid, "mempool tx skipped: {e:#}"),
+        (gone, new)
+    };
+    // Parents before children, so that a child finds its parent's outputs when applied.
+    new.sort_by_key(|(_, v)| v["ancestorcount"].as_u64().unwrap_or(1));
+    let new_ids: HashSet<Txid> = new.iter().map(|(t, _)| *t).collect();
+    let fetched: Vec<Fetched> = new
+        .into_iter()
+        .filter_map(|(txid, info)| match fetch(lock, rpc, index, &new_ids, txid, info) {
+            Ok(f) => Some(f),
+            // Mined or replaced since getrawmempool: the next sync settles it.
+            Err(e) => {
+                tracing::debug!(%txid, "mempool tx skipped: {e:#}");
+                None
             }
-        }
-        Ok(changed)
+        })
+        .collect();
+    let mut m = lock.write().unwrap();
+    let mut changed = HashSet::new();
+    for txid in gone {
+        m.remove(&txid, &mut changed);
     }
+    for f in fetched {
+        let txid = f.txid;
+        match m.add(f) {
+            Ok(scripts) => changed.extend(scripts),
+            Err(e) => tracing::debug!(%txid, "mempool tx skipped: {e:#}"),
+        }
+    }
+    Ok(changed)
+}
 
-    fn add(&mut self, rpc: &Rpc, index: &Index, txid: Txid, info: &Value) -> Result<Vec<ScriptHash>> {
-        let raw = rpc.call("getrawtransaction", json!([txid.to_string(), false]))?;
-        let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(raw.as_str().context("hex")?)?;
-        let fee = (info["fees"]["base"].as_f64().context("fees.base")? * 1e8).round() as u64;
-        let vsize = info["vsize"].as_u64().context("vsize")?.max(1);
+fn fetch(
+    lock: &RwLock<Mempool>,
+    rpc: &Rpc,
+    index: &Index,
+    new_ids: &HashSet<Txid>,
+    txid: Txid,
+    info: &Value,
+) -> Result<Fetched> {
+    let raw = rpc.call("getrawtransaction", json!([txid.to_string(), false]))?;
+    let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(raw.as_str().context("hex")?)?;
+    let fee = (info["fees"]["base"].as_f64().context("fees.base")? * 1e8).round() as u64;
+    let vsize = info["vsize"].as_u64().context("vsize")?.max(1);
+    let mut confirmed = HashMap::new();
+    for input in &tx.input {
+        let op = input.previous_output;
+        if new_ids.contains(&op.txid) || lock.read().unwrap().txs.contains_key(&op.txid) {
+            continue; // a mempool parent: read when applied
+        }
+        let funding =
+            index.txs_by_txid(&op.txid)?.pop().context("parent neither confirmed nor in the mempool")?;
+        let parent: Transaction = bitcoin::consensus::deserialize(&funding.raw)?;
+        let out = parent.output.get(op.vout as usize).context("no such output")?;
+        confirmed.insert(op, (out.value.to_sat(), ScriptHash::of(out.script_pubkey.as_bytes())));
+    }
+    Ok(Fetched { txid, tx, fee, vsize, confirmed })
+}
+
+impl Mempool {
+    fn add(&mut self, f: Fetched) -> Result<Vec<ScriptHash>> {
+        let Fetched { txid, tx, fee, vsize, confirmed } = f;
         let mut spent = Vec::with_capacity(tx.input.len());
         let mut unconfirmed_parent = false;
         for input in &tx.input {
             let op = input.previous_output;
-            let (value, script) = match self.txs.get(&op.txid) {
-                Some(parent) => {
+            let (value, sh) = match confirmed.get(&op) {
+                Some(found) => *found,
+                None => {
+                    let parent = self.txs.get(&op.txid).context("the mempool parent has left")?;
                     unconfirmed_parent = true;
                     let out = parent.tx.output.get(op.vout as usize).context("no such parent output")?;
-                    (out.value.to_sat(), out.script_pubkey.to_bytes())
-                }
-                None => {
-                    let funding = index
-                        .txs_by_txid(&op.txid)?
-                        .pop()
-                        .context("parent neither confirmed nor in the mempool")?;
-                    let parent: Transaction = bitcoin::consensus::deserialize(&funding.raw)?;
-                    let out = parent.output.get(op.vout as usize).context("no such output")?;
-                    (out.value.to_sat(), out.script_pubkey.to_bytes())
+                    (out.value.to_sat(), ScriptHash::of(out.script_pubkey.as_bytes()))
                 }
             };
-            spent.push((op, value, ScriptHash::of(&script)));
+            spent.push((op, value, sh));
         }
         let funded: Vec<ScriptHash> =
             tx.output.iter().map(|o| ScriptHash::of(o.script_pubkey.as_bytes())).collect();

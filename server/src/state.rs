@@ -1,5 +1,10 @@
 //! What every session shares: the index (a RocksDB secondary of the indexer's DB and the blk
 //! files), the node's RPC, and the tip, which a catch-up task moves forward and announces.
+//!
+//! The index is double-buffered: two secondary instances take turns. Requests read the current
+//! one (an `Arc` taken at the start, so one request sees one state of the chain and the rows);
+//! the catch-up task brings the other one up to date once its last reader is gone, then swaps
+//! it in. So catching up never makes a request wait, and no request sees a half-applied block.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -29,9 +34,8 @@ pub struct Tip {
 
 pub struct State {
     pub net: Net,
-    /// Read by requests; written only by the catch-up task (which takes the write lock so that
-    /// no request sees the chain half-updated).
-    pub index: RwLock<Index>,
+    /// The current index, swapped (never modified in place) by the catch-up task.
+    index: RwLock<Arc<Index>>,
     pub mempool: RwLock<Mempool>,
     pub rpc: Rpc,
     pub tip: watch::Sender<Option<Tip>>,
@@ -60,7 +64,7 @@ impl State {
         }
         Arc::new(State {
             net,
-            index: RwLock::new(index),
+            index: RwLock::new(Arc::new(index)),
             mempool: RwLock::new(Mempool::default()),
             rpc,
             tip: watch::Sender::new(tip),
@@ -73,6 +77,11 @@ impl State {
         })
     }
 
+    /// The current index.
+    pub fn index(&self) -> Arc<Index> {
+        self.index.read().unwrap().clone()
+    }
+
     /// Runs `f` on the index and the mempool, seen together, on a blocking thread (RocksDB and
     /// blk-file reads block).
     pub async fn read<T: Send + 'static>(
@@ -81,7 +90,7 @@ impl State {
     ) -> Result<T> {
         let state = self.clone();
         tokio::task::spawn_blocking(move || {
-            let index = state.index.read().unwrap();
+            let index = state.index();
             let mempool = state.mempool.read().unwrap();
             f(&index, &mempool)
         })
@@ -107,37 +116,55 @@ fn current_tip(index: &Index) -> Option<Tip> {
         .map(|r| Tip { height: index.chain.len() as Height - 1, header: r.header })
 }
 
-/// Follows the indexer: catches the secondary up with the primary every `every`, or sooner when
-/// woken, and announces a new tip when there is one.
-pub async fn catch_up_loop(state: Arc<State>, every: Duration) {
+/// Follows the indexer with the standby instance: every `every`, or sooner when woken, waits
+/// for its last reader to finish, catches it up with the primary, and swaps it in when it shows
+/// a different tip; then announces the new tip.
+pub async fn catch_up_loop(state: Arc<State>, standby: Index, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut standby = Arc::new(standby);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = state.wake_catch_up.notified() => {}
         }
+        // Readers of the standby are requests that started before the last swap.
+        while Arc::strong_count(&standby) > 1 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let s = state.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<Option<Tip>> {
-            let mut guard = s.index.write().unwrap();
-            let Index { store, chain, .. } = &mut *guard;
-            if let Err(e) = store.catch_up() {
-                tracing::debug!("catch-up failed ({e:#}); reopening the secondary");
-                *store = store.reopen()?;
-            }
-            let changed = chain.sync(store)?;
-            Ok(if changed { current_tip(&guard) } else { None })
+        let result = tokio::task::spawn_blocking(move || -> (Arc<Index>, Result<Option<Tip>>) {
+            let caught_up = (|| {
+                let index = Arc::get_mut(&mut standby).expect("no reader holds the standby");
+                if let Err(e) = index.store.catch_up() {
+                    tracing::debug!("catch-up failed ({e:#}); reopening the secondary");
+                    index.store = index.store.reopen()?;
+                }
+                index.chain.sync(&index.store)?;
+                let tip = current_tip(index);
+                if tip == *s.tip.borrow() {
+                    return Ok(None);
+                }
+                let old = std::mem::replace(&mut *s.index.write().unwrap(), standby.clone());
+                standby = old;
+                Ok(tip)
+            })();
+            (standby, caught_up)
         })
         .await;
+        let (back, result) = match result {
+            Ok(r) => r,
+            Err(e) => panic!("catch-up task failed: {e}"),
+        };
+        standby = back;
         match result {
-            Ok(Ok(Some(tip))) => {
+            Ok(Some(tip)) => {
                 info!(height = tip.height, hash = %tip.header.block_hash(), "new tip");
                 state.metrics.tip.set(tip.height as i64);
                 state.tip.send_replace(Some(tip));
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => warn!("catching up with the indexer failed: {e:#}"),
-            Err(e) => warn!("catch-up task failed: {e}"),
+            Ok(None) => {}
+            Err(e) => warn!("catching up with the indexer failed: {e:#}"),
         }
     }
 }
@@ -155,10 +182,8 @@ pub async fn mempool_loop(state: Arc<State>, every: Duration) {
         }
         let s = state.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let index = s.index.read().unwrap();
-            let mut mempool = s.mempool.write().unwrap();
-            let changed = mempool.sync(&s.rpc, &index);
-            s.metrics.mempool_txs.set(mempool.txs.len() as i64);
+            let changed = crate::mempool::sync(&s.mempool, &s.rpc, &s.index());
+            s.metrics.mempool_txs.set(s.mempool.read().unwrap().txs.len() as i64);
             changed
         })
         .await;

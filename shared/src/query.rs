@@ -61,6 +61,9 @@ impl ScriptState {
     }
 }
 
+/// A transaction read by number: (txnum, bytes, height, position in its block).
+type NumberedTx = (TxNum, Cow<'static, [u8]>, Height, u32);
+
 pub struct Index {
     pub store: Store,
     pub blocks: BlockFiles,
@@ -120,6 +123,35 @@ impl Index {
         Ok((raw, height, pos))
     }
 
+    /// Transactions by number (ascending), reading each block's `txpos` row once, which matters
+    /// for long histories: (txnum, bytes, height, position).
+    fn txs_by_nums(&self, txnums: &[TxNum]) -> Result<Vec<NumberedTx>> {
+        let mut out = Vec::with_capacity(txnums.len());
+        let mut block: Option<(Height, TxNum, Vec<u32>)> = None;
+        for &txnum in txnums {
+            let height = self
+                .chain
+                .height_of_txnum(txnum)
+                .ok_or_else(|| anyhow!("txnum {txnum} is beyond the indexed chain"))?;
+            if block.as_ref().map(|b| b.0) != Some(height) {
+                let txpos = self
+                    .store
+                    .db()
+                    .get_cf(self.store.cf(cf::TXPOS), schema::height_key(height))?
+                    .ok_or_else(|| anyhow!("no txpos row at height {height}"))?;
+                block = Some((height, self.row(height)?.first_txnum, TxPos::offsets(&txpos)?));
+            }
+            let (height, first, offsets) = block.as_ref().unwrap();
+            let pos = (txnum - first) as usize;
+            if pos + 1 >= offsets.len() {
+                bail!("txnum {txnum} is past the {} transactions of block {height}", offsets.len() - 1);
+            }
+            let raw = self.block_range(*height, offsets[pos], offsets[pos + 1] - offsets[pos])?;
+            out.push((txnum, raw, *height, pos as u32));
+        }
+        Ok(out)
+    }
+
     /// The txnums stored under this prefix, ascending, up to the indexed tip.
     fn scan(&self, family: &str, prefix: Prefix) -> Result<Vec<TxNum>> {
         let mut out = self.store.txnums(family, &prefix)?;
@@ -146,8 +178,10 @@ impl Index {
         let mut state = ScriptState::default();
         let mut funded: HashMap<OutPoint, usize> = HashMap::new();
         let mut unspent: Vec<Option<Utxo>> = Vec::new();
-        for txnum in self.scan(cf::SCRIPT, schema::script_prefix(sh))? {
-            let (raw, height, _) = self.tx_by_num(txnum)?;
+        let txnums = self.scan(cf::SCRIPT, schema::script_prefix(sh))?;
+        // Once one output is known to pay the script, others are compared by bytes, not hashed.
+        let mut script: Option<Vec<u8>> = None;
+        for (txnum, raw, height, _) in self.txs_by_nums(&txnums)? {
             let mut tx = Tx::default();
             parse::parse_tx(&mut Reader::new(&raw), &raw, &mut tx)
                 .with_context(|| format!("corrupt transaction {txnum} at height {height}"))?;
@@ -160,9 +194,14 @@ impl Index {
                 }
             }
             for (vout, out) in tx.outputs.iter().enumerate() {
-                if is_unspendable(out.script) || ScriptHash::of(out.script) != *sh {
+                let pays = match &script {
+                    Some(known) => known.as_slice() == out.script,
+                    None => ScriptHash::of(out.script) == *sh,
+                };
+                if !pays || is_unspendable(out.script) {
                     continue;
                 }
+                script.get_or_insert_with(|| out.script.to_vec());
                 let outpoint = OutPoint { txid: tx.txid, vout: vout as u32 };
                 // A BIP30 duplicate replaces the earlier, now unspendable, output.
                 if let Some(i) = funded.insert(outpoint, unspent.len()) {

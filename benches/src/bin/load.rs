@@ -1,0 +1,255 @@
+//! Electrum load generator for `scripts/bench-query.sh`: many connections, each sending a wallet's
+//! mix of requests one at a time (history, balance, unspent, subscribe, transaction, header), for
+//! a fixed time; then thousands of idle subscribed connections. Prints one JSON line: requests per
+//! second, latency percentiles, errors, and the server's RSS under load and with the idle crowd.
+//!
+//! The workload (script hashes, txids, heights) is sampled from the node with a fixed seed, so
+//! every server gets the same requests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bitcoin::hashes::{sha256, Hash};
+use clap::Parser;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use blkindex_shared::rpc::{Auth, Rpc};
+
+#[derive(Parser)]
+struct Args {
+    /// The Electrum server, host:port (TCP).
+    #[arg(long)]
+    server: String,
+    /// The server's process id, for its RSS.
+    #[arg(long)]
+    pid: u32,
+    /// The node's RPC address and cookie file, to sample the workload.
+    #[arg(long)]
+    rpc_addr: String,
+    #[arg(long)]
+    cookie: std::path::PathBuf,
+    /// Busy connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds of load, after `warmup` seconds not measured.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Idle subscribed connections opened after the load (0: skip).
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Blocks sampled for the workload.
+    #[arg(long, default_value_t = 40)]
+    sample_blocks: u64,
+}
+
+struct Workload {
+    scripthashes: Vec<String>,
+    txids: Vec<String>,
+    tip: u64,
+}
+
+fn sample(args: &Args) -> Result<Workload> {
+    let rpc = Rpc::new(&args.rpc_addr, Auth::Cookie(args.cookie.clone()));
+    let tip = rpc.call("getblockcount", json!([]))?.as_u64().context("height")?;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (mut scripthashes, mut txids) = (Vec::new(), Vec::new());
+    for _ in 0..args.sample_blocks {
+        let hash = rpc.call("getblockhash", json!([rng.u64(1..=tip)]))?;
+        let block = rpc.call("getblock", json!([hash, 2]))?;
+        for tx in block["tx"].as_array().context("tx")? {
+            if rng.u8(..) < 8 {
+                txids.push(tx["txid"].as_str().unwrap().to_string());
+            }
+            for out in tx["vout"].as_array().unwrap() {
+                let script = hex::decode(out["scriptPubKey"]["hex"].as_str().unwrap())?;
+                if script.first() != Some(&0x6a) && rng.u8(..) < 8 {
+                    let mut h = sha256::Hash::hash(&script).to_byte_array();
+                    h.reverse();
+                    scripthashes.push(hex::encode(h));
+                }
+            }
+        }
+    }
+    scripthashes.sort();
+    scripthashes.dedup();
+    Ok(Workload { scripthashes, txids, tip })
+}
+
+/// One request of the mix.
+fn request(w: &Workload, rng: &mut fastrand::Rng, id: u64) -> String {
+    let sh = &w.scripthashes[rng.usize(..w.scripthashes.len())];
+    let (method, params) = match rng.u8(0..100) {
+        0..30 => ("blockchain.scripthash.get_history", json!([sh])),
+        30..50 => ("blockchain.scripthash.get_balance", json!([sh])),
+        50..70 => ("blockchain.scripthash.listunspent", json!([sh])),
+        70..80 => ("blockchain.scripthash.subscribe", json!([sh])),
+        80..95 => ("blockchain.transaction.get", json!([w.txids[rng.usize(..w.txids.len())]])),
+        _ => ("blockchain.block.header", json!([rng.u64(0..=w.tip)])),
+    };
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string() + "\n"
+}
+
+struct Conn {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    read: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    line: String,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        let mut c = Conn { write: w, read: BufReader::new(r), line: String::new() };
+        c.call(
+            &(json!({"jsonrpc": "2.0", "id": 0, "method": "server.version", "params": ["load", "1.4"]})
+                .to_string()
+                + "\n"),
+        )
+        .await?;
+        Ok(c)
+    }
+
+    /// Sends one request and reads lines up to its reply (skipping notifications); true when the
+    /// reply is not an error.
+    async fn call(&mut self, req: &str) -> Result<bool> {
+        self.write.write_all(req.as_bytes()).await?;
+        loop {
+            self.line.clear();
+            anyhow::ensure!(
+                self.read.read_line(&mut self.line).await? > 0,
+                "the server closed the connection"
+            );
+            let v: Value = serde_json::from_str(&self.line)?;
+            if v.get("id").is_some() {
+                return Ok(v.get("error").is_none_or(Value::is_null));
+            }
+        }
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rlimit_nofile();
+    let w = Arc::new(sample(&args)?);
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.seconds);
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (w, addr, errors) = (w.clone(), args.server.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            let mut rng = fastrand::Rng::with_seed(c as u64);
+            let mut latencies = Vec::new();
+            let mut id = 1;
+            while Instant::now() < end {
+                let req = request(&w, &mut rng, id);
+                id += 1;
+                let t = Instant::now();
+                let ok = conn.call(&req).await?;
+                if t >= measure_from {
+                    latencies.push(t.elapsed().as_micros() as u64);
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let rss_loaded = rss_mb(args.pid);
+    latencies.sort_unstable();
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied();
+    let n = latencies.len();
+
+    // The idle crowd: each connection negotiates and subscribes to headers and one script that
+    // has no history yet (as a wallet's gap-limit addresses); given up on after two minutes.
+    let mut idle = Vec::with_capacity(args.idle);
+    let mut idle_failed = 0usize;
+    let idle_deadline = Instant::now() + Duration::from_secs(120);
+    let mut rng = fastrand::Rng::with_seed(11);
+    for _ in 0..args.idle {
+        if Instant::now() > idle_deadline {
+            idle_failed += 1;
+            continue;
+        }
+        let fresh: [u8; 32] = std::array::from_fn(|_| rng.u8(..));
+        let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "blockchain.scripthash.subscribe",
+            "params": [hex::encode(fresh)]})
+        .to_string()
+            + "\n";
+        let opened = async {
+            let mut c = Conn::open(&args.server).await?;
+            c.call(
+                &(json!({"jsonrpc": "2.0", "id": 2, "method": "blockchain.headers.subscribe", "params": []})
+                    .to_string()
+                    + "\n"),
+            )
+            .await?;
+            c.call(&sub).await?;
+            anyhow::Ok(c)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), opened).await {
+            Ok(Ok(c)) => idle.push(c),
+            _ => idle_failed += 1,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = rss_mb(args.pid);
+    println!(
+        "{}",
+        json!({
+            "requests": n,
+            "seconds": args.seconds,
+            "rps": n as f64 / args.seconds as f64,
+            "p50_ms": pct(0.50).map(|u| u as f64 / 1000.0),
+            "p99_ms": pct(0.99).map(|u| u as f64 / 1000.0),
+            "errors": errors.load(Ordering::Relaxed),
+            "rss_loaded_mb": rss_loaded,
+            "idle_open": idle.len(),
+            "idle_failed": idle_failed,
+            "rss_idle_mb": rss_idle,
+            "workload": {"scripthashes": w.scripthashes.len(), "txids": w.txids.len(), "connections": args.connections},
+        })
+    );
+    Ok(())
+}
+
+/// Raises the open-files limit to the hard limit (thousands of sockets).
+fn rlimit_nofile() -> std::io::Result<()> {
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        l.rlim_cur = l.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

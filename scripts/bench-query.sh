@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Query benchmark: blkindex-server, electrs 0.10.10 and ElectrumX 1.20.0 on the same node and the
+# same >= 1 GB regtest chain (scripts/bench-chain.sh), one after the other in one run, each under
+# the same load from `load` (benches/src/bin/load.rs): a wallet's mix of requests over many
+# connections, then 10,000 idle subscribed connections.
+#
+# Reports requests/s and its ratio to the best other server, p50/p99 latency, RSS under load and
+# with the idle crowd; writes the table to $BENCH_DIR/query-<date>.md and prints it.
+#
+# Fairness: every server reads the same node (started with -txindex=1, which ElectrumX needs for
+# transaction.get); only the server under test runs during its load. ElectrumX runs with cost
+# throttling off (COST_SOFT_LIMIT=0, COST_HARD_LIMIT=0), MAX_SESSIONS=20000, and unpadded TCP
+# responses (scripts/bench/electrumx-unpadded.py); electrs with its defaults.
+#
+# Environment: BENCH_DIR (default ~/.cache/blkindex/bench), BENCH_CONNECTIONS (64),
+# BENCH_SECONDS (20), BENCH_IDLE (10000), BENCH_SERVERS (default "blkindex electrs electrumx").
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+export BENCH_DIR=${BENCH_DIR:-$HOME/.cache/blkindex/bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blkindex/target}
+connections=${BENCH_CONNECTIONS:-64}
+seconds=${BENCH_SECONDS:-20}
+idle=${BENCH_IDLE:-10000}
+servers=${BENCH_SERVERS:-blkindex electrs electrumx}
+mkdir -p "$BENCH_DIR"
+ulimit -n "$(ulimit -Hn)"
+
+chain=$("$here/bench-chain.sh" | tail -n1)
+(cd "$root" && cargo build --release -q -p blkindex-indexer -p blkindex-server -p blkindex-benches)
+bin=$CARGO_TARGET_DIR/release
+
+electrs=$BENCH_DIR/electrs/bin/electrs
+if [[ $servers == *electrs* ]] && [ ! -x "$electrs" ]; then
+    echo "bench-query: installing electrs 0.10.10 (compiles RocksDB; takes a while once)" >&2
+    CARGO_TARGET_DIR=$BENCH_DIR/electrs-target cargo install --locked electrs --version 0.10.10 \
+        --root "$BENCH_DIR/electrs" >&2
+fi
+venv=$BENCH_DIR/exvenv
+if [[ $servers == *electrumx* ]] && [ ! -x "$venv/bin/electrumx_server" ]; then
+    echo "bench-query: installing ElectrumX 1.20.0 into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "e-x==1.20.0" plyvel >&2
+fi
+
+"$here/regtest.sh" start "$chain" -txindex=1 >/dev/null
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    "$here/regtest.sh" stop "$chain"
+}
+trap cleanup EXIT
+# shellcheck disable=SC1091
+. "$chain/node.env"
+cli() { "$here/regtest.sh" cli "$chain" "$@"; }
+tip=$(cli getblockcount)
+echo "bench-query: chain $chain at height $tip; waiting for the node's txindex" >&2
+until cli getindexinfo txindex | grep -q '"synced": true'; do sleep 2; done
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Waits until an Electrum server at $1 answers with the node's tip (it may be syncing first).
+wait_ready() {
+    local addr=$1 log=$2 pid=$3 deadline=$((SECONDS + 7200))
+    until python3 - "$addr" "$tip" <<'PY' 2>/dev/null; do
+import json, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=5)
+f = s.makefile("rw")
+f.write(json.dumps({"id": 0, "method": "server.version", "params": ["bench", "1.4"]}) + "\n")
+f.write(json.dumps({"id": 1, "method": "blockchain.headers.subscribe", "params": []}) + "\n"); f.flush()
+f.readline()
+sys.exit(0 if json.loads(f.readline())["result"]["height"] == int(sys.argv[2]) else 1)
+PY
+        kill -0 "$pid" 2>/dev/null || { tail -20 "$log" >&2; echo "bench-query: server exited" >&2; exit 1; }
+        [ $SECONDS -lt $deadline ] || { echo "bench-query: server not ready" >&2; exit 1; }
+        sleep 2
+    done
+}
+load() {
+    "$bin/load" --server "$1" --pid "$2" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" \
+        --connections "$connections" --seconds "$seconds" --idle "$idle"
+}
+
+results=()
+for s in $servers; do
+    p=$(port)
+    log=$BENCH_DIR/query-$s.log
+    case $s in
+    blkindex)
+        db=$BENCH_DIR/db-blkindex
+        "$bin/blkindex-indexer" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
+            --no-follow --progress log 2>"$BENCH_DIR/query-indexer.log"
+        "$bin/blkindex-server" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
+            --electrum-addr "127.0.0.1:$p" --max-connections-per-ip 100000 2>"$log" &
+        ;;
+    electrs)
+        "$electrs" --network regtest --daemon-dir "$chain" --db-dir "$BENCH_DIR/db-electrs" \
+            --daemon-rpc-addr "$RPC_ADDR" --daemon-p2p-addr "127.0.0.1:$P2P_PORT" \
+            --electrum-rpc-addr "127.0.0.1:$p" --monitoring-addr "127.0.0.1:$(port)" --log-filters INFO 2>"$log" &
+        ;;
+    electrumx)
+        env ALLOW_ROOT=1 COIN=Bitcoin NET=regtest DB_DIRECTORY="$BENCH_DIR/db-electrumx" \
+            DAEMON_URL="http://$(cat "$COOKIE")@$RPC_ADDR/" SERVICES="tcp://127.0.0.1:$p" \
+            COST_SOFT_LIMIT=0 COST_HARD_LIMIT=0 MAX_SESSIONS=20000 PEER_DISCOVERY=off PEER_ANNOUNCE= \
+            CACHE_MB=2000 "$venv/bin/python" "$here/bench/electrumx-unpadded.py" >"$log" 2>&1 &
+        ;;
+    esac
+    pid=$!
+    pids+=("$pid")
+    mkdir -p "$BENCH_DIR/db-electrumx"
+    echo "bench-query: $s on 127.0.0.1:$p; waiting until it serves height $tip" >&2
+    wait_ready "127.0.0.1:$p" "$log" "$pid"
+    echo "bench-query: $s: $connections connections for ${seconds}s, then $idle idle ones" >&2
+    results+=("$s" "$(load "127.0.0.1:$p" "$pid")")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+done
+
+report=$BENCH_DIR/query-$(date -u +%Y%m%dT%H%M%SZ).md
+python3 - "$tip" "$connections" "$seconds" "$idle" "${results[@]}" >"$report" <<'PY'
+import json, sys
+tip, conns, secs, idle = sys.argv[1:5]
+rs = sys.argv[5:]
+res = {rs[i]: json.loads(rs[i + 1]) for i in range(0, len(rs), 2)}
+names = {"blkindex": "blkindex", "electrs": "electrs 0.10.10", "electrumx": "ElectrumX 1.20.0"}
+w = next(iter(res.values()))["workload"]
+print(f"Chain: regtest, height {tip}. Load: {conns} connections, one request in flight each, {secs} s "
+      f"measured; mix 30% get_history, 20% get_balance, 20% listunspent, 10% subscribe, "
+      f"15% transaction.get, 5% block.header over {w['scripthashes']} script hashes and {w['txids']} txids; "
+      f"then {idle} idle connections subscribed to headers and one script each.\n")
+print("| server | req/s | p50 | p99 | errors | RSS under load | idle conns open | RSS with idle conns |")
+print("|---|---|---|---|---|---|---|---|")
+for k, r in res.items():
+    print(f"| {names[k]} | {r['rps']:.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['errors']} "
+          f"| {r['rss_loaded_mb']:.0f} MiB | {r['idle_open']} | {r['rss_idle_mb']:.0f} MiB |")
+if "blkindex" in res and len(res) > 1:
+    others = {k: r for k, r in res.items() if k != "blkindex"}
+    best = max(others, key=lambda k: others[k]["rps"])
+    b = res["blkindex"]
+    print(f"\nblkindex / best other ({names[best]}): req/s {b['rps'] / others[best]['rps']:.2f}×; "
+          + ", ".join(f"{names[k]} {b['rps'] / r['rps']:.2f}×" for k, r in others.items()))
+PY
+cat "$report"
+echo "bench-query: report in $report" >&2
