@@ -129,11 +129,12 @@ print(f"Chain: regtest, height {tip}. Load: {conns} connections, one request in 
       f"measured; mix 30% get_history, 20% get_balance, 20% listunspent, 10% subscribe, "
       f"15% transaction.get, 5% block.header over {w['scripthashes']} script hashes and {w['txids']} txids; "
       f"then {idle} idle connections subscribed to headers and one script each.\n")
-print("| server | req/s | p50 | p99 | errors | RSS under load | idle conns open | RSS with idle conns |")
+print("| server | req/s | p50 | p99 | errors | RSS (anon) under load | idle conns open | RSS (anon) with idle conns |")
 print("|---|---|---|---|---|---|---|---|")
 for k, r in res.items():
     print(f"| {names[k]} | {r['rps']:.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['errors']} "
-          f"| {r['rss_loaded_mb']:.0f} MiB | {r['idle_open']} | {r['rss_idle_mb']:.0f} MiB |")
+          f"| {r['rss_loaded_mb']:.0f} ({r['anon_loaded_mb']:.0f}) MiB | {r['idle_open']} "
+          f"| {r['rss_idle_mb']:.0f} ({r['anon_idle_mb']:.0f}) MiB |")
 if "blkindex" in res and len(res) > 1:
     others = {k: r for k, r in res.items() if k != "blkindex"}
     best = max(others, key=lambda k: others[k]["rps"])

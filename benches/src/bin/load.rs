@@ -134,11 +134,13 @@ impl Conn {
     }
 }
 
-fn rss_mb(pid: u32) -> f64 {
+/// A process's resident memory (`VmRSS`, or its anonymous part `RssAnon`, which leaves out
+/// file-backed pages such as memory-mapped block files), in MiB.
+fn rss_mb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
     kb / 1024.0
@@ -180,7 +182,7 @@ async fn main() -> Result<()> {
     for t in tasks {
         latencies.extend(t.await??);
     }
-    let rss_loaded = rss_mb(args.pid);
+    let (rss_loaded, anon_loaded) = (rss_mb(args.pid, "VmRSS:"), rss_mb(args.pid, "RssAnon:"));
     latencies.sort_unstable();
     let pct =
         |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied();
@@ -219,7 +221,7 @@ async fn main() -> Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_idle = rss_mb(args.pid);
+    let (rss_idle, anon_idle) = (rss_mb(args.pid, "VmRSS:"), rss_mb(args.pid, "RssAnon:"));
     println!(
         "{}",
         json!({
@@ -233,6 +235,8 @@ async fn main() -> Result<()> {
             "idle_open": idle.len(),
             "idle_failed": idle_failed,
             "rss_idle_mb": rss_idle,
+            "anon_loaded_mb": anon_loaded,
+            "anon_idle_mb": anon_idle,
             "workload": {"scripthashes": w.scripthashes.len(), "txids": w.txids.len(), "connections": args.connections},
         })
     );
