@@ -12,27 +12,14 @@ use bitcoin::ScriptBuf;
 use electrum_client::ElectrumApi;
 use serde_json::{json, Value};
 
-use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
+use blkindex_testkit::chain::ChainBuilder;
 use blkindex_testkit::expect::expected;
-use blkindex_testkit::verify::Indexer;
-use blkindex_testkit::{Node, NodeOptions};
 
-use common::{indexer_bin, raw, session, Server};
-
-fn setup() -> Result<(Node, tempfile::TempDir, Indexer, Server)> {
-    let node = Node::start(NodeOptions::default())?;
-    build_rich_chain(&node)?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("db");
-    let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, &[])?;
-    indexer.wait_synced(&node, &db)?;
-    let server = Server::start(&node, &db)?;
-    Ok((node, dir, indexer, server))
-}
+use common::{raw, rich_setup, session};
 
 #[test]
 fn electrum_client_sees_what_the_node_sees() -> Result<()> {
-    let (node, _dir, _indexer, server) = setup()?;
+    let (node, _dir, _indexer, server) = rich_setup()?;
     let want = expected(&node)?;
     let client = server.client();
     let features = client.server_features()?;
@@ -96,7 +83,7 @@ fn electrum_client_sees_what_the_node_sees() -> Result<()> {
 
 #[test]
 fn notifications_for_new_blocks_and_changed_scripts() -> Result<()> {
-    let (node, _dir, _indexer, server) = setup()?;
+    let (node, _dir, _indexer, server) = rich_setup()?;
     let client = server.client();
     let tip = client.block_headers_subscribe()?;
     assert_eq!(tip.height as u64, node.height()?);
@@ -122,7 +109,7 @@ fn notifications_for_new_blocks_and_changed_scripts() -> Result<()> {
 
 #[test]
 fn bad_input_gets_errors_and_the_server_keeps_serving() -> Result<()> {
-    let (_node, _dir, _indexer, server) = setup()?;
+    let (_node, _dir, _indexer, server) = rich_setup()?;
     let parse = |l: &str| serde_json::from_str::<Value>(l).unwrap();
     // Invalid JSON, an unknown method, wrong parameter types, a batch too big.
     let batch: Vec<Value> =
@@ -170,7 +157,7 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() -> Result<()> {
 
 #[test]
 fn unconfirmed_transactions_count_and_notify() -> Result<()> {
-    let (node, _dir, _indexer, server) = setup()?;
+    let (node, _dir, _indexer, server) = rich_setup()?;
     let client = server.client();
     let a = node.new_address("bech32")?;
     let c = node.new_address("bech32m")?;
@@ -258,7 +245,7 @@ fn unconfirmed_transactions_count_and_notify() -> Result<()> {
 
 #[test]
 fn shapes_follow_the_negotiated_version() -> Result<()> {
-    let (node, _dir, _indexer, server) = setup()?;
+    let (node, _dir, _indexer, server) = rich_setup()?;
     let req = common::req;
     let v14 = session(
         &server.addr,

@@ -11,12 +11,9 @@ use anyhow::{bail, Result};
 use bitcoin::{Address, Network, ScriptBuf};
 use serde_json::Value;
 
-use blkindex_testkit::chain::build_rich_chain;
 use blkindex_testkit::expect::expected;
-use blkindex_testkit::verify::Indexer;
-use blkindex_testkit::{Node, NodeOptions};
 
-use common::{indexer_bin, Server};
+use common::rich_setup;
 
 struct Electrum {
     dir: PathBuf,
@@ -58,14 +55,8 @@ fn electrum_wallet_syncs_a_watch_only_wallet() -> Result<()> {
     if Command::new("electrum").arg("version").arg("--offline").output().is_err() {
         panic!("Debian's electrum package is not installed (scripts/install-deps.sh installs it)");
     }
-    let node = Node::start(NodeOptions::default())?;
-    build_rich_chain(&node)?;
+    let (node, dir, _indexer, server) = rich_setup()?;
     let want = expected(&node)?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("db");
-    let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, &[])?;
-    indexer.wait_synced(&node, &db)?;
-    let server = Server::start(&node, &db)?;
 
     // Watch the addresses of up to 30 scripts with history, the most used first.
     let mut scripts: Vec<_> = want.history.iter().collect();

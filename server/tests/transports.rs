@@ -22,17 +22,14 @@ use blkindex_testkit::expect::expected;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-use common::{indexer_bin, raw, req, session, Server};
+use common::{indexed, raw, req, session, Server};
 
 fn indexed_node() -> Result<(Node, tempfile::TempDir, Indexer)> {
     let node = Node::start(NodeOptions::default())?;
     let chain = ChainBuilder::new(&node)?;
     chain.mine(110)?;
     chain.wallet_traffic(2)?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("db");
-    let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, &[])?;
-    indexer.wait_synced(&node, &db)?;
+    let (dir, indexer) = indexed(&node)?;
     Ok((node, dir, indexer))
 }
 

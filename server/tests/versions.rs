@@ -14,23 +14,10 @@ use bitcoin::{Address, Network, OutPoint};
 use serde_json::{json, Value};
 
 use blkindex_shared::ScriptHash;
-use blkindex_testkit::chain::build_rich_chain;
 use blkindex_testkit::expect::{expected, Expected};
-use blkindex_testkit::verify::Indexer;
-use blkindex_testkit::{Node, NodeOptions};
+use blkindex_testkit::Node;
 
-use common::{indexer_bin, req, Server};
-
-fn setup() -> Result<(Node, tempfile::TempDir, Indexer, Server)> {
-    let node = Node::start(NodeOptions::default())?;
-    build_rich_chain(&node)?;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("db");
-    let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, &[])?;
-    indexer.wait_synced(&node, &db)?;
-    let server = Server::start(&node, &db)?;
-    Ok((node, dir, indexer, server))
-}
+use common::{req, rich_setup};
 
 /// A connection that keeps reading: replies by id, and notifications as they come.
 struct Conn {
@@ -156,7 +143,7 @@ fn sorted(v: &Value) -> Vec<Value> {
 
 #[test]
 fn protocol_1_0_to_1_3_serve_the_old_methods() -> Result<()> {
-    let (node, _dir, _indexer, server) = setup()?;
+    let (node, _dir, _indexer, server) = rich_setup()?;
     let want = expected(&node)?;
     let tip = node.height()?;
     let scripts = addressed_scripts(&want);
@@ -322,7 +309,7 @@ fn check_header_proof(node: &Node, height: u64, cp_height: u64, proof: &Value) -
 
 #[test]
 fn verbose_transactions_equal_the_nodes() -> Result<()> {
-    let (node, _dir, _indexer, server) = setup()?;
+    let (node, _dir, _indexer, server) = rich_setup()?;
     let want = expected(&node)?;
     // A mempool transaction too.
     let to = node.new_address("bech32m")?;
@@ -363,7 +350,7 @@ fn strip_desc(tx: &mut Value) {
 
 #[test]
 fn protocol_1_7_serves_scripts_by_scriptpubkey_and_outpoints() -> Result<()> {
-    let (node, _dir, _indexer, server) = setup()?;
+    let (node, _dir, _indexer, server) = rich_setup()?;
     let want = expected(&node)?;
     let mut c = Conn::open(&server.addr);
     assert_eq!(c.result("server.version", json!(["t", ["1.4", "1.7"]]))[1], "1.7");

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use electrum_client::Client;
 
-use blkindex_testkit::Node;
+use blkindex_testkit::chain::build_rich_chain;
+use blkindex_testkit::verify::Indexer;
+use blkindex_testkit::{Node, NodeOptions};
 
 /// The indexer binary, built beside this test by `cargo test --workspace`.
 pub fn indexer_bin() -> PathBuf {
@@ -17,6 +19,24 @@ pub fn indexer_bin() -> PathBuf {
     let bin = dir.join("blkindex-indexer");
     assert!(bin.exists(), "{} is missing: run `cargo test --workspace`", bin.display());
     bin
+}
+
+/// A following indexer on `node`, synced; its DB is `<dir>/db`.
+pub fn indexed(node: &Node) -> Result<(tempfile::TempDir, Indexer)> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let mut indexer = Indexer::follow(&indexer_bin(), node, &db, &[])?;
+    indexer.wait_synced(node, &db)?;
+    Ok((dir, indexer))
+}
+
+/// A node with the rich test chain, indexed and followed, and a server on the index.
+pub fn rich_setup() -> Result<(Node, tempfile::TempDir, Indexer, Server)> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let (dir, indexer) = indexed(&node)?;
+    let server = Server::start(&node, &dir.path().join("db"))?;
+    Ok((node, dir, indexer, server))
 }
 
 pub struct Server {
