@@ -106,40 +106,37 @@ impl Index {
         self.block_range(height, 0, len)
     }
 
-    /// The raw transaction with number `txnum`, with its height and position.
-    pub fn tx_by_num(&self, txnum: TxNum) -> Result<(Vec<u8>, Height, u32)> {
-        let height = self
-            .chain
-            .height_of_txnum(txnum)
-            .ok_or_else(|| anyhow!("txnum {txnum} is beyond the indexed chain"))?;
-        let pos = txnum - self.row(height)?.first_txnum;
-        let txpos = self
-            .store
+    /// The height of the block holding `txnum`.
+    fn height_of(&self, txnum: TxNum) -> Result<Height> {
+        self.chain.height_of_txnum(txnum).ok_or_else(|| anyhow!("txnum {txnum} is beyond the indexed chain"))
+    }
+
+    /// The `txpos` row (where each transaction sits) of the block at `height`.
+    fn txpos_row(&self, height: Height) -> Result<Vec<u8>> {
+        self.store
             .db()
             .get_cf(self.store.cf(cf::TXPOS), schema::height_key(height))?
-            .ok_or_else(|| anyhow!("no txpos row at height {height}"))?;
-        let (offset, size) = TxPos::locate(&txpos, pos)?;
+            .ok_or_else(|| anyhow!("no txpos row at height {height}"))
+    }
+
+    /// The raw transaction with number `txnum`, with its height and position.
+    pub fn tx_by_num(&self, txnum: TxNum) -> Result<(Vec<u8>, Height, u32)> {
+        let height = self.height_of(txnum)?;
+        let pos = txnum - self.row(height)?.first_txnum;
+        let (offset, size) = TxPos::locate(&self.txpos_row(height)?, pos)?;
         let raw = self.block_range(height, offset, size)?.into_owned();
         Ok((raw, height, pos))
     }
 
-    /// Transactions by number (ascending), reading each block's `txpos` row once, which matters
-    /// for long histories: (txnum, bytes, height, position).
-    fn txs_by_nums(&self, txnums: &[TxNum]) -> Result<Vec<NumberedTx>> {
-        let mut out = Vec::with_capacity(txnums.len());
+    /// Transactions by number (ascending), read lazily, each block's `txpos` row once, which
+    /// matters for long histories: (txnum, bytes, height, position).
+    fn txs_by_nums<'a>(&'a self, txnums: &'a [TxNum]) -> impl Iterator<Item = Result<NumberedTx>> + 'a {
         let mut block: Option<(Height, TxNum, Vec<u32>)> = None;
-        for &txnum in txnums {
-            let height = self
-                .chain
-                .height_of_txnum(txnum)
-                .ok_or_else(|| anyhow!("txnum {txnum} is beyond the indexed chain"))?;
+        txnums.iter().map(move |&txnum| {
+            let height = self.height_of(txnum)?;
             if block.as_ref().map(|b| b.0) != Some(height) {
-                let txpos = self
-                    .store
-                    .db()
-                    .get_cf(self.store.cf(cf::TXPOS), schema::height_key(height))?
-                    .ok_or_else(|| anyhow!("no txpos row at height {height}"))?;
-                block = Some((height, self.row(height)?.first_txnum, TxPos::offsets(&txpos)?));
+                let offsets = TxPos::offsets(&self.txpos_row(height)?)?;
+                block = Some((height, self.row(height)?.first_txnum, offsets));
             }
             let (height, first, offsets) = block.as_ref().unwrap();
             let pos = (txnum - first) as usize;
@@ -147,9 +144,8 @@ impl Index {
                 bail!("txnum {txnum} is past the {} transactions of block {height}", offsets.len() - 1);
             }
             let raw = self.block_range(*height, offsets[pos], offsets[pos + 1] - offsets[pos])?;
-            out.push((txnum, raw, *height, pos as u32));
-        }
-        Ok(out)
+            Ok((txnum, raw, *height, pos as u32))
+        })
     }
 
     /// The txnums stored under this prefix, ascending, up to the indexed tip.
@@ -181,7 +177,8 @@ impl Index {
         let txnums = self.scan(cf::SCRIPT, schema::script_prefix(sh))?;
         // Once one output is known to pay the script, others are compared by bytes, not hashed.
         let mut script: Option<Vec<u8>> = None;
-        for (txnum, raw, height, _) in self.txs_by_nums(&txnums)? {
+        for numbered in self.txs_by_nums(&txnums) {
+            let (txnum, raw, height, _) = numbered?;
             let mut tx = Tx::default();
             parse::parse_tx(&mut Reader::new(&raw), &raw, &mut tx)
                 .with_context(|| format!("corrupt transaction {txnum} at height {height}"))?;
@@ -229,15 +226,15 @@ impl Index {
             return Ok(None);
         };
         let sh = ScriptHash::of(out.script);
-        for txnum in self.scan(cf::SCRIPT, schema::script_prefix(&sh))? {
-            if txnum <= funding.txnum {
-                continue;
-            }
-            let (raw, height, pos) = self.tx_by_num(txnum)?;
+        let txnums = self.scan(cf::SCRIPT, schema::script_prefix(&sh))?;
+        // Only transactions after the funding one can spend its output.
+        let later = &txnums[txnums.partition_point(|&n| n <= funding.txnum)..];
+        for numbered in self.txs_by_nums(later) {
+            let (txnum, raw, height, pos) = numbered?;
             let mut tx = Tx::default();
             parse::parse_tx(&mut Reader::new(&raw), &raw, &mut tx)?;
             if tx.inputs.iter().any(|i| i.prev_txid() == outpoint.txid && i.prev_vout == outpoint.vout) {
-                return Ok(Some(TxInfo { txid: tx.txid, txnum, height, pos, raw }));
+                return Ok(Some(TxInfo { txid: tx.txid, txnum, height, pos, raw: raw.into_owned() }));
             }
         }
         Ok(None)
