@@ -26,6 +26,17 @@ pub struct MempoolTx {
     pub funded: Vec<ScriptHash>,
 }
 
+impl MempoolTx {
+    /// Electrum's height of an unconfirmed transaction: -1 when it spends another one, else 0.
+    pub fn height(&self) -> i32 {
+        if self.unconfirmed_parent {
+            -1
+        } else {
+            0
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Mempool {
     pub txs: HashMap<Txid, MempoolTx>,
@@ -149,7 +160,7 @@ impl Mempool {
                     let parent = self.txs.get(&op.txid).context("the mempool parent has left")?;
                     unconfirmed_parent = true;
                     let out = parent.tx.output.get(op.vout as usize).context("no such parent output")?;
-                    (out.value.to_sat(), ScriptHash::of(out.script_pubkey.as_bytes()))
+                    (out.value.to_sat(), parent.funded[op.vout as usize])
                 }
             };
             spent.push((op, value, sh));
@@ -206,9 +217,9 @@ impl Mempool {
             .collect()
     }
 
-    /// Electrum's height of an unconfirmed transaction: -1 when it spends another one, else 0.
+    /// The Electrum height of mempool transaction `txid`.
     pub fn height(&self, txid: &Txid) -> Option<i32> {
-        self.txs.get(txid).map(|e| if e.unconfirmed_parent { -1 } else { 0 })
+        self.txs.get(txid).map(MempoolTx::height)
     }
 
     /// `mempool.get_fee_histogram`: (fee rate in sat/vB, vsize) pairs, rates descending, each
@@ -249,7 +260,7 @@ impl Mempool {
         let mut funded: Vec<(OutPoint, u64)> = Vec::new();
         for txid in txids.iter().filter(|t| !mined.contains(*t)) {
             let e = &self.txs[txid];
-            out.history.push((*txid, if e.unconfirmed_parent { -1 } else { 0 }, e.fee));
+            out.history.push((*txid, e.height(), e.fee));
             for (op, value, spent_sh) in &e.spent {
                 if spent_sh == sh {
                     out.spent.insert(*op);

@@ -94,6 +94,11 @@ pub fn available(method: &str, v: Version) -> bool {
     METHODS.iter().any(|(name, since, until)| *name == method && *since <= v && v < *until)
 }
 
+/// A method's family and name: ("blockchain.scripthash", "get_history").
+fn family_and_name(method: &str) -> (&str, &str) {
+    method.rsplit_once('.').unwrap_or(("", method))
+}
+
 /// Whether `method` is a method of any version.
 pub fn known(method: &str) -> bool {
     METHODS.iter().any(|(name, ..)| *name == method)
@@ -242,15 +247,8 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
             false => err(METHOD_NOT_FOUND, format!("unknown method {method:?}")),
         });
     }
-    let family = method.split('.').take(2).collect::<Vec<_>>().join(".");
-    match family.as_str() {
-        "server.version"
-        | "server.banner"
-        | "server.donation_address"
-        | "server.peers"
-        | "server.features"
-        | "server.add_peer"
-        | "server.ping" => server_info::call(state, s, method, params),
+    match family_and_name(method).0 {
+        "server" | "server.peers" => server_info::call(state, s, method, params),
         "blockchain.numblocks" | "blockchain.headers" | "blockchain.block" => {
             headers::call(state, s, method, params).await
         }

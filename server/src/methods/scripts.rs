@@ -25,8 +25,7 @@ struct Named {
 }
 
 fn named(net: Net, method: &str, params: &Value) -> Result<Named, RpcError> {
-    let family = &method[..method.rfind('.').unwrap()];
-    Ok(match family {
+    Ok(match family_and_name(method).0 {
         "blockchain.address" => {
             let text = str_arg(params, 0, "address")?;
             let address = Address::from_str(text)
@@ -58,8 +57,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
     let sh = script.sh;
     let wrap = s.version() >= (1, 7, 0); // 1.7 wraps lists in objects
     let max = state.info.max_history;
-    let op = &method[method.rfind('.').unwrap() + 1..];
-    match op {
+    match family_and_name(method).1 {
         "get_history" => {
             let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
             if v.confirmed.history.len() + v.mempool.history.len() > max {

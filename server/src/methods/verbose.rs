@@ -42,12 +42,13 @@ pub fn tx_json(tx: &Transaction, raw: &[u8], net: Network, place: Option<Place>)
         .enumerate()
         .map(|(n, o)| {
             let script = &o.script_pubkey;
+            let kind = script_type(script);
             let mut spk = json!({
                 "asm": asm(script, false),
                 "hex": hex::encode(script.as_bytes()),
-                "type": script_type(script),
+                "type": kind,
             });
-            if let Some(a) = address(script, net) {
+            if let Some(a) = address(script, kind, net) {
                 spk["address"] = json!(a);
             }
             json!({"value": o.value.to_sat() as f64 / 1e8, "n": n, "scriptPubKey": spk})
@@ -74,9 +75,10 @@ pub fn tx_json(tx: &Transaction, raw: &[u8], net: Network, place: Option<Place>)
     out
 }
 
-/// The address Core shows for an output: none for bare public keys, multisig and the like.
-fn address(script: &Script, net: Network) -> Option<String> {
-    if script.is_p2pk() || script.is_multisig() || script_type(script) == "nonstandard" {
+/// The address Core shows for an output of type `kind`: none for bare public keys, multisig
+/// and the like.
+fn address(script: &Script, kind: &str, net: Network) -> Option<String> {
+    if matches!(kind, "pubkey" | "multisig" | "nonstandard") {
         return None;
     }
     Address::from_script(script, net).ok().map(|a| a.to_string())
