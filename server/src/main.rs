@@ -10,6 +10,7 @@ mod listen;
 mod mempool;
 mod methods;
 mod metrics;
+mod script_cache;
 mod session;
 mod state;
 mod zmq;
@@ -83,6 +84,9 @@ struct Args {
     /// Longest history (or unspent list) served; longer ones get an error, never a cut list.
     #[arg(long, env = "BLKINDEX_MAX_HISTORY", default_value_t = 100_000)]
     max_history: usize,
+    /// Memory for scripts' computed histories, kept between requests and blocks, in MiB.
+    #[arg(long, env = "BLKINDEX_SCRIPT_CACHE_MB", default_value_t = 256)]
+    script_cache_mb: u64,
     /// Text for server.banner.
     #[arg(long, env = "BLKINDEX_BANNER")]
     banner: Option<String>,
@@ -162,7 +166,8 @@ fn run() -> Result<()> {
         }
         anyhow::ensure!(!listeners.is_empty(), "no listener: give at least one of the listen addresses");
         let info = info(&args, &listeners)?;
-        let state = state::State::new(args.node.network, index, rpc, info, limits, metrics);
+        let scripts = script_cache::ScriptCache::new(args.script_cache_mb << 20);
+        let state = state::State::new(args.node.network, index, rpc, info, limits, metrics, scripts);
         info!(tip = ?state.tip.borrow().map(|t| t.height), "index opened");
         zmq::spawn(state.clone(), published);
         tokio::spawn(state::catch_up_loop(state.clone(), standby, Duration::from_millis(args.catch_up_ms)));

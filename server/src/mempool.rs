@@ -252,13 +252,13 @@ impl Mempool {
         out
     }
 
-    /// The unconfirmed side of a script, leaving out `mined`: transactions the index already has
+    /// The unconfirmed side of a script, leaving out those `mined` says the index already has
     /// (mined since the mempool was last read).
-    pub fn script(&self, sh: &ScriptHash, mined: &HashSet<Txid>) -> ScriptMempool {
+    pub fn script(&self, sh: &ScriptHash, mined: impl Fn(&Txid) -> bool) -> ScriptMempool {
         let mut out = ScriptMempool::default();
         let Some(txids) = self.by_script.get(sh) else { return out };
         let mut funded: Vec<(OutPoint, u64)> = Vec::new();
-        for txid in txids.iter().filter(|t| !mined.contains(*t)) {
+        for txid in txids.iter().filter(|t| !mined(t)) {
             let e = &self.txs[txid];
             out.history.push((*txid, e.height(), e.fee));
             for (op, value, spent_sh) in &e.spent {

@@ -139,11 +139,12 @@ async fn notify(
 ) -> bool {
     let outpoints: Vec<bitcoin::OutPoint> = s.outpoints.keys().copied().collect();
     if !scripts.is_empty() || !outpoints.is_empty() {
+        let st = state.clone();
         let fresh = state
             .read(move |i, m| {
                 let scripts = scripts
                     .into_iter()
-                    .map(|sh| Ok((sh, methods::status(i, m, &sh)?)))
+                    .map(|sh| Ok((sh, methods::status(&st.scripts, i, m, &sh)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let outpoints = outpoints
                     .into_iter()
@@ -204,28 +205,30 @@ async fn handle_message(state: &Arc<State>, s: &mut Session, text: &str) -> Opti
                 let message = format!("a batch holds 1 to {max} requests");
                 return Some(error_reply(&Value::Null, true, -32600, &message));
             }
-            let mut replies = Vec::new();
+            let mut replies = String::from("[");
             for req in &batch {
                 if let Some(r) = handle_request(state, s, req).await {
-                    replies.push(r);
+                    replies.push_str(&r);
+                    replies.push(',');
                 }
                 if s.close {
                     break;
                 }
             }
-            (!replies.is_empty()).then(|| Value::Array(replies).to_string())
+            replies.pop(); // the last comma, or the '[' of no replies
+            (!replies.is_empty()).then(|| replies + "]")
         }
-        req => handle_request(state, s, &req).await.map(|v| v.to_string()),
+        req => handle_request(state, s, &req).await,
     }
 }
 
-async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Option<Value> {
+async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Option<String> {
     let v2 = req.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
     let id = req.get("id").cloned();
     let (Some(method), params) =
         (req.get("method").and_then(Value::as_str), req.get("params").cloned().unwrap_or(json!([])))
     else {
-        return Some(error_value(&id.unwrap_or(Value::Null), v2, -32600, "not a JSON-RPC request"));
+        return Some(error_reply(&id.unwrap_or(Value::Null), v2, -32600, "not a JSON-RPC request"));
     };
     let started = Instant::now();
     let result = match params {
@@ -237,9 +240,22 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     };
     state.metrics.request(method, result.is_ok(), started.elapsed());
     let id = id?; // a notification from the client: nothing to answer
-    Some(match (result, v2) {
-        (Ok(r), true) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
-        (Ok(r), false) => json!({"result": r, "error": null, "id": id}),
-        (Err(e), _) => error_value(&id, v2, e.code, &e.message),
-    })
+    // The result goes in as text: it may be a long list already written as JSON.
+    let mut reply = String::new();
+    match (result, v2) {
+        (Ok(r), true) => {
+            reply.push_str(r#"{"jsonrpc":"2.0","result":"#);
+            r.write_to(&mut reply);
+        }
+        (Ok(r), false) => {
+            reply.push_str(r#"{"result":"#);
+            r.write_to(&mut reply);
+            reply.push_str(r#","error":null"#);
+        }
+        (Err(e), _) => return Some(error_reply(&id, v2, e.code, &e.message)),
+    }
+    reply.push_str(r#","id":"#);
+    reply.push_str(&id.to_string());
+    reply.push('}');
+    Some(reply)
 }

@@ -23,6 +23,7 @@ use blkindex_shared::{Net, ScriptHash};
 use crate::mempool::Mempool;
 use crate::methods::Info;
 use crate::metrics::Metrics;
+use crate::script_cache::ScriptCache;
 use crate::session::Limits;
 
 /// The indexed tip as sessions see it.
@@ -47,6 +48,8 @@ pub struct State {
     pub info: Info,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Scripts' confirmed sides, shared by both index instances.
+    pub scripts: ScriptCache,
 }
 
 impl State {
@@ -57,6 +60,7 @@ impl State {
         info: Info,
         limits: Limits,
         metrics: Arc<Metrics>,
+        scripts: ScriptCache,
     ) -> Arc<Self> {
         let tip = current_tip(&index);
         if let Some(t) = tip {
@@ -74,6 +78,7 @@ impl State {
             info,
             limits,
             metrics,
+            scripts,
         })
     }
 

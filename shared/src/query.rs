@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::hashes::{sha256d, Hash, HashEngine};
-use bitcoin::{OutPoint, TxMerkleNode, Txid};
+use bitcoin::{BlockHash, OutPoint, TxMerkleNode, Txid};
 
 use crate::blkfile::{BlockFiles, FileKind};
 use crate::chain::Chain;
@@ -59,6 +59,26 @@ impl ScriptState {
     pub fn balance(&self) -> u64 {
         self.utxos.iter().map(|u| u.value).sum()
     }
+}
+
+impl From<ScriptState> for ScriptScan {
+    /// A state with no tip (as of an empty chain), as tests build them.
+    fn from(state: ScriptState) -> Self {
+        ScriptScan { state, ..Default::default() }
+    }
+}
+
+/// A script's state as of a chain tip, with what it takes to bring it forward to a later tip
+/// without reading its older transactions again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScriptScan {
+    pub state: ScriptState,
+    /// The tip the state is complete up to (None: an empty chain).
+    pub tip: Option<(Height, BlockHash)>,
+    /// The first txnum after that tip.
+    end_txnum: TxNum,
+    /// The script's bytes, once an output paying it has been found.
+    script: Option<Vec<u8>>,
 }
 
 /// A transaction read by number: (txnum, bytes, height, position in its block).
@@ -171,13 +191,28 @@ impl Index {
 
     /// History and unspent outputs of a script, in chain order.
     pub fn script_state(&self, sh: &ScriptHash) -> Result<ScriptState> {
-        let mut state = ScriptState::default();
-        let mut funded: HashMap<OutPoint, usize> = HashMap::new();
-        let mut unspent: Vec<Option<Utxo>> = Vec::new();
+        Ok(self.script_scan(sh, None)?.state)
+    }
+
+    /// A script's state at this index's tip. Given an earlier scan whose tip block is still in
+    /// the chain, only the transactions after it are read (a reorg below it means a full scan).
+    pub fn script_scan(&self, sh: &ScriptHash, earlier: Option<&ScriptScan>) -> Result<ScriptScan> {
         let txnums = self.scan(cf::SCRIPT, schema::script_prefix(sh))?;
-        // Once one output is known to pay the script, others are compared by bytes, not hashed.
-        let mut script: Option<Vec<u8>> = None;
-        for numbered in self.txs_by_nums(&txnums) {
+        let tip = self.chain.tip();
+        let mut scan = match earlier.filter(|e| self.extends(e)) {
+            Some(e) => ScriptScan { tip, ..e.clone() },
+            None => ScriptScan { tip, ..ScriptScan::default() },
+        };
+        let new = &txnums[txnums.partition_point(|&n| n < scan.end_txnum)..];
+        scan.end_txnum = self.chain.next_txnum();
+        if new.is_empty() {
+            return Ok(scan);
+        }
+        let state = &mut scan.state;
+        let mut unspent: Vec<Option<Utxo>> = std::mem::take(&mut state.utxos).into_iter().map(Some).collect();
+        let mut funded: HashMap<OutPoint, usize> =
+            unspent.iter().enumerate().map(|(i, u)| (u.as_ref().unwrap().outpoint, i)).collect();
+        for numbered in self.txs_by_nums(new) {
             let (txnum, raw, height, _) = numbered?;
             let mut tx = Tx::default();
             parse::parse_tx(&mut Reader::new(&raw), &raw, &mut tx)
@@ -191,14 +226,15 @@ impl Index {
                 }
             }
             for (vout, out) in tx.outputs.iter().enumerate() {
-                let pays = match &script {
+                // Once one output is known to pay the script, others are compared by bytes, not hashed.
+                let pays = match &scan.script {
                     Some(known) => known.as_slice() == out.script,
                     None => ScriptHash::of(out.script) == *sh,
                 };
                 if !pays || is_unspendable(out.script) {
                     continue;
                 }
-                script.get_or_insert_with(|| out.script.to_vec());
+                scan.script.get_or_insert_with(|| out.script.to_vec());
                 let outpoint = OutPoint { txid: tx.txid, vout: vout as u32 };
                 // A BIP30 duplicate replaces the earlier, now unspendable, output.
                 if let Some(i) = funded.insert(outpoint, unspent.len()) {
@@ -212,7 +248,23 @@ impl Index {
             }
         }
         state.utxos = unspent.into_iter().flatten().collect();
-        Ok(state)
+        Ok(scan)
+    }
+
+    /// Whether `scan` is this index's state of its script: its tip is this chain's tip.
+    pub fn is_current(&self, scan: &ScriptScan) -> bool {
+        scan.tip == self.chain.tip() && scan.end_txnum == self.chain.next_txnum()
+    }
+
+    /// Whether `scan` can be brought up to this index's tip by reading only later transactions:
+    /// its tip block is in this chain (no reorg below it since).
+    fn extends(&self, scan: &ScriptScan) -> bool {
+        match scan.tip {
+            Some((height, hash)) => {
+                self.chain.hash(height) == Some(hash) && scan.end_txnum <= self.chain.next_txnum()
+            }
+            None => scan.end_txnum == 0,
+        }
     }
 
     /// The confirmed transaction spending `outpoint`, found through the spent output's script.

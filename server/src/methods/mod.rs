@@ -133,6 +133,33 @@ fn daemon(e: anyhow::Error) -> RpcError {
 
 pub type Reply = Result<Value, RpcError>;
 
+/// A method's result: a JSON value, or JSON text written directly (long lists, where a tree of
+/// values would cost more than the data).
+pub enum Answer {
+    Value(Value),
+    Text(String),
+}
+
+impl Answer {
+    pub fn write_to(&self, out: &mut String) {
+        match self {
+            Answer::Value(v) => out.push_str(&v.to_string()),
+            Answer::Text(t) => out.push_str(t),
+        }
+    }
+}
+
+/// Appends a txid as displayed (byte-reversed hex) without the formatting machinery: long
+/// histories write tens of thousands of them.
+pub fn push_txid(out: &mut String, txid: &Txid) {
+    use bitcoin::hashes::Hash;
+    let mut bytes = txid.to_byte_array();
+    bytes.reverse();
+    let mut buf = [0u8; 64];
+    hex::encode_to_slice(bytes, &mut buf).expect("64 hex digits for 32 bytes");
+    out.push_str(std::str::from_utf8(&buf).expect("hex is ASCII"));
+}
+
 /// A subscribed script: the status last sent, and the names it was subscribed under (the
 /// notification method and its first parameter: a script hash or an address).
 #[derive(Default)]
@@ -237,7 +264,12 @@ fn hex_list_arg(params: &Value, i: usize, name: &str) -> Result<Vec<Value>, RpcE
         .ok_or_else(|| err(INVALID_PARAMS, format!("{name} must be a non-empty list of hex strings")))
 }
 
-pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -> Reply {
+pub async fn call(
+    state: &Arc<State>,
+    s: &mut Session,
+    method: &str,
+    params: &Value,
+) -> Result<Answer, RpcError> {
     let v = s.version();
     if !available(method, v) {
         return Err(match known(method) {
@@ -247,18 +279,20 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
             false => err(METHOD_NOT_FOUND, format!("unknown method {method:?}")),
         });
     }
-    match family_and_name(method).0 {
+    let family = family_and_name(method).0;
+    if let "blockchain.address" | "blockchain.scripthash" | "blockchain.scriptpubkey" | "blockchain.utxo" = family {
+        return scripts::call(state, s, method, params).await;
+    }
+    let reply = match family {
         "server" | "server.peers" => server_info::call(state, s, method, params),
         "blockchain.numblocks" | "blockchain.headers" | "blockchain.block" => {
             headers::call(state, s, method, params).await
         }
-        "blockchain.address" | "blockchain.scripthash" | "blockchain.scriptpubkey" | "blockchain.utxo" => {
-            scripts::call(state, s, method, params).await
-        }
         "blockchain.outpoint" => outpoints::call(state, s, method, params).await,
         "blockchain.transaction" => transactions::call(state, s, method, params).await,
         _ => fees::call(state, s, method, params).await,
-    }
+    };
+    reply.map(Answer::Value)
 }
 
 #[cfg(test)]

@@ -2,20 +2,19 @@
 //! client names the script: an address (1.0–1.2), a script hash (1.1–1.6) or the script itself
 //! (1.7). Also 1.0's `blockchain.utxo.get_address`.
 
-use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use bitcoin::consensus::deserialize;
-use bitcoin::hashes::{sha256, Hash};
 use bitcoin::{Address, Transaction};
 use serde_json::{json, Value};
 
-use blkindex_shared::query::{Index, ScriptState};
+use blkindex_shared::query::Index;
 use blkindex_shared::{Net, ScriptHash};
 
 use super::*;
 use crate::mempool::{Mempool, ScriptMempool};
+use crate::script_cache::{Confirmed, ScriptCache};
 
 /// The script a request names, and how its notifications name it.
 struct Named {
@@ -49,81 +48,133 @@ fn named(net: Net, method: &str, params: &Value) -> Result<Named, RpcError> {
     })
 }
 
-pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -> Reply {
+pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -> Result<Answer, RpcError> {
     if method == "blockchain.utxo.get_address" {
-        return utxo_address(state, params).await;
+        return utxo_address(state, params).await.map(Answer::Value);
     }
     let script = named(state.net, method, params)?;
     let sh = script.sh;
     let wrap = s.version() >= (1, 7, 0); // 1.7 wraps lists in objects
     let max = state.info.max_history;
-    match family_and_name(method).1 {
+    let wrapped = |key: &str, list: String| match wrap {
+        true => format!("{{\"{key}\":{list}}}"),
+        false => list,
+    };
+    Ok(match family_and_name(method).1 {
         "get_history" => {
-            let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
-            if v.confirmed.history.len() + v.mempool.history.len() > max {
+            let v = view(state, sh).await?;
+            if v.confirmed.history().len() + v.mempool.history.len() > max {
                 return Err(too_large(max));
             }
-            let confirmed = v
-                .confirmed
-                .history
-                .iter()
-                .map(|h| json!({"tx_hash": h.txid.to_string(), "height": h.height}));
-            let history: Vec<Value> = confirmed.chain(mempool_entries(&v.mempool)).collect();
-            Ok(if wrap { json!({ "history": history }) } else { json!(history) })
+            let mut list = String::with_capacity(80 * (v.confirmed.history().len() + v.mempool.history.len()) + 2);
+            list.push('[');
+            for h in v.confirmed.history() {
+                history_entry(&mut list, &h.txid, h.height as i64, None);
+            }
+            mempool_entries(&mut list, &v.mempool);
+            close_list(&mut list);
+            Answer::Text(wrapped("history", list))
         }
         "get_mempool" => {
-            let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
-            let history: Vec<Value> = mempool_entries(&v.mempool).collect();
-            Ok(if wrap { json!({ "history": history }) } else { json!(history) })
+            let v = view(state, sh).await?;
+            let mut list = String::from("[");
+            mempool_entries(&mut list, &v.mempool);
+            close_list(&mut list);
+            Answer::Text(wrapped("history", list))
         }
         "get_balance" => {
-            let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
-            Ok(json!({"confirmed": v.confirmed.balance(), "unconfirmed": v.mempool.delta}))
+            let v = view(state, sh).await?;
+            Answer::Value(json!({"confirmed": v.confirmed.balance, "unconfirmed": v.mempool.delta}))
         }
         "listunspent" => {
-            let v = state.read(move |i, m| script_view(i, m, &sh)).await?;
-            if v.confirmed.utxos.len() + v.mempool.unspent.len() > max {
+            let v = view(state, sh).await?;
+            let utxos = &v.confirmed.scan.state.utxos;
+            if utxos.len() + v.mempool.unspent.len() > max {
                 return Err(too_large(max));
             }
             // Confirmed outputs no mempool transaction spends, then unconfirmed ones (height 0).
-            let confirmed = v.confirmed.utxos.iter().filter(|u| !v.mempool.spent.contains(&u.outpoint)).map(|u| {
-                json!({"tx_hash": u.outpoint.txid.to_string(), "tx_pos": u.outpoint.vout, "height": u.height, "value": u.value})
-            });
-            let unconfirmed = v.mempool.unspent.iter().map(|(op, value)| {
-                json!({"tx_hash": op.txid.to_string(), "tx_pos": op.vout, "height": 0, "value": value})
-            });
-            let utxos: Vec<Value> = confirmed.chain(unconfirmed).collect();
-            Ok(if wrap { json!({ "utxos": utxos }) } else { json!(utxos) })
+            let mut list = String::with_capacity(110 * (utxos.len() + v.mempool.unspent.len()) + 2);
+            list.push('[');
+            for u in utxos.iter().filter(|u| !v.mempool.spent.contains(&u.outpoint)) {
+                utxo_entry(&mut list, &u.outpoint, u.height, u.value);
+            }
+            for (op, value) in &v.mempool.unspent {
+                utxo_entry(&mut list, op, 0, *value);
+            }
+            close_list(&mut list);
+            Answer::Text(wrapped("utxos", list))
         }
         "subscribe" => {
-            let status = state.read(move |i, m| status(i, m, &sh)).await?;
+            let v = view(state, sh).await?;
+            let status = status_of(&v);
             let sub = s.scripts.entry(sh).or_default();
             sub.status = status.clone();
             if !sub.names.contains(&script.notify_as) {
                 sub.names.push(script.notify_as);
             }
-            Ok(json!(status))
+            Answer::Value(json!(status))
         }
         "unsubscribe" => {
-            let Some(sub) = s.scripts.get_mut(&sh) else { return Ok(json!(false)) };
+            let Some(sub) = s.scripts.get_mut(&sh) else { return Ok(Answer::Value(json!(false))) };
             let before = sub.names.len();
             sub.names.retain(|n| *n != script.notify_as);
             let removed = sub.names.len() < before;
             if sub.names.is_empty() {
                 s.scripts.remove(&sh);
             }
-            Ok(json!(removed))
+            Answer::Value(json!(removed))
         }
         _ => unreachable!("{method} is routed here by its family"),
-    }
+    })
+}
+
+async fn view(state: &Arc<State>, sh: ScriptHash) -> anyhow::Result<ScriptView> {
+    let st = state.clone();
+    state.read(move |i, m| script_view(&st.scripts, i, m, &sh)).await
 }
 
 fn too_large(max: usize) -> RpcError {
     err(HISTORY_TOO_LARGE, format!("history too large: more than {max} entries"))
 }
 
-fn mempool_entries(m: &ScriptMempool) -> impl Iterator<Item = Value> + '_ {
-    m.history.iter().map(|(t, h, fee)| json!({"tx_hash": t.to_string(), "height": h, "fee": fee}))
+/// `{"tx_hash":…,"height":…[,"fee":…]},` (lists are written as text: a long history as a tree
+/// of JSON values costs far more time and memory than the data itself).
+fn history_entry(out: &mut String, txid: &Txid, height: i64, fee: Option<u64>) {
+    out.push_str("{\"tx_hash\":\"");
+    push_txid(out, txid);
+    out.push_str("\",\"height\":");
+    out.push_str(itoa::Buffer::new().format(height));
+    if let Some(fee) = fee {
+        out.push_str(",\"fee\":");
+        out.push_str(itoa::Buffer::new().format(fee));
+    }
+    out.push_str("},");
+}
+
+fn utxo_entry(out: &mut String, op: &OutPoint, height: u32, value: u64) {
+    out.push_str("{\"tx_hash\":\"");
+    push_txid(out, &op.txid);
+    out.push_str("\",\"tx_pos\":");
+    out.push_str(itoa::Buffer::new().format(op.vout));
+    out.push_str(",\"height\":");
+    out.push_str(itoa::Buffer::new().format(height));
+    out.push_str(",\"value\":");
+    out.push_str(itoa::Buffer::new().format(value));
+    out.push_str("},");
+}
+
+/// Ends a list begun with '[' whose entries each end with a comma.
+fn close_list(list: &mut String) {
+    if list.ends_with(',') {
+        list.pop();
+    }
+    list.push(']');
+}
+
+fn mempool_entries(out: &mut String, m: &ScriptMempool) {
+    for (t, h, fee) in &m.history {
+        history_entry(out, t, *h as i64, Some(*fee));
+    }
 }
 
 /// 1.0's `blockchain.utxo.get_address(tx_hash, index)`: the address an output pays, spent or
@@ -150,37 +201,42 @@ async fn utxo_address(state: &Arc<State>, params: &Value) -> Reply {
 /// A script's confirmed and unconfirmed sides, seen together. A transaction found on both sides
 /// (mined since the mempool was last read) counts as confirmed.
 pub struct ScriptView {
-    pub confirmed: ScriptState,
+    pub confirmed: Arc<Confirmed>,
     pub mempool: ScriptMempool,
 }
 
-pub fn script_view(index: &Index, mempool: &Mempool, sh: &ScriptHash) -> anyhow::Result<ScriptView> {
-    let confirmed = index.script_state(sh)?;
-    let mined: HashSet<Txid> = confirmed.history.iter().map(|h| h.txid).collect();
-    let mempool = mempool.script(sh, &mined);
+pub fn script_view(
+    cache: &ScriptCache,
+    index: &Index,
+    mempool: &Mempool,
+    sh: &ScriptHash,
+) -> anyhow::Result<ScriptView> {
+    let confirmed = cache.confirmed(index, sh)?;
+    // Mined-since-read transactions are few and recent: search the history from its end.
+    let history = confirmed.history();
+    let mempool = mempool.script(sh, |t| history.iter().rev().any(|h| h.txid == *t));
     Ok(ScriptView { confirmed, mempool })
 }
 
 /// Electrum's status: sha256 of "txid:height:" for every transaction of the history (confirmed
 /// in chain order, then unconfirmed in 1.6's order), or None for no history.
-pub fn status(index: &Index, mempool: &Mempool, sh: &ScriptHash) -> anyhow::Result<Option<String>> {
-    let v = script_view(index, mempool, sh)?;
-    Ok(status_of(&v))
+pub fn status(
+    cache: &ScriptCache,
+    index: &Index,
+    mempool: &Mempool,
+    sh: &ScriptHash,
+) -> anyhow::Result<Option<String>> {
+    Ok(status_of(&script_view(cache, index, mempool, sh)?))
 }
 
 fn status_of(v: &ScriptView) -> Option<String> {
-    if v.confirmed.history.is_empty() && v.mempool.history.is_empty() {
-        return None;
-    }
-    let mut text: String = v.confirmed.history.iter().map(|h| format!("{}:{}:", h.txid, h.height)).collect();
-    text.extend(v.mempool.history.iter().map(|(t, h, _)| format!("{t}:{h}:")));
-    Some(hex::encode(sha256::Hash::hash(text.as_bytes()).to_byte_array()))
+    v.confirmed.status(&v.mempool.history)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blkindex_shared::query::HistoryItem;
+    use blkindex_shared::query::{HistoryItem, ScriptState};
 
     /// The protocol docs' worked example (protocol-basics, "Status Example"): a regtest address,
     /// its script hash, and the status of three confirmed and three unconfirmed transactions,
@@ -211,12 +267,16 @@ mod tests {
             (t("80b19848aed792565ab7c5a79b7c2a00fbf985741579396ebe0ab6098e607311"), 0, 200),
         ];
         crate::mempool::electrum_order(&mut history);
+        let confirmed = Arc::new(Confirmed::new(confirmed.into(), None));
         let view = ScriptView { confirmed, mempool: ScriptMempool { history, ..Default::default() } };
         assert_eq!(
             status_of(&view).as_deref(),
             Some("78e96c6562cafa71c115503b9411fdfdc595a45031e2ab76ff75162fe1b0590d")
         );
-        let empty = ScriptView { confirmed: ScriptState::default(), mempool: ScriptMempool::default() };
+        let empty = ScriptView {
+            confirmed: Arc::new(Confirmed::new(ScriptState::default().into(), None)),
+            mempool: ScriptMempool::default(),
+        };
         assert_eq!(status_of(&empty), None);
     }
 }

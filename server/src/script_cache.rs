@@ -1,0 +1,121 @@
+//! Scripts' confirmed states, kept between requests and brought forward block by block.
+//!
+//! Computing a script's history reads and checks every one of its transactions (the index's
+//! rows hold hash prefixes), so a script with tens of thousands of them costs milliseconds each
+//! time. Here the result is kept, weighed by its size, in a bounded cache shared by both index
+//! instances. An entry is used as is while its tip is the index's tip; after new blocks only
+//! their transactions are read; after a reorg below its tip it is computed again. Each entry
+//! also holds the status hash's state after the confirmed part, so a status needs only the
+//! mempool's entries hashed on top.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use bitcoin::hashes::{sha256, Hash, HashEngine};
+use quick_cache::sync::{Cache, GuardResult};
+
+use blkindex_shared::query::{HistoryItem, Index, ScriptScan};
+use blkindex_shared::ScriptHash;
+
+/// A script's confirmed side at some tip.
+pub struct Confirmed {
+    pub scan: ScriptScan,
+    /// Sum of the unspent outputs' values.
+    pub balance: u64,
+    /// sha256 fed with "txid:height:" for every confirmed entry, in order.
+    status: sha256::HashEngine,
+}
+
+impl Confirmed {
+    pub(crate) fn new(scan: ScriptScan, earlier: Option<&Confirmed>) -> Self {
+        // Histories only grow while the tip moves forward: hash what the earlier entry did not.
+        let (mut status, done) = match earlier {
+            Some(e) if scan.state.history.starts_with(&e.scan.state.history) => {
+                (e.status.clone(), e.scan.state.history.len())
+            }
+            _ => (sha256::Hash::engine(), 0),
+        };
+        let mut text = String::new();
+        for item in &scan.state.history[done..] {
+            status_entry(&mut text, &item.txid, item.height as i64);
+        }
+        status.input(text.as_bytes());
+        Confirmed { balance: scan.state.balance(), scan, status }
+    }
+
+    pub fn history(&self) -> &[HistoryItem] {
+        &self.scan.state.history
+    }
+
+    /// The Electrum status of this confirmed side followed by `unconfirmed` entries (txid,
+    /// height), or None when both are empty.
+    pub fn status(&self, unconfirmed: &[(bitcoin::Txid, i32, u64)]) -> Option<String> {
+        if self.history().is_empty() && unconfirmed.is_empty() {
+            return None;
+        }
+        let mut engine = self.status.clone();
+        let mut text = String::new();
+        for (txid, height, _) in unconfirmed {
+            status_entry(&mut text, txid, *height as i64);
+        }
+        engine.input(text.as_bytes());
+        Some(hex::encode(sha256::Hash::from_engine(engine).to_byte_array()))
+    }
+
+    /// Roughly the bytes the entry holds.
+    fn weight(&self) -> u64 {
+        let s = &self.scan.state;
+        256 + (s.history.len() * std::mem::size_of::<HistoryItem>()) as u64
+            + (s.utxos.len() * std::mem::size_of::<blkindex_shared::query::Utxo>()) as u64
+    }
+}
+
+/// Appends "txid:height:" as the status hash takes it (txid as displayed).
+pub fn status_entry(text: &mut String, txid: &bitcoin::Txid, height: i64) {
+    crate::methods::push_txid(text, txid);
+    text.push(':');
+    text.push_str(itoa::Buffer::new().format(height));
+    text.push(':');
+}
+
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<ScriptHash, Arc<Confirmed>> for Weigh {
+    fn weight(&self, _: &ScriptHash, c: &Arc<Confirmed>) -> u64 {
+        c.weight()
+    }
+}
+
+pub struct ScriptCache {
+    cache: Cache<ScriptHash, Arc<Confirmed>, Weigh>,
+}
+
+impl ScriptCache {
+    /// A cache holding up to about `bytes` of script states.
+    pub fn new(bytes: u64) -> Self {
+        ScriptCache { cache: Cache::with_weighter((bytes / 4096).max(16) as usize, bytes.max(1), Weigh) }
+    }
+
+    /// The confirmed side of `sh` at `index`'s tip. Requests for a script nobody has computed
+    /// yet wait for the first one instead of all computing it.
+    pub fn confirmed(&self, index: &Index, sh: &ScriptHash) -> Result<Arc<Confirmed>> {
+        match self.cache.get_value_or_guard(sh, None) {
+            GuardResult::Value(c) if index.is_current(&c.scan) => Ok(c),
+            GuardResult::Value(c) => {
+                let fresh = Arc::new(Confirmed::new(index.script_scan(sh, Some(&c.scan))?, Some(&c)));
+                // A request on the instance that is being replaced may be behind the entry.
+                if fresh.scan.tip.map(|t| t.0) >= c.scan.tip.map(|t| t.0) {
+                    self.cache.insert(*sh, fresh.clone());
+                }
+                Ok(fresh)
+            }
+            GuardResult::Guard(g) => {
+                let fresh = Arc::new(Confirmed::new(index.script_scan(sh, None)?, None));
+                let _ = g.insert(fresh.clone());
+                Ok(fresh)
+            }
+            GuardResult::Timeout => unreachable!("no timeout given"),
+        }
+    }
+}
