@@ -13,7 +13,8 @@
 # responses (scripts/bench/electrumx-unpadded.py); electrs with its defaults.
 #
 # Environment: BENCH_DIR (default ~/.cache/blkindex/bench), BENCH_CONNECTIONS (64),
-# BENCH_SECONDS (20), BENCH_IDLE (10000), BENCH_SERVERS (default "blkindex electrs electrumx").
+# BENCH_SECONDS (20), BENCH_IDLE (10000), BENCH_PACED_RATE (200 requests/s for the latency
+# phase: the same mix, sent on a schedule for 10 s, latency counted from the scheduled time), BENCH_SERVERS (default "blkindex electrs electrumx").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -22,6 +23,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blkindex/target}
 connections=${BENCH_CONNECTIONS:-64}
 seconds=${BENCH_SECONDS:-20}
 idle=${BENCH_IDLE:-10000}
+paced_rate=${BENCH_PACED_RATE:-200}
 servers=${BENCH_SERVERS:-blkindex electrs electrumx}
 mkdir -p "$BENCH_DIR"
 ulimit -n "$(ulimit -Hn)"
@@ -79,7 +81,7 @@ PY
 }
 load() {
     "$bin/load" --server "$1" --pid "$2" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" \
-        --connections "$connections" --seconds "$seconds" --idle "$idle"
+        --connections "$connections" --seconds "$seconds" --idle "$idle" --paced-rate "$paced_rate"
 }
 
 results=()
@@ -118,21 +120,25 @@ for s in $servers; do
 done
 
 report=$BENCH_DIR/query-$(date -u +%Y%m%dT%H%M%SZ).md
-python3 - "$tip" "$connections" "$seconds" "$idle" "${results[@]}" >"$report" <<'PY'
+python3 - "$tip" "$connections" "$seconds" "$idle" "$paced_rate" "${results[@]}" >"$report" <<'PY'
 import json, sys
-tip, conns, secs, idle = sys.argv[1:5]
-rs = sys.argv[5:]
+tip, conns, secs, idle, rate = sys.argv[1:6]
+rs = sys.argv[6:]
 res = {rs[i]: json.loads(rs[i + 1]) for i in range(0, len(rs), 2)}
 names = {"blkindex": "blkindex", "electrs": "electrs 0.10.10", "electrumx": "ElectrumX 1.20.0"}
 w = next(iter(res.values()))["workload"]
 print(f"Chain: regtest, height {tip}. Load: {conns} connections, one request in flight each, {secs} s "
       f"measured; mix 30% get_history, 20% get_balance, 20% listunspent, 10% subscribe, "
       f"15% transaction.get, 5% block.header over {w['scripthashes']} script hashes and {w['txids']} txids; "
+      f"then the same mix paced at {rate} req/s for 10 s (latency from each request's scheduled time); "
       f"then {idle} idle connections subscribed to headers and one script each.\n")
-print("| server | req/s | p50 | p99 | errors | RSS (anon) under load | idle conns open | RSS (anon) with idle conns |")
-print("|---|---|---|---|---|---|---|---|")
+print(f"| server | req/s (saturated) | p50 | p99 | p50 at {rate} req/s | p99 at {rate} req/s | errors "
+      "| RSS (anon) under load | idle conns open | RSS (anon) with idle conns |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+ms = lambda v: "n/a" if v is None else f"{v:.2f} ms"
 for k, r in res.items():
-    print(f"| {names[k]} | {r['rps']:.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['errors']} "
+    print(f"| {names[k]} | {r['rps']:.0f} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} "
+          f"| {ms(r.get('paced_p50_ms'))} | {ms(r.get('paced_p99_ms'))} | {r['errors']} "
           f"| {r['rss_loaded_mb']:.0f} ({r['anon_loaded_mb']:.0f}) MiB | {r['idle_open']} "
           f"| {r['rss_idle_mb']:.0f} ({r['anon_idle_mb']:.0f}) MiB |")
 if "blkindex" in res and len(res) > 1:

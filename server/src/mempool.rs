@@ -80,10 +80,18 @@ struct Fetched {
 pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<HashSet<ScriptHash>> {
     let listed = rpc.call("getrawmempool", json!([true]))?;
     let listed = listed.as_object().context("getrawmempool: not an object")?;
+    // Transactions that left the node's mempool because a block the index does not have yet
+    // mined them must stay until it has: dropped now, a script would seem to lose them and get
+    // them back a moment later (a status flicker a wallet would show). So removals wait until the
+    // node's tip, read after its mempool, is the index's.
+    let best: bitcoin::BlockHash = serde_json::from_value(rpc.call("getbestblockhash", json!([]))?)?;
+    let removals = index.chain.tip().map(|t| t.1) == Some(best);
     let (gone, mut new) = {
         let m = lock.read().unwrap();
-        let gone: Vec<Txid> =
-            m.txs.keys().filter(|t| !listed.contains_key(&t.to_string())).copied().collect();
+        let gone: Vec<Txid> = match removals {
+            true => m.txs.keys().filter(|t| !listed.contains_key(&t.to_string())).copied().collect(),
+            false => Vec::new(),
+        };
         let new: Vec<(Txid, &Value)> = listed
             .iter()
             .filter_map(|(k, v)| k.parse::<Txid>().ok().map(|t| (t, v)))

@@ -177,6 +177,7 @@ async fn notify(
 }
 
 fn notification(method: &str, params: Value) -> String {
+    debug!(method, %params, "notification");
     json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string()
 }
 
@@ -230,6 +231,7 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     else {
         return Some(error_reply(&id.unwrap_or(Value::Null), v2, -32600, "not a JSON-RPC request"));
     };
+    debug!(method, %params, "request");
     let started = Instant::now();
     let result = match params {
         Value::Array(_) | Value::Object(_) => methods::call(state, s, method, &params).await,
@@ -240,7 +242,7 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     };
     state.metrics.request(method, result.is_ok(), started.elapsed());
     let id = id?; // a notification from the client: nothing to answer
-    // The result goes in as text: it may be a long list already written as JSON.
+                  // The result goes in as text: it may be a long list already written as JSON.
     let mut reply = String::new();
     match (result, v2) {
         (Ok(r), true) => {

@@ -167,6 +167,8 @@ pub async fn catch_up_loop(state: Arc<State>, standby: Index, every: Duration) {
                 info!(height = tip.height, hash = %tip.header.block_hash(), "new tip");
                 state.metrics.tip.set(tip.height as i64);
                 state.tip.send_replace(Some(tip));
+                // Mempool transactions the new blocks mined can now be let go.
+                state.wake_mempool.notify_one();
             }
             Ok(None) => {}
             Err(e) => warn!("catching up with the indexer failed: {e:#}"),

@@ -311,3 +311,83 @@ fn shapes_follow_the_negotiated_version() -> Result<()> {
     assert!(mempool.as_array().unwrap().iter().any(|t| t == &json!(parent_tx.compute_txid().to_string())));
     Ok(())
 }
+
+/// Polls `f` every 50 ms until it gives a value, for up to 30 s.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_reorg_moves_histories_back_and_forth_and_notifies() -> Result<()> {
+    let (node, _dir, _indexer, server) = rich_setup()?;
+    let client = server.client();
+    // Every script's history at this tip first, so the server holds them computed.
+    let want = expected(&node)?;
+    for sh in want.history.keys() {
+        if let Err(e) = client.script_get_history(&ScriptBuf::from_bytes(want.scripts[sh].clone())) {
+            eprintln!("DEBUG warm error {e:?}");
+        }
+    }
+    eprintln!("DEBUG warmed");
+    let a = node.new_address("bech32")?;
+    let coinbase_to = node.new_address("bech32")?;
+    let history = |script: &ScriptBuf| -> Result<Vec<(bitcoin::Txid, i32)>> {
+        let r = client.script_get_history(script);
+        if let Err(e) = &r {
+            eprintln!("DEBUG history error: {e:?}");
+        }
+        Ok(r?.iter().map(|h| (h.tx_hash, h.height)).collect())
+    };
+    assert!(client.script_subscribe(&a.script_pubkey())?.is_none());
+    client.block_headers_subscribe()?;
+    let txid = node.send(&a, bitcoin::Amount::from_btc(0.3)?)?;
+    let mined_at = node.height()? as i32 + 1;
+    let block = node.mine(1, &coinbase_to)?[0];
+    wait_for("the payment confirmed", || {
+        Ok((history(&a.script_pubkey())? == vec![(txid, mined_at)]).then_some(()))
+    })?;
+    assert_eq!(history(&coinbase_to.script_pubkey())?.len(), 1);
+    while client.script_pop(&a.script_pubkey())?.is_some() {}
+    while client.block_headers_pop()?.is_some() {}
+
+    // Undo that block: the payment goes back to the mempool, and two empty blocks take its place.
+    node.call("invalidateblock", json!([block.to_string()]))?;
+    let miner = node.new_address("bech32")?.to_string();
+    node.call("generateblock", json!([miner, []]))?;
+    node.call("generateblock", json!([miner, []]))?;
+    let best = node.best_hash()?;
+    let header = wait_for("a header notification for the new branch", || {
+        client.ping()?;
+        Ok(std::iter::from_fn(|| client.block_headers_pop().ok().flatten()).last())
+    })?;
+    assert_eq!((header.height as i32, header.header.block_hash()), (mined_at + 1, best));
+    wait_for("the payment back in the mempool", || {
+        Ok((history(&a.script_pubkey())? == vec![(txid, 0)]).then_some(()))
+    })?;
+    assert!(client.script_pop(&a.script_pubkey())?.is_some(), "a status notification for the reorg");
+    assert!(history(&coinbase_to.script_pubkey())?.is_empty(), "the stale block's coinbase is gone");
+    // Every other script as the node now sees it (computed again or brought forward).
+    let want = expected(&node)?;
+    for (sh, want_history) in &want.history {
+        let got: Vec<_> = history(&ScriptBuf::from_bytes(want.scripts[sh].clone()))?
+            .into_iter()
+            .filter(|h| h.1 > 0)
+            .map(|(t, h)| (t, h as u32))
+            .collect();
+        assert_eq!(&got, want_history, "history of {sh} after the reorg");
+    }
+
+    // Mined again, two blocks higher.
+    node.mine(1, &coinbase_to)?;
+    wait_for("the payment confirmed again", || {
+        Ok((history(&a.script_pubkey())? == vec![(txid, mined_at + 2)]).then_some(()))
+    })?;
+    Ok(())
+}

@@ -397,7 +397,13 @@ fn protocol_1_7_serves_scripts_by_scriptpubkey_and_outpoints() -> Result<()> {
 
     // Subscribe to one of the wallet's outputs, spend it, mine the spend.
     let coins = node.wallet_call("listunspent", json!([1]))?;
-    let coin = &coins[0];
+    // One that covers the 0.1 sent and the fee (the wallet also holds small change outputs).
+    let coin = coins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["amount"].as_f64().unwrap() >= 1.0)
+        .expect("a coin of at least 1 BTC");
     let op = OutPoint {
         txid: coin["txid"].as_str().unwrap().parse()?,
         vout: coin["vout"].as_u64().unwrap() as u32,

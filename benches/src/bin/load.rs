@@ -43,6 +43,12 @@ struct Args {
     /// Idle subscribed connections opened after the load (0: skip).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Requests per second of the paced phase (after the saturating one), which measures latency
+    /// at a load below every server's capacity rather than queueing at saturation (0: skip).
+    #[arg(long, default_value_t = 200)]
+    paced_rate: u64,
+    #[arg(long, default_value_t = 10)]
+    paced_seconds: u64,
     /// Blocks sampled for the workload.
     #[arg(long, default_value_t = 40)]
     sample_blocks: u64,
@@ -194,9 +200,10 @@ async fn main() -> Result<()> {
     }
     let (rss_loaded, anon_loaded) = (rss_mb(args.pid, "VmRSS:"), rss_mb(args.pid, "RssAnon:"));
     latencies.sort_unstable();
-    let pct =
-        |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)).copied();
     let n = latencies.len();
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    let paced = paced(&args, &w).await?;
+    let (paced_p50, paced_p99) = (percentile(&paced, 0.50), percentile(&paced, 0.99));
 
     // The idle crowd: each connection negotiates and subscribes to headers and one script that
     // has no history yet (as a wallet's gap-limit addresses); given up on after two minutes.
@@ -238,8 +245,11 @@ async fn main() -> Result<()> {
             "requests": n,
             "seconds": args.seconds,
             "rps": n as f64 / args.seconds as f64,
-            "p50_ms": pct(0.50).map(|u| u as f64 / 1000.0),
-            "p99_ms": pct(0.99).map(|u| u as f64 / 1000.0),
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "paced_rate": args.paced_rate,
+            "paced_p50_ms": paced_p50,
+            "paced_p99_ms": paced_p99,
             "errors": errors.load(Ordering::Relaxed),
             "rss_loaded_mb": rss_loaded,
             "idle_open": idle.len(),
@@ -251,6 +261,49 @@ async fn main() -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// The `p` quantile of sorted latencies (µs), in ms.
+fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().checked_sub(1)?);
+    Some(sorted[i] as f64 / 1000.0)
+}
+
+/// The paced phase: the same connections and mix at a fixed total rate, each request sent at its
+/// scheduled time; latency counts from that time, so a server that falls behind is charged for
+/// the wait too (no coordinated omission). Sorted latencies in µs.
+async fn paced(args: &Args, w: &Arc<Workload>) -> Result<Vec<u64>> {
+    if args.paced_rate == 0 {
+        return Ok(Vec::new());
+    }
+    let conns = args.connections as u64;
+    let every = Duration::from_secs_f64(conns as f64 / args.paced_rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let count = args.paced_seconds * args.paced_rate / conns;
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (w, addr) = (w.clone(), args.server.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            let mut rng = fastrand::Rng::with_seed(1000 + c);
+            let mut latencies = Vec::new();
+            // Staggered so the connections do not all send at once.
+            let first = start + every.mul_f64(c as f64 / conns as f64);
+            for k in 0..count {
+                let at = first + every * k as u32;
+                tokio::time::sleep_until(at).await;
+                conn.call(&request(&w, &mut rng, k + 1)).await?;
+                latencies.push(at.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    latencies.sort_unstable();
+    Ok(latencies)
 }
 
 /// Raises the open-files limit to the hard limit (thousands of sockets).

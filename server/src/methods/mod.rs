@@ -280,7 +280,9 @@ pub async fn call(
         });
     }
     let family = family_and_name(method).0;
-    if let "blockchain.address" | "blockchain.scripthash" | "blockchain.scriptpubkey" | "blockchain.utxo" = family {
+    if let "blockchain.address" | "blockchain.scripthash" | "blockchain.scriptpubkey" | "blockchain.utxo" =
+        family
+    {
         return scripts::call(state, s, method, params).await;
     }
     let reply = match family {

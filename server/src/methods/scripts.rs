@@ -48,7 +48,12 @@ fn named(net: Net, method: &str, params: &Value) -> Result<Named, RpcError> {
     })
 }
 
-pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -> Result<Answer, RpcError> {
+pub async fn call(
+    state: &Arc<State>,
+    s: &mut Session,
+    method: &str,
+    params: &Value,
+) -> Result<Answer, RpcError> {
     if method == "blockchain.utxo.get_address" {
         return utxo_address(state, params).await.map(Answer::Value);
     }
@@ -66,7 +71,8 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
             if v.confirmed.history().len() + v.mempool.history.len() > max {
                 return Err(too_large(max));
             }
-            let mut list = String::with_capacity(80 * (v.confirmed.history().len() + v.mempool.history.len()) + 2);
+            let mut list =
+                String::with_capacity(80 * (v.confirmed.history().len() + v.mempool.history.len()) + 2);
             list.push('[');
             for h in v.confirmed.history() {
                 history_entry(&mut list, &h.txid, h.height as i64, None);

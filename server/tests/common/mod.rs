@@ -63,6 +63,7 @@ impl Server {
             .arg(db)
             .args(["--daemon-rpc-addr", &node.rpc_addr(), "--electrum-addr", "127.0.0.1:0"])
             .args(extra)
+            .env("BLKINDEX_LOG", "info,blkindex_server=debug")
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -112,6 +113,13 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The test harness shows a test's output only when it fails: then this log explains.
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "--- server log (last 200 lines) ---\n{}",
+            lines[lines.len().saturating_sub(200)..].join("\n")
+        );
     }
 }
 
