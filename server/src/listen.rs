@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
@@ -25,6 +25,10 @@ use crate::state::State;
 
 /// A client that does not take a write within this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Initial read buffer of a line-framed connection.
+const READ_BUFFER: usize = 1024;
+/// Queued messages joined into one write, up to about this many bytes.
+const COALESCE_BYTES: usize = 64 * 1024;
 /// Time allowed for the TLS and WebSocket handshakes.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -222,7 +226,10 @@ where
     let (tx, rx) = mpsc::channel::<String>(OUT_QUEUE);
     let writer = tokio::spawn(write_lines(w, rx));
     // `scan` ends the stream at the first None: a read error ends the session.
-    let lines = FramedRead::new(r, LinesCodec::new_with_max_length(state.limits.max_request));
+    // A small read buffer to start with (it grows for long requests): most connections are idle
+    // wallets, and thousands of them each holding the default 8 KiB add up.
+    let codec = LinesCodec::new_with_max_length(state.limits.max_request);
+    let lines = FramedRead::with_capacity(r, codec, READ_BUFFER);
     let input = lines.scan((), |_, r| {
         std::future::ready(match r {
             Ok(line) => Some(Incoming::Message(line)),
@@ -234,23 +241,22 @@ where
     let _ = writer.await;
 }
 
-/// Writes each queued message and a newline, flushing when the queue runs dry (so a batch of
-/// notifications goes out in one write), and gives up on a client that stops reading.
-async fn write_lines<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<String>) {
-    let mut w = BufWriter::new(w);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(line) = next {
-            let write = async {
-                w.write_all(line.as_bytes()).await?;
-                w.write_all(b"\n").await
-            };
-            if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
-                return;
-            }
-            next = rx.try_recv().ok();
+/// Writes each queued message and a newline, with the messages queued behind it in the same
+/// write (a batch of notifications goes out at once), and gives up on a client that stops
+/// reading. No buffer is kept between writes: an idle connection holds none.
+async fn write_lines<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<String>) {
+    while let Some(mut out) = rx.recv().await {
+        out.push('\n');
+        while out.len() < COALESCE_BYTES {
+            let Ok(line) = rx.try_recv() else { break };
+            out.push_str(&line);
+            out.push('\n');
         }
-        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, w.flush()).await, Ok(Ok(()))) {
+        let write = async {
+            w.write_all(out.as_bytes()).await?;
+            w.flush().await // TLS holds written bytes until flushed
+        };
+        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
             return;
         }
     }

@@ -4,7 +4,6 @@
 //! queue full ends the session. A session that sends no complete request for the idle timeout is
 //! closed, which also ends connections that trickle bytes without ever finishing a line.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,17 +72,14 @@ pub async fn run(
                 }
             }
             changes = mempool_rx.recv() => {
-                let touched: Option<HashSet<ScriptHash>> = match changes {
-                    Ok(set) => Some((*set).clone()),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None, // recheck all
+                // Shared by every session: looked up, not copied.
+                let scripts: Vec<ScriptHash> = match changes {
+                    Ok(set) => session.scripts.keys().filter(|sh| set.contains(*sh)).copied().collect(),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        session.scripts.keys().copied().collect() // recheck all
+                    }
                     Err(_) => break,
                 };
-                let scripts: Vec<ScriptHash> = session
-                    .scripts
-                    .keys()
-                    .filter(|sh| touched.as_ref().is_none_or(|t| t.contains(sh)))
-                    .copied()
-                    .collect();
                 if !notify(&state, &mut session, &out, scripts, Vec::new()).await {
                     debug!(%peer, "client too slow to read notifications; closing");
                     break;
@@ -243,7 +239,12 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     state.metrics.request(method, result.is_ok(), started.elapsed());
     let id = id?; // a notification from the client: nothing to answer
                   // The result goes in as text: it may be a long list already written as JSON.
-    let mut reply = String::new();
+    let hint = match &result {
+        Ok(methods::Answer::Text(t)) => t.len(),
+        _ => 0,
+    };
+    // Room for the envelope and the newline the writer adds: a long list is copied once.
+    let mut reply = String::with_capacity(hint + 64);
     match (result, v2) {
         (Ok(r), true) => {
             reply.push_str(r#"{"jsonrpc":"2.0","result":"#);
