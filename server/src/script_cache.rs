@@ -119,3 +119,40 @@ impl ScriptCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::Txid;
+    use blkindex_shared::query::ScriptState;
+
+    fn item(n: u8, height: u32) -> HistoryItem {
+        HistoryItem { txid: Txid::from_byte_array([n; 32]), height, txnum: n as u64 }
+    }
+
+    fn confirmed(history: Vec<HistoryItem>, earlier: Option<&Confirmed>) -> Confirmed {
+        Confirmed::new(ScriptState { history, utxos: vec![] }.into(), earlier)
+    }
+
+    #[test]
+    fn a_status_resumed_from_an_earlier_entry_equals_one_hashed_at_once() {
+        let early = confirmed(vec![item(1, 10), item(2, 11)], None);
+        let later = vec![item(1, 10), item(2, 11), item(3, 12)];
+        let resumed = confirmed(later.clone(), Some(&early));
+        let fresh = confirmed(later.clone(), None);
+        let unconfirmed = [(Txid::from_byte_array([9; 32]), 0, 100)];
+        assert_eq!(resumed.status(&unconfirmed), fresh.status(&unconfirmed));
+        assert_eq!(resumed.status(&[]), fresh.status(&[]));
+        // And it is the protocol's hash of "txid:height:" entries.
+        let text: String = later.iter().map(|h| format!("{}:{}:", h.txid, h.height)).collect();
+        let want = hex::encode(sha256::Hash::hash(text.as_bytes()).to_byte_array());
+        assert_eq!(fresh.status(&[]), Some(want));
+        // A history that does not extend the earlier one (a reorg) is hashed from the start.
+        let reorged = vec![item(1, 10), item(4, 11)];
+        assert_eq!(
+            confirmed(reorged.clone(), Some(&fresh)).status(&[]),
+            confirmed(reorged, None).status(&[])
+        );
+        assert_eq!(confirmed(vec![], None).status(&[]), None);
+    }
+}
