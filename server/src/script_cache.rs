@@ -127,7 +127,7 @@ mod tests {
     use blkindex_shared::query::ScriptState;
 
     fn item(n: u8, height: u32) -> HistoryItem {
-        HistoryItem { txid: Txid::from_byte_array([n; 32]), height, txnum: n as u64 }
+        HistoryItem { txid: Txid::from_byte_array([n; 32]), height, txnum: n as u32 }
     }
 
     fn confirmed(history: Vec<HistoryItem>, earlier: Option<&Confirmed>) -> Confirmed {
