@@ -1,7 +1,8 @@
 //! `blockchain.transaction.get(txid, verbose=true)`: the JSON bitcoind's `getrawtransaction`
 //! returns, built from our own data so that no txindex is needed. Script assembly follows
 //! Core's `ScriptToAsmStr` (small pushes as numbers, signatures with their sighash type), so
-//! clients that parse it see what they would see from the node. Core's `desc` field is left out.
+//! clients that parse it see what they would see from the node; each output's `desc` is the
+//! descriptor Core infers without keys (checksum by the `miniscript` crate).
 
 use bitcoin::blockdata::opcodes::all as op;
 use bitcoin::script::Instruction;
@@ -43,12 +44,14 @@ pub fn tx_json(tx: &Transaction, raw: &[u8], net: Network, place: Option<Place>)
         .map(|(n, o)| {
             let script = &o.script_pubkey;
             let kind = script_type(script);
+            let address = address(script, kind, net);
             let mut spk = json!({
                 "asm": asm(script, false),
+                "desc": descriptor(script, kind, address.as_deref()),
                 "hex": hex::encode(script.as_bytes()),
                 "type": kind,
             });
-            if let Some(a) = address(script, kind, net) {
+            if let Some(a) = address {
                 spk["address"] = json!(a);
             }
             json!({"value": o.value.to_sat() as f64 / 1e8, "n": n, "scriptPubKey": spk})
@@ -82,6 +85,44 @@ fn address(script: &Script, kind: &str, net: Network) -> Option<String> {
         return None;
     }
     Address::from_script(script, net).ok().map(|a| a.to_string())
+}
+
+/// The output descriptor Core infers for a script it has no keys or scripts for (`InferDescriptor`
+/// with an empty provider), with its checksum: the public keys a script shows (`pk`, `multi`,
+/// `rawtr`), else the address (`addr`), else the bytes (`raw`).
+fn descriptor(script: &Script, kind: &str, address: Option<&str>) -> String {
+    let b = script.as_bytes();
+    let pushes = || -> Vec<Vec<u8>> {
+        script
+            .instructions()
+            .filter_map(|i| match i {
+                Ok(bitcoin::script::Instruction::PushBytes(p)) => Some(p.as_bytes().to_vec()),
+                _ => None,
+            })
+            .collect()
+    };
+    let body = match kind {
+        "pubkey" => format!("pk({})", hex::encode(&pushes()[0])),
+        "multisig" => {
+            let keys = pushes();
+            let valid = keys.iter().all(|k| bitcoin::PublicKey::from_slice(k).is_ok());
+            // OP_1..OP_16 hold the threshold.
+            let k = b[0] - op::OP_PUSHNUM_1.to_u8() + 1;
+            match valid {
+                true => format!("multi({k},{})", keys.iter().map(hex::encode).collect::<Vec<_>>().join(",")),
+                false => format!("raw({})", hex::encode(b)),
+            }
+        }
+        "witness_v1_taproot" if bitcoin::key::XOnlyPublicKey::from_slice(&b[2..]).is_ok() => {
+            format!("rawtr({})", hex::encode(&b[2..]))
+        }
+        _ => match address {
+            Some(a) => format!("addr({a})"),
+            None => format!("raw({})", hex::encode(b)),
+        },
+    };
+    let checksum = miniscript::descriptor::checksum::desc_checksum(&body).expect("descriptor characters");
+    format!("{body}#{checksum}")
 }
 
 /// Core's name for an output script's template (`GetTxnOutputType`).
