@@ -64,7 +64,9 @@ struct Args {
     /// Memory budget in MiB for the bulk pass (batch sizes follow from it).
     #[arg(long, env = "BLKINDEX_MEM_BUDGET_MB", default_value_t = 2048)]
     mem_budget_mb: u64,
-    /// Bytes of blocks per bulk batch, in KiB (default: a third of the memory budget). Smaller
+    /// Bytes of blocks per bulk batch, in KiB (default: three fifths of the memory budget: a batch's
+    /// rows peak at about half its block bytes, and three batches can be in memory at once, one
+    /// being written, one queued, one being built). Smaller
     /// batches commit more often, at some cost in speed.
     #[arg(long, env = "BLKINDEX_BATCH_KB")]
     batch_kb: Option<u64>,
@@ -109,7 +111,7 @@ fn run() -> Result<()> {
         net: args.node.network,
         rpc: rpc.as_ref(),
         progress: &progress,
-        batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) / 3, |kb| kb << 10),
+        batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) * 3 / 5, |kb| kb << 10),
     };
     if args.no_follow || !close_to_tip(&store, rpc.as_ref(), args.follow_gap)? {
         bulk_pass(&bulk, &store, &files, args.node.network, rpc.as_ref(), &progress)?;

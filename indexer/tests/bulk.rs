@@ -248,6 +248,12 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
     index_ok(&node, &db, &args);
     assert_eq!(digest(&db), digest(&clean), "a killed and resumed index differs from a clean one");
     check(&node, &open(&node, &db), &want)?;
+    // One batch (plain values, no compaction) holds the same as many (merge operands, compacted).
+    let single = dir.path().join("single");
+    let out = indexer(&node, &single, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batches=1"), "expected a single batch");
+    assert_eq!(digest(&single), digest(&clean), "a one-batch index differs from a many-batch one");
     Ok(())
 }
 
