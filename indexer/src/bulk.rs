@@ -18,7 +18,7 @@ use bitcoin::BlockHash;
 use rayon::prelude::*;
 use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteBatch};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use blkindex_shared::blkfile::{BlockFiles, FileKind};
 use blkindex_shared::rpc::Rpc;
@@ -355,7 +355,9 @@ impl Bulk<'_> {
             s.spawn(move || {
                 let mut undo_index = UndoIndex::default();
                 for (a, b) in ranges {
+                    let t = Instant::now();
                     let batch = self.make_batch(chain, a, b, first_txnums, fetched, &mut undo_index);
+                    debug!(first = a, last = b, secs = t.elapsed().as_secs_f64(), "batch built");
                     self.files.unmap_all();
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
@@ -368,7 +370,9 @@ impl Bulk<'_> {
                 summary.blocks += (batch.last - batch.first + 1) as u64;
                 summary.txs += batch.txs;
                 summary.bytes += batch.bytes;
+                let (t, first) = (Instant::now(), batch.first);
                 self.write_batch(batch, &tmp, !single)?;
+                debug!(first, secs = t.elapsed().as_secs_f64(), "batch written");
             }
             Ok(())
         })?;
@@ -478,23 +482,41 @@ impl Bulk<'_> {
     }
 
     /// Writes a batch's rows as SST files and ingests them; the txnum lists as merge operands
-    /// when `merge` (other batches add to the same prefixes), else as plain values.
+    /// when `merge` (other batches add to the same prefixes), else as plain values. The files are
+    /// written in parallel: each family on its own, and the list families cut into parts at
+    /// prefix boundaries (parts do not overlap, so they are ingested together).
     fn write_batch(&self, batch: Batch, tmp: &std::path::Path, merge: bool) -> Result<()> {
-        let path = |name: &str| tmp.join(format!("{}-{name}.sst", batch.first));
-        let mut ssts: Vec<(&str, PathBuf)> = Vec::new();
-        let keys: Vec<[u8; 4]> = batch.headers.iter().map(|(h, _)| schema::height_key(*h)).collect();
-        let headers = keys.iter().zip(batch.headers.iter().map(|(_, v)| v));
-        if write_sst(cf::HEADERS, &path(cf::HEADERS), headers, false)? {
-            ssts.push((cf::HEADERS, path(cf::HEADERS)));
-        }
-        let keys: Vec<[u8; 4]> = batch.txpos.iter().map(|(h, _)| schema::height_key(*h)).collect();
-        if write_sst(cf::TXPOS, &path(cf::TXPOS), keys.iter().zip(batch.txpos.iter().map(|(_, v)| v)), false)?
-        {
-            ssts.push((cf::TXPOS, path(cf::TXPOS)));
-        }
+        let path = |name: &str, part: usize| tmp.join(format!("{}-{name}-{part}.sst", batch.first));
+        let parts = rayon::current_num_threads().max(1);
+        let mut jobs: Vec<(&str, usize, Job)> = vec![(cf::HEADERS, 0, Job::Headers), (cf::TXPOS, 0, Job::Txpos)];
         for (name, rows) in [(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)] {
-            if write_sst(name, &path(name), TxnumList::group(rows).into_iter(), merge)? {
-                ssts.push((name, path(name)));
+            for (part, rows) in split_at_prefixes(rows, parts).into_iter().enumerate() {
+                jobs.push((name, part, Job::Lists(rows)));
+            }
+        }
+        let written: Vec<Option<(&str, PathBuf)>> = jobs
+            .into_par_iter()
+            .map(|(name, part, job)| -> Result<Option<(&str, PathBuf)>> {
+                let file = path(name, part);
+                let any = match job {
+                    Job::Headers => {
+                        let rows = batch.headers.iter().map(|(h, v)| (schema::height_key(*h), v));
+                        write_sst(name, &file, rows, false)?
+                    }
+                    Job::Txpos => {
+                        let rows = batch.txpos.iter().map(|(h, v)| (schema::height_key(*h), v));
+                        write_sst(name, &file, rows, false)?
+                    }
+                    Job::Lists(rows) => write_list_sst(name, &file, rows, merge)?,
+                };
+                Ok(any.then_some((name, file)))
+            })
+            .collect::<Result<_>>()?;
+        let mut ssts: Vec<(&str, Vec<PathBuf>)> = Vec::new();
+        for (name, file) in written.into_iter().flatten() {
+            match ssts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, files)) => files.push(file),
+                None => ssts.push((name, vec![file])),
             }
         }
 
@@ -502,18 +524,58 @@ impl Bulk<'_> {
         self.store.put_meta(&[(meta::PENDING, Some(&pending.encode()))])?;
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
-        for (name, path) in ssts {
-            self.store
-                .db()
-                .ingest_external_file_cf_opts(self.store.cf(name), &ingest, vec![path])
-                .with_context(|| {
-                    format!("ingesting {name} rows of heights {}..={}", batch.first, batch.last)
-                })?;
+        for (name, files) in ssts {
+            self.store.db().ingest_external_file_cf_opts(self.store.cf(name), &ingest, files).with_context(
+                || format!("ingesting {name} rows of heights {}..={}", batch.first, batch.last),
+            )?;
         }
         let tip = schema::encode_tip(batch.last, &batch.last_hash);
         self.store.put_meta(&[(meta::TIP, Some(&tip)), (meta::PENDING, None)])?;
         Ok(())
     }
+}
+
+/// One SST file to write.
+enum Job<'a> {
+    Headers,
+    Txpos,
+    Lists(&'a [RowKey]),
+}
+
+/// Cuts sorted rows into about `parts` pieces, never inside one prefix's rows.
+fn split_at_prefixes(rows: &[RowKey], parts: usize) -> Vec<&[RowKey]> {
+    let mut out = Vec::new();
+    let mut rest = rows;
+    for left in (1..=parts).rev() {
+        if rest.is_empty() {
+            break;
+        }
+        let mut cut = if left == 1 { rest.len() } else { rest.len() / left };
+        while cut > 0 && cut < rest.len() && rest[cut][..schema::PREFIX_LEN] == rest[cut - 1][..schema::PREFIX_LEN] {
+            cut += 1;
+        }
+        let (piece, tail) = rest.split_at(cut.max(1).min(rest.len()));
+        out.push(piece);
+        rest = tail;
+    }
+    out
+}
+
+/// Writes sorted rows of a txnum-list family as one list per prefix (merge operands when
+/// `merge`); false when there were no rows.
+fn write_list_sst(name: &str, path: &std::path::Path, rows: &[RowKey], merge: bool) -> Result<bool> {
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let opts = cf_options(name);
+    let mut w = SstFileWriter::create(&opts);
+    w.open(path)?;
+    TxnumList::for_each_group(rows, |prefix, list| match merge {
+        true => w.merge(prefix, list),
+        false => w.put(prefix, list),
+    })?;
+    w.finish()?;
+    Ok(true)
 }
 
 /// Writes sorted rows into an SST file for family `name`, as merge operands when `merge` (the

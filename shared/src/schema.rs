@@ -130,6 +130,28 @@ impl TxnumList {
         Ok(())
     }
 
+    /// Calls `f(prefix, list)` for each prefix of sorted, deduplicated rows, encoding every list
+    /// into one reused buffer (the bulk writer's hot loop: millions of prefixes).
+    pub fn for_each_group<E>(rows: &[RowKey], mut f: impl FnMut(&Prefix, &[u8]) -> Result<(), E>) -> Result<(), E> {
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let prefix = key_prefix(&rows[i]);
+            buf.clear();
+            let mut last = 0;
+            let mut j = i;
+            while j < rows.len() && rows[j][..PREFIX_LEN] == prefix {
+                let n = key_txnum(&rows[j]);
+                put_leb128(&mut buf, if j == i { n as u64 } else { (n - last) as u64 });
+                last = n;
+                j += 1;
+            }
+            f(&prefix, &buf)?;
+            i = j;
+        }
+        Ok(())
+    }
+
     /// Groups sorted, deduplicated rows into one (prefix, list) per prefix.
     pub fn group(rows: &[RowKey]) -> Vec<(Prefix, Vec<u8>)> {
         let mut out = Vec::new();
