@@ -488,7 +488,8 @@ impl Bulk<'_> {
     fn write_batch(&self, batch: Batch, tmp: &std::path::Path, merge: bool) -> Result<()> {
         let path = |name: &str, part: usize| tmp.join(format!("{}-{name}-{part}.sst", batch.first));
         let parts = rayon::current_num_threads().max(1);
-        let mut jobs: Vec<(&str, usize, Job)> = vec![(cf::HEADERS, 0, Job::Headers), (cf::TXPOS, 0, Job::Txpos)];
+        let mut jobs: Vec<(&str, usize, Job)> =
+            vec![(cf::HEADERS, 0, Job::Headers), (cf::TXPOS, 0, Job::Txpos)];
         for (name, rows) in [(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)] {
             for (part, rows) in split_at_prefixes(rows, parts).into_iter().enumerate() {
                 jobs.push((name, part, Job::Lists(rows)));
@@ -551,7 +552,10 @@ fn split_at_prefixes(rows: &[RowKey], parts: usize) -> Vec<&[RowKey]> {
             break;
         }
         let mut cut = if left == 1 { rest.len() } else { rest.len() / left };
-        while cut > 0 && cut < rest.len() && rest[cut][..schema::PREFIX_LEN] == rest[cut - 1][..schema::PREFIX_LEN] {
+        while cut > 0
+            && cut < rest.len()
+            && rest[cut][..schema::PREFIX_LEN] == rest[cut - 1][..schema::PREFIX_LEN]
+        {
             cut += 1;
         }
         let (piece, tail) = rest.split_at(cut.max(1).min(rest.len()));

@@ -328,8 +328,11 @@ mod tests {
         let src: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37)).collect();
         for offset in 0..16u64 {
             for len in 0..src.len() {
-                let want: Vec<u8> =
-                    src[..len].iter().enumerate().map(|(i, b)| b ^ key.0[(offset as usize + i) % 8]).collect();
+                let want: Vec<u8> = src[..len]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key.0[(offset as usize + i) % 8])
+                    .collect();
                 assert_eq!(key.copy(&src[..len], offset), want, "copy at {offset}+{len}");
                 let mut buf = src[..len].to_vec();
                 key.apply(&mut buf, offset);

@@ -132,7 +132,10 @@ impl TxnumList {
 
     /// Calls `f(prefix, list)` for each prefix of sorted, deduplicated rows, encoding every list
     /// into one reused buffer (the bulk writer's hot loop: millions of prefixes).
-    pub fn for_each_group<E>(rows: &[RowKey], mut f: impl FnMut(&Prefix, &[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn for_each_group<E>(
+        rows: &[RowKey],
+        mut f: impl FnMut(&Prefix, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut buf = Vec::new();
         let mut i = 0;
         while i < rows.len() {
