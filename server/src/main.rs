@@ -166,7 +166,7 @@ fn run() -> Result<()> {
         }
         anyhow::ensure!(!listeners.is_empty(), "no listener: give at least one of the listen addresses");
         let info = info(&args, &listeners)?;
-        let scripts = script_cache::ScriptCache::new(args.script_cache_mb << 20);
+        let scripts = script_cache::ScriptCache::new(args.script_cache_mb << 20, metrics.clone());
         let state = state::State::new(args.node.network, index, rpc, info, limits, metrics, scripts);
         info!(tip = ?state.tip.borrow().map(|t| t.height), "index opened");
         zmq::spawn(state.clone(), published);

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub tip: IntGauge,
     pub mempool_txs: IntGauge,
+    /// Script-cache lookups by outcome: used as is, brought forward, computed.
+    pub script_cache: IntCounterVec,
+    pub script_cache_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -44,6 +47,17 @@ impl Metrics {
             IntGauge::new("blkindex_index_height", "Height of the indexed tip the server sees").unwrap();
         let mempool_txs =
             IntGauge::new("blkindex_mempool_txs", "Transactions in the tracked mempool").unwrap();
+        let script_cache = IntCounterVec::new(
+            Opts::new(
+                "blkindex_script_cache_lookups_total",
+                "Scripts' confirmed sides asked for, by outcome (hit, extended, computed)",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let script_cache_bytes =
+            IntGauge::new("blkindex_script_cache_bytes", "Approximate bytes held by the script cache")
+                .unwrap();
         let registry = Registry::new();
         registry.register(Box::new(requests.clone())).unwrap();
         registry.register(Box::new(latency.clone())).unwrap();
@@ -51,7 +65,19 @@ impl Metrics {
         registry.register(Box::new(rejected.clone())).unwrap();
         registry.register(Box::new(tip.clone())).unwrap();
         registry.register(Box::new(mempool_txs.clone())).unwrap();
-        Metrics { registry, requests, latency, connections, rejected, tip, mempool_txs }
+        registry.register(Box::new(script_cache.clone())).unwrap();
+        registry.register(Box::new(script_cache_bytes.clone())).unwrap();
+        Metrics {
+            registry,
+            requests,
+            latency,
+            connections,
+            rejected,
+            tip,
+            mempool_txs,
+            script_cache,
+            script_cache_bytes,
+        }
     }
 
     pub fn request(&self, method: &str, ok: bool, took: Duration) {

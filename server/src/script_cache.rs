@@ -17,6 +17,8 @@ use quick_cache::sync::{Cache, GuardResult};
 use blkindex_shared::query::{HistoryItem, Index, ScriptScan};
 use blkindex_shared::ScriptHash;
 
+use crate::metrics::Metrics;
+
 /// A script's confirmed side at some tip.
 pub struct Confirmed {
     pub scan: ScriptScan,
@@ -89,30 +91,42 @@ impl quick_cache::Weighter<ScriptHash, Arc<Confirmed>> for Weigh {
 
 pub struct ScriptCache {
     cache: Cache<ScriptHash, Arc<Confirmed>, Weigh>,
+    metrics: Arc<Metrics>,
 }
 
 impl ScriptCache {
     /// A cache holding up to about `bytes` of script states.
-    pub fn new(bytes: u64) -> Self {
-        ScriptCache { cache: Cache::with_weighter((bytes / 4096).max(16) as usize, bytes.max(1), Weigh) }
+    pub fn new(bytes: u64, metrics: Arc<Metrics>) -> Self {
+        let cache = Cache::with_weighter((bytes / 4096).max(16) as usize, bytes.max(1), Weigh);
+        ScriptCache { cache, metrics }
+    }
+
+    fn counted(&self, outcome: &str) {
+        self.metrics.script_cache.with_label_values(&[outcome]).inc();
+        self.metrics.script_cache_bytes.set(self.cache.weight() as i64);
     }
 
     /// The confirmed side of `sh` at `index`'s tip. Requests for a script nobody has computed
     /// yet wait for the first one instead of all computing it.
     pub fn confirmed(&self, index: &Index, sh: &ScriptHash) -> Result<Arc<Confirmed>> {
         match self.cache.get_value_or_guard(sh, None) {
-            GuardResult::Value(c) if index.is_current(&c.scan) => Ok(c),
+            GuardResult::Value(c) if index.is_current(&c.scan) => {
+                self.metrics.script_cache.with_label_values(&["hit"]).inc();
+                Ok(c)
+            }
             GuardResult::Value(c) => {
                 let fresh = Arc::new(Confirmed::new(index.script_scan(sh, Some(&c.scan))?, Some(&c)));
                 // A request on the instance that is being replaced may be behind the entry.
                 if fresh.scan.tip.map(|t| t.0) >= c.scan.tip.map(|t| t.0) {
                     self.cache.insert(*sh, fresh.clone());
                 }
+                self.counted("extended");
                 Ok(fresh)
             }
             GuardResult::Guard(g) => {
                 let fresh = Arc::new(Confirmed::new(index.script_scan(sh, None)?, None));
                 let _ = g.insert(fresh.clone());
+                self.counted("computed");
                 Ok(fresh)
             }
             GuardResult::Timeout => unreachable!("no timeout given"),

@@ -134,8 +134,19 @@ fn tls_and_websockets_speak_the_protocol_and_metrics_count_it() -> Result<()> {
         assert_eq!(ports[key].to_string(), addr.rsplit(':').next().unwrap(), "{key} in {features:?}");
     }
 
-    // Metrics: requests by method, connections by transport, the tip.
+    // Metrics: requests by method, connections by transport, the tip, the script cache (a script
+    // asked for twice at one tip is computed once).
+    let sh = "00".repeat(32);
+    session(
+        &server.addr,
+        &[
+            req(1, "blockchain.scripthash.get_balance", json!([sh])),
+            req(2, "blockchain.scripthash.get_history", json!([sh])),
+        ],
+    );
     let metrics = http_get(&server.addr_of("serving metrics"))?;
+    assert!(metrics.contains(r#"blkindex_script_cache_lookups_total{outcome="computed"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"blkindex_script_cache_lookups_total{outcome="hit"} 1"#), "{metrics}");
     assert!(
         metrics.contains(r#"blkindex_requests_total{method="server.version",outcome="ok"} 3"#),
         "{metrics}"
