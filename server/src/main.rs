@@ -99,9 +99,14 @@ struct Args {
     /// A peer for server.peers.subscribe: "host [tPORT] [sPORT] [vVERSION]" (repeatable).
     #[arg(long = "peer")]
     peers: Vec<String>,
-    /// How often to read the node's mempool, in milliseconds (ZMQ wakes it sooner).
+    /// How often to read the node's whole mempool, in milliseconds, when it publishes no ZMQ
+    /// `sequence` (other ZMQ topics wake it sooner).
     #[arg(long, env = "BLKINDEX_MEMPOOL_MS", default_value_t = 500)]
     mempool_ms: u64,
+    /// With ZMQ `sequence` events applied as they come: how often to read the whole mempool
+    /// anyway, in seconds (also after every block and any lost message).
+    #[arg(long, env = "BLKINDEX_MEMPOOL_RESYNC_SECS", default_value_t = 60)]
+    mempool_resync_secs: u64,
     /// How often to catch up with the indexer, in milliseconds (ZMQ wakes it sooner).
     #[arg(long, env = "BLKINDEX_CATCH_UP_MS", default_value_t = 200)]
     catch_up_ms: u64,
@@ -167,11 +172,17 @@ fn run() -> Result<()> {
         anyhow::ensure!(!listeners.is_empty(), "no listener: give at least one of the listen addresses");
         let info = info(&args, &listeners)?;
         let scripts = script_cache::ScriptCache::new(args.script_cache_mb << 20, metrics.clone());
-        let state = state::State::new(args.node.network, index, rpc, info, limits, metrics, scripts);
+        let (state, events_rx) =
+            state::State::new(args.node.network, index, rpc, info, limits, metrics, scripts);
         info!(tip = ?state.tip.borrow().map(|t| t.height), "index opened");
         zmq::spawn(state.clone(), published);
         tokio::spawn(state::catch_up_loop(state.clone(), standby, Duration::from_millis(args.catch_up_ms)));
-        tokio::spawn(state::mempool_loop(state.clone(), Duration::from_millis(args.mempool_ms)));
+        tokio::spawn(state::mempool_loop(
+            state.clone(),
+            events_rx,
+            Duration::from_millis(args.mempool_ms),
+            Duration::from_secs(args.mempool_resync_secs),
+        ));
         for (listener, transport) in listeners {
             let acceptor = matches!(transport, Transport::Tls | Transport::Wss).then(|| tls.clone().unwrap());
             tokio::spawn(listen::accept_loop(

@@ -1,7 +1,9 @@
 //! The node's mempool as the server needs it: each unconfirmed transaction's fee, whether it
 //! spends another unconfirmed one, and the scripts it funds and spends, indexed by script hash.
-//! Refreshed from `getrawmempool true`; new transactions come from `getrawtransaction` and the
-//! scripts they spend from their mempool parent or the index.
+//! Kept in step by the node's ZMQ `sequence` events (a transaction added or removed) and by full
+//! resyncs against `getrawmempool true` (at start, after a block, when a ZMQ message was missed,
+//! and periodically; or on every poll when the node publishes no `sequence`). New transactions
+//! come from `getrawtransaction` and the scripts they spend from their mempool parent or the index.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::RwLock;
@@ -77,7 +79,7 @@ struct Fetched {
 /// Brings the mempool up to date; returns the script hashes whose mempool side changed. The node
 /// and the index are asked without holding the lock; only applying the changes takes the write
 /// lock, so requests never wait for RPC round trips.
-pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<HashSet<ScriptHash>> {
+pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<Synced> {
     let listed = rpc.call("getrawmempool", json!([true]))?;
     let listed = listed.as_object().context("getrawmempool: not an object")?;
     // Transactions that left the node's mempool because a block the index does not have yet
@@ -125,7 +127,64 @@ pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<HashSet<
             Err(e) => tracing::debug!(%txid, "mempool tx skipped: {e:#}"),
         }
     }
-    Ok(changed)
+    Ok(Synced { changed, complete: removals })
+}
+
+/// What a full resync did.
+pub struct Synced {
+    /// Script hashes whose unconfirmed side changed.
+    pub changed: HashSet<ScriptHash>,
+    /// False when removals were held back (the node has a block the index does not yet).
+    pub complete: bool,
+}
+
+/// A change the node announced on ZMQ `sequence`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Added(Txid),
+    /// Removed for a reason other than a block (replaced, expired, evicted, in conflict).
+    Removed(Txid),
+}
+
+/// Applies `events` in order: an added transaction is fetched from the node (gone again by now:
+/// skipped), a removed one dropped. Returns the changed script hashes, and false when an
+/// addition could not be placed (its parent unknown: a resync settles it).
+pub fn apply(
+    lock: &RwLock<Mempool>,
+    rpc: &Rpc,
+    index: &Index,
+    events: &[Event],
+) -> (HashSet<ScriptHash>, bool) {
+    let mut changed = HashSet::new();
+    let mut placed = true;
+    for event in events {
+        match *event {
+            Event::Removed(txid) => lock.write().unwrap().remove(&txid, &mut changed),
+            Event::Added(txid) => {
+                if lock.read().unwrap().txs.contains_key(&txid) {
+                    continue;
+                }
+                // Fees and size as getrawmempool gives them; an error means it already left.
+                let Ok(info) = rpc.call("getmempoolentry", json!([txid.to_string()])) else { continue };
+                let fetched = match fetch(lock, rpc, index, &HashSet::new(), txid, &info) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::debug!(%txid, "mempool tx not placed: {e:#}");
+                        placed = false;
+                        continue;
+                    }
+                };
+                match lock.write().unwrap().add(fetched) {
+                    Ok(scripts) => changed.extend(scripts),
+                    Err(e) => {
+                        tracing::debug!(%txid, "mempool tx not placed: {e:#}");
+                        placed = false;
+                    }
+                }
+            }
+        }
+    }
+    (changed, placed)
 }
 
 fn fetch(

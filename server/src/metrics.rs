@@ -20,6 +20,8 @@ pub struct Metrics {
     /// Script-cache lookups by outcome: used as is, brought forward, computed.
     pub script_cache: IntCounterVec,
     pub script_cache_bytes: IntGauge,
+    /// Mempool updates: whole reads of the node's mempool, and ZMQ events applied.
+    pub mempool_updates: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,6 +60,14 @@ impl Metrics {
         let script_cache_bytes =
             IntGauge::new("blkindex_script_cache_bytes", "Approximate bytes held by the script cache")
                 .unwrap();
+        let mempool_updates = IntCounterVec::new(
+            Opts::new(
+                "blkindex_mempool_updates_total",
+                "Mempool updates: whole reads of the node's mempool (resync), ZMQ events applied (event)",
+            ),
+            &["kind"],
+        )
+        .unwrap();
         let registry = Registry::new();
         registry.register(Box::new(requests.clone())).unwrap();
         registry.register(Box::new(latency.clone())).unwrap();
@@ -67,6 +77,7 @@ impl Metrics {
         registry.register(Box::new(mempool_txs.clone())).unwrap();
         registry.register(Box::new(script_cache.clone())).unwrap();
         registry.register(Box::new(script_cache_bytes.clone())).unwrap();
+        registry.register(Box::new(mempool_updates.clone())).unwrap();
         Metrics {
             registry,
             requests,
@@ -77,6 +88,7 @@ impl Metrics {
             mempool_txs,
             script_cache,
             script_cache_bytes,
+            mempool_updates,
         }
     }
 

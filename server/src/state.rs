@@ -7,12 +7,13 @@
 //! it in. So catching up never makes a request wait, and no request sees a half-applied block.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
 use bitcoin::block::Header;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use blkindex_shared::query::Index;
@@ -20,11 +21,15 @@ use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::Height;
 use blkindex_shared::{Net, ScriptHash};
 
-use crate::mempool::Mempool;
+use crate::mempool::{Event, Mempool};
 use crate::methods::Info;
 use crate::metrics::Metrics;
 use crate::script_cache::ScriptCache;
 use crate::session::Limits;
+
+/// ZMQ mempool events queued for the mempool task; more than this means it is far behind, and a
+/// resync replaces them.
+const MEMPOOL_EVENTS: usize = 100_000;
 
 /// The indexed tip as sessions see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +55,14 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Scripts' confirmed sides, shared by both index instances.
     pub scripts: ScriptCache,
+    /// Mempool changes the node announces on ZMQ `sequence`, for the mempool task.
+    pub mempool_events: mpsc::Sender<Event>,
+    /// Whether those events are flowing (a ZMQ `sequence` subscription is up); else the mempool
+    /// task reads the whole mempool on every poll.
+    pub zmq_sequence: AtomicBool,
+    /// The tracked mempool may have missed something (a block, a lost ZMQ message, an event it
+    /// could not place): the next round reads the whole mempool again.
+    pub resync: AtomicBool,
 }
 
 impl State {
@@ -61,12 +74,13 @@ impl State {
         limits: Limits,
         metrics: Arc<Metrics>,
         scripts: ScriptCache,
-    ) -> Arc<Self> {
+    ) -> (Arc<Self>, mpsc::Receiver<Event>) {
         let tip = current_tip(&index);
         if let Some(t) = tip {
             metrics.tip.set(t.height as i64);
         }
-        Arc::new(State {
+        let (mempool_events, events) = mpsc::channel(MEMPOOL_EVENTS);
+        let state = Arc::new(State {
             net,
             index: RwLock::new(Arc::new(index)),
             mempool: RwLock::new(Mempool::default()),
@@ -79,7 +93,11 @@ impl State {
             limits,
             metrics,
             scripts,
-        })
+            mempool_events,
+            zmq_sequence: AtomicBool::new(false),
+            resync: AtomicBool::new(true),
+        });
+        (state, events)
     }
 
     /// The current index.
@@ -168,6 +186,7 @@ pub async fn catch_up_loop(state: Arc<State>, standby: Index, every: Duration) {
                 state.metrics.tip.set(tip.height as i64);
                 state.tip.send_replace(Some(tip));
                 // Mempool transactions the new blocks mined can now be let go.
+                state.resync.store(true, Ordering::SeqCst);
                 state.wake_mempool.notify_one();
             }
             Ok(None) => {}
@@ -176,24 +195,65 @@ pub async fn catch_up_loop(state: Arc<State>, standby: Index, every: Duration) {
     }
 }
 
-/// Keeps the mempool in step with the node's every `every`, or sooner when woken, and announces
-/// what changed.
-pub async fn mempool_loop(state: Arc<State>, every: Duration) {
+/// Keeps the mempool in step with the node's: applies the ZMQ events as they come, and reads the
+/// whole mempool again when `resync` says so or `resync_every` has passed (or, without ZMQ
+/// events, every `every`); announces the script hashes whose unconfirmed side changed.
+pub async fn mempool_loop(
+    state: Arc<State>,
+    mut events: mpsc::Receiver<Event>,
+    every: Duration,
+    resync_every: Duration,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failing = false;
+    let mut last_full: Option<std::time::Instant> = None;
     loop {
+        let mut batch = Vec::new();
         tokio::select! {
             _ = ticker.tick() => {}
             _ = state.wake_mempool.notified() => {}
+            Some(e) = events.recv() => batch.push(e),
+        }
+        while let Ok(e) = events.try_recv() {
+            batch.push(e);
+        }
+        let full = !state.zmq_sequence.load(Ordering::SeqCst)
+            || state.resync.load(Ordering::SeqCst)
+            || last_full.is_none_or(|t| t.elapsed() >= resync_every);
+        if !full && batch.is_empty() {
+            continue;
         }
         let s = state.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let changed = crate::mempool::sync(&s.mempool, &s.rpc, &s.index());
+        let result = tokio::task::spawn_blocking(move || -> Result<HashSet<ScriptHash>> {
+            let index = s.index();
+            let changed = if full {
+                // Anything arriving from now on sets it again.
+                s.resync.store(false, Ordering::SeqCst);
+                let synced = crate::mempool::sync(&s.mempool, &s.rpc, &index).inspect_err(|_| {
+                    s.resync.store(true, Ordering::SeqCst);
+                })?;
+                if !synced.complete {
+                    s.resync.store(true, Ordering::SeqCst);
+                }
+                s.metrics.mempool_updates.with_label_values(&["resync"]).inc();
+                // The events taken so far came before this read of the whole mempool: it has them.
+                synced.changed
+            } else {
+                let (changed, placed) = crate::mempool::apply(&s.mempool, &s.rpc, &index, &batch);
+                s.metrics.mempool_updates.with_label_values(&["event"]).inc_by(batch.len() as u64);
+                if !placed {
+                    s.resync.store(true, Ordering::SeqCst);
+                }
+                changed
+            };
             s.metrics.mempool_txs.set(s.mempool.read().unwrap().txs.len() as i64);
-            changed
+            Ok(changed)
         })
         .await;
+        if full && matches!(result, Ok(Ok(_))) {
+            last_full = Some(std::time::Instant::now());
+        }
         match result {
             Ok(Ok(changed)) => {
                 failing = false;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use blkindex_testkit::chain::ChainBuilder;
 use blkindex_testkit::expect::expected;
 
-use common::{raw, rich_setup, session};
+use common::{http_get, indexed, raw, rich_setup, session, Server};
 
 #[test]
 fn electrum_client_sees_what_the_node_sees() -> Result<()> {
@@ -389,5 +389,58 @@ fn a_reorg_moves_histories_back_and_forth_and_notifies() -> Result<()> {
     wait_for("the payment confirmed again", || {
         Ok((history(&a.script_pubkey())? == vec![(txid, mined_at + 2)]).then_some(()))
     })?;
+    Ok(())
+}
+
+/// A fresh address's history as the server tells it: (txid, height) pairs.
+fn history_of(client: &electrum_client::Client, a: &bitcoin::Address) -> Result<Vec<(bitcoin::Txid, i32)>> {
+    Ok(client.script_get_history(&a.script_pubkey())?.iter().map(|h| (h.tx_hash, h.height)).collect())
+}
+
+#[test]
+fn the_mempool_follows_zmq_events_including_replacements() -> Result<()> {
+    let node = blkindex_testkit::Node::start(blkindex_testkit::NodeOptions::default())?;
+    blkindex_testkit::chain::build_rich_chain(&node)?;
+    let (dir, _indexer) = indexed(&node)?;
+    // The whole mempool is read once at start (and after blocks): the rest must come from events.
+    let server = Server::start_with(
+        &node,
+        &dir.path().join("db"),
+        &["--mempool-ms", "3600000", "--mempool-resync-secs", "3600", "--metrics-addr", "127.0.0.1:0"],
+    )?;
+    let client = server.client();
+    let a = node.new_address("bech32")?;
+    let first = node.send(&a, bitcoin::Amount::from_btc(0.4)?)?;
+    wait_for("the payment from its ZMQ event", || {
+        Ok((history_of(&client, &a)? == [(first, 0)]).then_some(()))
+    })?;
+    // Replaced by a higher fee: one event removes it, another adds the replacement.
+    let bumped = node.wallet_call("bumpfee", json!([first.to_string()]))?;
+    let second: bitcoin::Txid = bumped["txid"].as_str().unwrap().parse()?;
+    wait_for("the replacement", || Ok((history_of(&client, &a)? == [(second, 0)]).then_some(())))?;
+    let metrics = http_get(&server.addr_of("serving metrics"))?;
+    let count = |kind: &str| -> u64 {
+        let line = format!("blkindex_mempool_updates_total{{kind=\"{kind}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.parse().unwrap())
+    };
+    assert!(count("event") >= 3, "added, removed, added: {metrics}");
+    assert!(count("resync") <= 2, "the start (and a reconnection) only: {metrics}");
+    Ok(())
+}
+
+#[test]
+fn without_zmq_the_mempool_is_polled() -> Result<()> {
+    let node =
+        blkindex_testkit::Node::start(blkindex_testkit::NodeOptions { no_zmq: true, ..Default::default() })?;
+    blkindex_testkit::chain::build_rich_chain(&node)?;
+    let (dir, _indexer) = indexed(&node)?;
+    let server = Server::start_with(&node, &dir.path().join("db"), &["--mempool-ms", "200"])?;
+    let client = server.client();
+    let a = node.new_address("bech32")?;
+    let txid = node.send(&a, bitcoin::Amount::from_btc(0.4)?)?;
+    wait_for("the payment by polling", || Ok((history_of(&client, &a)? == [(txid, 0)]).then_some(())))?;
+    let height = node.height()? as i32 + 1;
+    node.mine(1, &node.new_address("bech32")?)?;
+    wait_for("the payment confirmed", || Ok((history_of(&client, &a)? == [(txid, height)]).then_some(())))?;
     Ok(())
 }

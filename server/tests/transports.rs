@@ -22,7 +22,7 @@ use blkindex_testkit::expect::expected;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-use common::{indexed, raw, req, session, Server};
+use common::{http_get, indexed, raw, req, session, Server};
 
 fn indexed_node() -> Result<(Node, tempfile::TempDir, Indexer)> {
     let node = Node::start(NodeOptions::default())?;
@@ -160,14 +160,6 @@ fn tls_and_websockets_speak_the_protocol_and_metrics_count_it() -> Result<()> {
     assert!(metrics.contains(r#"blkindex_requests_total{method="unknown",outcome="error"} 1"#), "{metrics}");
     assert!(!metrics.contains("made.up"));
     Ok(())
-}
-
-fn http_get(addr: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 /// Reads one line, or None when the server closes (or after `wait`).

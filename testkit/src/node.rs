@@ -53,6 +53,8 @@ pub struct NodeOptions {
     pub no_xor: bool,
     /// `-txindex=1` (for servers that need it, such as ElectrumX).
     pub txindex: bool,
+    /// Publish no ZMQ notifications (clients must poll).
+    pub no_zmq: bool,
     /// Use this data dir instead of a fresh temporary one (it is kept).
     pub datadir: Option<PathBuf>,
     pub extra_args: Vec<String>,
@@ -135,11 +137,15 @@ impl Node {
             "-fallbackfee=0.0002".into(),
             "-acceptnonstdtxn=1".into(),
             "-rpcworkqueue=64".into(),
-            format!("-zmqpubhashblock={zmq}"),
-            format!("-zmqpubsequence={zmq}"),
-            format!("-zmqpubrawtx={zmq}"),
             "-printtoconsole=0".into(),
         ];
+        if !self.opts.no_zmq {
+            args.extend([
+                format!("-zmqpubhashblock={zmq}"),
+                format!("-zmqpubsequence={zmq}"),
+                format!("-zmqpubrawtx={zmq}"),
+            ]);
+        }
         if self.opts.fastprune {
             args.push("-fastprune=1".into());
         }

@@ -167,3 +167,13 @@ pub fn session(addr: &str, requests: &[serde_json::Value]) -> Vec<serde_json::Va
 pub fn req(id: u32, method: &str, params: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
+
+/// The body and headers of `GET /metrics` at `addr`.
+pub fn http_get(addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
