@@ -1,8 +1,9 @@
 //! The node's mempool as the server needs it: each unconfirmed transaction's fee, whether it
 //! spends another unconfirmed one, and the scripts it funds and spends, indexed by script hash.
-//! Kept in step by the node's ZMQ `sequence` events (a transaction added or removed) and by full
-//! resyncs against `getrawmempool true` (at start, after a block, when a ZMQ message was missed,
-//! and periodically; or on every poll when the node publishes no `sequence`). New transactions
+//! Kept in step by the node's ZMQ `sequence` events (a transaction added or removed), by dropping
+//! a block's transactions once the index has the block, and by full resyncs against
+//! `getrawmempool true` (at start, after a reorg, when a ZMQ message was missed, and
+//! periodically; or on every poll when the node publishes no `sequence`). New transactions
 //! come from `getrawtransaction` and the scripts they spend from their mempool parent or the index.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -252,6 +253,13 @@ impl Mempool {
         self.arrivals.push_back(txid);
         self.txs.insert(txid, MempoolTx { tx, fee, vsize, unconfirmed_parent, spent, funded });
         Ok(scripts)
+    }
+
+    /// Drops those of `txids` it holds (a block's, once the index has the block).
+    pub fn remove_all(&mut self, txids: &[Txid], changed: &mut HashSet<ScriptHash>) {
+        for txid in txids {
+            self.remove(txid, changed);
+        }
     }
 
     fn remove(&mut self, txid: &Txid, changed: &mut HashSet<ScriptHash>) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bitcoin::block::Header;
+use bitcoin::BlockHash;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
@@ -186,7 +187,6 @@ pub async fn catch_up_loop(state: Arc<State>, standby: Index, every: Duration) {
                 state.metrics.tip.set(tip.height as i64);
                 state.tip.send_replace(Some(tip));
                 // Mempool transactions the new blocks mined can now be let go.
-                state.resync.store(true, Ordering::SeqCst);
                 state.wake_mempool.notify_one();
             }
             Ok(None) => {}
@@ -194,6 +194,9 @@ pub async fn catch_up_loop(state: Arc<State>, standby: Index, every: Duration) {
         }
     }
 }
+
+/// An index tip (height, hash) up to which blocks' transactions have left the tracked mempool.
+type Done = Option<(Height, BlockHash)>;
 
 /// Keeps the mempool in step with the node's: applies the ZMQ events as they come, and reads the
 /// whole mempool again when `resync` says so or `resync_every` has passed (or, without ZMQ
@@ -208,6 +211,8 @@ pub async fn mempool_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failing = false;
     let mut last_full: Option<std::time::Instant> = None;
+    // The index tip whose blocks' transactions the tracked mempool no longer holds.
+    let mut applied: Done = None;
     loop {
         let mut batch = Vec::new();
         tokio::select! {
@@ -221,36 +226,61 @@ pub async fn mempool_loop(
         let full = !state.zmq_sequence.load(Ordering::SeqCst)
             || state.resync.load(Ordering::SeqCst)
             || last_full.is_none_or(|t| t.elapsed() >= resync_every);
-        if !full && batch.is_empty() {
+        if !full && batch.is_empty() && applied == state.index().chain.tip() {
             continue;
         }
         let s = state.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<HashSet<ScriptHash>> {
+        let mut tip_done = applied;
+        let result = tokio::task::spawn_blocking(move || -> Result<(HashSet<ScriptHash>, Done)> {
             let index = s.index();
-            let changed = if full {
+            let tip = index.chain.tip();
+            let mut changed = HashSet::new();
+            let mut full = full;
+            // Blocks the index has gained: their transactions leave now (the node announces none
+            // of them, and not before, so no status flickers). Below a reorg: a whole read.
+            if !full && tip_done != tip {
+                match tip_done {
+                    Some((h, hash)) if index.chain.hash(h) == Some(hash) => {
+                        for height in h + 1..=tip.map_or(0, |t| t.0) {
+                            let mined = index.block_txids(height)?;
+                            s.mempool.write().unwrap().remove_all(&mined, &mut changed);
+                        }
+                        tip_done = tip;
+                    }
+                    _ => full = true,
+                }
+            }
+            if full {
                 // Anything arriving from now on sets it again.
                 s.resync.store(false, Ordering::SeqCst);
                 let synced = crate::mempool::sync(&s.mempool, &s.rpc, &index).inspect_err(|_| {
                     s.resync.store(true, Ordering::SeqCst);
                 })?;
-                if !synced.complete {
-                    s.resync.store(true, Ordering::SeqCst);
+                match synced.complete {
+                    true => tip_done = tip,
+                    false => s.resync.store(true, Ordering::SeqCst),
                 }
                 s.metrics.mempool_updates.with_label_values(&["resync"]).inc();
                 // The events taken so far came before this read of the whole mempool: it has them.
-                synced.changed
+                changed.extend(synced.changed);
             } else {
-                let (changed, placed) = crate::mempool::apply(&s.mempool, &s.rpc, &index, &batch);
+                let (more, placed) = crate::mempool::apply(&s.mempool, &s.rpc, &index, &batch);
                 s.metrics.mempool_updates.with_label_values(&["event"]).inc_by(batch.len() as u64);
                 if !placed {
                     s.resync.store(true, Ordering::SeqCst);
                 }
-                changed
-            };
+                changed.extend(more);
+            }
             s.metrics.mempool_txs.set(s.mempool.read().unwrap().txs.len() as i64);
-            Ok(changed)
+            Ok((changed, tip_done))
         })
         .await;
+        let result = result.map(|r| {
+            r.map(|(changed, done)| {
+                applied = done;
+                changed
+            })
+        });
         if full && matches!(result, Ok(Ok(_))) {
             last_full = Some(std::time::Instant::now());
         }

@@ -1,5 +1,5 @@
-//! The node's ZMQ notifications: a block wakes the catch-up (the indexer is writing it) and asks
-//! the mempool task for a resync; `sequence`'s mempool events (a transaction added or removed)
+//! The node's ZMQ notifications: a block wakes the catch-up (the indexer is writing it); the
+//! mempool task lets the block's transactions go once the index has it. `sequence`'s mempool events (a transaction added or removed)
 //! go to the mempool task to apply. Each topic's message counter shows a lost message, which also
 //! asks for a resync, as does a reconnection. Without `sequence`, other topics only wake the
 //! polling mempool task early.
@@ -136,10 +136,6 @@ fn on_message(state: &Arc<State>, msg: &zeromq::ZmqMessage) {
         _ => false,
     };
     debug!(topic = %String::from_utf8_lossy(topic), block, "ZMQ notification");
-    if block {
-        // The mempool lost the transactions the block mined (no event says which).
-        state.resync.store(true, Ordering::SeqCst);
-    }
     state.wake_mempool.notify_one();
     if block {
         // The indexer hears of the block at the same moment and needs a little while to write
