@@ -104,7 +104,7 @@ struct Args {
     #[arg(long, env = "BLKINDEX_MEMPOOL_MS", default_value_t = 500)]
     mempool_ms: u64,
     /// With ZMQ `sequence` events applied as they come: how often to read the whole mempool
-    /// anyway, in seconds (also after every block and any lost message).
+    /// anyway, in seconds (also after a reorg and any lost message).
     #[arg(long, env = "BLKINDEX_MEMPOOL_RESYNC_SECS", default_value_t = 60)]
     mempool_resync_secs: u64,
     /// How often to catch up with the indexer, in milliseconds (ZMQ wakes it sooner).
