@@ -169,4 +169,30 @@ mod tests {
         );
         assert_eq!(confirmed(vec![], None).status(&[]), None);
     }
+
+    /// The `bitcoin-test-data` crate's Electrum status vectors (made with electrs): confirmed
+    /// entries from the index side, height-0 ones from the mempool side.
+    #[test]
+    fn statuses_match_the_bitcoin_test_data_vectors() {
+        let vectors: serde_json::Value =
+            serde_json::from_str(bitcoin_test_data::electrum::script_status()).unwrap();
+        let vectors = vectors.as_array().unwrap();
+        assert_eq!(vectors.len(), 3);
+        for v in vectors {
+            let mut history = Vec::new();
+            let mut unconfirmed = Vec::new();
+            for (n, tx) in v["input"].as_array().unwrap().iter().enumerate() {
+                let txid: Txid = tx["txid"].as_str().unwrap().parse().unwrap();
+                match tx["height"].as_i64().unwrap() {
+                    h if h > 0 => history.push(HistoryItem { txid, height: h as u32, txnum: n as u32 }),
+                    h => unconfirmed.push((txid, h as i32, 0)),
+                }
+            }
+            assert_eq!(
+                confirmed(history, None).status(&unconfirmed).as_deref(),
+                v["expected"].as_str(),
+                "{v}"
+            );
+        }
+    }
 }
