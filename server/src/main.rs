@@ -132,13 +132,14 @@ fn run() -> Result<()> {
         _ => anyhow::bail!("--tls-addr and --wss-addr need both --tls-cert and --tls-key"),
     };
     let secondary = args.secondary_dir.clone().unwrap_or_else(|| args.node.db.with_extension("server"));
-    // Two secondary instances that take turns (see `state`).
+    // Two secondary instances that take turns (see `state`), sharing the blk files' maps.
+    let blocks = BlockFiles::open(&node.blocks_dir)?.for_random_reads();
     let open = |which: &str| -> Result<Index> {
         std::fs::create_dir_all(secondary.join(which))
             .with_context(|| format!("creating {}", secondary.join(which).display()))?;
         let store = Store::open(&args.node.db, Mode::Secondary(secondary.join(which)))?;
         store.check_identity(args.node.network, false)?;
-        Index::new(store, BlockFiles::open(&node.blocks_dir)?)
+        Index::new(store, blocks.clone())
     };
     let (index, standby) = (open("a")?, open("b")?);
     let rpc = Rpc::new(&node.rpc_addr, node.auth.clone());

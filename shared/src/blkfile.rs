@@ -226,10 +226,14 @@ pub fn scan_records(bytes: &[u8], key: &XorKey, magic: [u8; 4], kind: FileKind) 
 
 /// Reads records out of the blocks directory by (file, offset, length), de-obfuscated, mapping
 /// finalized blk files once and reading everything else with positioned reads.
+/// Clones share their maps (a file is mapped once per process, whoever reads it).
+#[derive(Clone)]
 pub struct BlockFiles {
     dir: PathBuf,
     key: XorKey,
-    maps: Mutex<HashMap<u32, Arc<Mmap>>>,
+    maps: Arc<Mutex<HashMap<u32, Arc<Mmap>>>>,
+    /// Reads land at random places (a server's), rather than walk files in order.
+    random: bool,
 }
 
 impl BlockFiles {
@@ -238,7 +242,15 @@ impl BlockFiles {
         if !blocks_dir.is_dir() {
             bail!("blocks directory {} does not exist", blocks_dir.display());
         }
-        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, maps: Mutex::default() })
+        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, maps: Arc::default(), random: false })
+    }
+
+    /// For reads of single transactions here and there: maps are advised random access, so the
+    /// kernel neither reads ahead nor maps neighbouring pages on a fault, and the process's
+    /// resident set holds the pages it read rather than whole stretches of the files.
+    pub fn for_random_reads(mut self) -> Self {
+        self.random = true;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -268,6 +280,9 @@ impl BlockFiles {
         }
         let path = self.path(FileKind::Blk, num);
         let FileBytes::Mapped(m) = FileBytes::open(&path, true)? else { unreachable!() };
+        if self.random {
+            let _ = m.advise(memmap2::Advice::Random);
+        }
         let m = Arc::new(m);
         self.maps.lock().unwrap().insert(num, m.clone());
         Ok(Some(m))
