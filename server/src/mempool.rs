@@ -81,8 +81,7 @@ struct Fetched {
 /// and the index are asked without holding the lock; only applying the changes takes the write
 /// lock, so requests never wait for RPC round trips.
 pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<Synced> {
-    let listed = rpc.call("getrawmempool", json!([true]))?;
-    let listed = listed.as_object().context("getrawmempool: not an object")?;
+    let listed = list(lock, rpc)?;
     // Transactions that left the node's mempool because a block the index does not have yet
     // mined them must stay until it has: dropped now, a script would seem to lose them and get
     // them back a moment later (a status flicker a wallet would show). So removals wait until the
@@ -129,6 +128,40 @@ pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<Synced> 
         }
     }
     Ok(Synced { changed, complete: removals })
+}
+
+/// The node's mempool: txid → entry (fees, vsize, ancestor count). The first read takes every
+/// entry in one call; later ones list txids only and ask for the entries of those not yet
+/// tracked (Null for the others): events keep those few, and a verbose list of a mainnet
+/// mempool is tens of megabytes.
+fn list(lock: &RwLock<Mempool>, rpc: &Rpc) -> Result<serde_json::Map<String, Value>> {
+    if lock.read().unwrap().txs.is_empty() {
+        let listed = rpc.call("getrawmempool", json!([true]))?;
+        return match listed {
+            Value::Object(m) => Ok(m),
+            _ => anyhow::bail!("getrawmempool: not an object"),
+        };
+    }
+    let ids = rpc.call("getrawmempool", json!([false]))?;
+    let ids: Vec<Txid> = serde_json::from_value(ids).context("getrawmempool: not a list of txids")?;
+    let unknown: Vec<Txid> = {
+        let m = lock.read().unwrap();
+        ids.iter().filter(|t| !m.txs.contains_key(*t)).copied().collect()
+    };
+    let mut listed: serde_json::Map<String, Value> =
+        ids.iter().map(|t| (t.to_string(), Value::Null)).collect();
+    for txid in unknown {
+        match rpc.call("getmempoolentry", json!([txid.to_string()])) {
+            Ok(entry) => {
+                listed.insert(txid.to_string(), entry);
+            }
+            // Gone since the list was read.
+            Err(_) => {
+                listed.remove(&txid.to_string());
+            }
+        }
+    }
+    Ok(listed)
 }
 
 /// What a full resync did.

@@ -458,8 +458,23 @@ fn without_zmq_the_mempool_is_polled() -> Result<()> {
     let a = node.new_address("bech32")?;
     let txid = node.send(&a, bitcoin::Amount::from_btc(0.4)?)?;
     wait_for("the payment by polling", || Ok((history_of(&client, &a)? == [(txid, 0)]).then_some(())))?;
+    // A second one, found by a later poll (txids listed, the new entry asked for), with its fee.
+    let second = node.send(&a, bitcoin::Amount::from_btc(0.2)?)?;
+    let mut both = vec![(txid, 0), (second, 0)];
+    both.sort_by_key(|(t, _)| t.to_string());
+    wait_for("the second payment", || Ok((history_of(&client, &a)? == both).then_some(())))?;
+    let entry = node.call("getmempoolentry", json!([second.to_string()]))?;
+    let fee = (entry["fees"]["base"].as_f64().unwrap() * 1e8).round() as u64;
+    let listed = client.script_get_history(&a.script_pubkey())?;
+    assert_eq!(listed.iter().find(|h| h.tx_hash == second).unwrap().fee, Some(fee));
     let height = node.height()? as i32 + 1;
     node.mine(1, &node.new_address("bech32")?)?;
-    wait_for("the payment confirmed", || Ok((history_of(&client, &a)? == [(txid, height)]).then_some(())))?;
+    both.iter_mut().for_each(|h| h.1 = height);
+    // Confirmed entries come in block order, which the test does not know: compare as sets.
+    wait_for("the payments confirmed", || {
+        let mut got = history_of(&client, &a)?;
+        got.sort_by_key(|(t, _)| t.to_string());
+        Ok((got == both).then_some(()))
+    })?;
     Ok(())
 }
