@@ -144,7 +144,7 @@ async fn notify(
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let outpoints = outpoints
                     .into_iter()
-                    .map(|op| Ok((op, methods::outpoint_status(i, m, &op)?)))
+                    .map(|op| Ok((op, methods::outpoint_status(&st.scripts, i, m, &op)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 Ok((scripts, outpoints))
             })
