@@ -103,12 +103,17 @@ pub struct TxnumList;
 impl TxnumList {
     pub fn encode(txnums: &[TxNum]) -> Vec<u8> {
         let mut v = Vec::with_capacity(txnums.len() * 2 + 2);
-        let mut last = 0;
-        for (i, &n) in txnums.iter().enumerate() {
-            put_leb128(&mut v, if i == 0 { n as u64 } else { (n - last) as u64 });
-            last = n;
-        }
+        Self::encode_into(&mut v, txnums.iter().copied());
         v
+    }
+
+    /// Appends the encoding of ascending `txnums` to `out`.
+    fn encode_into(out: &mut Vec<u8>, txnums: impl Iterator<Item = TxNum>) {
+        let mut last = None;
+        for n in txnums {
+            put_leb128(out, last.map_or(n, |l| n - l) as u64);
+            last = Some(n);
+        }
     }
 
     pub fn decode(v: &[u8]) -> Result<Vec<TxNum>, DecodeError> {
@@ -137,20 +142,10 @@ impl TxnumList {
         mut f: impl FnMut(&Prefix, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut buf = Vec::new();
-        let mut i = 0;
-        while i < rows.len() {
-            let prefix = key_prefix(&rows[i]);
+        for group in rows.chunk_by(|a, b| a[..PREFIX_LEN] == b[..PREFIX_LEN]) {
             buf.clear();
-            let mut last = 0;
-            let mut j = i;
-            while j < rows.len() && rows[j][..PREFIX_LEN] == prefix {
-                let n = key_txnum(&rows[j]);
-                put_leb128(&mut buf, if j == i { n as u64 } else { (n - last) as u64 });
-                last = n;
-                j += 1;
-            }
-            f(&prefix, &buf)?;
-            i = j;
+            Self::encode_into(&mut buf, group.iter().map(|r| key_txnum(r)));
+            f(&key_prefix(&group[0]), &buf)?;
         }
         Ok(())
     }
@@ -158,14 +153,11 @@ impl TxnumList {
     /// Groups sorted, deduplicated rows into one (prefix, list) per prefix.
     pub fn group(rows: &[RowKey]) -> Vec<(Prefix, Vec<u8>)> {
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < rows.len() {
-            let prefix = key_prefix(&rows[i]);
-            let j = i + rows[i..].iter().take_while(|r| key_prefix(r) == prefix).count();
-            let txnums: Vec<TxNum> = rows[i..j].iter().map(|r| key_txnum(r)).collect();
-            out.push((prefix, Self::encode(&txnums)));
-            i = j;
-        }
+        Self::for_each_group::<std::convert::Infallible>(rows, |prefix, list| {
+            out.push((*prefix, list.to_vec()));
+            Ok(())
+        })
+        .unwrap_or_else(|never| match never {});
         out
     }
 
