@@ -502,11 +502,11 @@ impl Bulk<'_> {
                 let any = match job {
                     Job::Headers => {
                         let rows = batch.headers.iter().map(|(h, v)| (schema::height_key(*h), v));
-                        write_sst(name, &file, rows, false)?
+                        write_sst(name, &file, rows)?
                     }
                     Job::Txpos => {
                         let rows = batch.txpos.iter().map(|(h, v)| (schema::height_key(*h), v));
-                        write_sst(name, &file, rows, false)?
+                        write_sst(name, &file, rows)?
                     }
                     Job::Lists(rows) => write_list_sst(name, &file, rows, merge)?,
                 };
@@ -582,24 +582,19 @@ fn write_list_sst(name: &str, path: &std::path::Path, rows: &[RowKey], merge: bo
     Ok(true)
 }
 
-/// Writes sorted rows into an SST file for family `name`, as merge operands when `merge` (the
-/// txnum-list families: a batch adds to what earlier batches stored under the same prefix); false
-/// when there were no rows.
+/// Writes sorted rows into an SST file for family `name` (`headers`, `txpos`: plain values);
+/// false when there were no rows.
 fn write_sst<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     name: &str,
     path: &std::path::Path,
     rows: impl Iterator<Item = (K, V)>,
-    merge: bool,
 ) -> Result<bool> {
     let opts = cf_options(name);
     let mut w = SstFileWriter::create(&opts);
     w.open(path)?;
     let mut any = false;
     for (k, v) in rows {
-        match merge {
-            true => w.merge(k, v)?,
-            false => w.put(k, v)?,
-        }
+        w.put(k, v)?;
         any = true;
     }
     if any {
