@@ -277,10 +277,20 @@ impl Index {
         let Some(out) = tx.outputs.get(outpoint.vout as usize) else {
             return Ok(None);
         };
-        let sh = ScriptHash::of(out.script);
-        let txnums = self.scan(cf::SCRIPT, schema::script_prefix(&sh))?;
+        self.spender_after(outpoint, funding.txnum, &ScriptHash::of(out.script))
+    }
+
+    /// As [`Index::spender`], for a caller that already has the funding transaction's number and
+    /// the script hash of the output.
+    pub fn spender_after(
+        &self,
+        outpoint: &OutPoint,
+        funding: TxNum,
+        sh: &ScriptHash,
+    ) -> Result<Option<TxInfo>> {
+        let txnums = self.scan(cf::SCRIPT, schema::script_prefix(sh))?;
         // Only transactions after the funding one can spend its output.
-        let later = &txnums[txnums.partition_point(|&n| n <= funding.txnum)..];
+        let later = &txnums[txnums.partition_point(|&n| n <= funding)..];
         for numbered in self.txs_by_nums(later) {
             let (txnum, raw, height, pos) = numbered?;
             let mut tx = Tx::default();

@@ -46,25 +46,26 @@ pub fn outpoint_status(
         Some(t) => {
             let tx: Transaction = deserialize(&t.raw)?;
             let paid = tx.output.get(op.vout as usize).map(|o| ScriptHash::of(o.script_pubkey.as_bytes()));
-            Some((t.height, paid))
+            Some((t.height, t.txnum, paid))
         }
         None => None,
     };
     let funder_height: i64 = match (confirmed, mempool.txs.get(&op.txid)) {
-        (Some((height, Some(_))), _) => height as i64,
+        (Some((height, _, Some(_))), _) => height as i64,
         (None, Some(e)) if (op.vout as usize) < e.tx.output.len() => mempool.height(&op.txid).unwrap() as i64,
         _ => return Ok(json!({})),
     };
     let confirmed_spender = match confirmed {
         // Among its script's unspent outputs (cached, brought forward block by block): no need
         // to read the script's later transactions, which subscriptions would do on every block.
-        Some((_, Some(sh)))
+        Some((_, _, Some(sh)))
             if cache.confirmed(index, &sh)?.scan.state.utxos.iter().any(|u| u.outpoint == *op) =>
         {
             None
         }
-        Some(_) => index.spender(op)?,
-        None => None,
+        // The funding transaction is already read: look for the spender from there.
+        Some((_, funding, Some(sh))) => index.spender_after(op, funding, &sh)?,
+        _ => None,
     };
     let spender = match confirmed_spender {
         Some(t) => Some((t.txid, t.height as i64)),
