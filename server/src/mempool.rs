@@ -200,15 +200,9 @@ pub fn apply(
                 }
                 // Fees and size as getrawmempool gives them; an error means it already left.
                 let Ok(info) = rpc.call("getmempoolentry", json!([txid.to_string()])) else { continue };
-                let fetched = match fetch(lock, rpc, index, &HashSet::new(), txid, &info) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::debug!(%txid, "mempool tx not placed: {e:#}");
-                        placed = false;
-                        continue;
-                    }
-                };
-                match lock.write().unwrap().add(fetched) {
+                let added = fetch(lock, rpc, index, &HashSet::new(), txid, &info)
+                    .and_then(|f| lock.write().unwrap().add(f));
+                match added {
                     Ok(scripts) => changed.extend(scripts),
                     Err(e) => {
                         tracing::debug!(%txid, "mempool tx not placed: {e:#}");
