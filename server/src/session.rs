@@ -149,7 +149,11 @@ async fn notify(
                 Ok((scripts, outpoints))
             })
             .await;
-        let (scripts, outpoints) = fresh.unwrap_or_default();
+        // Unread now, they are read again at the next tip or mempool change.
+        let (scripts, outpoints) = fresh.unwrap_or_else(|e| {
+            tracing::warn!("subscriptions not rechecked: {e:#}");
+            Default::default()
+        });
         for (sh, status) in scripts {
             let Some(sub) = s.scripts.get_mut(&sh) else { continue };
             if sub.status != status {
