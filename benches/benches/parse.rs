@@ -71,5 +71,44 @@ fn parse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse);
+/// Why `shared/src/hashes.rs` drives sha2's compression function itself: the bulk pass hashes tens
+/// of millions of short messages, where bitcoin_hashes' streaming engine (the same SHA-NI
+/// compression underneath) spends as long buffering and padding as compressing.
+fn hashes(c: &mut Criterion) {
+    use bitcoin::hashes::{sha256, sha256d, Hash, HashEngine};
+    use blkindex_shared::hashes as ours;
+    let script = [0x51u8; 22]; // a P2WPKH-sized script
+    let tx: Vec<u8> = (0..250u32).map(|i| i as u8).collect(); // a txid's three pieces
+    let (a, b, d) = (&tx[..4], &tx[4..246], &tx[246..]);
+    let (l, r) = ([1u8; 32], [2u8; 32]);
+    let mut g = c.benchmark_group("hashes");
+    g.bench_function("script hash: bitcoin_hashes", |x| {
+        x.iter(|| sha256::Hash::hash(std::hint::black_box(&script)))
+    });
+    g.bench_function("script hash: blkindex", |x| x.iter(|| ours::sha256(&[std::hint::black_box(&script)])));
+    g.bench_function("txid of 250 B in 3 parts: bitcoin_hashes", |x| {
+        x.iter(|| {
+            let mut e = sha256d::Hash::engine();
+            e.input(a);
+            e.input(std::hint::black_box(b));
+            e.input(d);
+            sha256d::Hash::from_engine(e)
+        })
+    });
+    g.bench_function("txid of 250 B in 3 parts: blkindex", |x| {
+        x.iter(|| ours::sha256d(&[a, std::hint::black_box(b), d]))
+    });
+    g.bench_function("merkle node: bitcoin_hashes", |x| {
+        x.iter(|| {
+            let mut e = sha256d::Hash::engine();
+            e.input(std::hint::black_box(&l));
+            e.input(&r);
+            sha256d::Hash::from_engine(e)
+        })
+    });
+    g.bench_function("merkle node: blkindex", |x| x.iter(|| ours::sha256d_64(std::hint::black_box(&l), &r)));
+    g.finish();
+}
+
+criterion_group!(benches, parse, hashes);
 criterion_main!(benches);

@@ -5,7 +5,9 @@
 //! of the cost (see `benches/benches/parse.rs`), so the indexer walks the bytes instead. Cold paths
 //! (headers, the server's verbose transactions) use the `bitcoin` crate.
 
-use bitcoin::hashes::{sha256d, Hash, HashEngine};
+use bitcoin::hashes::Hash;
+
+use crate::hashes::{sha256d, sha256d_64};
 use bitcoin::Txid;
 
 use crate::varint::{DecodeError, Reader};
@@ -121,11 +123,12 @@ fn parse_tx_inner<'a>(
         return Ok(());
     }
     // The txid commits to the serialization without marker, flag and witness.
-    let mut engine = sha256d::Hash::engine();
-    engine.input(&buf[start..start + 4]);
-    engine.input(&buf[io_start..io_end]);
-    engine.input(&buf[lock_at..lock_at + 4]);
-    tx.txid = Txid::from_raw_hash(sha256d::Hash::from_engine(engine));
+    let txid = if io_start == start + 4 && io_end == lock_at {
+        sha256d(&[tx.raw]) // no witness: the serialization is contiguous
+    } else {
+        sha256d(&[&buf[start..start + 4], &buf[io_start..io_end], &buf[lock_at..lock_at + 4]])
+    };
+    tx.txid = Txid::from_byte_array(txid);
     Ok(())
 }
 
@@ -185,15 +188,7 @@ pub fn merkle_root(txids: &[Txid]) -> bitcoin::TxMerkleNode {
         return bitcoin::TxMerkleNode::all_zeros();
     }
     while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|pair| {
-                let mut e = sha256d::Hash::engine();
-                e.input(&pair[0]);
-                e.input(pair.get(1).unwrap_or(&pair[0]));
-                sha256d::Hash::from_engine(e).to_byte_array()
-            })
-            .collect();
+        level = level.chunks(2).map(|pair| sha256d_64(&pair[0], pair.get(1).unwrap_or(&pair[0]))).collect();
     }
     bitcoin::TxMerkleNode::from_byte_array(level[0])
 }

@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use bitcoin::hashes::{sha256d, Hash, HashEngine};
+use bitcoin::hashes::Hash;
 use bitcoin::BlockHash;
 
 use crate::varint::{DecodeError, Reader};
@@ -72,10 +72,7 @@ impl BlockUndo {
 
 /// The checksum bitcoind stores after an undo record.
 pub fn checksum(prev_block: &BlockHash, payload: &[u8]) -> [u8; 32] {
-    let mut e = sha256d::Hash::engine();
-    e.input(prev_block.as_byte_array());
-    e.input(payload);
-    sha256d::Hash::from_engine(e).to_byte_array()
+    crate::hashes::sha256d(&[prev_block.as_byte_array(), payload])
 }
 
 fn read_coin(r: &mut Reader, scripts: &mut Vec<u8>) -> Result<Coin, DecodeError> {
