@@ -21,9 +21,10 @@ use rocksdb::WriteBatch;
 use tracing::{info, warn};
 
 use blkindex_shared::blkfile::{list_files, FileKind};
+use blkindex_shared::bucket;
 use blkindex_shared::chain::Chain;
 use blkindex_shared::rpc::RpcError;
-use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, TxnumList};
+use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height};
 
 use crate::bestchain::ChainBlock;
 use crate::bulk::{undo_from_rpc, Bulk};
@@ -185,7 +186,7 @@ impl<'a> Follower<'a> {
                 let verified = verify(&bytes).with_context(|| format!("block {hash} from the node"))?;
                 let undo = if height == 0 { None } else { Some(undo_from_rpc(rpc, &hash)?) };
                 let loc = BlockLoc::Db { len: bytes.len() as u32 };
-                (block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())?, Some(bytes))
+                (block_rows(height, &verified, txnum, loc, undo.as_ref())?, Some(bytes))
             }
         };
         if rows.header.hash() != hash {
@@ -223,19 +224,20 @@ impl<'a> Follower<'a> {
         };
         let undo = self.ctx.undo_from(&locs, b, height, &verified)?;
         let loc = BlockLoc::File { file: e.file, offset: e.offset, len: e.len };
-        block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())
+        block_rows(height, &verified, txnum, loc, undo.as_ref())
     }
 
     /// A block's rows and the new tip, in one synced WriteBatch (WAL on).
     fn commit(&self, rows: &BlockRows, raw: Option<&[u8]>) -> Result<()> {
         let store = self.ctx.store;
         let mut batch = WriteBatch::default();
+        let width = store.bucket_width()?;
         for (name, keys) in [(cf::TXID, &rows.txid), (cf::SCRIPT, &rows.script)] {
             let mut keys = keys.clone();
             keys.sort_unstable();
             keys.dedup();
-            for (prefix, list) in TxnumList::group(&keys) {
-                batch.merge_cf(store.cf(name), prefix, list);
+            for (key, value) in bucket::group(&keys, width) {
+                batch.merge_cf(store.cf(name), key, value);
             }
         }
         let h = schema::height_key(rows.height);

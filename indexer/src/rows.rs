@@ -19,23 +19,44 @@ pub struct BlockRows {
     pub script: Vec<RowKey>,
 }
 
-/// A block checked against its header: every byte parses and the txids hash to the merkle root.
+/// A block checked against its header (every byte parses and the txids hash to the merkle root),
+/// with what its rows need from its bytes, gathered in the same single walk over them.
 pub struct Verified {
     pub header: Header,
     pub txids: Vec<Txid>,
     /// Number of inputs of each transaction.
     pub inputs: Vec<u32>,
+    /// Offset of the first transaction in the block, and each transaction's size.
+    first_offset: u32,
+    sizes: Vec<u32>,
+    /// Prefixes of the scripts of each transaction's spendable outputs: those of transaction i
+    /// end at `output_ends[i]`.
+    outputs: Vec<schema::Prefix>,
+    output_ends: Vec<u32>,
 }
 
 /// Parses a block and checks its merkle root, so that a damaged block is an error here, never
 /// rows. (Witness bytes are not covered by the merkle root; the index does not read them.)
 pub fn verify(block: &[u8]) -> Result<Verified> {
-    let (header_bytes, ntx, _) = parse::block_prefix(block)?;
+    let (header_bytes, ntx, txs_at) = parse::block_prefix(block)?;
     let header: Header = bitcoin::consensus::deserialize(header_bytes)?;
-    let mut v = Verified { header, txids: Vec::with_capacity(ntx), inputs: Vec::with_capacity(ntx) };
+    let mut v = Verified {
+        header,
+        txids: Vec::with_capacity(ntx),
+        inputs: Vec::with_capacity(ntx),
+        first_offset: txs_at as u32,
+        sizes: Vec::with_capacity(ntx),
+        outputs: Vec::with_capacity(ntx * 2),
+        output_ends: Vec::with_capacity(ntx),
+    };
     parse::for_each_tx::<anyhow::Error>(block, |_, tx| {
         v.txids.push(tx.txid);
         v.inputs.push(tx.inputs.len() as u32);
+        v.sizes.push(tx.raw.len() as u32);
+        // OP_RETURN and oversize scripts are provably unspendable: not indexed.
+        let spendable = tx.outputs.iter().filter(|o| !is_unspendable(o.script));
+        v.outputs.extend(spendable.map(|o| schema::script_prefix(&ScriptHash::of(o.script))));
+        v.output_ends.push(v.outputs.len() as u32);
         Ok(())
     })?;
     if parse::merkle_root(&v.txids) != header.merkle_root {
@@ -54,40 +75,34 @@ pub fn undo_fits(block: &Verified, undo: &BlockUndo) -> bool {
 /// is required for every block but genesis, whose coinbase is unspendable and not indexed.
 pub fn block_rows(
     height: Height,
-    block: &[u8],
-    verified: &Verified,
+    block: &Verified,
     first_txnum: TxNum,
     loc: BlockLoc,
     undo: Option<&BlockUndo>,
 ) -> Result<BlockRows> {
-    let (_, ntx, txs_at) = parse::block_prefix(block)?;
-    let mut txid = Vec::with_capacity(ntx);
-    let mut script = Vec::with_capacity(ntx * 4);
-    let mut sizes = Vec::with_capacity(ntx);
-    if height > 0 {
-        let undo = undo.context("undo data needed")?;
-        if !undo_fits(verified, undo) {
-            bail!("undo data does not fit block {height}");
-        }
+    let ntx = block.txids.len();
+    let header = HeaderRow { header: block.header, first_txnum, tx_count: ntx as u32, loc };
+    let txpos = TxPos::encode(block.first_offset, block.sizes.iter().copied());
+    if height == 0 {
+        return Ok(BlockRows { height, header, txpos, txid: Vec::new(), script: Vec::new() });
     }
-    let mut coins = undo.map(|u| u.coins.iter());
-    let mut tx_scripts: Vec<[u8; schema::PREFIX_LEN]> = Vec::new();
-    parse::for_each_tx_unhashed::<anyhow::Error>(block, |i, tx| {
-        sizes.push(tx.raw.len() as u32);
-        if height == 0 {
-            return Ok(());
-        }
+    let undo = undo.context("undo data needed")?;
+    if !undo_fits(block, undo) {
+        bail!("undo data does not fit block {height}");
+    }
+    let mut txid = Vec::with_capacity(ntx);
+    let mut script = Vec::with_capacity(block.outputs.len() * 2);
+    let mut coins = undo.coins.iter();
+    let mut tx_scripts: Vec<schema::Prefix> = Vec::new();
+    let mut outputs_from = 0;
+    for (i, (id, &output_end)) in block.txids.iter().zip(&block.output_ends).enumerate() {
         let txnum = first_txnum + i as u32;
-        txid.push(schema::txid_key(&verified.txids[i], txnum));
+        txid.push(schema::txid_key(id, txnum));
         tx_scripts.clear();
-        for out in &tx.outputs {
-            if !is_unspendable(out.script) {
-                tx_scripts.push(schema::script_prefix(&ScriptHash::of(out.script)));
-            }
-        }
+        tx_scripts.extend_from_slice(&block.outputs[outputs_from..output_end as usize]);
+        outputs_from = output_end as usize;
         if i > 0 {
-            let (undo, coins) = (undo.unwrap(), coins.as_mut().unwrap());
-            for _ in &tx.inputs {
+            for _ in 0..block.inputs[i] {
                 let coin = coins.next().context("undo data too short")?;
                 tx_scripts.push(schema::script_prefix(&ScriptHash::of(undo.script(coin))));
             }
@@ -95,8 +110,6 @@ pub fn block_rows(
         tx_scripts.sort_unstable();
         tx_scripts.dedup();
         script.extend(tx_scripts.iter().map(|p| schema::row_key(*p, txnum)));
-        Ok(())
-    })?;
-    let header = HeaderRow { header: verified.header, first_txnum, tx_count: ntx as u32, loc };
-    Ok(BlockRows { height, header, txpos: TxPos::encode(txs_at as u32, sizes), txid, script })
+    }
+    Ok(BlockRows { height, header, txpos, txid, script })
 }

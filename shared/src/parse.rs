@@ -60,20 +60,6 @@ impl Tx<'_> {
 
 /// Parses one transaction at the reader's position into `tx`.
 pub fn parse_tx<'a>(r: &mut Reader<'a>, buf: &'a [u8], tx: &mut Tx<'a>) -> Result<(), DecodeError> {
-    parse_tx_inner(r, buf, tx, true)
-}
-
-/// Like [`parse_tx`] but leaves `tx.txid` alone, for a second walk over a verified block.
-pub fn parse_tx_unhashed<'a>(r: &mut Reader<'a>, buf: &'a [u8], tx: &mut Tx<'a>) -> Result<(), DecodeError> {
-    parse_tx_inner(r, buf, tx, false)
-}
-
-fn parse_tx_inner<'a>(
-    r: &mut Reader<'a>,
-    buf: &'a [u8],
-    tx: &mut Tx<'a>,
-    hash: bool,
-) -> Result<(), DecodeError> {
     let start = r.pos();
     tx.inputs.clear();
     tx.outputs.clear();
@@ -119,9 +105,6 @@ fn parse_tx_inner<'a>(
     let lock_at = r.pos();
     r.skip(4)?;
     tx.raw = &buf[start..r.pos()];
-    if !hash {
-        return Ok(());
-    }
     // The txid commits to the serialization without marker, flag and witness.
     let txid = if io_start == start + 4 && io_end == lock_at {
         sha256d(&[tx.raw]) // no witness: the serialization is contiguous
@@ -144,22 +127,6 @@ pub fn block_prefix(block: &[u8]) -> Result<(&[u8; HEADER_LEN], usize, usize), D
 /// trailing bytes included.
 pub fn for_each_tx<'a, E: From<DecodeError>>(
     block: &'a [u8],
-    f: impl FnMut(usize, &Tx<'a>) -> Result<(), E>,
-) -> Result<usize, E> {
-    walk(block, true, f)
-}
-
-/// [`for_each_tx`] without computing txids (they are left zero).
-pub fn for_each_tx_unhashed<'a, E: From<DecodeError>>(
-    block: &'a [u8],
-    f: impl FnMut(usize, &Tx<'a>) -> Result<(), E>,
-) -> Result<usize, E> {
-    walk(block, false, f)
-}
-
-fn walk<'a, E: From<DecodeError>>(
-    block: &'a [u8],
-    hash: bool,
     mut f: impl FnMut(usize, &Tx<'a>) -> Result<(), E>,
 ) -> Result<usize, E> {
     let (_, ntx, txs_at) = block_prefix(block)?;
@@ -170,7 +137,7 @@ fn walk<'a, E: From<DecodeError>>(
     r.skip(txs_at)?;
     let mut tx = Tx::default();
     for i in 0..ntx {
-        parse_tx_inner(&mut r, block, &mut tx, hash)?;
+        parse_tx(&mut r, block, &mut tx)?;
         f(i, &tx)?;
     }
     if r.remaining() != 0 {
