@@ -21,8 +21,9 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use blkindex_shared::blkfile::{BlockFiles, FileKind};
+use blkindex_shared::bucket;
 use blkindex_shared::rpc::Rpc;
-use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, Pending, RowKey, TxNum, TxnumList};
+use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, Pending, RowKey, TxNum};
 use blkindex_shared::store::{cf_options, Store};
 use blkindex_shared::undo::BlockUndo;
 use blkindex_shared::Net;
@@ -31,6 +32,7 @@ use crate::bestchain::ChainBlock;
 use crate::progress::Progress;
 use crate::revmatch::{UndoIndex, UndoLoc};
 use crate::rows::{block_rows, undo_fits, verify, BlockRows, Verified};
+use crate::rowsort;
 use crate::scan::BlockMap;
 
 pub struct Bulk<'a> {
@@ -199,7 +201,7 @@ impl Bulk<'_> {
                 verify(&bytes).with_context(|| format!("stale block {} at height {height}", b.hash))?;
             let undo = self.undo_for(&undo_index, b, height, &verified)?;
             let loc = BlockLoc::Db { len: bytes.len() as u32 };
-            let rows = block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())?;
+            let rows = block_rows(height, &verified, txnum, loc, undo.as_ref())?;
             txnum += rows.header.tx_count;
             txid_prefixes.extend(rows.txid.iter().map(schema::key_prefix));
             script_prefixes.extend(rows.script.iter().map(schema::key_prefix));
@@ -314,7 +316,7 @@ impl Bulk<'_> {
         let undo = if height == 0 { None } else { Some(undo_from_rpc(rpc, &b.hash)?) };
         self.store.db().put_cf(self.store.cf(cf::RAWBLOCK), b.hash.as_byte_array(), &bytes)?;
         let loc = BlockLoc::Db { len: bytes.len() as u32 };
-        block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())
+        block_rows(height, &verified, txnum, loc, undo.as_ref())
     }
 
     /// Indexes `chain` from `start` in batches. True when it was one batch into an empty index,
@@ -358,9 +360,11 @@ impl Bulk<'_> {
                     let t = Instant::now();
                     let batch = self.make_batch(chain, a, b, first_txnums, fetched, &mut undo_index);
                     debug!(first = a, last = b, secs = t.elapsed().as_secs_f64(), "batch built");
-                    self.files.unmap_all();
                     let failed = batch.is_err();
-                    if tx.send(batch).is_err() || failed {
+                    let sent = tx.send(batch).is_ok();
+                    // While the writer ingests: the next batch's blocks are in other files.
+                    self.files.unmap_all();
+                    if !sent || failed {
                         break;
                     }
                 }
@@ -397,7 +401,10 @@ impl Bulk<'_> {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        let t = Instant::now();
         undo_index.match_files(self.files, self.net, chain, &nums)?;
+        debug!(first, last, secs = t.elapsed().as_secs_f64(), "rev records matched");
+        let t = Instant::now();
         let undo_index = &*undo_index;
         let rows: Vec<BlockRows> = blocks
             .par_iter()
@@ -425,7 +432,7 @@ impl Bulk<'_> {
                                     );
                                 }
                                 let undo = self.undo_for(undo_index, b, height, &verified)?;
-                                block_rows(height, &bytes, &verified, txnum, loc, undo.as_ref())?
+                                block_rows(height, &verified, txnum, loc, undo.as_ref())?
                             }
                             // A record still being written, or damaged: the node has the block.
                             (Err(err), Some(rpc)) => {
@@ -444,7 +451,7 @@ impl Bulk<'_> {
                     (None, Some(f)) => {
                         let loc = BlockLoc::Db { len: f.bytes.len() as u32 };
                         let verified = verify(&f.bytes).with_context(|| format!("block {} from the node", b.hash))?;
-                        block_rows(height, &f.bytes, &verified, txnum, loc, f.undo.as_ref())?
+                        block_rows(height, &verified, txnum, loc, f.undo.as_ref())?
                     }
                     (None, None) => unreachable!("missing blocks were fetched"),
                 };
@@ -461,37 +468,40 @@ impl Bulk<'_> {
             last_hash: chain[last as usize].hash,
             headers: Vec::with_capacity(rows.len()),
             txpos: Vec::with_capacity(rows.len()),
-            txid: Vec::with_capacity(rows.iter().map(|r| r.txid.len()).sum()),
-            script: Vec::with_capacity(rows.iter().map(|r| r.script.len()).sum()),
+            txid: Vec::new(),
+            script: Vec::new(),
             bytes: 0,
             txs: 0,
         };
+        let (mut txid, mut script) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
         for r in rows {
             batch.bytes += r.header.loc.size() as u64;
             batch.txs += r.header.tx_count as u64;
             batch.headers.push((r.height, r.header.encode()));
             batch.txpos.push((r.height, r.txpos));
-            batch.txid.extend_from_slice(&r.txid);
-            batch.script.extend_from_slice(&r.script);
+            txid.push(r.txid);
+            script.push(r.script);
         }
-        batch.txid.par_sort_unstable();
-        batch.txid.dedup();
-        batch.script.par_sort_unstable();
-        batch.script.dedup();
+        debug!(first, last, secs = t.elapsed().as_secs_f64(), "rows made");
+        let t = Instant::now();
+        batch.txid = rowsort::sort_dedup(txid);
+        batch.script = rowsort::sort_dedup(script);
+        debug!(first, last, secs = t.elapsed().as_secs_f64(), "rows sorted");
         Ok(batch)
     }
 
-    /// Writes a batch's rows as SST files and ingests them; the txnum lists as merge operands
-    /// when `merge` (other batches add to the same prefixes), else as plain values. The files are
-    /// written in parallel: each family on its own, and the list families cut into parts at
-    /// prefix boundaries (parts do not overlap, so they are ingested together).
+    /// Writes a batch's rows as SST files and ingests them; the bucket values as merge operands
+    /// when `merge` (other batches add to the same buckets), else as plain values. The files are
+    /// written in parallel: each family on its own, and the bucket families cut into parts at
+    /// bucket boundaries (parts do not overlap, so they are ingested together).
     fn write_batch(&self, batch: Batch, tmp: &std::path::Path, merge: bool) -> Result<()> {
         let path = |name: &str, part: usize| tmp.join(format!("{}-{name}-{part}.sst", batch.first));
         let parts = rayon::current_num_threads().max(1);
+        let width = self.store.bucket_width()?;
         let mut jobs: Vec<(&str, usize, Job)> =
             vec![(cf::HEADERS, 0, Job::Headers), (cf::TXPOS, 0, Job::Txpos)];
         for (name, rows) in [(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)] {
-            for (part, rows) in split_at_prefixes(rows, parts).into_iter().enumerate() {
+            for (part, rows) in split_at_buckets(rows, parts, width).into_iter().enumerate() {
                 jobs.push((name, part, Job::Lists(rows)));
             }
         }
@@ -508,7 +518,7 @@ impl Bulk<'_> {
                         let rows = batch.txpos.iter().map(|(h, v)| (schema::height_key(*h), v));
                         write_sst(name, &file, rows)?
                     }
-                    Job::Lists(rows) => write_list_sst(name, &file, rows, merge)?,
+                    Job::Lists(rows) => write_bucket_sst(name, &file, rows, width, merge)?,
                 };
                 Ok(any.then_some((name, file)))
             })
@@ -543,8 +553,8 @@ enum Job<'a> {
     Lists(&'a [RowKey]),
 }
 
-/// Cuts sorted rows into about `parts` pieces, never inside one prefix's rows.
-fn split_at_prefixes(rows: &[RowKey], parts: usize) -> Vec<&[RowKey]> {
+/// Cuts sorted rows into about `parts` pieces, never inside one bucket's rows.
+fn split_at_buckets(rows: &[RowKey], parts: usize, width: usize) -> Vec<&[RowKey]> {
     let mut out = Vec::new();
     let mut rest = rows;
     for left in (1..=parts).rev() {
@@ -552,10 +562,7 @@ fn split_at_prefixes(rows: &[RowKey], parts: usize) -> Vec<&[RowKey]> {
             break;
         }
         let mut cut = if left == 1 { rest.len() } else { rest.len() / left };
-        while cut > 0
-            && cut < rest.len()
-            && rest[cut][..schema::PREFIX_LEN] == rest[cut - 1][..schema::PREFIX_LEN]
-        {
+        while cut > 0 && cut < rest.len() && rest[cut][..width] == rest[cut - 1][..width] {
             cut += 1;
         }
         let (piece, tail) = rest.split_at(cut.max(1).min(rest.len()));
@@ -565,18 +572,24 @@ fn split_at_prefixes(rows: &[RowKey], parts: usize) -> Vec<&[RowKey]> {
     out
 }
 
-/// Writes sorted rows of a txnum-list family as one list per prefix (merge operands when
-/// `merge`); false when there were no rows.
-fn write_list_sst(name: &str, path: &std::path::Path, rows: &[RowKey], merge: bool) -> Result<bool> {
+/// Writes sorted, deduplicated rows of a bucket family as one bucket value per key (merge
+/// operands when `merge`); false when there were no rows.
+fn write_bucket_sst(
+    name: &str,
+    path: &std::path::Path,
+    rows: &[RowKey],
+    width: usize,
+    merge: bool,
+) -> Result<bool> {
     if rows.is_empty() {
         return Ok(false);
     }
     let opts = cf_options(name);
     let mut w = SstFileWriter::create(&opts);
     w.open(path)?;
-    TxnumList::for_each_group(rows, |prefix, list| match merge {
-        true => w.merge(prefix, list),
-        false => w.put(prefix, list),
+    bucket::for_each_bucket(rows, width, |key, value| match merge {
+        true => w.merge(key, value),
+        false => w.put(key, value),
     })?;
     w.finish()?;
     Ok(true)

@@ -10,6 +10,7 @@ mod follow;
 mod progress;
 mod revmatch;
 mod rows;
+mod rowsort;
 mod scan;
 mod tail;
 mod zmq;

@@ -225,8 +225,9 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
             break;
         }
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        // A resumed run has less left to do than a clean one: kill within its first third.
-        let wait = (seed >> 33) % (clean_ms / 4);
+        // A resumed run has less left to do than a clean one: kill within its first eighth, so
+        // that twenty kills still leave work for the last ones.
+        let wait = (seed >> 33) % (clean_ms / 8);
         let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
             .args(["--network", "regtest", "--no-follow", "--progress", "none"])
             .arg("--datadir")

@@ -3,9 +3,10 @@
 //! and the node's RPC client.
 //!
 //! Data flow: `blkfile` (framing, xor) → `parse` (zero-copy blocks) + `undo` (rev records) →
-//! `schema` (rows and keys) → `store` (RocksDB) → `query` (answers).
+//! `schema` (rows and keys) → `bucket` (values) → `store` (RocksDB) → `query` (answers).
 
 pub mod blkfile;
+pub mod bucket;
 pub mod chain;
 pub mod config;
 pub mod hashes;

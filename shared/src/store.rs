@@ -11,6 +11,7 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
+use crate::bucket;
 use crate::network::Net;
 use crate::schema::{self, cf, meta, HeaderRow, Height, Pending};
 
@@ -28,38 +29,35 @@ pub struct Store {
     db: DB,
     path: PathBuf,
     mode: Mode,
+    /// `meta/bucket`, read once.
+    bucket_width: std::sync::OnceLock<usize>,
 }
 
-/// Options of the txnum-list families (`script`, `txid`): the union merge operator, whole-key
-/// Bloom filters for their point reads, no compression while loading and zstd-3 at the bottom
-/// level (on a generated 1.1 GB chain: 40% smaller than none, as fast; zstd-9 saved 5% more and
-/// made the final compaction twice as slow).
+/// Options of the bucket families (`script`, `txid`): the union merge operator, no Bloom filter
+/// (bucket keys are dense: nearly every one exists, so a filter would only cost space), and no
+/// compression: a bucket is random hash bytes and txnum deltas, and zstd-3 saved 0.2% on the
+/// 1.1 GB bench chain for 8% of the bulk pass's CPU and a decompression on every read.
 pub fn list_cf_options() -> Options {
     let mut o = Options::default();
-    o.set_merge_operator_associative("blkindex.txnum_union.v1", merge_txnum_lists);
+    o.set_merge_operator_associative("blkindex.bucket_union.v2", merge_buckets);
     let mut t = BlockBasedOptions::default();
-    t.set_bloom_filter(10.0, false);
-    // Measured on a generated chain (benches/README.md): 64 KiB blocks with a restart point every
-    // 64 keys are 2% smaller than 16 KiB blocks with one every 16.
-    t.set_block_size(64 << 10);
-    t.set_block_restart_interval(64);
+    // Values are hundreds of bytes (mainnet: about 2 KB), so a block holds a few dozen keys and
+    // its size is what a cold lookup reads from disk; 16 KiB costs 0.1% more index than 64 KiB.
+    t.set_block_size(16 << 10);
     t.set_cache_index_and_filter_blocks(true);
     t.set_pin_l0_filter_and_index_blocks_in_cache(true);
     o.set_block_based_table_factory(&t);
     o.set_compression_type(DBCompressionType::None);
-    o.set_bottommost_compression_type(DBCompressionType::Zstd);
+    o.set_bottommost_compression_type(DBCompressionType::None);
     o.set_target_file_size_base(256 << 20);
     o
 }
 
-/// RocksDB's merge callback for txnum lists. Returning None marks corrupt data as a failed merge
+/// RocksDB's merge callback for buckets. Returning None marks corrupt data as a failed merge
 /// (reads of that key then fail) instead of silently dropping txnums.
-fn merge_txnum_lists(
-    _key: &[u8],
-    existing: Option<&[u8]>,
-    operands: &rocksdb::MergeOperands,
-) -> Option<Vec<u8>> {
-    schema::TxnumList::merge(existing.into_iter().chain(operands.iter())).ok()
+fn merge_buckets(key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
+    let rest_len = bucket::rest_len(key).ok()?;
+    bucket::merge(rest_len, existing.into_iter().chain(operands.iter())).ok()
 }
 
 fn plain_cf_options() -> Options {
@@ -111,14 +109,8 @@ impl Store {
                     .with_context(|| format!("cannot open index {} as secondary", path.display()))?
             }
         };
-        let store = Store { db, path: path.to_path_buf(), mode: mode.clone() };
-        if !matches!(mode, Mode::Secondary(_)) {
-            // Keep a compressed block whatever it saves (RocksDB's default wants 12.5%).
-            for name in [cf::SCRIPT, cf::TXID] {
-                let opts = "{max_compressed_bytes_per_kb=1024;level=3;enabled=true}";
-                store.db.set_options_cf(store.cf(name), &[("bottommost_compression_opts", opts)])?;
-            }
-        }
+        let store =
+            Store { db, path: path.to_path_buf(), mode: mode.clone(), bucket_width: Default::default() };
         Ok(store)
     }
 
@@ -173,6 +165,7 @@ impl Store {
                     (meta::FORMAT, Some(&schema::FORMAT_VERSION.to_be_bytes())),
                     (meta::NETWORK, Some(net.name().as_bytes())),
                     (meta::GENESIS, Some(genesis.as_byte_array())),
+                    (meta::BUCKET, Some(&[schema::bucket_width(net) as u8])),
                 ])?;
             }
             None => bail!("{}: not a blkindex index (no format stamp)", self.path.display()),
@@ -200,6 +193,7 @@ impl Store {
                         self.path.display()
                     );
                 }
+                self.bucket_width()?;
             }
         }
         Ok(())
@@ -239,17 +233,40 @@ impl Store {
         Ok(rows)
     }
 
-    /// The txnums stored under `prefix` in a txnum-list family (`script` or `txid`).
+    /// Bytes of a hash prefix in `txid` and `script` keys (`meta/bucket`, fixed when the index
+    /// was created).
+    pub fn bucket_width(&self) -> Result<usize> {
+        if let Some(w) = self.bucket_width.get() {
+            return Ok(*w);
+        }
+        let v = self.get_meta(meta::BUCKET)?.with_context(|| {
+            format!(
+                "{}: index has no bucket width (not stamped yet, or not a blkindex index)",
+                self.path.display()
+            )
+        })?;
+        let w = match v[..] {
+            [w] if bucket::WIDTHS.contains(&(w as usize)) => w as usize,
+            _ => bail!("{}: bad bucket width in the index's meta", self.path.display()),
+        };
+        Ok(*self.bucket_width.get_or_init(|| w))
+    }
+
+    /// The txnums stored for `prefix` in a bucket family (`script` or `txid`).
     pub fn txnums(&self, family: &str, prefix: &schema::Prefix) -> Result<Vec<schema::TxNum>> {
-        match self.db.get_pinned_cf(self.cf(family), prefix)? {
-            Some(v) => Ok(schema::TxnumList::decode(&v)?),
+        let (key, rest) = prefix.split_at(self.bucket_width()?);
+        let Some(v) = self.db.get_pinned_cf(self.cf(family), key)? else {
+            return Ok(Vec::new());
+        };
+        match bucket::find(&v, rest)? {
+            Some(list) => Ok(schema::TxnumList::decode(list)?),
             None => Ok(Vec::new()),
         }
     }
 
-    /// Adds to `batch` what removes every txnum ≥ `from` under these prefixes of a txnum-list
-    /// family. Undoing blocks always removes a suffix of the chain, so this is exactly what they
-    /// added.
+    /// Adds to `batch` what removes every txnum ≥ `from` from the buckets of these prefixes of a
+    /// bucket family. Undoing blocks always removes a suffix of the chain, so this is exactly
+    /// what they added.
     pub fn truncate_txnums(
         &self,
         family: &str,
@@ -258,15 +275,19 @@ impl Store {
         batch: &mut WriteBatch,
     ) -> Result<()> {
         let handle = self.cf(family);
-        for prefix in prefixes {
-            let txnums = self.txnums(family, prefix)?;
-            let keep = txnums.partition_point(|&n| n < from);
-            if keep == txnums.len() {
+        let width = self.bucket_width()?;
+        let keys: std::collections::BTreeSet<&[u8]> = prefixes.iter().map(|p| &p[..width]).collect();
+        for key in keys {
+            let Some(v) = self.db.get_pinned_cf(handle, key)? else {
+                continue;
+            };
+            let kept = bucket::truncate(&v, schema::PREFIX_LEN - width, from)?;
+            if kept.len() == v.len() {
                 continue;
             }
-            match keep {
-                0 => batch.delete_cf(handle, prefix),
-                _ => batch.put_cf(handle, prefix, schema::TxnumList::encode(&txnums[..keep])),
+            match kept.is_empty() {
+                true => batch.delete_cf(handle, key),
+                false => batch.put_cf(handle, key, kept),
             }
         }
         Ok(())

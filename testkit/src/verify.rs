@@ -10,6 +10,7 @@ use bitcoin::hashes::{sha256, Hash, HashEngine};
 use serde_json::json;
 
 use blkindex_shared::blkfile::BlockFiles;
+use blkindex_shared::bucket;
 use blkindex_shared::query::Index;
 use blkindex_shared::schema::{cf, HeaderRow, TxnumList};
 use blkindex_shared::store::{Mode, Store};
@@ -86,9 +87,13 @@ pub fn digest(db: &Path) -> Digest {
                     e.input(&row.tx_count.to_be_bytes());
                 }
                 cf::TXID | cf::SCRIPT => {
-                    for n in TxnumList::decode(&v).unwrap() {
-                        e.input(&k);
-                        e.input(&n.to_be_bytes());
+                    for entry in bucket::entries(&v, bucket::rest_len(&k).unwrap()) {
+                        let (rest, list) = entry.unwrap();
+                        for n in TxnumList::decode(list).unwrap() {
+                            e.input(&k);
+                            e.input(rest);
+                            e.input(&n.to_be_bytes());
+                        }
                     }
                 }
                 _ => {

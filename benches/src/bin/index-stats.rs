@@ -1,8 +1,10 @@
-//! Rows, bytes on disk and bytes per row of each column family of an index, for reports.
+//! Keys, bytes on disk and bytes per key of each column family of an index, and what the bucket
+//! families hold, for reports.
 //! Usage: index-stats DB_DIR [BLK_BYTES]
 
 use anyhow::Result;
-use blkindex_shared::schema::cf;
+use blkindex_shared::bucket;
+use blkindex_shared::schema::{cf, TxnumList};
 use blkindex_shared::store::{Mode, Store};
 
 fn main() -> Result<()> {
@@ -13,7 +15,7 @@ fn main() -> Result<()> {
     let store = Store::open(db, Mode::Secondary(tmp.clone()))?;
     let sizes = store.sst_bytes()?;
     let mut total = 0;
-    println!("{:<10} {:>12} {:>14} {:>10}", "family", "rows", "sst bytes", "bytes/row");
+    println!("{:<10} {:>12} {:>14} {:>10}", "family", "keys", "sst bytes", "bytes/key");
     for name in cf::ALL {
         let rows = store.db().iterator_cf(store.cf(name), rocksdb::IteratorMode::Start).count() as u64;
         let bytes = sizes.iter().find(|(n, _)| *n == name).map_or(0, |(_, b)| *b);
@@ -22,6 +24,45 @@ fn main() -> Result<()> {
         println!("{name:<10} {rows:>12} {bytes:>14} {per:>10.2}");
     }
     println!("{:<10} {:>12} {total:>14}", "total", "");
+    // Where the bytes of the list families go: keys, values, filters, index (RocksDB's table
+    // properties), and how long their lists are.
+    for name in [cf::TXID, cf::SCRIPT] {
+        let props = store
+            .db()
+            .property_value_cf(store.cf(name), "rocksdb.aggregated-table-properties")?
+            .unwrap_or_default();
+        let pick = |k: &str| {
+            props.split(';').find_map(|kv| {
+                let (a, b) = kv.split_once('=')?;
+                (a.trim() == k).then(|| b.trim().to_string())
+            })
+        };
+        let fields = [
+            "# entries",
+            "raw key size",
+            "raw value size",
+            "data block size",
+            "filter block size",
+            "index block size",
+        ];
+        let shown: Vec<String> =
+            fields.iter().map(|f| format!("{f}={}", pick(f).unwrap_or_default())).collect();
+        println!("{name}: {}", shown.join(", "));
+        let (mut hist, mut txnums, mut prefixes) = ([0u64; 6], 0u64, 0u64);
+        for kv in store.db().iterator_cf(store.cf(name), rocksdb::IteratorMode::Start) {
+            let (k, v) = kv?;
+            for entry in bucket::entries(&v, bucket::rest_len(&k)?) {
+                let n = TxnumList::decode(entry?.1)?.len();
+                txnums += n as u64;
+                prefixes += 1;
+                hist[[1, 2, 3, 5, 10].iter().position(|&b| n <= b).unwrap_or(5)] += 1;
+            }
+        }
+        println!(
+            "{name}: {prefixes} prefixes, {txnums} txnums; prefixes with 1: {}, 2: {}, 3: {}, 4-5: {}, 6-10: {}, >10: {}",
+            hist[0], hist[1], hist[2], hist[3], hist[4], hist[5]
+        );
+    }
     if let Some(b) = blk_bytes {
         println!("index / blk bytes = {:.2} %", 100.0 * total as f64 / b as f64);
     }

@@ -1,0 +1,240 @@
+//! The value under a `txid` or `script` key: a bucket of txnum lists.
+//!
+//! A key is the first `width` bytes (the DB's bucket width, `meta/bucket`) of a 5-byte hash
+//! prefix. Its value holds every prefix that starts with those bytes, sorted by the rest of the
+//! prefix, each once:
+//!
+//! ```text
+//! entry = rest (PREFIX_LEN − width bytes) ‖ LEB128(byte length of the list) ‖ TxnumList
+//! ```
+//!
+//! Why buckets: RocksDB spends about four bytes on every entry (key and value lengths, shared key
+//! bytes, an 8-byte sequence/type trailer that compresses to about one) and a Bloom filter ten
+//! bits more. With one entry per prefix that was a third of the index; with tens of prefixes per
+//! key it is nothing, and a dense key space needs no filter (every key exists). A lookup reads one
+//! bucket (tens of entries) and walks it; the length field lets it step over lists unread.
+
+use crate::schema::{key_txnum, Prefix, RowKey, TxNum, TxnumList, PREFIX_LEN};
+use crate::varint::{get_leb128, put_leb128, DecodeError, Reader};
+
+/// Bucket widths a DB may have (bytes of the prefix in the key).
+pub const WIDTHS: std::ops::RangeInclusive<usize> = 1..=PREFIX_LEN;
+
+/// Bytes of the prefix after the key, for a key of this length.
+pub fn rest_len(key: &[u8]) -> Result<usize, DecodeError> {
+    match key.len() {
+        n if WIDTHS.contains(&n) => Ok(PREFIX_LEN - n),
+        _ => Err(DecodeError::Invalid { what: "bucket key of the wrong length", at: 0 }),
+    }
+}
+
+/// The entries (rest of prefix, txnum list) of a bucket value, in order.
+pub struct Entries<'a> {
+    r: Reader<'a>,
+    rest_len: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(&'a [u8], &'a [u8]), DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.r.remaining() == 0 {
+            return None;
+        }
+        let entry = (|| {
+            let rest = self.r.take(self.rest_len)?;
+            let len = get_leb128(&mut self.r)?;
+            let len = usize::try_from(len).map_err(|_| DecodeError::BadInt(self.r.pos()))?;
+            if len == 0 {
+                return Err(DecodeError::Invalid { what: "empty txnum list in a bucket", at: self.r.pos() });
+            }
+            Ok((rest, self.r.take(len)?))
+        })();
+        if entry.is_err() {
+            // Stop after the first error instead of reading garbage as entries.
+            self.r = Reader::new(&[]);
+        }
+        Some(entry)
+    }
+}
+
+pub fn entries(value: &[u8], rest_len: usize) -> Entries<'_> {
+    Entries { r: Reader::new(value), rest_len }
+}
+
+/// The txnum list stored for `rest` in a bucket value, if any.
+pub fn find<'a>(value: &'a [u8], rest: &[u8]) -> Result<Option<&'a [u8]>, DecodeError> {
+    for entry in entries(value, rest.len()) {
+        let (r, list) = entry?;
+        match r.cmp(rest) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Equal => return Ok(Some(list)),
+            std::cmp::Ordering::Greater => break,
+        }
+    }
+    Ok(None)
+}
+
+fn put_entry(out: &mut Vec<u8>, rest: &[u8], list: &[u8]) {
+    out.extend_from_slice(rest);
+    put_leb128(out, list.len() as u64);
+    out.extend_from_slice(list);
+}
+
+/// Calls `f(key, value)` for each bucket of sorted, deduplicated rows (prefix ‖ txnum), reusing
+/// two buffers: the bulk writer's hot loop.
+pub fn for_each_bucket<E>(
+    rows: &[RowKey],
+    width: usize,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let (mut value, mut list) = (Vec::new(), Vec::new());
+    for bucket in rows.chunk_by(|a, b| a[..width] == b[..width]) {
+        value.clear();
+        for group in bucket.chunk_by(|a, b| a[..PREFIX_LEN] == b[..PREFIX_LEN]) {
+            list.clear();
+            TxnumList::encode_into(&mut list, group.iter().map(|r| key_txnum(r)));
+            put_entry(&mut value, &group[0][width..PREFIX_LEN], &list);
+        }
+        f(&bucket[0][..width], &value)?;
+    }
+    Ok(())
+}
+
+/// One (key, value) per bucket of sorted, deduplicated rows.
+pub fn group(rows: &[RowKey], width: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for_each_bucket::<std::convert::Infallible>(rows, width, |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    })
+    .unwrap_or_else(|never| match never {});
+    out
+}
+
+/// The union of several bucket values (RocksDB's merge: the stored value, then the operands in
+/// order): entries of the same prefix have their lists merged by [`TxnumList::merge`].
+pub fn merge<'a>(
+    rest_len: usize,
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, DecodeError> {
+    let values: Vec<&[u8]> = values.into_iter().filter(|v| !v.is_empty()).collect();
+    if let [one] = values[..] {
+        return Ok(one.to_vec());
+    }
+    let mut all: Vec<(&[u8], &[u8])> = Vec::new();
+    for v in &values {
+        for entry in entries(v, rest_len) {
+            all.push(entry?);
+        }
+    }
+    // Stable: lists of one prefix stay in operand order, which is usually txnum order.
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = Vec::with_capacity(values.iter().map(|v| v.len()).sum());
+    for same in all.chunk_by(|a, b| a.0 == b.0) {
+        match same {
+            [(rest, list)] => put_entry(&mut out, rest, list),
+            _ => put_entry(&mut out, same[0].0, &TxnumList::merge(same.iter().map(|e| e.1))?),
+        }
+    }
+    Ok(out)
+}
+
+/// A bucket value without the txnums ≥ `from` (undoing blocks removes a suffix of the chain);
+/// entries left empty go. An empty result means the key should be deleted.
+pub fn truncate(value: &[u8], rest_len: usize, from: TxNum) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::with_capacity(value.len());
+    for entry in entries(value, rest_len) {
+        let (rest, list) = entry?;
+        let txnums = TxnumList::decode(list)?;
+        let keep = txnums.partition_point(|&n| n < from);
+        match keep {
+            0 => {}
+            k if k == txnums.len() => put_entry(&mut out, rest, list),
+            k => put_entry(&mut out, rest, &TxnumList::encode(&txnums[..k])),
+        }
+    }
+    Ok(out)
+}
+
+/// The key of the bucket that holds `prefix`, and the rest of the prefix.
+pub fn split(prefix: &Prefix, width: usize) -> (&[u8], &[u8]) {
+    prefix.split_at(width)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::row_key;
+
+    fn rows(items: &[([u8; 5], TxNum)]) -> Vec<RowKey> {
+        let mut v: Vec<RowKey> = items.iter().map(|(p, n)| row_key(*p, *n)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn decoded(value: &[u8], rest_len: usize) -> Vec<(Vec<u8>, Vec<TxNum>)> {
+        entries(value, rest_len)
+            .map(|e| {
+                let (r, l) = e.unwrap();
+                (r.to_vec(), TxnumList::decode(l).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_group_into_buckets_and_are_found() {
+        let rs =
+            rows(&[([1, 2, 3, 4, 5], 7), ([1, 2, 3, 4, 5], 9), ([1, 2, 9, 9, 9], 3), ([1, 3, 0, 0, 0], 4)]);
+        let buckets = group(&rs, 2);
+        assert_eq!(buckets.len(), 2);
+        assert_eq!(buckets[0].0, vec![1, 2]);
+        assert_eq!(decoded(&buckets[0].1, 3), vec![(vec![3, 4, 5], vec![7, 9]), (vec![9, 9, 9], vec![3])]);
+        let list = find(&buckets[0].1, &[3, 4, 5]).unwrap().unwrap();
+        assert_eq!(TxnumList::decode(list).unwrap(), vec![7, 9]);
+        assert_eq!(find(&buckets[0].1, &[3, 4, 6]).unwrap(), None);
+        assert_eq!(find(&buckets[0].1, &[0, 0, 0]).unwrap(), None);
+        assert_eq!(
+            find(&buckets[1].1, &[0, 0, 0]).unwrap().map(|l| TxnumList::decode(l).unwrap()),
+            Some(vec![4])
+        );
+        // Width 5: the key is the whole prefix, entries have an empty rest.
+        let whole = group(&rs, 5);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(decoded(&whole[0].1, 0), vec![(vec![], vec![7, 9])]);
+    }
+
+    #[test]
+    fn merge_unions_entries_and_lists() {
+        let a = group(&rows(&[([0, 0, 1, 1, 1], 1), ([0, 0, 5, 5, 5], 2)]), 2).remove(0).1;
+        let b = group(&rows(&[([0, 0, 3, 3, 3], 10), ([0, 0, 5, 5, 5], 11)]), 2).remove(0).1;
+        let m = merge(3, [&a[..], &b[..]]).unwrap();
+        assert_eq!(
+            decoded(&m, 3),
+            vec![(vec![1, 1, 1], vec![1]), (vec![3, 3, 3], vec![10]), (vec![5, 5, 5], vec![2, 11])]
+        );
+        // Any order, and an operand seen twice (a batch ingested again), give the same union.
+        assert_eq!(merge(3, [&b[..], &a[..], &b[..]]).unwrap(), m);
+        assert_eq!(merge(3, [&a[..]]).unwrap(), a);
+        assert!(merge(3, [&a[..], &[1, 2][..]]).is_err());
+    }
+
+    #[test]
+    fn truncate_drops_a_chain_suffix() {
+        let v =
+            group(&rows(&[([0, 0, 1, 1, 1], 1), ([0, 0, 1, 1, 1], 8), ([0, 0, 2, 2, 2], 9)]), 2).remove(0).1;
+        assert_eq!(decoded(&truncate(&v, 3, 8).unwrap(), 3), vec![(vec![1, 1, 1], vec![1])]);
+        assert_eq!(truncate(&v, 3, 10).unwrap(), v);
+        assert!(truncate(&v, 3, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn corrupt_buckets_are_errors() {
+        let v = group(&rows(&[([0, 0, 1, 1, 1], 1)]), 2).remove(0).1;
+        assert!(find(&v[..v.len() - 1], &[2, 2, 2]).is_err());
+        assert!(entries(&[1, 1, 1, 0], 3).next().unwrap().is_err(), "empty list");
+        assert!(entries(&[1, 1], 3).next().unwrap().is_err(), "short rest");
+        assert!(rest_len(&[0; 6]).is_err() && rest_len(&[]).is_err());
+        assert_eq!(rest_len(&[0; 2]).unwrap(), 3);
+    }
+}
