@@ -462,30 +462,30 @@ impl Bulk<'_> {
                 Ok(rows)
             })
             .collect::<Result<_>>()?;
-        let mut batch = Batch {
-            first,
-            last,
-            last_hash: chain[last as usize].hash,
-            headers: Vec::with_capacity(rows.len()),
-            txpos: Vec::with_capacity(rows.len()),
-            txid: Vec::new(),
-            script: Vec::new(),
-            bytes: 0,
-            txs: 0,
-        };
+        let (mut headers, mut txpos) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
         let (mut txid, mut script) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        let (mut bytes, mut txs) = (0, 0);
         for r in rows {
-            batch.bytes += r.header.loc.size() as u64;
-            batch.txs += r.header.tx_count as u64;
-            batch.headers.push((r.height, r.header.encode()));
-            batch.txpos.push((r.height, r.txpos));
+            bytes += r.header.loc.size() as u64;
+            txs += r.header.tx_count as u64;
+            headers.push((r.height, r.header.encode()));
+            txpos.push((r.height, r.txpos));
             txid.push(r.txid);
             script.push(r.script);
         }
         debug!(first, last, secs = t.elapsed().as_secs_f64(), "rows made");
         let t = Instant::now();
-        batch.txid = rowsort::sort_dedup(txid);
-        batch.script = rowsort::sort_dedup(script);
+        let batch = Batch {
+            first,
+            last,
+            last_hash: chain[last as usize].hash,
+            headers,
+            txpos,
+            txid: rowsort::sort_dedup(txid),
+            script: rowsort::sort_dedup(script),
+            bytes,
+            txs,
+        };
         debug!(first, last, secs = t.elapsed().as_secs_f64(), "rows sorted");
         Ok(batch)
     }

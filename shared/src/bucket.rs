@@ -10,11 +10,11 @@
 //!
 //! Why buckets: RocksDB spends about four bytes on every entry (key and value lengths, shared key
 //! bytes, an 8-byte sequence/type trailer that compresses to about one) and a Bloom filter ten
-//! bits more. With one entry per prefix that was a third of the index; with tens of prefixes per
+//! bits more. With one entry per prefix that (with the filters) was a fifth of the index; with tens of prefixes per
 //! key it is nothing, and a dense key space needs no filter (every key exists). A lookup reads one
 //! bucket (tens of entries) and walks it; the length field lets it step over lists unread.
 
-use crate::schema::{key_txnum, Prefix, RowKey, TxNum, TxnumList, PREFIX_LEN};
+use crate::schema::{key_txnum, RowKey, TxNum, TxnumList, PREFIX_LEN};
 use crate::varint::{get_leb128, put_leb128, DecodeError, Reader};
 
 /// Bucket widths a DB may have (bytes of the prefix in the key).
@@ -155,11 +155,6 @@ pub fn truncate(value: &[u8], rest_len: usize, from: TxNum) -> Result<Vec<u8>, D
         }
     }
     Ok(out)
-}
-
-/// The key of the bucket that holds `prefix`, and the rest of the prefix.
-pub fn split(prefix: &Prefix, width: usize) -> (&[u8], &[u8]) {
-    prefix.split_at(width)
 }
 
 #[cfg(test)]
