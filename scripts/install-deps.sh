@@ -1,17 +1,80 @@
 #!/usr/bin/env bash
-# System packages blkindex builds and tests with: libclang for RocksDB's bindgen, a C++ compiler,
-# python3, and Debian's Electrum wallet (a real client the server's tests sync). Installs only
-# what is missing (needs root for that).
+# The system packages blkindex's build, tests and demo use, each checked by the file the build or a
+# test actually uses (not by a similar one: clang-sys links only the unversioned libclang.so from
+# libclang-dev, which the runtime's libclang.so.1 does not satisfy). Installs only what is missing,
+# with --no-install-recommends, waiting for the dpkg lock (a first boot runs unattended upgrades).
+#
+#   scripts/install-deps.sh           install what is missing (needs root for that), then check
+#   scripts/install-deps.sh --check   list every need and whether it is present; exit 1 on a gap
 set -euo pipefail
-need=()
-command -v clang >/dev/null 2>&1 || need+=(clang)
-ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
-command -v g++ >/dev/null 2>&1 || need+=(g++)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-command -v electrum >/dev/null 2>&1 || need+=(electrum)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "install-deps: installing ${need[*]}" >&2
-    [ "$(id -u)" = 0 ] || { echo "install-deps: run as root, or install: ${need[*]}" >&2; exit 1; }
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+
+have_glob() { compgen -G "$1" >/dev/null; }
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+
+# One line per need: "package|what it is for|shell test that passes when it is present".
+NEEDS=(
+    "libclang-dev|libclang.so for RocksDB's bindgen (clang-sys)|have_glob '/usr/lib/llvm-*/lib/libclang.so' || have_glob '/usr/lib/x86_64-linux-gnu/libclang.so'"
+    "g++|C++ compiler for RocksDB|have_cmd g++"
+    "make|make for the C/C++ builds|have_cmd make"
+    "python3|the scripts' free-port picker and the demo's client|have_cmd python3"
+    "electrum|Debian's Electrum wallet, a real client in the tests|have_cmd electrum"
+    "haproxy|the load balancer of the scale-out test and benchmark|have_cmd haproxy"
+    "openssl|certificates for the TLS tests|have_cmd openssl"
+)
+
+check() {
+    local gaps=0 line pkg why test
+    for line in "${NEEDS[@]}"; do
+        IFS='|' read -r pkg why test <<<"$line"
+        if eval "$test"; then
+            printf 'install-deps: present  %-14s %s\n' "$pkg" "$why" >&2
+        else
+            printf 'install-deps: MISSING  %-14s %s\n' "$pkg" "$why" >&2
+            gaps=$((gaps + 1))
+        fi
+    done
+    # The Rust toolchain the project declares (rust-toolchain.toml) and its components.
+    local channel
+    channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$root/rust-toolchain.toml")
+    for tool in rustc cargo rustfmt cargo-clippy; do
+        if (cd "$root" && rustup which "$tool" >/dev/null 2>&1); then
+            printf 'install-deps: present  %-14s toolchain %s\n' "$tool" "$channel" >&2
+        else
+            printf 'install-deps: MISSING  %-14s toolchain %s (rustup component add)\n' "$tool" "$channel" >&2
+            gaps=$((gaps + 1))
+        fi
+    done
+    [ "$gaps" = 0 ] || { echo "install-deps: $gaps missing" >&2; return 1; }
+}
+
+# apt and dpkg each take a lock; on a first boot unattended-upgrades holds them for minutes.
+apt_retry() {
+    local i
+    for i in $(seq 1 90); do
+        if DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=20 "$@" >&2; then return 0; fi
+        echo "install-deps: apt-get $1 failed (a lock held by another apt?), retrying in 10 s ($i/90)" >&2
+        sleep 10
+    done
+    return 1
+}
+
+if [ "${1:-}" = "--check" ]; then
+    check
+    exit
 fi
+
+missing=()
+for line in "${NEEDS[@]}"; do
+    IFS='|' read -r pkg _ test <<<"$line"
+    eval "$test" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}" >&2
+    [ "$(id -u)" = 0 ] || { echo "install-deps: run as root, or install: ${missing[*]}" >&2; exit 1; }
+    apt_retry update -qq
+    apt_retry install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# What was installed must now pass the same checks the build relies on.
+check 2>/dev/null || { check; exit 1; }
