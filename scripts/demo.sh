@@ -3,7 +3,8 @@
 # it, bulk-index the node's blk files with the progress bar, print what the index holds, then
 # start the Electrum server on it and ask it something.
 #
-# Environment: DEMO_DIR (default ~/.cache/blkindex/demo), DEMO_CHAIN_MB (default 200).
+# Environment: DEMO_DIR (default ~/.cache/blkindex/demo), DEMO_CHAIN_MB (default 200), DEMO_ADDR
+# (the server's listen address; default 127.0.0.1:0, a free port).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -25,8 +26,10 @@ if [ ! -f "$chain/complete" ]; then
     "$here/regtest.sh" start "$chain" >/dev/null
     # shellcheck disable=SC1091
     . "$chain/node.env"
-    "$bin/gen-chain" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" --target-mb "$MB" >"$chain/complete"
+    "$bin/gen-chain" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" --target-mb "$MB" >"$chain/gen-chain.out"
     "$here/regtest.sh" stop "$chain"
+    # Written only now that the chain is whole: an interrupted run leaves no marker and starts over.
+    mv "$chain/gen-chain.out" "$chain/complete"
 fi
 "$here/regtest.sh" stop "$chain" # one left running by an earlier, interrupted demo
 "$here/regtest.sh" start "$chain" >/dev/null
@@ -42,21 +45,30 @@ echo
 echo "== what the index holds"
 "$bin/index-stats" "$DEMO_DIR/db" "$(cat "$chain"/regtest/blocks/blk*.dat | wc -c)"
 
-port=${DEMO_PORT:-60401}
 echo
-echo "== serving Electrum on 127.0.0.1:$port and asking it something"
+echo "== serving Electrum and asking it something"
+# Port 0: the system picks a free port, and the server logs the one it bound.
 "$bin/blkindex-server" --network regtest --datadir "$chain" --db "$DEMO_DIR/db" --daemon-rpc-addr "$RPC_ADDR" \
-    --electrum-addr "127.0.0.1:$port" 2>"$DEMO_DIR/server.log" &
+    --electrum-addr "${DEMO_ADDR:-127.0.0.1:0}" 2>"$DEMO_DIR/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null; "$here/regtest.sh" stop "$chain"' EXIT
-python3 - "$port" <<'PY'
-import json, socket, sys, time
-port = int(sys.argv[1])
-for _ in range(100):
-    try:
-        s = socket.create_connection(("127.0.0.1", port)); break
-    except OSError:
-        time.sleep(0.1)
+addr=
+for _ in $(seq 1 300); do
+    addr=$(sed -n 's/.*serving Electrum over TCP.*addr=\([0-9.:]*\).*/\1/p' "$DEMO_DIR/server.log" | head -n1)
+    [ -n "$addr" ] && break
+    if ! kill -0 "$server" 2>/dev/null; then
+        echo "demo: the server exited before listening; its log ($DEMO_DIR/server.log) ends:" >&2
+        tail -n 20 "$DEMO_DIR/server.log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+[ -n "$addr" ] || { echo "demo: the server did not listen within 30 s; see $DEMO_DIR/server.log" >&2; exit 1; }
+echo "(the server listens on $addr)"
+python3 - "$addr" <<'PY'
+import json, socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=30)
 f = s.makefile("rw")
 def ask(method, *params):
     f.write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}) + "\n"); f.flush()

@@ -13,7 +13,8 @@ root=$(dirname "$here")
 have_glob() { compgen -G "$1" >/dev/null; }
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 
-# One line per need: "package|what it is for|shell test that passes when it is present".
+# One line per need: "package|what it is for|shell test that passes when it is present"; a package
+# "cargo:NAME" is a tool installed from crates.io.
 NEEDS=(
     "libclang-dev|libclang.so for RocksDB's bindgen (clang-sys)|have_glob '/usr/lib/llvm-*/lib/libclang.so' || have_glob '/usr/lib/x86_64-linux-gnu/libclang.so'"
     "g++|C++ compiler for RocksDB|have_cmd g++"
@@ -22,6 +23,8 @@ NEEDS=(
     "electrum|Debian's Electrum wallet, a real client in the tests|have_cmd electrum"
     "haproxy|the load balancer of the scale-out test and benchmark|have_cmd haproxy"
     "openssl|certificates for the TLS tests|have_cmd openssl"
+    "systemd|systemd-analyze, which checks the package's units|have_cmd systemd-analyze"
+    "cargo:cargo-deb|builds the Debian package (crates.io)|have_cmd cargo-deb"
 )
 
 check() {
@@ -65,10 +68,14 @@ if [ "${1:-}" = "--check" ]; then
     exit
 fi
 
-missing=()
+missing=() crates=()
 for line in "${NEEDS[@]}"; do
     IFS='|' read -r pkg _ test <<<"$line"
-    eval "$test" || missing+=("$pkg")
+    eval "$test" && continue
+    case "$pkg" in
+    cargo:*) crates+=("${pkg#cargo:}") ;;
+    *) missing+=("$pkg") ;;
+    esac
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "install-deps: installing ${missing[*]}" >&2
@@ -76,5 +83,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt_retry update -qq
     apt_retry install -y -qq --no-install-recommends "${missing[@]}"
 fi
+for crate in "${crates[@]}"; do
+    echo "install-deps: installing $crate from crates.io" >&2
+    cargo install --locked --quiet "$crate" >&2
+done
 # What was installed must now pass the same checks the build relies on.
 check 2>/dev/null || { check; exit 1; }

@@ -4,39 +4,65 @@
 # unpacked under a cache directory, then run through sid's own dynamic loader.
 #
 # Prints the path of a directory holding `bitcoind` and `bitcoin-cli` wrappers on its last line.
-# An existing node wins: $BITCOIND (with $BITCOIN_CLI beside it), or `bitcoind` on PATH.
+# An existing node wins if it is new enough and has bitcoin-cli beside it: $BITCOIND (with
+# $BITCOIN_CLI), or `bitcoind` on PATH; one that is not is ignored with a message. The installed
+# version is recorded in $BLKINDEX_NODE_DIR/VERSION.
 #
 # Environment: BLKINDEX_NODE_DIR (default ~/.cache/blkindex/node).
 set -euo pipefail
 
 log() { echo "install-node: $*" >&2; }
 
-wrapper_dir_for() { # $1 = path of an existing bitcoind
-    local bitcoind=$1 dir cli
-    dir=$(cd "$(dirname "$bitcoind")" && pwd)
-    cli=${BITCOIN_CLI:-$dir/bitcoin-cli}
+# The oldest node the indexer and the tests work with: 28.0 obfuscates blk files with xor.dat and
+# gives submitpackage the shape the tests use.
+MIN_MAJOR=28
+
+# "Bitcoin Knots daemon version v29.4.3.knots20260508" or "Bitcoin Core version v28.1.0" -> 29 / 28.
+major_of() { "$1" --version 2>/dev/null | head -n1 | sed -n 's/.* v\{0,1\}\([0-9][0-9]*\)\.[0-9].*/\1/p'; }
+
+# Is $1 (a bitcoind) usable: it runs, is new enough, and has a bitcoin-cli ($2)? Says why not.
+usable() {
+    local bitcoind=$1 cli=$2 major
+    major=$(major_of "$bitcoind")
+    if [ -z "$major" ]; then log "ignoring $bitcoind: \`--version\` printed no version"; return 1; fi
+    if [ "$major" -lt "$MIN_MAJOR" ]; then
+        log "ignoring $bitcoind: version $major is older than the $MIN_MAJOR.0 blkindex needs"
+        return 1
+    fi
+    if [ ! -x "$cli" ]; then log "ignoring $bitcoind: no bitcoin-cli beside it ($cli)"; return 1; fi
+    return 0
+}
+
+wrapper_dir_for() { # $1 = path of an existing bitcoind, $2 = its bitcoin-cli
     local out="${BLKINDEX_NODE_DIR:-$HOME/.cache/blkindex/node}/external-bin"
     mkdir -p "$out"
-    ln -sf "$bitcoind" "$out/bitcoind"
-    [ -x "$cli" ] && ln -sf "$cli" "$out/bitcoin-cli"
+    ln -sf "$1" "$out/bitcoind"
+    ln -sf "$2" "$out/bitcoin-cli"
     echo "$out"
 }
 
 if [ -n "${BITCOIND:-}" ]; then
-    log "using BITCOIND=$BITCOIND"
-    wrapper_dir_for "$BITCOIND"
+    cli=${BITCOIN_CLI:-$(dirname "$BITCOIND")/bitcoin-cli}
+    usable "$BITCOIND" "$cli" || { log "BITCOIND=$BITCOIND cannot be used"; exit 1; }
+    log "using BITCOIND=$BITCOIND: $("$BITCOIND" --version | head -n1)"
+    wrapper_dir_for "$BITCOIND" "$cli"
     exit 0
 fi
 if command -v bitcoind >/dev/null 2>&1; then
-    log "using bitcoind on PATH: $(command -v bitcoind)"
-    wrapper_dir_for "$(command -v bitcoind)"
-    exit 0
+    found=$(command -v bitcoind)
+    cli=${BITCOIN_CLI:-$(dirname "$found")/bitcoin-cli}
+    if usable "$found" "$cli"; then
+        log "using bitcoind on PATH: $found: $("$found" --version | head -n1)"
+        wrapper_dir_for "$found" "$cli"
+        exit 0
+    fi
+    log "installing Bitcoin Knots instead"
 fi
 
 DIR="${BLKINDEX_NODE_DIR:-$HOME/.cache/blkindex/node}"
 BIN="$DIR/bin"
-if [ -x "$BIN/bitcoind" ] && "$BIN/bitcoind" --version >/dev/null 2>&1; then
-    log "cached: $("$BIN/bitcoind" --version | head -n1)"
+if [ -f "$DIR/VERSION" ] && [ -x "$BIN/bitcoind" ] && usable "$BIN/bitcoind" "$BIN/bitcoin-cli"; then
+    log "cached: $(head -n1 "$DIR/VERSION")"
     echo "$BIN"
     exit 0
 fi
@@ -74,7 +100,7 @@ log "fetching sid package lists from $uris"
 apt-get "${APT_OPTS[@]}" update -qq >&2
 (cd "$DIR/debs" && rm -f ./*.deb && apt-get "${APT_OPTS[@]}" download bitcoin-knots libc6 libstdc++6 libgcc-s1 >&2)
 
-rm -rf "$DIR/root"
+rm -rf "$DIR/root" "$DIR/VERSION"
 mkdir -p "$DIR/root"
 for deb in "$DIR"/debs/*.deb; do
     dpkg -x "$deb" "$DIR/root"
@@ -91,5 +117,12 @@ exec "$LOADER" --library-path "$LIBPATH" "$DIR/root/usr/bin/$tool" "\$@"
 EOF
     chmod +x "$BIN/$tool"
 done
-log "installed: $("$BIN/bitcoind" --version | head -n1)"
+usable "$BIN/bitcoind" "$BIN/bitcoin-cli" || { log "the unpacked node does not run"; exit 1; }
+# Written last: its presence means the node above is complete and runs.
+{
+    "$BIN/bitcoind" --version | head -n1
+    echo "package: bitcoin-knots $(dpkg-deb -f "$DIR"/debs/bitcoin-knots_*.deb Version) (Debian sid)"
+} >"$DIR/VERSION.tmp"
+mv "$DIR/VERSION.tmp" "$DIR/VERSION"
+log "installed: $(tr '\n' ' ' <"$DIR/VERSION")"
 echo "$BIN"

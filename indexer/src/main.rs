@@ -28,6 +28,7 @@ use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, init_logging, run_main, NodeArgs, NodeConfig};
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::meta;
+use blkindex_shared::service;
 use blkindex_shared::store::{Mode, Store};
 use blkindex_shared::Net;
 use serde_json::json;
@@ -43,39 +44,39 @@ struct Args {
     #[command(flatten)]
     node: NodeArgs,
     /// Index what is in the blk files without asking the node (most-work chain in the files).
-    #[arg(long, env = "BLKINDEX_OFFLINE")]
+    #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_OFFLINE")]
     offline: bool,
     /// Exit after the bulk pass instead of following the node.
-    #[arg(long, env = "BLKINDEX_NO_FOLLOW")]
+    #[arg(long, help_heading = "Following", env = "BLKINDEX_NO_FOLLOW")]
     no_follow: bool,
     /// The node's ZMQ endpoint for block notifications (default: asked with getzmqnotifications,
     /// else zmqpubhashblock / zmqpubsequence from bitcoin.conf; none: poll only).
-    #[arg(long, env = "BLKINDEX_ZMQ_ENDPOINT")]
+    #[arg(long, help_heading = "Following", env = "BLKINDEX_ZMQ_ENDPOINT")]
     zmq_endpoint: Option<String>,
     /// Seconds between polls of the node's best block (also when ZMQ is on, in case it drops).
-    #[arg(long, env = "BLKINDEX_POLL_SECS", default_value_t = 2.0)]
+    #[arg(long, help_heading = "Following", env = "BLKINDEX_POLL_SECS", default_value_t = 2.0)]
     poll_secs: f64,
     /// Where followed blocks come from.
-    #[arg(long, env = "BLKINDEX_FOLLOW_SOURCE", value_enum, default_value = "files")]
+    #[arg(long, help_heading = "Following", env = "BLKINDEX_FOLLOW_SOURCE", value_enum, default_value = "files")]
     follow_source: FollowSource,
     /// Go straight to following when the index is at most this many blocks behind the node
     /// (no header scan of the blk files); further behind, the bulk path catches up first.
-    #[arg(long, env = "BLKINDEX_FOLLOW_GAP", default_value_t = 1000)]
+    #[arg(long, help_heading = "Following", env = "BLKINDEX_FOLLOW_GAP", default_value_t = 1000)]
     follow_gap: u32,
     /// Memory budget in MiB for the bulk pass (batch sizes follow from it).
-    #[arg(long, env = "BLKINDEX_MEM_BUDGET_MB", default_value_t = 2048)]
+    #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_MEM_BUDGET_MB", default_value_t = 2048)]
     mem_budget_mb: u64,
     /// Bytes of blocks per bulk batch, in KiB (default: three fifths of the memory budget: a batch's
     /// rows peak at about half its block bytes, and three batches can be in memory at once, one
     /// being written, one queued, one being built). Smaller
     /// batches commit more often, at some cost in speed.
-    #[arg(long, env = "BLKINDEX_BATCH_KB")]
+    #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_BATCH_KB")]
     batch_kb: Option<u64>,
     /// Worker threads (default: one per CPU).
-    #[arg(long, env = "BLKINDEX_THREADS")]
+    #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_THREADS")]
     threads: Option<usize>,
     /// Progress display.
-    #[arg(long, env = "BLKINDEX_PROGRESS", value_enum, default_value = "auto")]
+    #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_PROGRESS", value_enum, default_value = "auto")]
     progress: ProgressMode,
 }
 
@@ -131,6 +132,8 @@ fn run() -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let poll = Duration::from_secs_f64(args.poll_secs.max(0.05));
     let mut follower = Follower::new(&bulk, args.follow_source, poll, stop.clone())?;
+    // Ready once following: the bulk pass before it may take hours (the unit allows that).
+    service::ready(&format!("following the node from height {}", store.tip()?.map_or(0, |(h, _)| h)));
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
     match zmq_config(&args, &node, rpc.as_ref().unwrap()) {
         Some(cfg) => {
@@ -142,7 +145,9 @@ fn run() -> Result<()> {
             std::mem::forget(wake_tx);
         }
     }
-    follower.run(&wake_rx)
+    let result = follower.run(&wake_rx);
+    service::stopping();
+    result
 }
 
 /// The bulk pass: scan, best chain, batches, compaction; prints a summary.
@@ -155,9 +160,11 @@ fn bulk_pass(
     progress: &Progress,
 ) -> Result<()> {
     let t0 = Instant::now();
+    service::status("bulk pass: scanning the block files");
     let map = scan::scan_blk_files(files, net, progress)?;
     let chain = bestchain::select(&map, net, rpc)?;
     info!(blocks_in_files = map.len(), chain_height = chain.len() - 1, "chain selected");
+    service::status(&format!("bulk pass: indexing {} blocks", chain.len()));
     let summary = bulk.run(&map, &chain).context("bulk indexing failed")?;
     let sst: u64 = store.sst_bytes()?.iter().map(|(_, b)| b).sum();
     let (tip_height, tip_hash) = summary.tip.context("nothing indexed")?;

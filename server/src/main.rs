@@ -29,6 +29,7 @@ use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, init_logging, run_main, NodeArgs};
 use blkindex_shared::query::Index;
 use blkindex_shared::rpc::Rpc;
+use blkindex_shared::service;
 use blkindex_shared::store::{Mode, Store};
 
 use listen::{Admission, Transport};
@@ -195,10 +196,12 @@ fn run() -> Result<()> {
             ));
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        service::ready("serving Electrum");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        service::stopping();
         info!("shutting down");
         Ok(())
     })?;

@@ -130,6 +130,7 @@ impl NodeConfig {
 /// The flags both binaries take to find the node and the index (each also a `BLKINDEX_*`
 /// variable or a key of the `--config` file).
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Node and index")]
 pub struct NodeArgs {
     /// mainnet, testnet3, testnet4, signet or regtest.
     #[arg(long, env = "BLKINDEX_NETWORK", default_value = "mainnet")]

@@ -15,6 +15,7 @@ pub mod parse;
 pub mod query;
 pub mod rpc;
 pub mod schema;
+pub mod service;
 pub mod store;
 pub mod undo;
 pub mod varint;
