@@ -57,7 +57,13 @@ struct Args {
     #[arg(long, help_heading = "Following", env = "BLKINDEX_POLL_SECS", default_value_t = 2.0)]
     poll_secs: f64,
     /// Where followed blocks come from.
-    #[arg(long, help_heading = "Following", env = "BLKINDEX_FOLLOW_SOURCE", value_enum, default_value = "files")]
+    #[arg(
+        long,
+        help_heading = "Following",
+        env = "BLKINDEX_FOLLOW_SOURCE",
+        value_enum,
+        default_value = "files"
+    )]
     follow_source: FollowSource,
     /// Go straight to following when the index is at most this many blocks behind the node
     /// (no header scan of the blk files); further behind, the bulk path catches up first.

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use bitcoin::block::Header;
 use bitcoin::Txid;
 
+use blkindex_shared::merkle;
 use blkindex_shared::parse::{self, is_unspendable};
 use blkindex_shared::schema::{self, BlockLoc, HeaderRow, Height, RowKey, TxNum, TxPos};
 use blkindex_shared::undo::BlockUndo;
@@ -59,7 +60,7 @@ pub fn verify(block: &[u8]) -> Result<Verified> {
         v.output_ends.push(v.outputs.len() as u32);
         Ok(())
     })?;
-    if parse::merkle_root(&v.txids) != header.merkle_root {
+    if merkle::tx_root(&v.txids) != header.merkle_root {
         bail!("merkle root mismatch");
     }
     Ok(v)

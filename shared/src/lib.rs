@@ -10,6 +10,7 @@ pub mod bucket;
 pub mod chain;
 pub mod config;
 pub mod hashes;
+pub mod merkle;
 pub mod network;
 pub mod parse;
 pub mod query;

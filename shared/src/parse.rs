@@ -7,7 +7,7 @@
 
 use bitcoin::hashes::Hash;
 
-use crate::hashes::{sha256d, sha256d_64};
+use crate::hashes::sha256d;
 use bitcoin::Txid;
 
 use crate::varint::{DecodeError, Reader};
@@ -148,18 +148,6 @@ pub fn for_each_tx<'a, E: From<DecodeError>>(
     Ok(ntx)
 }
 
-/// The merkle root of a block's txids (Bitcoin's, duplicating the last node of odd levels).
-pub fn merkle_root(txids: &[Txid]) -> bitcoin::TxMerkleNode {
-    let mut level: Vec<[u8; 32]> = txids.iter().map(|t| t.to_byte_array()).collect();
-    if level.is_empty() {
-        return bitcoin::TxMerkleNode::all_zeros();
-    }
-    while level.len() > 1 {
-        level = level.chunks(2).map(|pair| sha256d_64(&pair[0], pair.get(1).unwrap_or(&pair[0]))).collect();
-    }
-    bitcoin::TxMerkleNode::from_byte_array(level[0])
-}
-
 /// Script classes the index treats specially.
 pub fn is_unspendable(script: &[u8]) -> bool {
     // Provably unspendable: OP_RETURN first, or longer than the consensus script limit.
@@ -186,7 +174,7 @@ mod tests {
             assert_eq!(tx.txid, want.compute_txid());
             assert_eq!(tx.raw, serialize(want).as_slice());
             assert!(tx.is_coinbase());
-            assert_eq!(merkle_root(&[tx.txid]), block.header.merkle_root);
+            assert_eq!(crate::merkle::tx_root(&[tx.txid]), block.header.merkle_root);
             assert_eq!(tx.outputs[0].value, want.output[0].value.to_sat());
             assert_eq!(tx.outputs[0].script, want.output[0].script_pubkey.as_bytes());
             seen += 1;

@@ -11,8 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bitcoin::hashes::{sha256d, Hash, HashEngine};
-use bitcoin::{BlockHash, OutPoint, TxMerkleNode, Txid};
+use bitcoin::{BlockHash, OutPoint, Txid};
 
 use crate::blkfile::{BlockFiles, FileKind};
 use crate::chain::Chain;
@@ -321,71 +320,10 @@ pub fn compute_txid(raw: &[u8]) -> Result<Txid> {
     Ok(tx.txid)
 }
 
-/// The merkle branch of the leaf at `pos`, bottom-up, as Electrum's `get_merkle` returns it.
-pub fn merkle_branch(txids: &[Txid], pos: usize) -> Vec<TxMerkleNode> {
-    let leaves = txids.iter().map(|t| t.to_byte_array()).collect();
-    merkle_branch_and_root(leaves, pos).0.into_iter().map(TxMerkleNode::from_byte_array).collect()
-}
-
-/// Bitcoin's merkle tree over `leaves` (odd levels duplicate their last node): the branch of the
-/// leaf at `pos`, deepest pairing first, and the root.
-pub fn merkle_branch_and_root(mut level: Vec<[u8; 32]>, mut pos: usize) -> (Vec<[u8; 32]>, [u8; 32]) {
-    let mut branch = Vec::new();
-    while level.len() > 1 {
-        if level.len() % 2 == 1 {
-            level.push(*level.last().unwrap());
-        }
-        branch.push(level[pos ^ 1]);
-        level = level
-            .chunks(2)
-            .map(|pair| {
-                let mut e = sha256d::Hash::engine();
-                e.input(&pair[0]);
-                e.input(&pair[1]);
-                sha256d::Hash::from_engine(e).to_byte_array()
-            })
-            .collect();
-        pos /= 2;
-    }
-    (branch, level.first().copied().unwrap_or([0; 32]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use bitcoin::consensus::deserialize;
-
-    #[test]
-    fn merkle_branch_proves_every_leaf() {
-        // Block 100000 of mainnet: four transactions.
-        let txids: Vec<Txid> = [
-            "8c14f0db3df150123e6f3dbbf30f8b955a8249b62ac1d1ff16284aefa3d06d87",
-            "fff2525b8931402dd09222c50775608f75787bd2b87e56995a7bdd30f79702c4",
-            "6359f0868171b1d194cbee1af2f16ea598ae8fad666d9b012c8ed2b79a236ec4",
-            "e9a66845e05d5abc0ad04ec80f774a7e585c6e8db975962d069a522137b80c1d",
-        ]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-        let root: TxMerkleNode =
-            "f3e94742aca4b5ef85488dc37c06c3282295ffec960994b2c0d5ac2a25a95766".parse().unwrap();
-        for (pos, txid) in txids.iter().enumerate() {
-            let mut acc = txid.to_byte_array();
-            for (level, node) in merkle_branch(&txids, pos).iter().enumerate() {
-                let mut e = sha256d::Hash::engine();
-                if (pos >> level) & 1 == 0 {
-                    e.input(&acc);
-                    e.input(node.as_byte_array());
-                } else {
-                    e.input(node.as_byte_array());
-                    e.input(&acc);
-                }
-                acc = sha256d::Hash::from_engine(e).to_byte_array();
-            }
-            assert_eq!(TxMerkleNode::from_byte_array(acc), root);
-        }
-        assert!(merkle_branch(&txids[..1], 0).is_empty());
-    }
 
     #[test]
     fn compute_txid_matches_bitcoin_crate() {

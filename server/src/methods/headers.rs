@@ -8,7 +8,8 @@ use bitcoin::consensus::serialize;
 use bitcoin::hashes::Hash;
 use serde_json::{json, Value};
 
-use blkindex_shared::query::{merkle_branch_and_root, Index};
+use blkindex_shared::merkle;
+use blkindex_shared::query::Index;
 
 use super::*;
 
@@ -102,7 +103,7 @@ pub fn header_proof(index: &Index, height: u32, cp_height: u32) -> anyhow::Resul
         anyhow::bail!("require header height {height} <= cp_height {cp_height} <= chain height {tip}");
     }
     let leaves = (0..=cp_height).map(|h| index.chain.hash(h).unwrap().to_byte_array()).collect();
-    let (branch, root) = merkle_branch_and_root(leaves, height as usize);
+    let (branch, root) = merkle::branch_and_root(leaves, height as usize);
     let show = |mut b: [u8; 32]| {
         b.reverse();
         hex::encode(b)

@@ -7,7 +7,7 @@ use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::Transaction;
 use serde_json::{json, Value};
 
-use blkindex_shared::query::merkle_branch;
+use blkindex_shared::merkle;
 
 use super::*;
 
@@ -59,7 +59,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                 .read(move |i, _| {
                     let tx = i.txs_by_txid(&txid)?.into_iter().find(|t| t.height == height);
                     let Some(tx) = tx else { return Ok(None) };
-                    let branch = merkle_branch(&i.block_txids(height)?, tx.pos as usize);
+                    let branch = merkle::tx_branch(&i.block_txids(height)?, tx.pos as usize);
                     let merkle: Vec<String> = branch.iter().map(|n| n.to_string()).collect();
                     Ok(Some(json!({"block_height": height, "merkle": merkle, "pos": tx.pos})))
                 })
@@ -83,7 +83,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                         false => json!(txid.to_string()),
                         true => {
                             let branch: Vec<String> =
-                                merkle_branch(&txids, pos).iter().map(|n| n.to_string()).collect();
+                                merkle::tx_branch(&txids, pos).iter().map(|n| n.to_string()).collect();
                             json!({"tx_hash": txid.to_string(), "merkle": branch})
                         }
                     })
