@@ -143,7 +143,7 @@ impl Peers {
         }
         let own = hosts(&c.own_features)
             .into_iter()
-            .filter_map(|(host, ports)| Some(Key { host, tcp_port: ports.0? }))
+            .filter_map(|(host, ports)| Some(Key { host, tcp_port: ports.tcp? }))
             .collect::<Vec<_>>();
         if c.discovery {
             for k in &own {
@@ -208,7 +208,7 @@ impl Peers {
         let Some(key) = hosts(features)
             .into_iter()
             .filter(|(host, _)| !is_onion(host))
-            .find_map(|(host, ports)| Some(Key { host, tcp_port: ports.0? }))
+            .find_map(|(host, ports)| Some(Key { host, tcp_port: ports.tcp? }))
         else {
             debug!(%client, "add_peer refused: no clearnet host with a TCP port");
             return false;
@@ -241,7 +241,8 @@ impl Peers {
             due.extend(self.listed.lock().unwrap().keys().filter(|k| !self.seeds.contains(k)).cloned());
             for key in due {
                 // Waits for a free slot: a scheduled check is never dropped, announcements are.
-                let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                let permit =
+                    self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
                 if self.busy.lock().unwrap().insert(key.clone()) {
                     tokio::spawn(self.clone().check(key, None, permit));
                 }
@@ -323,9 +324,11 @@ impl Peers {
         let hosts = hosts(f);
         let ports = hosts
             .iter()
-            .find(|(h, p)| h.eq_ignore_ascii_case(&key.host) && p.0 == Some(key.tcp_port))
-            .with_context(|| format!("its features do not name {} with tcp_port {}", key.host, key.tcp_port))?;
-        Ok((ports.1 .1, max, f.get("pruning").and_then(Value::as_u64)))
+            .find(|(h, p)| h.eq_ignore_ascii_case(&key.host) && p.tcp == Some(key.tcp_port))
+            .with_context(|| {
+                format!("its features do not name {} with tcp_port {}", key.host, key.tcp_port)
+            })?;
+        Ok((ports.1.ssl, max, f.get("pruning").and_then(Value::as_u64)))
     }
 
     /// Lists (or refreshes) a peer that answered well.
@@ -374,7 +377,10 @@ impl Peers {
     /// come back with the next check of that peer).
     fn learn(self: &Arc<Self>, entries: &[Value]) {
         for key in entries.iter().filter_map(|e| self.entry_key(e)).take(MAX_LEARNED_PER_LIST) {
-            if is_onion(&key.host) || self.own.contains(&key) || self.listed.lock().unwrap().contains_key(&key) {
+            if is_onion(&key.host)
+                || self.own.contains(&key)
+                || self.listed.lock().unwrap().contains_key(&key)
+            {
                 continue;
             }
             if let Some(permit) = self.begin(&key) {
@@ -411,11 +417,21 @@ fn port_word(words: &[String], letter: char, default: u16) -> Option<u16> {
     }
 }
 
-/// A features object's hosts: name → (tcp_port, ssl_port).
-fn hosts(features: &Value) -> Vec<(String, (Option<u16>, Option<u16>))> {
+/// A host's ports in a features object.
+struct Ports {
+    tcp: Option<u16>,
+    ssl: Option<u16>,
+}
+
+/// A features object's hosts and their ports.
+fn hosts(features: &Value) -> Vec<(String, Ports)> {
     let Some(hosts) = features.get("hosts").and_then(Value::as_object) else { return Vec::new() };
-    let port = |v: &Value, name: &str| v.get(name).and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok());
-    hosts.iter().map(|(h, v)| (h.clone(), (port(v, "tcp_port"), port(v, "ssl_port")))).collect()
+    let port =
+        |v: &Value, name: &str| v.get(name).and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok());
+    hosts
+        .iter()
+        .map(|(h, v)| (h.clone(), Ports { tcp: port(v, "tcp_port"), ssl: port(v, "ssl_port") }))
+        .collect()
 }
 
 fn is_onion(host: &str) -> bool {
