@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,8 @@ pub struct Peers {
     /// Peers being visited now; each holds one of `permits`, so at most `MAX_IN_FLIGHT`.
     busy: Mutex<HashSet<Key>>,
     permits: Arc<Semaphore>,
+    /// Where in a peer's list `learn` starts next.
+    learn_from: AtomicUsize,
 }
 
 impl std::fmt::Debug for Peers {
@@ -167,6 +170,7 @@ impl Peers {
             listed: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            learn_from: AtomicUsize::new(0),
         })
     }
 
@@ -373,20 +377,24 @@ impl Peers {
         }
     }
 
-    /// Takes new candidates from a peer's list, as many as there are free slots (the others
-    /// come back with the next check of that peer).
+    /// Takes up to `MAX_LEARNED_PER_LIST` new candidates from a peer's list, while slots are
+    /// free. Each call starts further into the list, so that entries which never verify cannot
+    /// keep the later ones out.
     fn learn(self: &Arc<Self>, entries: &[Value]) {
-        for key in entries.iter().filter_map(|e| self.entry_key(e)).take(MAX_LEARNED_PER_LIST) {
-            if is_onion(&key.host)
-                || self.own.contains(&key)
-                || self.listed.lock().unwrap().contains_key(&key)
-            {
-                continue;
-            }
-            if let Some(permit) = self.begin(&key) {
-                debug!(host = %key.host, port = key.tcp_port, "learned a peer; verifying");
-                tokio::spawn(self.clone().check(key, None, permit));
-            }
+        if entries.is_empty() {
+            return;
+        }
+        let start = self.learn_from.fetch_add(MAX_LEARNED_PER_LIST, Ordering::Relaxed) % entries.len();
+        let new = entries[start..]
+            .iter()
+            .chain(&entries[..start])
+            .filter_map(|e| self.entry_key(e))
+            .filter(|k| !is_onion(&k.host) && !self.own.contains(k))
+            .filter(|k| !self.listed.lock().unwrap().contains_key(k));
+        for key in new.take(MAX_LEARNED_PER_LIST) {
+            let Some(permit) = self.begin(&key) else { continue };
+            debug!(host = %key.host, port = key.tcp_port, "learned a peer; verifying");
+            tokio::spawn(self.clone().check(key, None, permit));
         }
     }
 
@@ -530,6 +538,38 @@ mod tests {
         let fine = json!({"genesis_hash": GENESIS, "hosts": {"127.0.0.2": {"tcp_port": 1}}});
         assert!(!p.add_peer(Some(&fine), ip, MAX_ADD_PEER_PER_SESSION + 1));
         assert!(!p.add_peer(None, ip, 1));
+    }
+
+    #[tokio::test]
+    async fn announcements_need_a_free_verification_slot() {
+        let p = peers(true, &[]).unwrap();
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let fine = json!({"genesis_hash": GENESIS, "hosts": {"127.0.0.2": {"tcp_port": 1}}});
+        let all = p.permits.clone().try_acquire_many_owned(MAX_IN_FLIGHT as u32).unwrap();
+        assert!(!p.add_peer(Some(&fine), ip, 1));
+        assert!(p.busy.lock().unwrap().is_empty());
+        drop(all);
+        assert!(p.add_peer(Some(&fine), ip, 1));
+        // Being verified: another announcement of it is a yes that starts nothing more.
+        assert!(p.add_peer(Some(&fine), ip, 2));
+        assert_eq!(p.permits.available_permits(), MAX_IN_FLIGHT - 1);
+    }
+
+    #[test]
+    fn the_list_is_bounded_per_address() {
+        let p = peers(true, &[]).unwrap();
+        let visit = Visit {
+            ip: "10.0.0.1".parse().unwrap(),
+            ssl_port: Some(50002),
+            protocol_max: (1, 6, 0),
+            pruning: None,
+            peers: vec![],
+        };
+        for port in 1..=MAX_PEERS_PER_IP as u16 + 2 {
+            p.keep(&Key { host: "10.0.0.1".into(), tcp_port: port }, &visit);
+        }
+        assert_eq!(p.listed.lock().unwrap().len(), MAX_PEERS_PER_IP);
+        assert_eq!(p.list()[0], json!(["10.0.0.1", "10.0.0.1", ["v1.6", "s50002", "t1"]]));
     }
 
     #[test]
