@@ -4,7 +4,8 @@
 //! Flow: `state` (secondary DB + blk files + node RPC; a catch-up task announces new tips, a
 //! mempool task tracks the node's mempool, `zmq` wakes both early) → `listen` (TCP, TLS,
 //! WebSocket; connection limits) → `session` (one per connection: requests, batches,
-//! notifications) → `methods` (the calls, by protocol version). `metrics` counts it all.
+//! notifications) → `methods` (the calls, by protocol version). `metrics` counts it all;
+//! `peers` (with `--peer-discovery`) finds and verifies other public servers.
 
 mod listen;
 mod mempool;

@@ -5,7 +5,8 @@
 //! protocol range we share and the host and port we reached it at; an announced host must also
 //! resolve to the address of the client that announced it. Listed peers are checked again every
 //! `--peer-check-secs` and forgotten after `MAX_FAILED_CHECKS` failures in a row (or `MAX_AGE`
-//! without an answer). Every check also announces us to the peer when its list lacks us.
+//! without an answer). Every check also announces us to the peer when its list lacks us. A
+//! server reached at a public host visits no private address other than its seeds.
 //!
 //! Not done: peers are checked over TCP only (the `s` port listed is the one the peer reports),
 //! and onion hosts are never listed (reaching them needs a Tor proxy, which we do not have).
@@ -94,6 +95,8 @@ pub struct Peers {
     own_features: Value,
     /// The (host, TCP port)s our features name, so that we never list ourselves.
     own: Vec<Key>,
+    /// Whether we are reached at a public name or address (not in a test or a private network).
+    public: bool,
     default_ports: (u16, u16),
     listed: Mutex<HashMap<Key, Peer>>,
     /// Peers being visited now; each holds one of `permits`, so at most `MAX_IN_FLIGHT`.
@@ -158,7 +161,9 @@ impl Peers {
                 );
             }
         }
+        let public = hosts(&c.own_features).iter().any(|(h, _)| h.parse().map_or(true, is_public));
         Ok(Peers {
+            public,
             discovery: c.discovery,
             configured,
             seeds,
@@ -293,6 +298,11 @@ impl Peers {
                 .with_context(|| format!("{} does not resolve to the announcing client {ip}", key.host))?,
             None => *addrs.first().with_context(|| format!("{} resolves to no address", key.host))?,
         };
+        // A public server visits no private address it was told of (its seeds are the operator's).
+        ensure!(
+            !self.public || is_public(addr.ip()) || self.seeds.contains(key),
+            "{addr} is not a public address"
+        );
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow!("connecting to {addr} timed out"))?
@@ -323,7 +333,12 @@ impl Peers {
         let (Some(min), Some(max)) = (version("protocol_min"), version("protocol_max")) else {
             bail!("no protocol_min or protocol_max in its features");
         };
-        ensure!(min <= max && max >= PEER_PROTOCOL_MIN, "protocol range {min:?} to {max:?}");
+        ensure!(
+            min <= max && max >= PEER_PROTOCOL_MIN,
+            "protocol range {} to {}",
+            version_string(min),
+            version_string(max)
+        );
         ensure!(f.get("hosts") != self.own_features.get("hosts"), "it is this server");
         let hosts = hosts(f);
         let ports = hosts
@@ -440,6 +455,26 @@ fn hosts(features: &Value) -> Vec<(String, Ports)> {
         .iter()
         .map(|(h, v)| (h.clone(), Ports { tcp: port(v, "tcp_port"), ssl: port(v, "ssl_port") }))
         .collect()
+}
+
+/// Not loopback, private, link-local, shared (CGNAT), unspecified or broadcast.
+fn is_public(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let shared = v4.octets()[0] == 100 && v4.octets()[1] & 0xc0 == 64;
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || shared)
+        }
+        IpAddr::V6(v6) => {
+            let unique_local = v6.segments()[0] & 0xfe00 == 0xfc00;
+            let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            !(v6.is_loopback() || v6.is_unspecified() || unique_local || link_local)
+        }
+    }
 }
 
 fn is_onion(host: &str) -> bool {
@@ -570,6 +605,29 @@ mod tests {
         }
         assert_eq!(p.listed.lock().unwrap().len(), MAX_PEERS_PER_IP);
         assert_eq!(p.list()[0], json!(["10.0.0.1", "10.0.0.1", ["v1.6", "s50002", "t1"]]));
+    }
+
+    #[test]
+    fn public_addresses() {
+        for ip in ["1.2.3.4", "100.128.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        // A server reached at loopback (tests) or in a private network may list such peers.
+        assert!(!peers(true, &[]).unwrap().public);
     }
 
     #[test]
