@@ -4,12 +4,14 @@
 //! Flow: `state` (secondary DB + blk files + node RPC; a catch-up task announces new tips, a
 //! mempool task tracks the node's mempool, `zmq` wakes both early) → `listen` (TCP, TLS,
 //! WebSocket; connection limits) → `session` (one per connection: requests, batches,
-//! notifications) → `methods` (the calls, by protocol version). `metrics` counts it all.
+//! notifications) → `methods` (the calls, by protocol version). `metrics` counts it all;
+//! `peers` (with `--peer-discovery`) finds and verifies other public servers.
 
 mod listen;
 mod mempool;
 mod methods;
 mod metrics;
+mod peers;
 mod script_cache;
 mod session;
 mod state;
@@ -97,9 +99,16 @@ struct Args {
     /// Host name this server is reached at, for server.features (default: the listen address).
     #[arg(long, env = "BLKINDEX_PUBLIC_HOST")]
     public_host: Option<String>,
-    /// A peer for server.peers.subscribe: "host [tPORT] [sPORT] [vVERSION]" (repeatable).
+    /// A peer for server.peers.subscribe: "host [tPORT] [sPORT] [vVERSION]" (repeatable); with
+    /// --peer-discovery, a seed.
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// Find other public servers (seeds, their lists, server.add_peer) and list those verified.
+    #[arg(long, env = "BLKINDEX_PEER_DISCOVERY")]
+    peer_discovery: bool,
+    /// With --peer-discovery: how often each peer is checked again, in seconds.
+    #[arg(long, env = "BLKINDEX_PEER_CHECK_SECS", default_value_t = 600)]
+    peer_check_secs: u64,
     /// How often to read the node's whole mempool, in milliseconds, when it publishes no ZMQ
     /// `sequence` (other ZMQ topics wake it sooner).
     #[arg(long, env = "BLKINDEX_MEMPOOL_MS", default_value_t = 500)]
@@ -177,6 +186,7 @@ fn run() -> Result<()> {
         let (state, events_rx) =
             state::State::new(args.node.network, index, rpc, info, limits, metrics, scripts);
         info!(tip = ?state.tip.borrow().map(|t| t.height), "index opened");
+        tokio::spawn(state.info.peers.clone().run());
         zmq::spawn(state.clone(), published);
         tokio::spawn(state::catch_up_loop(state.clone(), standby, Duration::from_millis(args.catch_up_ms)));
         tokio::spawn(state::mempool_loop(
@@ -227,20 +237,19 @@ fn info(args: &Args, listeners: &[(tokio::net::TcpListener, Transport)]) -> Resu
     }
     let mut hosts = serde_json::Map::new();
     hosts.insert(host.unwrap_or_default(), serde_json::Value::Object(ports));
-    let peers = args
-        .peers
-        .iter()
-        .map(|p| {
-            let mut words = p.split_whitespace();
-            let host = words.next().context("--peer needs a host")?.to_string();
-            let features: Vec<String> = words.map(str::to_string).collect();
-            anyhow::ensure!(
-                features.iter().all(|f| f.starts_with(['t', 's', 'v', 'p'])),
-                "--peer {p:?}: features are tPORT, sPORT, vVERSION or pPRUNING"
-            );
-            Ok(json!([host, host, features]))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(args.peer_check_secs > 0, "--peer-check-secs must be at least 1");
+    let genesis_hash = args.node.network.genesis_hash().to_string();
+    let peers = peers::Peers::new(peers::Config {
+        discovery: args.peer_discovery,
+        seeds: args.peers.clone(),
+        check_every: Duration::from_secs(args.peer_check_secs),
+        own_features: methods::features(&genesis_hash, &hosts, methods::UNNEGOTIATED),
+        genesis_hash,
+        default_ports: match args.node.network.0 {
+            bitcoin::Network::Bitcoin => (50001, 50002),
+            _ => (51001, 51002),
+        },
+    })?;
     Ok(methods::Info {
         banner: args
             .banner
@@ -248,7 +257,7 @@ fn info(args: &Args, listeners: &[(tokio::net::TcpListener, Transport)]) -> Resu
             .unwrap_or_else(|| format!("Welcome to blkindex {}", env!("CARGO_PKG_VERSION"))),
         donation_address: args.donation_address.clone(),
         hosts,
-        peers,
+        peers: Arc::new(peers),
         max_history: args.max_history,
     })
 }

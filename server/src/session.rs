@@ -43,7 +43,7 @@ pub async fn run(
     peer: SocketAddr,
 ) {
     let limits = state.limits.clone();
-    let mut session = Session::default();
+    let mut session = Session { client: Some(peer), ..Session::default() };
     let mut tip_rx = state.tip.subscribe();
     tip_rx.mark_unchanged();
     let mut mempool_rx = state.mempool_changes.subscribe();

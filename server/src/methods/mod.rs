@@ -26,6 +26,7 @@ use crate::state::State;
 pub use headers::{header_json, HeaderForm};
 pub use outpoints::outpoint_status;
 pub use scripts::status;
+pub use server_info::{features, software};
 
 /// A protocol version as (major, minor, revision).
 pub type Version = (u32, u32, u32);
@@ -181,6 +182,10 @@ pub struct Session {
     pub outpoints: HashMap<OutPoint, Value>,
     /// Set when the session must end after this reply.
     pub close: bool,
+    /// The client's address (`server.add_peer` verifies that the announced host resolves to it).
+    pub client: Option<std::net::SocketAddr>,
+    /// `server.add_peer` calls so far.
+    pub add_peer_calls: u32,
 }
 
 impl Session {
@@ -210,8 +215,8 @@ pub struct Info {
     pub donation_address: String,
     /// `server.features`'s hosts: host → ports.
     pub hosts: serde_json::Map<String, Value>,
-    /// `server.peers.subscribe`'s entries, as configured.
-    pub peers: Vec<Value>,
+    /// `server.peers.subscribe`'s entries and `server.add_peer`'s verifications.
+    pub peers: Arc<crate::peers::Peers>,
     /// A history longer than this is an error, never a silently cut one.
     pub max_history: usize,
 }

@@ -19,23 +19,16 @@ pub fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -
         "server.version" => server_version(s, params),
         "server.banner" => Ok(json!(state.info.banner)),
         "server.donation_address" => Ok(json!(state.info.donation_address)),
-        "server.peers.subscribe" => Ok(json!(state.info.peers)),
-        // We do not discover or keep peers, so a peer announcing itself is not taken.
-        "server.add_peer" => Ok(json!(false)),
-        "server.features" => {
-            let mut f = json!({
-                "genesis_hash": state.net.genesis_hash().to_string(),
-                "hosts": state.info.hosts,
-                "protocol_min": version_string(PROTOCOL_MIN),
-                "protocol_max": version_string(PROTOCOL_MAX),
-                "server_version": software(),
-                "pruning": null,
+        "server.peers.subscribe" => Ok(state.info.peers.list()),
+        "server.add_peer" => {
+            // Counted before anything else: the limit is per session, whatever the answer.
+            s.add_peer_calls += 1;
+            let taken = s.client.is_some_and(|c| {
+                state.info.peers.add_peer(arg(params, 0, "features"), c.ip(), s.add_peer_calls)
             });
-            if v < (1, 7, 0) {
-                f["hash_function"] = json!("sha256");
-            }
-            Ok(f)
+            Ok(json!(taken))
         }
+        "server.features" => Ok(features(&state.net.genesis_hash().to_string(), &state.info.hosts, v)),
         "server.ping" if v >= (1, 7, 0) => {
             // 1.7: padding both ways against traffic analysis; `data` is any hex and ignored.
             if let Some(d) = arg(params, 1, "data") {
@@ -55,6 +48,22 @@ pub fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -
         "server.ping" => Ok(Value::Null),
         _ => unreachable!("{method} is routed here by its family"),
     }
+}
+
+/// `server.features` as version `v` shows it (also what we announce to peers).
+pub fn features(genesis_hash: &str, hosts: &serde_json::Map<String, Value>, v: Version) -> Value {
+    let mut f = json!({
+        "genesis_hash": genesis_hash,
+        "hosts": hosts,
+        "protocol_min": version_string(PROTOCOL_MIN),
+        "protocol_max": version_string(PROTOCOL_MAX),
+        "server_version": software(),
+        "pruning": null,
+    });
+    if v < (1, 7, 0) {
+        f["hash_function"] = json!("sha256");
+    }
+    f
 }
 
 /// `server.version(client_name, protocol_version)`: protocol_version is one version or a
