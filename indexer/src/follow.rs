@@ -27,10 +27,11 @@ use blkindex_shared::rpc::RpcError;
 use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height};
 
 use crate::bestchain::ChainBlock;
-use crate::bulk::{undo_from_rpc, Bulk};
 use crate::rows::{block_rows, verify, BlockRows};
 use crate::scan::{BlockEntry, BlockMap};
+use crate::source::BlockSource;
 use crate::tail::Tail;
+use crate::unwind::delete_branch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FollowSource {
@@ -41,7 +42,7 @@ pub enum FollowSource {
 }
 
 pub struct Follower<'a> {
-    pub ctx: &'a Bulk<'a>,
+    pub blocks: &'a BlockSource<'a>,
     pub source: FollowSource,
     pub poll: Duration,
     pub stop: Arc<AtomicBool>,
@@ -53,25 +54,25 @@ pub struct Follower<'a> {
 
 impl<'a> Follower<'a> {
     pub fn new(
-        ctx: &'a Bulk<'a>,
+        blocks: &'a BlockSource<'a>,
         source: FollowSource,
         poll: Duration,
         stop: Arc<AtomicBool>,
     ) -> Result<Self> {
-        let chain = Chain::load(ctx.store)?;
+        let chain = Chain::load(blocks.store)?;
         // Tail the blk files from the end of the tip block, or from the start of the newest file.
         let (file, offset) = match chain.tip().and_then(|(h, _)| chain.row(h)).map(|r| r.loc) {
             Some(BlockLoc::File { file, offset, len }) => (file, offset as u64 + len as u64),
-            _ => (list_files(ctx.files.dir(), FileKind::Blk)?.last().copied().unwrap_or(0), 0),
+            _ => (list_files(blocks.files.dir(), FileKind::Blk)?.last().copied().unwrap_or(0), 0),
         };
         Ok(Follower {
-            ctx,
+            blocks,
             source,
             poll,
             stop,
             zmq_reconnect: Arc::new(AtomicBool::new(false)),
             chain,
-            tail: Tail::new(ctx.net, file, offset),
+            tail: Tail::new(blocks.net, file, offset),
         })
     }
 
@@ -117,7 +118,7 @@ impl<'a> Follower<'a> {
 
     /// Brings the index to the node's best block. Returns the number of blocks applied.
     pub fn sync(&mut self) -> Result<usize> {
-        let rpc = self.ctx.rpc.context("following needs the node's RPC")?;
+        let rpc = self.blocks.rpc("following")?;
         let best = rpc.best_block_hash()?;
         if self.chain.tip().map(|t| t.1) == Some(best) {
             return Ok(0);
@@ -140,7 +141,7 @@ impl<'a> Follower<'a> {
         if fork < tip {
             self.unwind(fork)?;
         }
-        self.tail.poll_blocks(self.ctx.files)?;
+        self.tail.poll_blocks(self.blocks.files)?;
         let mut applied = 0;
         for (hash, header) in new.into_iter().rev() {
             if self.stop.load(Ordering::Relaxed) {
@@ -159,7 +160,7 @@ impl<'a> Follower<'a> {
         let branch: Vec<ChainBlock> =
             (fork + 1..=tip).map(|h| ChainBlock::from_row(self.chain.row(h).unwrap())).collect();
         let first_txnum = self.chain.row(fork + 1).unwrap().first_txnum;
-        self.ctx.delete_branch(&BlockMap::new(), &branch, fork + 1, first_txnum)?;
+        delete_branch(self.blocks, &BlockMap::new(), &branch, fork + 1, first_txnum)?;
         while self.chain.len() as Height > fork + 1 {
             self.chain.pop();
         }
@@ -181,12 +182,8 @@ impl<'a> Follower<'a> {
         let (rows, raw) = match from_files {
             Ok(rows) => (rows, None),
             Err(()) => {
-                let rpc = self.ctx.rpc.context("no RPC")?;
-                let bytes = rpc.block_bytes(&hash)?;
-                let verified = verify(&bytes).with_context(|| format!("block {hash} from the node"))?;
-                let undo = if height == 0 { None } else { Some(undo_from_rpc(rpc, &hash)?) };
-                let loc = BlockLoc::Db { len: bytes.len() as u32 };
-                (block_rows(height, &verified, txnum, loc, undo.as_ref())?, Some(bytes))
+                let (rows, bytes) = self.blocks.rows_from_node(&hash, height, txnum)?;
+                (rows, Some(bytes))
             }
         };
         if rows.header.hash() != hash {
@@ -215,21 +212,21 @@ impl<'a> Follower<'a> {
         height: Height,
         txnum: u32,
     ) -> Result<BlockRows> {
-        let bytes = self.ctx.files.read(FileKind::Blk, e.file, e.offset as u64, e.len as usize)?;
-        let verified = verify(&bytes)?;
+        let bytes = self.blocks.files.read(FileKind::Blk, e.file, e.offset as u64, e.len as usize)?;
+        let checked = verify(&bytes)?;
         let locs = if height == 0 {
             Vec::new()
         } else {
-            self.tail.undo_candidates(self.ctx.files, e.file, &b.header.prev_blockhash, e.ntx)?
+            self.tail.undo_candidates(self.blocks.files, e.file, &b.header.prev_blockhash, e.ntx)?
         };
-        let undo = self.ctx.undo_from(&locs, b, height, &verified)?;
+        let undo = self.blocks.undo_from(&locs, b, height, &checked)?;
         let loc = BlockLoc::File { file: e.file, offset: e.offset, len: e.len };
-        block_rows(height, &verified, txnum, loc, undo.as_ref())
+        block_rows(height, &checked, txnum, loc, undo.as_ref())
     }
 
     /// A block's rows and the new tip, in one synced WriteBatch (WAL on).
     fn commit(&self, rows: &BlockRows, raw: Option<&[u8]>) -> Result<()> {
-        let store = self.ctx.store;
+        let store = self.blocks.store;
         let mut batch = WriteBatch::default();
         let width = store.bucket_width()?;
         for (name, keys) in [(cf::TXID, &rows.txid), (cf::SCRIPT, &rows.script)] {

@@ -1,18 +1,24 @@
 //! `blkindex-indexer`: bulk-indexes bitcoind's blk files into RocksDB, then follows the node's tip.
 //!
-//! Flow: `scan` (blk framing → block map) → `bestchain` (which blocks) → `bulk` (batches:
-//! `revmatch` finds undo data, `rows` makes rows, SSTs are ingested) → compaction → `follow`
-//! (woken by `zmq` or a timer; new blocks from `tail` of the files, or RPC; reorgs undone).
+//! Flow: `scan` (blk framing → block map) → `bestchain` (which blocks) → `recovery` (back to a
+//! block boundary) → `bulk` (batches: `revmatch` finds undo data, `rows` makes rows, `rowsort`
+//! sorts them, `ingest` writes and ingests SST files) → compaction → `follow` (woken by `zmq` or a
+//! timer; new blocks from `tail` of the files, or RPC; reorgs undone by `unwind`). `source` finds
+//! a block's bytes and undo data for all of them: files, the `rawblock` family, or the node.
 
 mod bestchain;
 mod bulk;
 mod follow;
+mod ingest;
 mod progress;
+mod recovery;
 mod revmatch;
 mod rows;
 mod rowsort;
 mod scan;
+mod source;
 mod tail;
+mod unwind;
 mod zmq;
 
 use std::sync::atomic::AtomicBool;
@@ -113,11 +119,10 @@ fn run() -> Result<()> {
     store.check_identity(args.node.network, true)?;
 
     let progress = Progress::new(args.progress);
+    let source =
+        source::BlockSource { files: &files, store: &store, net: args.node.network, rpc: rpc.as_ref() };
     let bulk = bulk::Bulk {
-        store: &store,
-        files: &files,
-        net: args.node.network,
-        rpc: rpc.as_ref(),
+        source: &source,
         progress: &progress,
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) * 3 / 5, |kb| kb << 10),
     };
@@ -137,7 +142,7 @@ fn run() -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let poll = Duration::from_secs_f64(args.poll_secs.max(0.05));
-    let mut follower = Follower::new(&bulk, args.follow_source, poll, stop.clone())?;
+    let mut follower = Follower::new(&source, args.follow_source, poll, stop.clone())?;
     // Ready once following: the bulk pass before it may take hours (the unit allows that).
     service::ready(&format!("following the node from height {}", store.tip()?.map_or(0, |(h, _)| h)));
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();

@@ -22,7 +22,7 @@ pub struct BlockRows {
 
 /// A block checked against its header (every byte parses and the txids hash to the merkle root),
 /// with what its rows need from its bytes, gathered in the same single walk over them.
-pub struct Verified {
+pub struct CheckedBlock {
     pub header: Header,
     pub txids: Vec<Txid>,
     /// Number of inputs of each transaction.
@@ -38,10 +38,10 @@ pub struct Verified {
 
 /// Parses a block and checks its merkle root, so that a damaged block is an error here, never
 /// rows. (Witness bytes are not covered by the merkle root; the index does not read them.)
-pub fn verify(block: &[u8]) -> Result<Verified> {
+pub fn verify(block: &[u8]) -> Result<CheckedBlock> {
     let (header_bytes, ntx, txs_at) = parse::block_prefix(block)?;
     let header: Header = bitcoin::consensus::deserialize(header_bytes)?;
-    let mut v = Verified {
+    let mut v = CheckedBlock {
         header,
         txids: Vec::with_capacity(ntx),
         inputs: Vec::with_capacity(ntx),
@@ -68,7 +68,7 @@ pub fn verify(block: &[u8]) -> Result<Verified> {
 
 /// Does this undo data have the shape of this block (one entry per input of every non-coinbase
 /// transaction)? Tells a block's own undo record from a stale sibling's.
-pub fn undo_fits(block: &Verified, undo: &BlockUndo) -> bool {
+pub fn undo_fits(block: &CheckedBlock, undo: &BlockUndo) -> bool {
     block.inputs.get(1..) == Some(undo.tx_inputs.as_slice())
 }
 
@@ -76,7 +76,7 @@ pub fn undo_fits(block: &Verified, undo: &BlockUndo) -> bool {
 /// is required for every block but genesis, whose coinbase is unspendable and not indexed.
 pub fn block_rows(
     height: Height,
-    block: &Verified,
+    block: &CheckedBlock,
     first_txnum: TxNum,
     loc: BlockLoc,
     undo: Option<&BlockUndo>,

@@ -14,7 +14,7 @@ use bitcoin::{OutPoint, Transaction, Txid};
 use serde_json::{json, Value};
 
 use blkindex_shared::query::Index;
-use blkindex_shared::rpc::Rpc;
+use blkindex_shared::rpc::{btc_to_sat, Rpc};
 use blkindex_shared::ScriptHash;
 
 pub struct MempoolTx {
@@ -225,7 +225,7 @@ fn fetch(
 ) -> Result<Fetched> {
     let raw = rpc.call("getrawtransaction", json!([txid.to_string(), false]))?;
     let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(raw.as_str().context("hex")?)?;
-    let fee = (info["fees"]["base"].as_f64().context("fees.base")? * 1e8).round() as u64;
+    let fee = btc_to_sat(&info["fees"]["base"]).context("fees.base")?;
     let vsize = info["vsize"].as_u64().context("vsize")?.max(1);
     let mut confirmed = HashMap::new();
     for input in &tx.input {

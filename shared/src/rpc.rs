@@ -134,3 +134,28 @@ impl Rpc {
             .ok_or_else(|| RpcError::Protocol("getblockheader: bad header".into()))
     }
 }
+
+/// An amount the node gives in BTC (a JSON number), in satoshis: exact for every amount with at
+/// most eight decimals, and an error for anything else (negative, not a number, too precise).
+pub fn btc_to_sat(v: &Value) -> anyhow::Result<u64> {
+    let btc = v.as_f64().ok_or_else(|| anyhow::anyhow!("not a number of BTC: {v}"))?;
+    Ok(bitcoin::Amount::from_btc(btc).map_err(|e| anyhow::anyhow!("{v} BTC: {e}"))?.to_sat())
+}
+
+#[cfg(test)]
+mod amount_tests {
+    use super::*;
+
+    #[test]
+    fn btc_to_sat_is_exact() {
+        for (btc, sat) in
+            [("0", 0u64), ("0.00000001", 1), ("12.34567891", 1_234_567_891), ("0.1", 10_000_000)]
+        {
+            assert_eq!(btc_to_sat(&serde_json::from_str(btc).unwrap()).unwrap(), sat, "{btc}");
+        }
+        assert_eq!(btc_to_sat(&json!(20999999.9769)).unwrap(), 2_099_999_997_690_000);
+        assert!(btc_to_sat(&json!(-1.0)).is_err());
+        assert!(btc_to_sat(&json!("1.0")).is_err());
+        assert!(btc_to_sat(&json!(0.000000001)).is_err());
+    }
+}

@@ -54,7 +54,7 @@ pub fn tx_json(tx: &Transaction, raw: &[u8], net: Network, place: Option<Place>)
             if let Some(a) = address {
                 spk["address"] = json!(a);
             }
-            json!({"value": o.value.to_sat() as f64 / 1e8, "n": n, "scriptPubKey": spk})
+            json!({"value": o.value.to_btc(), "n": n, "scriptPubKey": spk})
         })
         .collect();
     let mut out = json!({

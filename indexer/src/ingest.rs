@@ -1,0 +1,187 @@
+//! Writing a batch's rows: one SST file per column family (the bucket families cut into parts at
+//! bucket boundaries, written in parallel), then ingested, with `meta/pending` naming the batch
+//! before and `meta/tip` moving past it after, so a crash in between is redone by recovery.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bitcoin::BlockHash;
+use rayon::prelude::*;
+use rocksdb::{IngestExternalFileOptions, SstFileWriter};
+
+use blkindex_shared::bucket;
+use blkindex_shared::schema::{self, cf, meta, Height, Pending, RowKey};
+use blkindex_shared::store::{cf_options, Store};
+
+/// The rows of consecutive blocks `first..=last`, sorted and deduplicated.
+pub struct Batch {
+    pub first: Height,
+    pub last: Height,
+    pub last_hash: BlockHash,
+    pub headers: Vec<(Height, [u8; schema::HEADER_ROW_LEN])>,
+    pub txpos: Vec<(Height, Vec<u8>)>,
+    pub txid: Vec<RowKey>,
+    pub script: Vec<RowKey>,
+    pub bytes: u64,
+    pub txs: u64,
+}
+
+/// Writes a batch's rows as SST files and ingests them; the bucket values as merge operands
+/// when `merge` (other batches add to the same buckets), else as plain values. The files are
+/// written in parallel: each family on its own, and the bucket families cut into parts at
+/// bucket boundaries (parts do not overlap, so they are ingested together).
+pub fn ingest(store: &Store, batch: Batch, tmp: &Path, merge: bool) -> Result<()> {
+    let path = |name: &str, part: usize| tmp.join(format!("{}-{name}-{part}.sst", batch.first));
+    let parts = rayon::current_num_threads().max(1);
+    let width = store.bucket_width()?;
+    let mut jobs: Vec<(&str, usize, Job)> = vec![(cf::HEADERS, 0, Job::Headers), (cf::TXPOS, 0, Job::Txpos)];
+    for (name, rows) in [(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)] {
+        for (part, rows) in split_at_buckets(rows, parts, width).into_iter().enumerate() {
+            jobs.push((name, part, Job::Lists(rows)));
+        }
+    }
+    let written: Vec<Option<(&str, PathBuf)>> = jobs
+        .into_par_iter()
+        .map(|(name, part, job)| -> Result<Option<(&str, PathBuf)>> {
+            let file = path(name, part);
+            let any = match job {
+                Job::Headers => {
+                    let rows = batch.headers.iter().map(|(h, v)| (schema::height_key(*h), v));
+                    write_sst(name, &file, rows)?
+                }
+                Job::Txpos => {
+                    let rows = batch.txpos.iter().map(|(h, v)| (schema::height_key(*h), v));
+                    write_sst(name, &file, rows)?
+                }
+                Job::Lists(rows) => write_bucket_sst(name, &file, rows, width, merge)?,
+            };
+            Ok(any.then_some((name, file)))
+        })
+        .collect::<Result<_>>()?;
+    let mut ssts: Vec<(&str, Vec<PathBuf>)> = Vec::new();
+    for (name, file) in written.into_iter().flatten() {
+        match ssts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, files)) => files.push(file),
+            None => ssts.push((name, vec![file])),
+        }
+    }
+
+    let pending = Pending { first: batch.first, last: batch.last, last_hash: batch.last_hash };
+    store.put_meta(&[(meta::PENDING, Some(&pending.encode()))])?;
+    let mut ingest = IngestExternalFileOptions::default();
+    ingest.set_move_files(true);
+    for (name, files) in ssts {
+        store
+            .db()
+            .ingest_external_file_cf_opts(store.cf(name), &ingest, files)
+            .with_context(|| format!("ingesting {name} rows of heights {}..={}", batch.first, batch.last))?;
+    }
+    let tip = schema::encode_tip(batch.last, &batch.last_hash);
+    store.put_meta(&[(meta::TIP, Some(&tip)), (meta::PENDING, None)])?;
+    Ok(())
+}
+
+/// One SST file to write.
+enum Job<'a> {
+    Headers,
+    Txpos,
+    Lists(&'a [RowKey]),
+}
+
+/// Cuts sorted rows into about `parts` pieces, never inside one bucket's rows.
+fn split_at_buckets(rows: &[RowKey], parts: usize, width: usize) -> Vec<&[RowKey]> {
+    let mut out = Vec::new();
+    let mut rest = rows;
+    for left in (1..=parts).rev() {
+        if rest.is_empty() {
+            break;
+        }
+        let mut cut = if left == 1 { rest.len() } else { rest.len() / left };
+        while cut > 0 && cut < rest.len() && rest[cut][..width] == rest[cut - 1][..width] {
+            cut += 1;
+        }
+        let (piece, tail) = rest.split_at(cut.max(1).min(rest.len()));
+        out.push(piece);
+        rest = tail;
+    }
+    out
+}
+
+/// Writes sorted, deduplicated rows of a bucket family as one bucket value per key (merge
+/// operands when `merge`); false when there were no rows.
+fn write_bucket_sst(name: &str, path: &Path, rows: &[RowKey], width: usize, merge: bool) -> Result<bool> {
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let opts = cf_options(name);
+    let mut w = SstFileWriter::create(&opts);
+    w.open(path)?;
+    bucket::for_each_bucket(rows, width, |key, value| match merge {
+        true => w.merge(key, value),
+        false => w.put(key, value),
+    })?;
+    w.finish()?;
+    Ok(true)
+}
+
+/// Writes sorted rows into an SST file for family `name` (`headers`, `txpos`: plain values);
+/// false when there were no rows.
+fn write_sst<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    name: &str,
+    path: &Path,
+    rows: impl Iterator<Item = (K, V)>,
+) -> Result<bool> {
+    let opts = cf_options(name);
+    let mut w = SstFileWriter::create(&opts);
+    w.open(path)?;
+    let mut any = false;
+    for (k, v) in rows {
+        w.put(k, v)?;
+        any = true;
+    }
+    if any {
+        w.finish()?;
+    }
+    Ok(any)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(bucket: u16, rest: u8) -> RowKey {
+        let mut k = [rest; schema::KEY_LEN];
+        k[..2].copy_from_slice(&bucket.to_be_bytes());
+        k
+    }
+
+    /// Every row lands in exactly one part, in order, and no bucket is cut between two parts.
+    fn check(rows: &[RowKey], parts: usize, width: usize) -> Vec<usize> {
+        let cut = split_at_buckets(rows, parts, width);
+        assert_eq!(cut.concat(), rows, "parts lose or reorder rows");
+        assert!(cut.len() <= parts && cut.iter().all(|p| !p.is_empty()));
+        for pair in cut.windows(2) {
+            assert_ne!(pair[0].last().unwrap()[..width], pair[1][0][..width], "a bucket cut in two");
+        }
+        cut.iter().map(|p| p.len()).collect()
+    }
+
+    #[test]
+    fn split_at_buckets_never_cuts_a_bucket() {
+        assert!(split_at_buckets(&[], 4, 2).is_empty());
+        let spread: Vec<RowKey> = (0..100u16).map(|b| row(b, 0)).collect();
+        assert_eq!(check(&spread, 4, 2), vec![25, 25, 25, 25]);
+        // One crowded bucket in the middle moves the cut past its end.
+        let mut crowded: Vec<RowKey> = (0..10u16).map(|b| row(b, 0)).collect();
+        crowded.extend((1..=50u8).map(|r| row(10, r)));
+        crowded.extend((11..20u16).map(|b| row(b, 0)));
+        let sizes = check(&crowded, 4, 2);
+        assert_eq!(sizes.iter().sum::<usize>(), crowded.len());
+        assert!(sizes.contains(&0) || sizes.iter().any(|&n| n >= 50), "{sizes:?}");
+        // A single bucket stays whole, whatever the number of parts.
+        let one: Vec<RowKey> = (1..=9u8).map(|r| row(7, r)).collect();
+        assert_eq!(check(&one, 3, 2), vec![9]);
+        // More parts than rows.
+        assert_eq!(check(&spread[..3], 8, 2), vec![1, 1, 1]);
+    }
+}
