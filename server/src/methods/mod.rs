@@ -26,6 +26,7 @@ use crate::state::State;
 pub use headers::{header_json, HeaderForm};
 pub use outpoints::outpoint_status;
 pub use scripts::status;
+pub use server_info::software;
 
 /// A protocol version as (major, minor, revision).
 pub type Version = (u32, u32, u32);
@@ -181,7 +182,15 @@ pub struct Session {
     pub outpoints: HashMap<OutPoint, Value>,
     /// Set when the session must end after this reply.
     pub close: bool,
+    /// The client's name from `server.version` (cut to `MAX_CLIENT_NAME` bytes).
+    pub client: Option<String>,
+    /// Requests answered, and the time spent answering them.
+    pub requests: u64,
+    pub busy: std::time::Duration,
 }
+
+/// Longest client name kept: it is only shown to the operator.
+pub const MAX_CLIENT_NAME: usize = 64;
 
 impl Session {
     /// The version this session speaks.

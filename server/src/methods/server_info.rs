@@ -91,6 +91,10 @@ fn server_version(s: &mut Session, params: &Value) -> Reply {
         ));
     };
     s.version = Some(chosen);
+    if let Some(name) = arg(params, 0, "client_name").and_then(Value::as_str) {
+        let end = (0..=name.len().min(MAX_CLIENT_NAME)).rev().find(|i| name.is_char_boundary(*i));
+        s.client = Some(name[..end.unwrap_or(0)].to_string());
+    }
     // 1.0 answered with the server's version alone.
     Ok(match chosen {
         (1, 0, 0) => json!(software()),
