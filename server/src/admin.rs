@@ -169,6 +169,15 @@ fn call(admin: &Admin, method: &str, params: &Value) -> Reply {
             let new = admin.bans.ban(subnet).map_err(failed)?;
             // After the ban is in force, so no new session from it starts.
             let closed = state.sessions.close(&Which::Subnet(subnet));
+            // A connection admitted just before may still be in its TLS and WebSocket
+            // handshakes, and registers only after them: close those once they are done.
+            let (state, bans) = (state.clone(), admin.bans.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(2 * crate::listen::HANDSHAKE_TIMEOUT + Duration::from_secs(1)).await;
+                if bans.list().contains(&subnet) {
+                    state.sessions.close(&Which::Subnet(subnet));
+                }
+            });
             warn!(%subnet, disconnected = closed.len(), "banned");
             Ok(json!({"banned": subnet.to_string(), "new": new, "disconnected": closed}))
         }

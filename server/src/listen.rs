@@ -31,7 +31,7 @@ const READ_BUFFER: usize = 1024;
 /// Queued messages joined into one write, up to about this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
 /// Time allowed for the TLS and WebSocket handshakes.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {

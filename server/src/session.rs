@@ -93,6 +93,7 @@ pub async fn run(
                 };
                 let sent = notify(&state, &mut session, &out, scripts, Vec::new()).await;
                 bytes_out += sent.unwrap_or(0);
+                report(live, &session, bytes_in, bytes_out);
                 if sent.is_none() {
                     break "too slow to read notifications";
                 }
@@ -107,6 +108,7 @@ pub async fn run(
                     let scripts = session.scripts.keys().copied().collect();
                     let sent = notify(&state, &mut session, &out, scripts, msgs).await;
                     bytes_out += sent.unwrap_or(0);
+                    report(live, &session, bytes_in, bytes_out);
                     if sent.is_none() {
                         break "too slow to read notifications";
                     }

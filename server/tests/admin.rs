@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use blkindex_testkit::chain::ChainBuilder;
 use blkindex_testkit::verify::Indexer;
@@ -257,10 +258,13 @@ fn bans_refuse_drop_persist_and_lift() -> Result<()> {
     let (node, dir, _indexer) = indexed_node()?;
     let db = dir.path().join("db");
     let with_admin = ["--admin-addr", "127.0.0.1:0"];
-    let mut server = Server::start_with(&node, &db, &with_admin)?;
+    let mut server =
+        Server::start_with(&node, &db, &[&with_admin[..], &["--ws-addr", "127.0.0.1:0"]].concat())?;
     let admin_addr = server.addr_of("serving the admin interface");
     let mut live = Conn::open(&server.addr);
     assert!(live.call("server.version", json!(["victim", "1.4"]))["error"].is_null());
+    // Admitted before the ban, its WebSocket handshake done after it.
+    let handshaking = TcpStream::connect(server.addr_of("serving Electrum over WS"))?;
 
     // Loopback is all a test has: banning it drops the live session and refuses new ones (the
     // admin interface is not an Electrum listener and stays reachable).
@@ -269,6 +273,19 @@ fn bans_refuse_drop_persist_and_lift() -> Result<()> {
     assert_eq!(banned["disconnected"].as_array().unwrap().len(), 1);
     assert!(live.closed());
     assert!(refused(&server.addr));
+    let (mut ws, _) = tungstenite::client("ws://localhost/", handshaking)?;
+    ws.send(Message::text(req(1, "server.version", json!(["late", "1.4"])).to_string()))?;
+    assert!(matches!(ws.read()?, Message::Text(t) if t.contains("1.4")));
+    // Closed by the ban's second sweep, once every handshake under way at the ban has ended.
+    ws.get_ref().set_read_timeout(Some(Duration::from_secs(30)))?;
+    let closed = loop {
+        match ws.read() {
+            Ok(_) => continue, // the close frame
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the late session was not closed");
     assert_eq!(cli_ok(&admin_addr, &["ban", "::1"])["banned"], "::1/128");
     assert_eq!(admin_ok(&admin_addr, "ban", json!(["10.1.2.3/8"]))["banned"], "10.0.0.0/8");
     assert_eq!(admin_ok(&admin_addr, "ban", json!(["10.0.0.0/8"]))["new"], false);
