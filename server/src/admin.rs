@@ -178,14 +178,14 @@ fn call(admin: &Admin, method: &str, params: &Value) -> Reply {
                     state.sessions.close(&Which::Subnet(subnet));
                 }
             });
-            warn!(%subnet, disconnected = closed.len(), "banned");
+            info!(%subnet, disconnected = closed.len(), "banned");
             Ok(json!({"banned": subnet.to_string(), "new": new, "disconnected": closed}))
         }
         "unban" => {
             let subnet = subnet_arg(params)?;
             match admin.bans.unban(subnet).map_err(failed)? {
                 true => {
-                    warn!(%subnet, "unbanned");
+                    info!(%subnet, "unbanned");
                     Ok(json!({"unbanned": subnet.to_string()}))
                 }
                 false => Err((FAILED, format!("{subnet} is not banned"))),
@@ -199,7 +199,7 @@ fn call(admin: &Admin, method: &str, params: &Value) -> Reply {
             let parsed = tracing_subscriber::EnvFilter::try_new(filter)
                 .map_err(|e| bad(format!("invalid log filter {filter:?}: {e}")))?;
             admin.log_filter.reload(parsed).map_err(|e| (FAILED, format!("{e}")))?;
-            warn!(filter, "log filter changed");
+            info!(filter, "log filter changed");
             Ok(json!({"filter": filter}))
         }
         _ => Err((

@@ -140,4 +140,22 @@ mod tests {
         server_version(&mut s, &json!(["c", "1.4"])).unwrap();
         assert!(server_version(&mut s, &json!(["c", "1.4"])).is_err());
     }
+
+    #[test]
+    fn the_client_name_is_kept_cut_at_a_character_boundary() {
+        let name = |p: Value| {
+            let mut s = Session::default();
+            server_version(&mut s, &p).ok().and(s.client)
+        };
+        assert_eq!(name(json!(["Electrum 4.5.8", "1.4"])).as_deref(), Some("Electrum 4.5.8"));
+        // 'é' is two bytes: 64 bytes hold 32 of them; 'x' first shifts the cut to mid-character.
+        assert_eq!(name(json!(["é".repeat(40), "1.4"])), Some("é".repeat(32)));
+        assert_eq!(
+            name(json!([format!("x{}", "é".repeat(40)), "1.4"])),
+            Some(format!("x{}", "é".repeat(31)))
+        );
+        assert_eq!(name(json!({"client_name": "named"})).as_deref(), Some("named"));
+        assert_eq!(name(json!([])), None);
+        assert_eq!(name(json!(["no common version", "0.9"])), None);
+    }
 }
