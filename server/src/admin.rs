@@ -1,19 +1,21 @@
-//! The admin interface, off unless `--admin-addr` is given: newline-delimited JSON-RPC 2.0 on a
-//! loopback TCP address, for the operator and `blkindex-admin`. It has no authentication (who
-//! can reach loopback is already on the machine), so a non-loopback address is refused.
+//! The admin interface, off unless `--admin-addr` or `--admin-socket` is given: newline-delimited
+//! JSON-RPC 2.0, for the operator and `blkindex-admin`. It has no authentication, so it listens
+//! only where the machine's own users reach it: a loopback TCP address (any local user), or a
+//! Unix socket of mode 0600 (the server's user, and root).
 //!
 //! Methods: `getinfo`, `sessions`, `disconnect [id | ip:port | ip | subnet]`, `ban [subnet]`,
 //! `unban [subnet]`, `banlist`, `loglevel [filter]`.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, info, warn};
@@ -57,43 +59,95 @@ pub fn check_addr(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+/// Where the admin interface listens.
+pub enum Listener {
+    Tcp(TcpListener),
+    /// A Unix socket, mode 0600, and the user id whose processes it serves.
+    Unix(UnixListener, u32),
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<Listener> {
     check_addr(addr)?;
     let l =
         TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--admin-addr)"))?;
-    info!(addr = %l.local_addr()?, "serving the admin interface");
-    Ok(l)
+    info!(addr = %l.local_addr()?, "serving the admin interface over TCP");
+    Ok(Listener::Tcp(l))
 }
 
-pub async fn accept_loop(listener: TcpListener, admin: Arc<Admin>) {
+/// Listens on a Unix socket at `path`, mode 0600, replacing a stale socket that no process
+/// answers on (never a file of another kind). Call within the runtime.
+pub fn bind_unix(path: &Path) -> Result<Listener> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            anyhow::bail!("--admin-socket {}: the file exists and is not a socket", path.display())
+        }
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => {
+            anyhow::bail!("--admin-socket {}: another process serves on it", path.display())
+        }
+        Ok(_) => std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("--admin-socket {}", path.display())),
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    let uid = std::fs::metadata(path)?.uid();
+    info!(path = %path.display(), "serving the admin interface on a Unix socket");
+    Ok(Listener::Unix(l, uid))
+}
+
+pub async fn accept_loop(listener: Listener, admin: Arc<Admin>) {
     let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut stream, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("admin accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let failed = match &listener {
+            Listener::Tcp(l) => match l.accept().await {
+                Ok((stream, _)) => {
+                    spawn_connection(stream, &admin, &open);
+                    continue;
+                }
+                Err(e) => e,
+            },
+            Listener::Unix(l, uid) => match l.accept().await {
+                // The mode keeps other users out; the peer is checked too, since a connection
+                // can come in between bind and chmod. Root may (it could anyway).
+                Ok((stream, _)) if stream.peer_cred().is_ok_and(|c| c.uid() == *uid || c.uid() == 0) => {
+                    spawn_connection(stream, &admin, &open);
+                    continue;
+                }
+                Ok(_) => {
+                    warn!("refused an admin connection from another user");
+                    continue;
+                }
+                Err(e) => e,
+            },
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            let line = error(&Value::Null, FAILED, "too many admin connections") + "\n";
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
-            });
-            continue;
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            connection(stream, &admin).await;
-            debug!(%peer, "admin connection closed");
-            drop(permit);
-        });
+        warn!("admin accept failed: {failed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn connection(stream: TcpStream, admin: &Admin) {
-    let (r, mut w) = stream.into_split();
+fn spawn_connection<S>(mut stream: S, admin: &Arc<Admin>, open: &Arc<Semaphore>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = open.clone().try_acquire_owned() else {
+        let line = error(&Value::Null, FAILED, "too many admin connections") + "\n";
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
+        });
+        return;
+    };
+    let admin = admin.clone();
+    tokio::spawn(async move {
+        connection(stream, &admin).await;
+        debug!("admin connection closed");
+        drop(permit);
+    });
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, admin: &Admin) {
+    let (r, mut w) = tokio::io::split(stream);
     let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE));
     loop {
         let line = match tokio::time::timeout(IDLE, lines.next()).await {
@@ -282,4 +336,31 @@ fn bad(message: impl Into<String>) -> (i64, String) {
 
 fn failed(e: anyhow::Error) -> (i64, String) {
     (FAILED, format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn a_unix_socket_is_private_and_replaces_only_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A socket nobody serves on (a server killed before it could clean up) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = bind_unix(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // One that is served on is not taken over.
+        let e = bind_unix(&path).err().unwrap().to_string();
+        assert!(e.contains("another process"), "{e}");
+        drop(listener);
+        // Nor is a file of another kind removed.
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, "keep me").unwrap();
+        let e = bind_unix(&file).err().unwrap().to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
 }

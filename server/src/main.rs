@@ -118,6 +118,9 @@ struct Args {
     /// Loopback address for the admin interface (blkindex-admin); none by default.
     #[arg(long, env = "BLKINDEX_ADMIN_ADDR")]
     admin_addr: Option<SocketAddr>,
+    /// Unix socket for the admin interface, mode 0600; none by default.
+    #[arg(long, env = "BLKINDEX_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
     /// Where banned subnets are kept (default: <secondary-dir>/banned.json).
     #[arg(long, env = "BLKINDEX_BAN_FILE")]
     ban_file: Option<PathBuf>,
@@ -195,10 +198,13 @@ fn run() -> Result<()> {
             }
         }
         anyhow::ensure!(!listeners.is_empty(), "no listener: give at least one of the listen addresses");
-        let admin_listener = match args.admin_addr {
-            Some(addr) => Some(admin::bind(addr).await?),
-            None => None,
-        };
+        let mut admin_listeners = Vec::new();
+        if let Some(addr) = args.admin_addr {
+            admin_listeners.push(admin::bind(addr).await?);
+        }
+        if let Some(path) = &args.admin_socket {
+            admin_listeners.push(admin::bind_unix(path)?);
+        }
         let info = info(&args, &listeners)?;
         let scripts = script_cache::ScriptCache::new(args.script_cache_mb << 20, metrics.clone());
         let (state, events_rx) =
@@ -214,9 +220,11 @@ fn run() -> Result<()> {
         ));
         let log_every = (args.log_stats_secs > 0).then(|| Duration::from_secs(args.log_stats_secs));
         tokio::spawn(stats::run(state.clone(), log_every));
-        if let Some(listener) = admin_listener {
-            let admin = admin::Admin { state: state.clone(), bans, log_filter, started };
-            tokio::spawn(admin::accept_loop(listener, Arc::new(admin)));
+        if !admin_listeners.is_empty() {
+            let admin = Arc::new(admin::Admin { state: state.clone(), bans, log_filter, started });
+            for listener in admin_listeners {
+                tokio::spawn(admin::accept_loop(listener, admin.clone()));
+            }
         }
         for (listener, transport) in listeners {
             let acceptor = matches!(transport, Transport::Tls | Transport::Wss).then(|| tls.clone().unwrap());

@@ -153,9 +153,11 @@ fn script_hash(n: u8) -> String {
 fn getinfo_sessions_disconnect_and_loglevel() -> Result<()> {
     let (node, dir, _indexer) = indexed_node()?;
     let db = dir.path().join("db");
-    let flags = ["--admin-addr", "127.0.0.1:0", "--log-stats-secs", "1"];
+    let socket = dir.path().join("admin.sock");
+    let flags =
+        ["--admin-addr", "127.0.0.1:0", "--admin-socket", socket.to_str().unwrap(), "--log-stats-secs", "1"];
     let server = Server::start_logged(&node, &db, &flags, "info")?;
-    let admin_addr = server.addr_of("serving the admin interface");
+    let admin_addr = server.addr_of("serving the admin interface over TCP");
 
     let mut one = Conn::open(&server.addr);
     assert_eq!(one.call("server.version", json!(["wallet-one", "1.6"]))["result"][1], "1.6");
@@ -245,9 +247,19 @@ fn getinfo_sessions_disconnect_and_loglevel() -> Result<()> {
         server.log().lines().any(|l| l.contains(" status sessions=") && l.contains(&height))
     });
 
-    // The CLI prints the result, or fails with the server's message.
+    // The CLI prints the result, or fails with the server's message; over TCP or the socket,
+    // which only the server's user may open.
     let info = cli_ok(&admin_addr, &["getinfo"]);
     assert_eq!(info["tip"]["height"], node.height()?);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&socket)?.permissions().mode() & 0o777, 0o600);
+    let out = Command::new(env!("CARGO_BIN_EXE_blkindex-admin"))
+        .arg("--admin-socket")
+        .arg(&socket)
+        .arg("sessions")
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout)?, json!([]));
     let (ok, _, stderr) = cli(&admin_addr, &["disconnect", "424242"]);
     assert!(!ok && stderr.contains("no open session matches"), "{stderr}");
     Ok(())
@@ -260,7 +272,7 @@ fn bans_refuse_drop_persist_and_lift() -> Result<()> {
     let with_admin = ["--admin-addr", "127.0.0.1:0"];
     let mut server =
         Server::start_with(&node, &db, &[&with_admin[..], &["--ws-addr", "127.0.0.1:0"]].concat())?;
-    let admin_addr = server.addr_of("serving the admin interface");
+    let admin_addr = server.addr_of("serving the admin interface over TCP");
     let mut live = Conn::open(&server.addr);
     assert!(live.call("server.version", json!(["victim", "1.4"]))["error"].is_null());
     // Admitted before the ban, its WebSocket handshake done after it.
@@ -309,7 +321,7 @@ fn bans_refuse_drop_persist_and_lift() -> Result<()> {
     drop(server);
 
     let server = Server::start_with(&node, &db, &with_admin)?;
-    let admin_addr = server.addr_of("serving the admin interface");
+    let admin_addr = server.addr_of("serving the admin interface over TCP");
     assert_eq!(listening_sockets(server.pid()), 2);
     assert_eq!(admin_ok(&admin_addr, "banlist", json!([])), list);
     assert!(refused(&server.addr));

@@ -1,9 +1,11 @@
 //! `blkindex-admin`: asks a running `blkindex-server` something through its admin interface
-//! (`--admin-addr`), prints the result as indented JSON, and exits 1 with the server's message
+//! (`--admin-addr` or `--admin-socket`), prints the result as indented JSON, and exits 1 with the server's message
 //! on an error.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,8 +17,16 @@ use serde_json::{json, Value};
 #[command(version, about)]
 struct Args {
     /// The server's --admin-addr.
-    #[arg(long, env = "BLKINDEX_ADMIN_ADDR")]
-    admin_addr: String,
+    #[arg(
+        long,
+        env = "BLKINDEX_ADMIN_ADDR",
+        required_unless_present = "admin_socket",
+        conflicts_with = "admin_socket"
+    )]
+    admin_addr: Option<String>,
+    /// The server's --admin-socket.
+    #[arg(long, env = "BLKINDEX_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
     /// Seconds to wait for the server.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
@@ -61,7 +71,25 @@ fn run() -> Result<()> {
         Command::Banlist => ("banlist", json!([])),
         Command::Loglevel { filter } => ("loglevel", json!([filter])),
     };
-    let reply = call(&args.admin_addr, Duration::from_secs(args.timeout), method, params)?;
+    let timeout = Some(Duration::from_secs(args.timeout));
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let reply = match (&args.admin_addr, &args.admin_socket) {
+        (Some(addr), _) => {
+            let s = TcpStream::connect(addr)
+                .with_context(|| format!("cannot reach the admin interface at {addr}"))?;
+            s.set_read_timeout(timeout)?;
+            s.set_write_timeout(timeout)?;
+            call(s, &request)?
+        }
+        (None, Some(path)) => {
+            let s = UnixStream::connect(path)
+                .with_context(|| format!("cannot reach the admin interface at {}", path.display()))?;
+            s.set_read_timeout(timeout)?;
+            s.set_write_timeout(timeout)?;
+            call(s, &request)?
+        }
+        (None, None) => unreachable!("clap requires one of them"),
+    };
     if let Some(e) = reply.get("error").filter(|e| !e.is_null()) {
         anyhow::bail!("{}", e["message"].as_str().unwrap_or("the server answered an error"));
     }
@@ -70,12 +98,8 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-fn call(addr: &str, timeout: Duration, method: &str, params: Value) -> Result<Value> {
-    let mut stream =
-        TcpStream::connect(addr).with_context(|| format!("cannot reach the admin interface at {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+/// Sends one request line and reads the reply line.
+fn call(mut stream: impl Read + Write, request: &Value) -> Result<Value> {
     stream.write_all(format!("{request}\n").as_bytes())?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).context("reading the server's reply")?;
