@@ -34,7 +34,7 @@ dpkg -i "$deb" >"$work/dpkg.out" 2>&1 || { cat "$work/dpkg.out"; exit 1; }
 
 unitdir=/usr/lib/systemd/system
 [ -f "$unitdir/blkindex-server.service" ] || unitdir=/lib/systemd/system
-for f in /usr/bin/blkindex-indexer /usr/bin/blkindex-server; do check "installed $f" test -x "$f"; done
+for f in /usr/bin/blkindex-indexer /usr/bin/blkindex-server /usr/bin/blkindex-admin; do check "installed $f" test -x "$f"; done
 for f in /etc/blkindex/indexer.toml /etc/blkindex/server.toml "$unitdir/blkindex-indexer.service" \
     "$unitdir/blkindex-server.service"; do
     check "installed $f" test -f "$f"

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, info, warn};
 
+use crate::bans::Bans;
 use crate::session::{self, error_reply, Incoming, OUT_QUEUE};
 use crate::state::State;
 
@@ -30,7 +31,7 @@ const READ_BUFFER: usize = 1024;
 /// Queued messages joined into one write, up to about this many bytes.
 const COALESCE_BYTES: usize = 64 * 1024;
 /// Time allowed for the TLS and WebSocket handshakes.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -70,11 +71,13 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Connection limits: in all, and per client address (loopback exempt unless asked).
+/// Who is let in: no banned address, and connection limits in all and per client address
+/// (loopback exempt unless asked).
 pub struct Admission {
     pub max_total: usize,
     pub max_per_ip: usize,
     pub limit_loopback: bool,
+    pub bans: Arc<Bans>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
@@ -85,11 +88,15 @@ pub struct Admitted {
 }
 
 impl Admission {
-    pub fn new(max_total: usize, max_per_ip: usize, limit_loopback: bool) -> Arc<Self> {
-        Arc::new(Admission { max_total, max_per_ip, limit_loopback, open: Mutex::new((0, HashMap::new())) })
+    pub fn new(max_total: usize, max_per_ip: usize, limit_loopback: bool, bans: Arc<Bans>) -> Arc<Self> {
+        let open = Mutex::new((0, HashMap::new()));
+        Arc::new(Admission { max_total, max_per_ip, limit_loopback, bans, open })
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        if self.bans.is_banned(ip) {
+            return Err("your address is banned");
+        }
         let mut open = self.open.lock().unwrap();
         if open.0 >= self.max_total {
             return Err("the server is full");
@@ -176,21 +183,21 @@ async fn connection(
         match transport {
             Transport::Tcp => {
                 let (r, w) = stream.into_split();
-                serve_lines(r, w, state.clone(), peer).await;
+                serve_lines(r, w, state.clone(), peer, transport).await;
             }
             Transport::Tls => {
                 let tls_stream = handshake(tls.unwrap().accept(stream)).await?;
                 let (r, w) = tokio::io::split(tls_stream);
-                serve_lines(r, w, state.clone(), peer).await;
+                serve_lines(r, w, state.clone(), peer, transport).await;
             }
             Transport::Ws => {
                 let ws = handshake(websocket(stream, &state)).await?;
-                serve_websocket(ws, state.clone(), peer).await;
+                serve_websocket(ws, state.clone(), peer, transport).await;
             }
             Transport::Wss => {
                 let tls_stream = handshake(tls.unwrap().accept(stream)).await?;
                 let ws = handshake(websocket(tls_stream, &state)).await?;
-                serve_websocket(ws, state.clone(), peer).await;
+                serve_websocket(ws, state.clone(), peer, transport).await;
             }
         }
         anyhow::Ok(())
@@ -218,7 +225,7 @@ fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Newline-framed JSON over a byte stream (TCP, TLS).
-async fn serve_lines<R, W>(r: R, w: W, state: Arc<State>, peer: SocketAddr)
+async fn serve_lines<R, W>(r: R, w: W, state: Arc<State>, peer: SocketAddr, transport: Transport)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -237,7 +244,7 @@ where
             Err(LinesCodecError::Io(_)) => None,
         })
     });
-    session::run(Box::pin(input), tx, state, peer).await;
+    session::run(Box::pin(input), tx, state, peer, transport).await;
     let _ = writer.await;
 }
 
@@ -264,8 +271,12 @@ async fn write_lines<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Str
 }
 
 /// One JSON message per WebSocket text (or binary) frame, no newlines.
-async fn serve_websocket<S>(ws: tokio_tungstenite::WebSocketStream<S>, state: Arc<State>, peer: SocketAddr)
-where
+async fn serve_websocket<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    state: Arc<State>,
+    peer: SocketAddr,
+    transport: Transport,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, stream) = ws.split();
@@ -294,6 +305,6 @@ where
             })
         })
         .filter_map(std::future::ready);
-    session::run(Box::pin(input), tx, state, peer).await;
+    session::run(Box::pin(input), tx, state, peer, transport).await;
     let _ = writer.await;
 }

@@ -6,7 +6,10 @@
 //! WebSocket; connection limits) → `session` (one per connection: requests, batches,
 //! notifications) → `methods` (the calls, by protocol version). `metrics` counts it all;
 //! `peers` (with `--peer-discovery`) finds and verifies other public servers.
+//! `admin` (with `sessions`, `bans`, `stats`) is the operator's side.
 
+mod admin;
+mod bans;
 mod listen;
 mod mempool;
 mod methods;
@@ -14,7 +17,9 @@ mod metrics;
 mod peers;
 mod script_cache;
 mod session;
+mod sessions;
 mod state;
+mod stats;
 mod zmq;
 
 use std::net::SocketAddr;
@@ -28,7 +33,7 @@ use serde_json::json;
 use tracing::info;
 
 use blkindex_shared::blkfile::BlockFiles;
-use blkindex_shared::config::{args_with_config_file, init_logging, run_main, NodeArgs};
+use blkindex_shared::config::{args_with_config_file, init_reloadable_logging, run_main, NodeArgs};
 use blkindex_shared::query::Index;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::service;
@@ -120,6 +125,18 @@ struct Args {
     /// How often to catch up with the indexer, in milliseconds (ZMQ wakes it sooner).
     #[arg(long, env = "BLKINDEX_CATCH_UP_MS", default_value_t = 200)]
     catch_up_ms: u64,
+    /// Loopback address for the admin interface (blkindex-admin); none by default.
+    #[arg(long, env = "BLKINDEX_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// Unix socket for the admin interface, mode 0600; none by default.
+    #[arg(long, env = "BLKINDEX_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
+    /// Where banned subnets are kept (default: <secondary-dir>/banned.json).
+    #[arg(long, env = "BLKINDEX_BAN_FILE")]
+    ban_file: Option<PathBuf>,
+    /// Seconds between status lines in the log (sessions, requests per second, tip); 0: none.
+    #[arg(long, env = "BLKINDEX_LOG_STATS_SECS", default_value_t = 60)]
+    log_stats_secs: u64,
 }
 
 fn main() {
@@ -127,8 +144,12 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    let started = std::time::Instant::now();
     let args = Args::parse_from(args_with_config_file(std::env::args_os().collect())?);
-    init_logging("info");
+    if let Some(addr) = args.admin_addr {
+        admin::check_addr(addr)?;
+    }
+    let log_filter = init_reloadable_logging("info");
     // Each connection is a file descriptor; ask for as many as the system allows.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let node = args.node.node()?;
@@ -165,7 +186,13 @@ fn run() -> Result<()> {
         max_batch: args.max_batch,
         idle: Duration::from_secs(args.idle_timeout),
     };
-    let admission = Admission::new(args.max_connections, args.max_connections_per_ip, args.limit_loopback);
+    let ban_file = args.ban_file.clone().unwrap_or_else(|| secondary.join("banned.json"));
+    let bans = Arc::new(bans::Bans::load(&ban_file)?);
+    if !bans.list().is_empty() {
+        info!(file = %ban_file.display(), subnets = bans.list().len(), "banned subnets loaded");
+    }
+    let admission =
+        Admission::new(args.max_connections, args.max_connections_per_ip, args.limit_loopback, bans.clone());
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -181,6 +208,13 @@ fn run() -> Result<()> {
             }
         }
         anyhow::ensure!(!listeners.is_empty(), "no listener: give at least one of the listen addresses");
+        let mut admin_listeners = Vec::new();
+        if let Some(addr) = args.admin_addr {
+            admin_listeners.push(admin::bind(addr).await?);
+        }
+        if let Some(path) = &args.admin_socket {
+            admin_listeners.push(admin::bind_unix(path)?);
+        }
         let info = info(&args, &listeners)?;
         let scripts = script_cache::ScriptCache::new(args.script_cache_mb << 20, metrics.clone());
         let (state, events_rx) =
@@ -195,6 +229,14 @@ fn run() -> Result<()> {
             Duration::from_millis(args.mempool_ms),
             Duration::from_secs(args.mempool_resync_secs),
         ));
+        let log_every = (args.log_stats_secs > 0).then(|| Duration::from_secs(args.log_stats_secs));
+        tokio::spawn(stats::run(state.clone(), log_every));
+        if !admin_listeners.is_empty() {
+            let admin = Arc::new(admin::Admin { state: state.clone(), bans, log_filter, started });
+            for listener in admin_listeners {
+                tokio::spawn(admin::accept_loop(listener, admin.clone()));
+            }
+        }
         for (listener, transport) in listeners {
             let acceptor = matches!(transport, Transport::Tls | Transport::Wss).then(|| tls.clone().unwrap());
             tokio::spawn(listen::accept_loop(

@@ -101,6 +101,11 @@ impl ScriptCache {
         ScriptCache { cache, metrics }
     }
 
+    /// Entries held, their approximate bytes, and the most bytes kept.
+    pub fn usage(&self) -> (usize, u64, u64) {
+        (self.cache.len(), self.cache.weight(), self.cache.capacity())
+    }
+
     fn counted(&self, outcome: &str) {
         self.metrics.script_cache.with_label_values(&[outcome]).inc();
         self.metrics.script_cache_bytes.set(self.cache.weight() as i64);

@@ -15,6 +15,7 @@ use tracing::debug;
 
 use blkindex_shared::ScriptHash;
 
+use crate::listen::Transport;
 use crate::methods::{self, RpcError, Session};
 use crate::state::{State, Tip};
 
@@ -41,34 +42,44 @@ pub async fn run(
     out: mpsc::Sender<String>,
     state: Arc<State>,
     peer: SocketAddr,
+    transport: Transport,
 ) {
     let limits = state.limits.clone();
-    let mut session = Session { client: Some(peer), ..Session::default() };
+    let registered = state.sessions.register(peer, transport);
+    let live = &registered.live;
+    let id = live.id;
+    debug!(id, %peer, transport = transport.name(), "session opened");
+    let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+    let mut session = Session { peer_addr: Some(peer), ..Session::default() };
     let mut tip_rx = state.tip.subscribe();
     tip_rx.mark_unchanged();
     let mut mempool_rx = state.mempool_changes.subscribe();
     let idle = tokio::time::sleep(limits.idle);
     tokio::pin!(idle);
-    loop {
+    let reason = loop {
         tokio::select! {
             msg = input.next() => {
                 let text = match msg {
-                    None => break,
+                    None => break "closed by the client",
                     Some(Incoming::Message(text)) => text,
                     Some(Incoming::TooLong) => {
                         let message = format!("request longer than {} bytes", limits.max_request);
                         let _ = out.send(error_reply(&Value::Null, true, -32600, &message)).await;
-                        break;
+                        break "request too long";
                     }
                 };
+                bytes_in += text.len() as u64 + 1;
                 idle.as_mut().reset(tokio::time::Instant::now() + limits.idle);
-                if let Some(reply) = handle_message(&state, &mut session, &text).await {
+                let reply = handle_message(&state, &mut session, &text).await;
+                bytes_out += reply.as_ref().map_or(0, |r| r.len() as u64 + 1);
+                report(live, &session, bytes_in, bytes_out);
+                if let Some(reply) = reply {
                     if out.send(reply).await.is_err() {
-                        break;
+                        break "write failed";
                     }
                 }
                 if session.close {
-                    break;
+                    break "no common protocol version";
                 }
             }
             changes = mempool_rx.recv() => {
@@ -78,36 +89,64 @@ pub async fn run(
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         session.scripts.keys().copied().collect() // recheck all
                     }
-                    Err(_) => break,
+                    Err(_) => break "server stopping",
                 };
-                if !notify(&state, &mut session, &out, scripts, Vec::new()).await {
-                    debug!(%peer, "client too slow to read notifications; closing");
-                    break;
+                let sent = notify(&state, &mut session, &out, scripts, Vec::new()).await;
+                bytes_out += sent.unwrap_or(0);
+                report(live, &session, bytes_in, bytes_out);
+                if sent.is_none() {
+                    break "too slow to read notifications";
                 }
             }
             changed = tip_rx.changed() => {
                 if changed.is_err() {
-                    break;
+                    break "server stopping";
                 }
                 let tip = *tip_rx.borrow_and_update();
                 if let Some(tip) = tip {
                     let msgs = tip_notifications(&session, tip);
                     let scripts = session.scripts.keys().copied().collect();
-                    if !notify(&state, &mut session, &out, scripts, msgs).await {
-                        debug!(%peer, "client too slow to read notifications; closing");
-                        break;
+                    let sent = notify(&state, &mut session, &out, scripts, msgs).await;
+                    bytes_out += sent.unwrap_or(0);
+                    report(live, &session, bytes_in, bytes_out);
+                    if sent.is_none() {
+                        break "too slow to read notifications";
                     }
                 }
             }
             _ = &mut idle => {
-                debug!(%peer, "idle for {:?}; closing", limits.idle);
                 let message = format!("no request for {} s", limits.idle.as_secs());
                 let _ = out.try_send(error_reply(&Value::Null, true, -32000, &message));
-                break;
+                break "idle";
             }
+            _ = live.close.cancelled() => break "disconnected by the operator",
         }
+    };
+    debug!(
+        id,
+        %peer,
+        secs = live.opened.elapsed().as_secs(),
+        requests = session.requests,
+        bytes_in,
+        bytes_out,
+        reason,
+        "session closed"
+    );
+}
+
+/// Tells the registry what the admin's `sessions` shows.
+fn report(live: &crate::sessions::Live, s: &Session, bytes_in: u64, bytes_out: u64) {
+    let mut seen = live.seen.lock().unwrap();
+    if seen.client.is_none() {
+        seen.client.clone_from(&s.client);
     }
-    debug!(%peer, "session ended");
+    seen.version = s.version;
+    seen.scripts = s.scripts.len();
+    seen.outpoints = s.outpoints.len();
+    seen.requests = s.requests;
+    seen.busy = s.busy;
+    seen.bytes_in = bytes_in;
+    seen.bytes_out = bytes_out;
 }
 
 fn tip_notifications(s: &Session, tip: Tip) -> Vec<String> {
@@ -125,14 +164,15 @@ fn tip_notifications(s: &Session, tip: Tip) -> Vec<String> {
 }
 
 /// Sends `msgs`, a notification for each of `scripts` whose status changed, and one for each
-/// subscribed outpoint whose status changed. False when the client does not keep up.
+/// subscribed outpoint whose status changed; returns the bytes queued. None when the client
+/// does not keep up.
 async fn notify(
     state: &Arc<State>,
     s: &mut Session,
     out: &mpsc::Sender<String>,
     scripts: Vec<ScriptHash>,
     mut msgs: Vec<String>,
-) -> bool {
+) -> Option<u64> {
     let outpoints: Vec<bitcoin::OutPoint> = s.outpoints.keys().copied().collect();
     if !scripts.is_empty() || !outpoints.is_empty() {
         let st = state.clone();
@@ -173,7 +213,8 @@ async fn notify(
             }
         }
     }
-    msgs.into_iter().all(|m| out.try_send(m).is_ok())
+    let bytes = msgs.iter().map(|m| m.len() as u64 + 1).sum();
+    msgs.into_iter().all(|m| out.try_send(m).is_ok()).then_some(bytes)
 }
 
 fn notification(method: &str, params: Value) -> String {
@@ -240,7 +281,11 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
             message: "params must be an array or an object".into(),
         }),
     };
-    state.metrics.request(method, result.is_ok(), started.elapsed());
+    let took = started.elapsed();
+    state.metrics.request(method, result.is_ok(), took);
+    state.sessions.count_request();
+    s.requests += 1;
+    s.busy += took;
     let id = id?; // a notification from the client: nothing to answer
                   // The result goes in as text: it may be a long list already written as JSON.
     let hint = match &result {

@@ -27,6 +27,7 @@ use crate::methods::Info;
 use crate::metrics::Metrics;
 use crate::script_cache::ScriptCache;
 use crate::session::Limits;
+use crate::sessions::Sessions;
 
 /// ZMQ mempool events queued for the mempool task; more than this means it is far behind, and a
 /// resync replaces them.
@@ -64,6 +65,8 @@ pub struct State {
     /// The tracked mempool may have missed something (a block, a lost ZMQ message, an event it
     /// could not place): the next round reads the whole mempool again.
     pub resync: AtomicBool,
+    /// The open sessions, for the admin interface.
+    pub sessions: Sessions,
 }
 
 impl State {
@@ -97,6 +100,7 @@ impl State {
             mempool_events,
             zmq_sequence: AtomicBool::new(false),
             resync: AtomicBool::new(true),
+            sessions: Sessions::default(),
         });
         (state, events)
     }

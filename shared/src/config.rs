@@ -178,12 +178,31 @@ pub fn run_main(run: impl FnOnce() -> Result<()>) {
 /// Logs to stderr, filtered by `$BLKINDEX_LOG` (else `default`), coloured only on a terminal.
 pub fn init_logging(default: &str) {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BLKINDEX_LOG").unwrap_or_else(|_| default.into()),
-        )
+        .with_env_filter(log_filter(default))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Replaces the log filter of a running process (`init_reloadable_logging`).
+pub type LogFilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// As `init_logging`, with a filter that can be replaced while running (the server's admin
+/// `loglevel`); the lines written are the same.
+pub fn init_reloadable_logging(default: &str) -> LogFilterHandle {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(default));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    handle
+}
+
+fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("BLKINDEX_LOG").unwrap_or_else(|_| default.into())
 }
 
 /// Command-line arguments with a TOML config file's settings put in front of them, so that flags

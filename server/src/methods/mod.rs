@@ -183,10 +183,18 @@ pub struct Session {
     /// Set when the session must end after this reply.
     pub close: bool,
     /// The client's address (`server.add_peer` verifies that the announced host resolves to it).
-    pub client: Option<std::net::SocketAddr>,
+    pub peer_addr: Option<std::net::SocketAddr>,
     /// `server.add_peer` calls so far.
     pub add_peer_calls: u32,
+    /// The client's name from `server.version` (cut to `MAX_CLIENT_NAME` bytes).
+    pub client: Option<String>,
+    /// Requests answered, and the time spent answering them.
+    pub requests: u64,
+    pub busy: std::time::Duration,
 }
+
+/// Longest client name kept: it is only shown to the operator.
+pub const MAX_CLIENT_NAME: usize = 64;
 
 impl Session {
     /// The version this session speaks.

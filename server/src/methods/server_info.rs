@@ -23,7 +23,7 @@ pub fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -
         "server.add_peer" => {
             // Counted before anything else: the limit is per session, whatever the answer.
             s.add_peer_calls += 1;
-            let taken = s.client.is_some_and(|c| {
+            let taken = s.peer_addr.is_some_and(|c| {
                 state.info.peers.add_peer(arg(params, 0, "features"), c.ip(), s.add_peer_calls)
             });
             Ok(json!(taken))
@@ -100,6 +100,10 @@ fn server_version(s: &mut Session, params: &Value) -> Reply {
         ));
     };
     s.version = Some(chosen);
+    if let Some(name) = arg(params, 0, "client_name").and_then(Value::as_str) {
+        let end = (0..=name.len().min(MAX_CLIENT_NAME)).rev().find(|i| name.is_char_boundary(*i));
+        s.client = Some(name[..end.unwrap_or(0)].to_string());
+    }
     // 1.0 answered with the server's version alone.
     Ok(match chosen {
         (1, 0, 0) => json!(software()),
@@ -144,5 +148,23 @@ mod tests {
         let mut s = Session::default();
         server_version(&mut s, &json!(["c", "1.4"])).unwrap();
         assert!(server_version(&mut s, &json!(["c", "1.4"])).is_err());
+    }
+
+    #[test]
+    fn the_client_name_is_kept_cut_at_a_character_boundary() {
+        let name = |p: Value| {
+            let mut s = Session::default();
+            server_version(&mut s, &p).ok().and(s.client)
+        };
+        assert_eq!(name(json!(["Electrum 4.5.8", "1.4"])).as_deref(), Some("Electrum 4.5.8"));
+        // 'é' is two bytes: 64 bytes hold 32 of them; 'x' first shifts the cut to mid-character.
+        assert_eq!(name(json!(["é".repeat(40), "1.4"])), Some("é".repeat(32)));
+        assert_eq!(
+            name(json!([format!("x{}", "é".repeat(40)), "1.4"])),
+            Some(format!("x{}", "é".repeat(31)))
+        );
+        assert_eq!(name(json!({"client_name": "named"})).as_deref(), Some("named"));
+        assert_eq!(name(json!([])), None);
+        assert_eq!(name(json!(["no common version", "0.9"])), None);
     }
 }

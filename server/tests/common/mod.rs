@@ -55,6 +55,11 @@ impl Server {
 
     /// As `start`, with more flags (which may override the defaults given here).
     pub fn start_with(node: &Node, db: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_logged(node, db, extra, "info,blkindex_server=debug")
+    }
+
+    /// As `start_with`, logging what `filter` (`BLKINDEX_LOG`) lets through.
+    pub fn start_logged(node: &Node, db: &Path, extra: &[&str], filter: &str) -> Result<Self> {
         let log = db.with_extension(format!("server{}.log", std::process::id() ^ rand_suffix()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
             .args(["--network", "regtest", "--datadir"])
@@ -63,7 +68,7 @@ impl Server {
             .arg(db)
             .args(["--daemon-rpc-addr", &node.rpc_addr(), "--electrum-addr", "127.0.0.1:0"])
             .args(extra)
-            .env("BLKINDEX_LOG", "info,blkindex_server=debug")
+            .env("BLKINDEX_LOG", filter)
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -85,6 +90,10 @@ impl Server {
     pub fn addr_of(&self, what: &str) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         logged_addr(&text, what).unwrap_or_else(|| panic!("no {what:?} in the log: {text}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,82 @@
+//! The server at a glance: what the admin's `getinfo` reports and the status line logged every
+//! `--log-stats-secs` (sessions, requests per second, tip, mempool, script cache), so an
+//! operator sees the load without a line per client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::state::{State, Tip};
+
+/// The window `getinfo`'s requests per second are measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+pub struct Summary {
+    pub sessions: usize,
+    pub tip: Option<Tip>,
+    pub mempool_txs: usize,
+    pub script_cache_entries: usize,
+    pub script_cache_bytes: u64,
+    pub script_cache_capacity: u64,
+}
+
+pub fn summary(state: &State) -> Summary {
+    let (script_cache_entries, script_cache_bytes, script_cache_capacity) = state.scripts.usage();
+    Summary {
+        sessions: state.sessions.len(),
+        tip: *state.tip.borrow(),
+        mempool_txs: state.mempool.read().unwrap().txs.len(),
+        script_cache_entries,
+        script_cache_bytes,
+        script_cache_capacity,
+    }
+}
+
+/// Measures the request rate every `RATE_WINDOW` for `getinfo`, and logs the status line every
+/// `log_every` (never if None) with the rate since the previous line.
+pub async fn run(state: Arc<State>, log_every: Option<Duration>) {
+    let mut window = tokio::time::interval(RATE_WINDOW);
+    // The first status line comes after a period, not at start.
+    let mut log = log_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let mut measured = (Instant::now(), state.sessions.requests());
+    let mut logged = measured;
+    loop {
+        let log_tick = async {
+            match log.as_mut() {
+                Some(l) => l.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = window.tick() => {
+                let now = (Instant::now(), state.sessions.requests());
+                state.sessions.set_rate(per_sec(measured, now));
+                measured = now;
+            }
+            _ = log_tick => {
+                let now = (Instant::now(), state.sessions.requests());
+                let s = summary(&state);
+                info!(
+                    sessions = s.sessions,
+                    req_per_sec = %format!("{:.1}", per_sec(logged, now)),
+                    height = s.tip.map(|t| t.height),
+                    mempool_txs = s.mempool_txs,
+                    script_cache_entries = s.script_cache_entries,
+                    script_cache_mib = %format!("{:.1}", s.script_cache_bytes as f64 / (1 << 20) as f64),
+                    "status"
+                );
+                logged = now;
+            }
+        }
+    }
+}
+
+fn per_sec((t0, n0): (Instant, u64), (t1, n1): (Instant, u64)) -> f64 {
+    let secs = t1.duration_since(t0).as_secs_f64();
+    if secs > 0.0 {
+        n1.saturating_sub(n0) as f64 / secs
+    } else {
+        0.0
+    }
+}
