@@ -49,6 +49,9 @@ check "--version of both binaries is the package's $version" \
     test "$(/usr/bin/blkindex-server --version) $(/usr/bin/blkindex-indexer --version)" = \
     "blkindex-server $version blkindex-indexer $version"
 
+check "--help groups the flags" bash -c "/usr/bin/blkindex-server --help | grep -qx 'Listeners:' &&
+    /usr/bin/blkindex-server --help | grep -qx 'Administration:' && /usr/bin/blkindex-indexer --help | grep -qx 'Bulk pass:'"
+
 # A regtest node with a short chain.
 "$here/regtest.sh" start "$work/node" >/dev/null
 # shellcheck disable=SC1091

@@ -48,94 +48,99 @@ struct Args {
     #[command(flatten)]
     node: NodeArgs,
     /// Where this server keeps its secondary instances' files (default: <db>.server).
-    #[arg(long, env = "BLKINDEX_SECONDARY_DIR")]
+    #[arg(long, env = "BLKINDEX_SECONDARY_DIR", help_heading = "Node and index")]
     secondary_dir: Option<PathBuf>,
     /// Address for Electrum clients over TCP ("off": no TCP listener).
-    #[arg(long, env = "BLKINDEX_ELECTRUM_ADDR", default_value = "127.0.0.1:50001")]
+    #[arg(
+        long,
+        env = "BLKINDEX_ELECTRUM_ADDR",
+        default_value = "127.0.0.1:50001",
+        help_heading = "Listeners"
+    )]
     electrum_addr: String,
     /// Address for Electrum clients over TLS (needs --tls-cert and --tls-key).
-    #[arg(long, env = "BLKINDEX_TLS_ADDR")]
+    #[arg(long, env = "BLKINDEX_TLS_ADDR", help_heading = "Listeners")]
     tls_addr: Option<SocketAddr>,
     /// Address for Electrum clients over WebSocket.
-    #[arg(long, env = "BLKINDEX_WS_ADDR")]
+    #[arg(long, env = "BLKINDEX_WS_ADDR", help_heading = "Listeners")]
     ws_addr: Option<SocketAddr>,
     /// Address for Electrum clients over WebSocket with TLS (needs --tls-cert and --tls-key).
-    #[arg(long, env = "BLKINDEX_WSS_ADDR")]
+    #[arg(long, env = "BLKINDEX_WSS_ADDR", help_heading = "Listeners")]
     wss_addr: Option<SocketAddr>,
     /// TLS certificate chain, PEM.
-    #[arg(long, env = "BLKINDEX_TLS_CERT")]
+    #[arg(long, env = "BLKINDEX_TLS_CERT", help_heading = "Listeners")]
     tls_cert: Option<PathBuf>,
     /// TLS private key, PEM.
-    #[arg(long, env = "BLKINDEX_TLS_KEY")]
+    #[arg(long, env = "BLKINDEX_TLS_KEY", help_heading = "Listeners")]
     tls_key: Option<PathBuf>,
     /// Address for Prometheus metrics over HTTP.
-    #[arg(long, env = "BLKINDEX_METRICS_ADDR")]
+    #[arg(long, env = "BLKINDEX_METRICS_ADDR", help_heading = "Listeners")]
     metrics_addr: Option<SocketAddr>,
     /// Most connections open at once.
-    #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS", default_value_t = 20_000)]
+    #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS", default_value_t = 20_000, help_heading = "Limits")]
     max_connections: usize,
     /// Most connections from one IP address (loopback exempt unless --limit-loopback).
-    #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
+    #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 50, help_heading = "Limits")]
     max_connections_per_ip: usize,
     /// Apply --max-connections-per-ip to loopback clients too.
-    #[arg(long, env = "BLKINDEX_LIMIT_LOOPBACK")]
+    #[arg(long, env = "BLKINDEX_LIMIT_LOOPBACK", help_heading = "Limits")]
     limit_loopback: bool,
     /// Seconds without a complete request before a connection is closed.
-    #[arg(long, env = "BLKINDEX_IDLE_TIMEOUT", default_value_t = 600)]
+    #[arg(long, env = "BLKINDEX_IDLE_TIMEOUT", default_value_t = 600, help_heading = "Limits")]
     idle_timeout: u64,
     /// Longest request accepted, in bytes.
-    #[arg(long, env = "BLKINDEX_MAX_REQUEST", default_value_t = 4 << 20)]
+    #[arg(long, env = "BLKINDEX_MAX_REQUEST", default_value_t = 4 << 20, help_heading = "Limits")]
     max_request: usize,
     /// Most requests in one batch.
-    #[arg(long, env = "BLKINDEX_MAX_BATCH", default_value_t = 100)]
+    #[arg(long, env = "BLKINDEX_MAX_BATCH", default_value_t = 100, help_heading = "Limits")]
     max_batch: usize,
     /// Longest history (or unspent list) served; longer ones get an error, never a cut list.
-    #[arg(long, env = "BLKINDEX_MAX_HISTORY", default_value_t = 100_000)]
+    #[arg(long, env = "BLKINDEX_MAX_HISTORY", default_value_t = 100_000, help_heading = "Limits")]
     max_history: usize,
     /// Memory for scripts' computed histories, kept between requests and blocks, in MiB.
-    #[arg(long, env = "BLKINDEX_SCRIPT_CACHE_MB", default_value_t = 256)]
+    #[arg(long, env = "BLKINDEX_SCRIPT_CACHE_MB", default_value_t = 256, help_heading = "Limits")]
     script_cache_mb: u64,
     /// Text for server.banner.
-    #[arg(long, env = "BLKINDEX_BANNER")]
+    #[arg(long, env = "BLKINDEX_BANNER", help_heading = "Public server")]
     banner: Option<String>,
     /// Address for server.donation_address.
-    #[arg(long, env = "BLKINDEX_DONATION_ADDRESS", default_value = "")]
+    #[arg(long, env = "BLKINDEX_DONATION_ADDRESS", default_value = "", help_heading = "Public server")]
     donation_address: String,
     /// Host name this server is reached at, for server.features (default: the listen address).
-    #[arg(long, env = "BLKINDEX_PUBLIC_HOST")]
+    #[arg(long, env = "BLKINDEX_PUBLIC_HOST", help_heading = "Public server")]
     public_host: Option<String>,
     /// A peer for server.peers.subscribe: "host [tPORT] [sPORT] [vVERSION]" (repeatable); with
     /// --peer-discovery, a seed.
-    #[arg(long = "peer")]
+    #[arg(long = "peer", help_heading = "Public server")]
     peers: Vec<String>,
     /// Find other public servers (seeds, their lists, server.add_peer) and list those verified.
-    #[arg(long, env = "BLKINDEX_PEER_DISCOVERY")]
+    #[arg(long, env = "BLKINDEX_PEER_DISCOVERY", help_heading = "Public server")]
     peer_discovery: bool,
     /// With --peer-discovery: how often each peer is checked again, in seconds.
-    #[arg(long, env = "BLKINDEX_PEER_CHECK_SECS", default_value_t = 600)]
+    #[arg(long, env = "BLKINDEX_PEER_CHECK_SECS", default_value_t = 600, help_heading = "Public server")]
     peer_check_secs: u64,
     /// How often to read the node's whole mempool, in milliseconds, when it publishes no ZMQ
     /// `sequence` (other ZMQ topics wake it sooner).
-    #[arg(long, env = "BLKINDEX_MEMPOOL_MS", default_value_t = 500)]
+    #[arg(long, env = "BLKINDEX_MEMPOOL_MS", default_value_t = 500, help_heading = "Node and index")]
     mempool_ms: u64,
     /// With ZMQ `sequence` events applied as they come: how often to read the whole mempool
     /// anyway, in seconds (also after a reorg and any lost message).
-    #[arg(long, env = "BLKINDEX_MEMPOOL_RESYNC_SECS", default_value_t = 60)]
+    #[arg(long, env = "BLKINDEX_MEMPOOL_RESYNC_SECS", default_value_t = 60, help_heading = "Node and index")]
     mempool_resync_secs: u64,
     /// How often to catch up with the indexer, in milliseconds (ZMQ wakes it sooner).
-    #[arg(long, env = "BLKINDEX_CATCH_UP_MS", default_value_t = 200)]
+    #[arg(long, env = "BLKINDEX_CATCH_UP_MS", default_value_t = 200, help_heading = "Node and index")]
     catch_up_ms: u64,
     /// Loopback address for the admin interface (blkindex-admin); none by default.
-    #[arg(long, env = "BLKINDEX_ADMIN_ADDR")]
+    #[arg(long, env = "BLKINDEX_ADMIN_ADDR", help_heading = "Administration")]
     admin_addr: Option<SocketAddr>,
     /// Unix socket for the admin interface, mode 0600; none by default.
-    #[arg(long, env = "BLKINDEX_ADMIN_SOCKET")]
+    #[arg(long, env = "BLKINDEX_ADMIN_SOCKET", help_heading = "Administration")]
     admin_socket: Option<PathBuf>,
     /// Where banned subnets are kept (default: <secondary-dir>/banned.json).
-    #[arg(long, env = "BLKINDEX_BAN_FILE")]
+    #[arg(long, env = "BLKINDEX_BAN_FILE", help_heading = "Administration")]
     ban_file: Option<PathBuf>,
     /// Seconds between status lines in the log (sessions, requests per second, tip); 0: none.
-    #[arg(long, env = "BLKINDEX_LOG_STATS_SECS", default_value_t = 60)]
+    #[arg(long, env = "BLKINDEX_LOG_STATS_SECS", default_value_t = 60, help_heading = "Administration")]
     log_stats_secs: u64,
 }
 
