@@ -2,13 +2,14 @@
 //! says "look now": the follower always asks the node over RPC what changed, so a dropped or
 //! duplicated message costs nothing but latency (the poll timer covers drops).
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use tracing::{debug, info, warn};
-use zeromq::{Socket, SocketRecv};
+use tracing::debug;
+
+use blkindex_shared::zmq::{self, Sequence};
 
 /// Which notifications to listen to.
 #[derive(Clone, Debug)]
@@ -26,63 +27,40 @@ pub fn spawn(cfg: ZmqConfig, wake: Sender<()>, reconnect: Arc<AtomicBool>, stop:
         .spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(listen(cfg, wake, reconnect, stop));
+            let mut wakes = Wakes { wake, reconnect, stop };
+            rt.block_on(zmq::listen(&cfg.endpoint, std::slice::from_ref(&cfg.topic), &mut wakes));
         })
         .expect("spawn zmq thread");
 }
 
-async fn listen(cfg: ZmqConfig, wake: Sender<()>, reconnect: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
-    let mut logged = false;
-    while !stop.load(Ordering::Relaxed) {
-        let mut socket = zeromq::SubSocket::new();
-        let connected = tokio::time::timeout(Duration::from_secs(5), socket.connect(&cfg.endpoint)).await;
-        match connected {
-            Ok(Ok(())) => {}
-            other => {
-                if !logged {
-                    warn!(endpoint = %cfg.endpoint, "cannot connect to the node's ZMQ ({other:?}); retrying, polling meanwhile");
-                    logged = true;
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        }
-        if let Err(e) = socket.subscribe(&cfg.topic).await {
-            warn!("ZMQ subscribe failed: {e}");
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            continue;
-        }
-        info!(endpoint = %cfg.endpoint, topic = %cfg.topic, "listening to ZMQ notifications");
-        logged = false;
-        reconnect.store(false, Ordering::Relaxed);
-        loop {
-            if stop.load(Ordering::Relaxed) || reconnect.swap(false, Ordering::Relaxed) {
-                break;
-            }
-            match tokio::time::timeout(Duration::from_millis(500), socket.recv()).await {
-                Err(_) => continue, // quiet; check the flags again
-                Ok(Ok(msg)) => {
-                    if is_block_event(&cfg.topic, &msg) {
-                        debug!("ZMQ block notification");
-                        if wake.send(()).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    warn!("ZMQ receive failed: {e}; reconnecting");
-                    break;
-                }
-            }
-        }
-    }
+struct Wakes {
+    wake: Sender<()>,
+    reconnect: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
 }
 
-/// hashblock messages are all blocks; sequence messages are blocks when labelled C (connected)
-/// or D (disconnected), mempool changes otherwise.
-fn is_block_event(topic: &str, msg: &zeromq::ZmqMessage) -> bool {
-    match topic {
-        "sequence" => msg.get(1).is_some_and(|body| body.len() >= 33 && matches!(body[32], b'C' | b'D')),
-        _ => true,
+impl zmq::Listener for Wakes {
+    /// hashblock messages are all blocks; sequence messages are blocks when labelled C or D.
+    fn message(&mut self, topic: &[u8], body: &[u8]) -> ControlFlow<()> {
+        let block = match topic {
+            b"sequence" => matches!(Sequence::parse(body), Some(Sequence::Block(_))),
+            _ => true,
+        };
+        if !block {
+            return ControlFlow::Continue(());
+        }
+        debug!("ZMQ block notification");
+        match self.wake.send(()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()), // the follower is gone
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn reconnect(&mut self) -> bool {
+        self.reconnect.swap(false, Ordering::Relaxed)
     }
 }

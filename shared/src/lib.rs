@@ -20,6 +20,7 @@ pub mod service;
 pub mod store;
 pub mod undo;
 pub mod varint;
+pub mod zmq;
 
 pub use hashes::ScriptHash;
 pub use network::Net;
