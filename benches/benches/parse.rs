@@ -21,7 +21,7 @@ fn sample_blocks() -> Vec<Vec<u8>> {
             .iter()
             .rev()
             .take(20)
-            .map(|r| files.read(FileKind::Blk, num, r.offset, r.len as usize).unwrap().into_owned())
+            .map(|r| files.read(FileKind::Blk, num, r.offset, r.len as usize).unwrap())
             .collect();
     }
     // BIP143's native P2WPKH example, 2000 times behind a header and a count.

@@ -102,7 +102,7 @@ pub fn scan_blk_files(files: &BlockFiles, net: Net, progress: &Progress) -> Resu
 
 /// A clear error when the files are another network's.
 fn refuse_other_network(files: &BlockFiles, net: Net, nums: &[u32]) -> Result<()> {
-    let mut head = files.read(FileKind::Blk, nums[0], 0, 4).map(|c| c.into_owned()).unwrap_or_default();
+    let mut head = files.read(FileKind::Blk, nums[0], 0, 4).unwrap_or_default();
     head.resize(4, 0);
     for other in ["mainnet", "testnet3", "testnet4", "signet", "regtest"] {
         let other: Net = other.parse().unwrap();

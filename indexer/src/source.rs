@@ -43,7 +43,7 @@ impl BlockSource<'_> {
         entry: Option<&BlockEntry>,
     ) -> Result<Vec<u8>> {
         if let Some(e) = entry.or_else(|| map.get(hash)) {
-            return Ok(self.files.read(FileKind::Blk, e.file, e.offset as u64, e.len as usize)?.into_owned());
+            return self.files.read(FileKind::Blk, e.file, e.offset as u64, e.len as usize);
         }
         if let Some(raw) = self.store.db().get_cf(self.store.cf(cf::RAWBLOCK), hash.as_byte_array())? {
             return Ok(raw);

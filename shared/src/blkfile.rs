@@ -7,7 +7,6 @@
 //! active blk file, and rev files, which bitcoind may still append to for blocks connected late) is
 //! read with ordinary reads.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -293,15 +292,16 @@ impl BlockFiles {
         self.maps.lock().unwrap().clear();
     }
 
-    /// The de-obfuscated bytes `offset..offset+len` of a file.
-    pub fn read(&self, kind: FileKind, num: u32, offset: u64, len: usize) -> Result<Cow<'static, [u8]>> {
+    /// The de-obfuscated bytes `offset..offset+len` of a file: always a copy, since the files are
+    /// obfuscated (and a map can be dropped under a borrower by `unmap_all`).
+    pub fn read(&self, kind: FileKind, num: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
         if kind == FileKind::Blk {
             if let Some(map) = self.final_map(num)? {
                 let end = offset as usize + len;
                 if end > map.len() {
                     bail!("{}: range {offset}+{len} is past the end", self.path(kind, num).display());
                 }
-                return Ok(Cow::Owned(self.key.copy(&map[offset as usize..end], offset)));
+                return Ok(self.key.copy(&map[offset as usize..end], offset));
             }
         }
         let path = self.path(kind, num);
@@ -310,7 +310,7 @@ impl BlockFiles {
         file.read_exact_at(&mut v, offset)
             .with_context(|| format!("{}: cannot read {len} bytes at {offset}", path.display()))?;
         self.key.apply(&mut v, offset);
-        Ok(Cow::Owned(v))
+        Ok(v)
     }
 
     /// Whole-file bytes for scanning: mapped when final, read otherwise. Still obfuscated.

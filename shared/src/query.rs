@@ -7,7 +7,6 @@
 //! must spend an output already found to fund it. Prefix collisions therefore cost a read, never a
 //! wrong answer.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -81,7 +80,7 @@ pub struct ScriptScan {
 }
 
 /// A transaction read by number: (txnum, bytes, height, position in its block).
-type NumberedTx = (TxNum, Cow<'static, [u8]>, Height, u32);
+type NumberedTx = (TxNum, Vec<u8>, Height, u32);
 
 pub struct Index {
     pub store: Store,
@@ -100,7 +99,7 @@ impl Index {
     }
 
     /// Bytes `offset..offset+len` of the block at `height`.
-    fn block_range(&self, height: Height, offset: u32, len: u32) -> Result<Cow<'static, [u8]>> {
+    fn block_range(&self, height: Height, offset: u32, len: u32) -> Result<Vec<u8>> {
         let row = self.row(height)?;
         if offset as u64 + len as u64 > row.loc.size() as u64 {
             bail!("range {offset}+{len} is outside block {height}");
@@ -115,12 +114,12 @@ impl Index {
                     .db()
                     .get_cf(self.store.cf(cf::RAWBLOCK), row.hash())?
                     .ok_or_else(|| anyhow!("block {height} missing from the rawblock family"))?;
-                Ok(Cow::Owned(raw[offset as usize..(offset + len) as usize].to_vec()))
+                Ok(raw[offset as usize..(offset + len) as usize].to_vec())
             }
         }
     }
 
-    pub fn block_bytes(&self, height: Height) -> Result<Cow<'static, [u8]>> {
+    pub fn block_bytes(&self, height: Height) -> Result<Vec<u8>> {
         let len = self.row(height)?.loc.size();
         self.block_range(height, 0, len)
     }
@@ -143,7 +142,7 @@ impl Index {
         let height = self.height_of(txnum)?;
         let pos = txnum - self.row(height)?.first_txnum;
         let (offset, size) = TxPos::locate(&self.txpos_row(height)?, pos)?;
-        let raw = self.block_range(height, offset, size)?.into_owned();
+        let raw = self.block_range(height, offset, size)?;
         Ok((raw, height, pos))
     }
 
@@ -295,7 +294,7 @@ impl Index {
             let mut tx = Tx::default();
             parse::parse_tx(&mut Reader::new(&raw), &raw, &mut tx)?;
             if tx.inputs.iter().any(|i| i.prev_txid() == outpoint.txid && i.prev_vout == outpoint.vout) {
-                return Ok(Some(TxInfo { txid: tx.txid, txnum, height, pos, raw: raw.into_owned() }));
+                return Ok(Some(TxInfo { txid: tx.txid, txnum, height, pos, raw }));
             }
         }
         Ok(None)
