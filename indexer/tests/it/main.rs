@@ -1,0 +1,5 @@
+//! The indexer's integration tests, one binary (RocksDB is linked once): the bulk pass and the
+//! follower, each against real regtest nodes.
+
+mod bulk;
+mod follow;
