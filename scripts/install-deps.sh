@@ -4,8 +4,10 @@
 # libclang-dev, which the runtime's libclang.so.1 does not satisfy). Installs only what is missing,
 # with --no-install-recommends, waiting for the dpkg lock (a first boot runs unattended upgrades).
 #
-#   scripts/install-deps.sh           install what is missing (needs root for that), then check
-#   scripts/install-deps.sh --check   list every need and whether it is present; exit 1 on a gap
+#   scripts/install-deps.sh [--tests]           install what is missing (root needed for that),
+#                                               then check; --tests adds what only the tests use
+#   scripts/install-deps.sh [--tests] --check   list every need and whether it is present; exit 1
+#                                               on a gap
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -13,24 +15,26 @@ root=$(dirname "$here")
 have_glob() { compgen -G "$1" >/dev/null; }
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 
-# One line per need: "package|what it is for|shell test that passes when it is present"; a package
-# "cargo:NAME" is a tool installed from crates.io.
+# One line per need: "scope|package|what it is for|shell test that passes when it is present".
+# Scope "build": the build and the demo; "test": the tests only. A package "cargo:NAME" is a tool
+# installed from crates.io.
 NEEDS=(
-    "libclang-dev|libclang.so for RocksDB's bindgen (clang-sys)|have_glob '/usr/lib/llvm-*/lib/libclang.so' || have_glob '/usr/lib/x86_64-linux-gnu/libclang.so'"
-    "g++|C++ compiler for RocksDB|have_cmd g++"
-    "make|make for the C/C++ builds|have_cmd make"
-    "python3|the scripts' free-port picker and the demo's client|have_cmd python3"
-    "electrum|Debian's Electrum wallet, a real client in the tests|have_cmd electrum"
-    "haproxy|the load balancer of the scale-out test and benchmark|have_cmd haproxy"
-    "openssl|certificates for the TLS tests|have_cmd openssl"
-    "systemd|systemd-analyze, which checks the package's units|have_cmd systemd-analyze"
-    "cargo:cargo-deb|builds the Debian package (crates.io)|have_cmd cargo-deb"
+    "build|libclang-dev|libclang.so for RocksDB's bindgen (clang-sys)|have_glob '/usr/lib/llvm-*/lib/libclang.so' || have_glob '/usr/lib/x86_64-linux-gnu/libclang.so'"
+    "build|g++|C and C++ compilers for RocksDB, zstd and lz4|have_cmd g++ && have_cmd cc"
+    "build|python3|the scripts' free-port picker and the demo's client|have_cmd python3"
+    "test|electrum|Debian's Electrum wallet, a real client in the tests|have_cmd electrum"
+    "test|systemd|systemd-analyze, which checks the package's units|have_cmd systemd-analyze"
+    "test|cargo:cargo-deb|builds the Debian package the package test installs (crates.io)|have_cmd cargo-deb"
 )
 
+# The needs in scope: build, plus test with --tests.
+in_scope() { [ "$1" = build ] || [ "$tests" = 1 ]; }
+
 check() {
-    local gaps=0 line pkg why test
+    local gaps=0 line scope pkg why test
     for line in "${NEEDS[@]}"; do
-        IFS='|' read -r pkg why test <<<"$line"
+        IFS='|' read -r scope pkg why test <<<"$line"
+        in_scope "$scope" || continue
         if eval "$test"; then
             printf 'install-deps: present  %-14s %s\n' "$pkg" "$why" >&2
         else
@@ -63,14 +67,23 @@ apt_retry() {
     return 1
 }
 
-if [ "${1:-}" = "--check" ]; then
+check_only=0 tests=0
+for a in "$@"; do
+    case "$a" in
+    --check) check_only=1 ;;
+    --tests) tests=1 ;;
+    *) echo "usage: install-deps.sh [--tests] [--check]" >&2; exit 2 ;;
+    esac
+done
+if [ "$check_only" = 1 ]; then
     check
     exit
 fi
 
 missing=() crates=()
 for line in "${NEEDS[@]}"; do
-    IFS='|' read -r pkg _ test <<<"$line"
+    IFS='|' read -r scope pkg _ test <<<"$line"
+    in_scope "$scope" || continue
     eval "$test" && continue
     case "$pkg" in
     cargo:*) crates+=("${pkg#cargo:}") ;;

@@ -7,9 +7,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blkindex/target}
-scripts/install-deps.sh
+scripts/install-deps.sh --tests
 # Fails on any gap between what the build and tests use and what is installed.
-scripts/install-deps.sh --check
+scripts/install-deps.sh --tests --check
 scripts/install-node.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -q -- -D warnings
