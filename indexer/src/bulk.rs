@@ -36,6 +36,8 @@ pub struct Bulk<'a> {
     pub progress: &'a Progress,
     /// Blocks are cut into batches of about this many bytes.
     pub batch_bytes: u64,
+    /// Deepest stale branch undone at start (`--max-reorg`).
+    pub max_reorg: Height,
 }
 
 #[derive(Debug, Default)]
@@ -57,7 +59,7 @@ struct RpcBlock {
 impl Bulk<'_> {
     pub fn run(&self, map: &BlockMap, chain: &[ChainBlock]) -> Result<Summary> {
         let store = self.source.store;
-        let start = recovery::recover(self.source, map, chain)?;
+        let start = recovery::recover(self.source, map, chain, self.max_reorg)?;
         let mut summary = Summary::default();
         let tip = chain.len() as Height - 1;
         if start <= tip {

@@ -31,7 +31,7 @@ use crate::rows::{block_rows, verify, BlockRows};
 use crate::scan::{BlockEntry, BlockMap};
 use crate::source::BlockSource;
 use crate::tail::Tail;
-use crate::unwind::delete_branch;
+use crate::unwind::{check_reorg, unwind_blocks, ReorgRefusal};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FollowSource {
@@ -45,11 +45,15 @@ pub struct Follower<'a> {
     pub blocks: &'a BlockSource<'a>,
     pub source: FollowSource,
     pub poll: Duration,
+    /// Deepest reorg undone without the operator (`--max-reorg`).
+    pub max_reorg: Height,
     pub stop: Arc<AtomicBool>,
     /// Set when the node came back after being unreachable, so ZMQ reconnects.
     pub zmq_reconnect: Arc<AtomicBool>,
     chain: Chain,
     tail: Tail,
+    /// Why the follower is waiting for the node (logged when it starts, changes kind and ends).
+    waiting: Option<ReorgRefusal>,
 }
 
 impl<'a> Follower<'a> {
@@ -57,6 +61,7 @@ impl<'a> Follower<'a> {
         blocks: &'a BlockSource<'a>,
         source: FollowSource,
         poll: Duration,
+        max_reorg: Height,
         stop: Arc<AtomicBool>,
     ) -> Result<Self> {
         let chain = Chain::load(blocks.store)?;
@@ -69,10 +74,12 @@ impl<'a> Follower<'a> {
             blocks,
             source,
             poll,
+            max_reorg,
             stop,
             zmq_reconnect: Arc::new(AtomicBool::new(false)),
             chain,
             tail: Tail::new(blocks.net, file, offset),
+            waiting: None,
         })
     }
 
@@ -139,6 +146,17 @@ impl<'a> Follower<'a> {
         };
         let (tip, _) = self.chain.tip().context("empty index")?;
         if fork < tip {
+            let ours: Vec<Header> = (fork + 1..=tip).map(|h| self.chain.row(h).unwrap().header).collect();
+            let theirs: Vec<Header> = new.iter().rev().map(|(_, h)| *h).collect();
+            if let Err(refusal) = check_reorg(&ours, &theirs, self.max_reorg) {
+                self.wait_for_node(refusal);
+                return Ok(0);
+            }
+        }
+        if let Some(why) = self.waiting.take() {
+            info!("following again (was: {why})");
+        }
+        if fork < tip {
             self.unwind(fork)?;
         }
         self.tail.poll_blocks(self.blocks.files)?;
@@ -153,14 +171,22 @@ impl<'a> Follower<'a> {
         Ok(applied)
     }
 
-    /// Undoes every block above `fork`, in one synced write.
+    /// Logs why the follower waits: once, not at every poll while the depth changes (a node that
+    /// invalidates or reindexes moves its tip block by block).
+    fn wait_for_node(&mut self, why: ReorgRefusal) {
+        let kind = std::mem::discriminant(&why);
+        if self.waiting.as_ref().map(std::mem::discriminant) != Some(kind) {
+            warn!("{why}; waiting for the node");
+        }
+        self.waiting = Some(why);
+    }
+
+    /// Undoes every block above `fork`, one synced write per block (from the tip down).
     fn unwind(&mut self, fork: Height) -> Result<()> {
         let (tip, _) = self.chain.tip().unwrap();
         warn!(from = tip, to = fork, "reorg: undoing {} block(s)", tip - fork);
-        let branch: Vec<ChainBlock> =
-            (fork + 1..=tip).map(|h| ChainBlock::from_row(self.chain.row(h).unwrap())).collect();
-        let first_txnum = self.chain.row(fork + 1).unwrap().first_txnum;
-        delete_branch(self.blocks, &BlockMap::new(), &branch, fork + 1, first_txnum)?;
+        let rows: Vec<_> = (fork + 1..=tip).map(|h| *self.chain.row(h).unwrap()).collect();
+        unwind_blocks(self.blocks, &BlockMap::new(), &rows, fork + 1)?;
         while self.chain.len() as Height > fork + 1 {
             self.chain.pop();
         }

@@ -87,6 +87,10 @@ struct Args {
     /// Worker threads (default: one per CPU).
     #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_THREADS")]
     threads: Option<usize>,
+    /// Deepest reorg undone without asking: a deeper one (or a node whose chain has less work
+    /// than the index, e.g. while it reindexes) makes the indexer wait and say why.
+    #[arg(long, help_heading = "Following", env = "BLKINDEX_MAX_REORG", default_value_t = 100)]
+    max_reorg: u32,
     /// Progress display.
     #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_PROGRESS", value_enum, default_value = "auto")]
     progress: ProgressMode,
@@ -125,6 +129,7 @@ fn run() -> Result<()> {
         source: &source,
         progress: &progress,
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) * 3 / 5, |kb| kb << 10),
+        max_reorg: args.max_reorg,
     };
     if args.no_follow || !close_to_tip(&store, rpc.as_ref(), args.follow_gap)? {
         bulk_pass(&bulk, &store, &files, args.node.network, rpc.as_ref(), &progress)?;
@@ -142,7 +147,7 @@ fn run() -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let poll = Duration::from_secs_f64(args.poll_secs.max(0.05));
-    let mut follower = Follower::new(&source, args.follow_source, poll, stop.clone())?;
+    let mut follower = Follower::new(&source, args.follow_source, poll, args.max_reorg, stop.clone())?;
     // Ready once following: the bulk pass before it may take hours (the unit allows that).
     service::ready(&format!("following the node from height {}", store.tip()?.map_or(0, |(h, _)| h)));
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();

@@ -1,9 +1,11 @@
 //! Crash recovery before a bulk pass: the store is brought back to a block boundary of the chain
 //! about to be indexed. A batch an earlier run left `pending` is redone if its blocks are still
 //! on the chain, or its rows are deleted first if the chain changed; an index left on a branch the
-//! node has since abandoned is unwound to the fork.
+//! node has since abandoned is unwound to the fork, block by block, if the node's branch has more
+//! work and the reorg is within `--max-reorg` (else it stops and says why, changing nothing).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use bitcoin::block::Header;
 use tracing::{info, warn};
 
 use blkindex_shared::schema::{meta, Height};
@@ -11,10 +13,15 @@ use blkindex_shared::schema::{meta, Height};
 use crate::bestchain::ChainBlock;
 use crate::scan::BlockMap;
 use crate::source::BlockSource;
-use crate::unwind::delete_branch;
+use crate::unwind::{check_reorg, delete_branch, unwind_blocks};
 
 /// Brings the store back to a block boundary on `chain` and returns the next height to index.
-pub fn recover(source: &BlockSource, map: &BlockMap, chain: &[ChainBlock]) -> Result<Height> {
+pub fn recover(
+    source: &BlockSource,
+    map: &BlockMap,
+    chain: &[ChainBlock],
+    max_reorg: Height,
+) -> Result<Height> {
     if let Some(p) = source.store.pending()? {
         let same = chain.get(p.last as usize).is_some_and(|b| b.hash == p.last_hash);
         if same {
@@ -63,9 +70,12 @@ pub fn recover(source: &BlockSource, map: &BlockMap, chain: &[ChainBlock]) -> Re
         .rev()
         .find(|&h| chain.get(h as usize).is_some_and(|b| b.hash == rows[h as usize].hash()))
         .context("the index shares no block with the node's chain (another chain?)")?;
+    let ours: Vec<Header> = rows[fork as usize + 1..].iter().map(|r| r.header).collect();
+    let theirs: Vec<Header> = chain[fork as usize + 1..].iter().map(|b| b.header).collect();
+    if let Err(refusal) = check_reorg(&ours, &theirs, max_reorg) {
+        bail!("{refusal}; nothing was changed: run the indexer again once that is resolved");
+    }
     warn!(from = tip, to = fork, "the index is on a stale branch; undoing its blocks");
-    let branch: Vec<ChainBlock> = rows[fork as usize + 1..].iter().map(ChainBlock::from_row).collect();
-    let first_txnum = rows[fork as usize + 1].first_txnum;
-    delete_branch(source, map, &branch, fork + 1, first_txnum)?;
+    unwind_blocks(source, map, &rows[fork as usize + 1..], fork + 1)?;
     Ok(fork + 1)
 }

@@ -1,13 +1,22 @@
 //! Undoing blocks: every row a branch of blocks added is found again by recomputing the blocks'
 //! rows (from their bytes and undo data, wherever those are), then deleted with the new tip in one
-//! synced write, so a reader sees the branch either whole or gone.
+//! synced write, so a reader sees the branch either whole or gone. Reorgs are undone one block per
+//! write (`unwind_blocks`), so memory stays that of one block however deep they go, and a kill
+//! midway leaves a valid tip.
+//!
+//! Before anything is undone, `check_reorg` makes sure the node's branch is worth it: a branch with
+//! less work than ours means the node is behind (reindexing, still syncing, an `invalidateblock`),
+//! not that our blocks left the best chain; and a reorg deeper than `--max-reorg` waits for the
+//! operator.
 
 use std::collections::{BTreeSet, HashSet};
 
 use anyhow::{Context, Result};
+use bitcoin::block::Header;
+use bitcoin::Work;
 use rocksdb::WriteBatch;
 
-use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, TxNum};
+use blkindex_shared::schema::{self, cf, meta, BlockLoc, HeaderRow, Height, TxNum};
 
 use crate::bestchain::ChainBlock;
 use crate::revmatch::UndoIndex;
@@ -58,4 +67,101 @@ pub fn delete_branch(
         None => batch.delete_cf(source.store.cf(cf::META), meta::TIP),
     }
     source.store.write_sync(batch)
+}
+
+/// Undoes the blocks of `rows` (consecutive header rows, the tip last) from the tip down, one
+/// synced write each.
+pub fn unwind_blocks(source: &BlockSource, map: &BlockMap, rows: &[HeaderRow], first: Height) -> Result<()> {
+    for (i, row) in rows.iter().enumerate().rev() {
+        let block = ChainBlock::from_row(row);
+        delete_branch(source, map, &[block], first + i as Height, row.first_txnum)?;
+    }
+    Ok(())
+}
+
+/// Why a reorg is not undone (yet).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReorgRefusal {
+    /// The node's branch from the fork has less work than ours: the node is behind.
+    LessWork { depth: Height },
+    /// Deeper than the bound the operator set.
+    TooDeep { depth: Height, max: Height },
+}
+
+impl std::fmt::Display for ReorgRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReorgRefusal::LessWork { depth } => write!(
+                f,
+                "the node's best chain has less work than the index's {depth} block(s) above their fork \
+                 (is it reindexing, still syncing, or was a block invalidated?)"
+            ),
+            ReorgRefusal::TooDeep { depth, max } => write!(
+                f,
+                "the node reorganized {depth} blocks deep, more than --max-reorg {max}: restart the \
+                 indexer with --max-reorg {depth} (or more) to undo them"
+            ),
+        }
+    }
+}
+
+/// Whether to undo `ours` (our blocks above the fork) for `theirs` (the node's headers above it).
+/// Equal work is followed: the node chose that branch, and ours cannot win it back.
+pub fn check_reorg(ours: &[Header], theirs: &[Header], max: Height) -> Result<(), ReorgRefusal> {
+    let depth = ours.len() as Height;
+    let work = |hs: &[Header]| hs.iter().fold(Work::from_be_bytes([0; 32]), |w, h| w + h.work());
+    if work(theirs) < work(ours) {
+        return Err(ReorgRefusal::LessWork { depth });
+    }
+    if depth > max {
+        return Err(ReorgRefusal::TooDeep { depth, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::block::Version;
+    use bitcoin::hashes::Hash;
+    use bitcoin::{BlockHash, CompactTarget, TxMerkleNode};
+
+    fn headers(n: usize, bits: u32) -> Vec<Header> {
+        (0..n)
+            .map(|i| Header {
+                version: Version::ONE,
+                prev_blockhash: BlockHash::all_zeros(),
+                merkle_root: TxMerkleNode::all_zeros(),
+                time: i as u32,
+                bits: CompactTarget::from_consensus(bits),
+                nonce: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reorgs_are_undone_only_for_more_work_and_within_the_bound() {
+        let easy = 0x207fffff; // regtest's target
+        let hard = 0x1d00ffff; // mainnet's first: far more work per block
+                               // A longer branch of the same difficulty wins; a shorter one is the node being behind.
+        assert_eq!(check_reorg(&headers(3, easy), &headers(4, easy), 100), Ok(()));
+        assert_eq!(check_reorg(&headers(3, easy), &headers(3, easy), 100), Ok(()), "equal work");
+        assert_eq!(
+            check_reorg(&headers(3, easy), &headers(2, easy), 100),
+            Err(ReorgRefusal::LessWork { depth: 3 })
+        );
+        assert_eq!(check_reorg(&headers(200, easy), &[], 100), Err(ReorgRefusal::LessWork { depth: 200 }));
+        // Work, not length: one hard block outweighs many easy ones.
+        assert_eq!(check_reorg(&headers(5, easy), &headers(1, hard), 100), Ok(()));
+        assert_eq!(
+            check_reorg(&headers(1, hard), &headers(5, easy), 100),
+            Err(ReorgRefusal::LessWork { depth: 1 })
+        );
+        // The bound.
+        assert_eq!(check_reorg(&headers(100, easy), &headers(101, easy), 100), Ok(()));
+        assert_eq!(
+            check_reorg(&headers(101, easy), &headers(102, easy), 100),
+            Err(ReorgRefusal::TooDeep { depth: 101, max: 100 })
+        );
+    }
 }

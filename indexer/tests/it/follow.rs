@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
+use serde_json::json;
 
 use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
 use blkindex_testkit::expect::expected;
@@ -137,6 +138,75 @@ fn killed_at_random_moments_while_blocks_and_reorgs_arrive() -> Result<()> {
         eprintln!("round {round}: killed at height {}", node.height()?);
     }
     let mut f = Indexer::follow(&bin(), &node, &db, &[])?;
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    Ok(())
+}
+
+/// Waits until the follower's log holds `what`; returns the log.
+fn wait_for_log(f: &Indexer, what: &str, secs: u64) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = std::fs::read_to_string(&f.log)?;
+        if log.contains(what) {
+            return Ok(log);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no {what:?} in the log within {secs} s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn waits_while_the_node_has_less_work_and_follows_when_it_is_back() -> Result<()> {
+    let (node, dir, db, mut f) = following(&[])?;
+    let b = ChainBuilder::new(&node)?;
+    b.mine(100)?;
+    f.wait_synced(&node, &db)?;
+    let tip = node.height()?;
+    // The node loses its last 200 blocks, as after an invalidateblock or while it reindexes: its
+    // best chain has less work than the index, which must wait, not undo 200 blocks.
+    let victim = node.call("getblockhash", json!([tip - 199]))?;
+    node.call("invalidateblock", json!([victim]))?;
+    assert_eq!(node.height()?, tip - 200);
+    wait_for_log(&f, "less work than the index's", 30)?;
+    std::thread::sleep(Duration::from_secs(2)); // four more polls
+    let log = std::fs::read_to_string(&f.log)?;
+    assert!(!log.contains("reorg: undoing"), "{log}");
+    assert_eq!(log.matches("less work than").count(), 1, "logged once, not at every poll:\n{log}");
+    node.call("reconsiderblock", json!([victim]))?;
+    b.mine(2)?;
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    assert!(std::fs::read_to_string(&f.log)?.contains("following again"));
+    Ok(())
+}
+
+#[test]
+fn a_reorg_deeper_than_max_reorg_waits_for_the_operator() -> Result<()> {
+    let (node, dir, db, mut f) = following(&["--max-reorg", "5"])?;
+    let b = ChainBuilder::new(&node)?;
+    let tip = node.height()?;
+    // Ten of the index's blocks leave the node's chain for a branch with more work.
+    let victim = node.call("getblockhash", json!([tip - 9]))?;
+    node.call("invalidateblock", json!([victim]))?;
+    b.mine(12)?;
+    let log = wait_for_log(&f, "reorganized 10 blocks deep, more than --max-reorg 5", 30)?;
+    assert!(!log.contains("reorg: undoing"), "{log}");
+    assert!(f.stop()?.success());
+
+    // At start the bulk path refuses the same reorg, and changes nothing.
+    let before = digest(&db);
+    let out = indexer_command(&bin(), &node, &db)
+        .args(["--no-follow", "--progress", "none", "--max-reorg", "5"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("more than --max-reorg 5"), "{stderr}");
+    assert!(digest(&db) == before, "a refused reorg changed the index");
+
+    // Allowed by the operator: undone block by block, and followed.
+    let mut f = Indexer::follow(&bin(), &node, &db, &["--max-reorg", "10"])?;
     assert_matches_node(&mut f, &node, &db, dir.path())?;
     Ok(())
 }
