@@ -13,6 +13,7 @@ mod metrics;
 mod script_cache;
 mod session;
 mod state;
+mod tls;
 mod zmq;
 
 use std::net::SocketAddr;
@@ -127,7 +128,7 @@ fn run() -> Result<()> {
         a => Some(a.parse().with_context(|| format!("--electrum-addr {a:?}"))?),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(listen::tls_acceptor(c, k)?),
+        (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
         (None, None) if args.tls_addr.is_none() && args.wss_addr.is_none() => None,
         _ => anyhow::bail!("--tls-addr and --wss-addr need both --tls-cert and --tls-key"),
     };
