@@ -20,6 +20,7 @@ mod session;
 mod sessions;
 mod state;
 mod stats;
+mod tls;
 mod zmq;
 
 use std::net::SocketAddr;
@@ -163,7 +164,7 @@ fn run() -> Result<()> {
         a => Some(a.parse().with_context(|| format!("--electrum-addr {a:?}"))?),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(listen::tls_acceptor(c, k)?),
+        (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
         (None, None) if args.tls_addr.is_none() && args.wss_addr.is_none() => None,
         _ => anyhow::bail!("--tls-addr and --wss-addr need both --tls-cert and --tls-key"),
     };
