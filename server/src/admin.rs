@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use blkindex_shared::config::LogFilterHandle;
 
 use crate::bans::{Bans, Subnet};
-use crate::methods::version_string;
+use crate::protocol::version_string;
 use crate::sessions::Which;
 use crate::state::State;
 
@@ -270,7 +270,7 @@ fn getinfo(admin: &Admin) -> Value {
     let state = &admin.state;
     let s = crate::stats::summary(state);
     json!({
-        "version": crate::methods::software(),
+        "version": crate::protocol::software(),
         "network": state.net.to_string(),
         "tip": s.tip.map(|t| json!({"height": t.height, "hash": t.header.block_hash().to_string()})),
         "uptime_secs": admin.started.elapsed().as_secs(),

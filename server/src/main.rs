@@ -15,6 +15,7 @@ mod mempool;
 mod methods;
 mod metrics;
 mod peers;
+mod protocol;
 mod script_cache;
 mod session;
 mod sessions;
@@ -290,7 +291,7 @@ fn info(args: &Args, listeners: &[(tokio::net::TcpListener, Transport)]) -> Resu
         discovery: args.peer_discovery,
         seeds: args.peers.clone(),
         check_every: Duration::from_secs(args.peer_check_secs),
-        own_features: methods::features(&genesis_hash, &hosts, methods::UNNEGOTIATED),
+        own_features: methods::features(&genesis_hash, &hosts, protocol::UNNEGOTIATED),
         genesis_hash,
         default_ports: match args.node.network.0 {
             bitcoin::Network::Bitcoin => (50001, 50002),

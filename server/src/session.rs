@@ -16,7 +16,8 @@ use tracing::debug;
 use blkindex_shared::ScriptHash;
 
 use crate::listen::Transport;
-use crate::methods::{self, RpcError, Session};
+use crate::methods::{self, Session};
+use crate::protocol::{ErrorReply, INVALID_PARAMS};
 use crate::state::{State, Tip};
 
 /// Replies and notifications waiting to be written.
@@ -276,10 +277,7 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     let started = Instant::now();
     let result = match params {
         Value::Array(_) | Value::Object(_) => methods::call(state, s, method, &params).await,
-        _ => Err(RpcError {
-            code: methods::INVALID_PARAMS,
-            message: "params must be an array or an object".into(),
-        }),
+        _ => Err(ErrorReply { code: INVALID_PARAMS, message: "params must be an array or an object".into() }),
     };
     let took = started.elapsed();
     state.metrics.request(method, result.is_ok(), took);

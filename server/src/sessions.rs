@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bans::Subnet;
 use crate::listen::Transport;
-use crate::methods::Version;
+use crate::protocol::Version;
 
 pub struct Sessions {
     next_id: AtomicU64,

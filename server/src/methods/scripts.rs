@@ -23,7 +23,7 @@ struct Named {
     notify_as: (&'static str, String),
 }
 
-fn named(net: Net, method: &str, params: &Value) -> Result<Named, RpcError> {
+fn named(net: Net, method: &str, params: &Value) -> Result<Named, ErrorReply> {
     Ok(match family_and_name(method).0 {
         "blockchain.address" => {
             let text = str_arg(params, 0, "address")?;
@@ -53,7 +53,7 @@ pub async fn call(
     s: &mut Session,
     method: &str,
     params: &Value,
-) -> Result<Answer, RpcError> {
+) -> Result<Answer, ErrorReply> {
     if method == "blockchain.utxo.get_address" {
         return utxo_address(state, params).await.map(Answer::Value);
     }
@@ -139,7 +139,7 @@ async fn view(state: &Arc<State>, sh: ScriptHash) -> anyhow::Result<ScriptView> 
     state.read(move |i, m| script_view(&st.scripts, i, m, &sh)).await
 }
 
-fn too_large(max: usize) -> RpcError {
+fn too_large(max: usize) -> ErrorReply {
     err(HISTORY_TOO_LARGE, format!("history too large: more than {max} entries"))
 }
 
@@ -201,7 +201,7 @@ async fn utxo_address(state: &Arc<State>, params: &Value) -> Reply {
             Ok(json!(address.map(|a| a.to_string())))
         })
         .await
-        .map_err(RpcError::from)
+        .map_err(ErrorReply::from)
 }
 
 /// A script's confirmed and unconfirmed sides, seen together. A transaction found on both sides

@@ -5,10 +5,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::*;
-
-pub fn software() -> String {
-    format!("blkindex {}", env!("CARGO_PKG_VERSION"))
-}
+use crate::protocol::{parse_version, software, VERSIONS};
 
 /// Longest `server.ping` pong (1.7) served.
 const MAX_PONG: u64 = 1 << 20;

@@ -50,7 +50,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                     })
                 })
                 .await
-                .map_err(RpcError::from)
+                .map_err(ErrorReply::from)
         }
         "blockchain.transaction.get_merkle" => {
             let txid = txid_arg(params, 0)?;
@@ -89,7 +89,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                     })
                 })
                 .await
-                .map_err(RpcError::from)
+                .map_err(ErrorReply::from)
         }
         "blockchain.transaction.broadcast" => {
             let raw = str_arg(params, 0, "raw_tx")?.to_string();
