@@ -49,16 +49,6 @@ pub struct Admin {
 
 type Reply = Result<Value, (i64, String)>;
 
-/// Refuses an address other hosts could reach.
-pub fn check_addr(addr: SocketAddr) -> Result<()> {
-    anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "--admin-addr {addr}: the admin interface has no authentication and listens only on a \
-         loopback address (127.0.0.1 or [::1])"
-    );
-    Ok(())
-}
-
 /// Where the admin interface listens.
 pub enum Listener {
     Tcp(TcpListener),
@@ -67,7 +57,7 @@ pub enum Listener {
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<Listener> {
-    check_addr(addr)?;
+    crate::config::check_admin_addr(addr)?;
     let l =
         TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--admin-addr)"))?;
     info!(addr = %l.local_addr()?, "serving the admin interface over TCP");
@@ -271,7 +261,7 @@ fn getinfo(admin: &Admin) -> Value {
     let s = crate::stats::summary(state);
     json!({
         "version": crate::protocol::software(),
-        "network": state.net.to_string(),
+        "network": state.settings.net.to_string(),
         "tip": s.tip.map(|t| json!({"height": t.height, "hash": t.header.block_hash().to_string()})),
         "uptime_secs": admin.started.elapsed().as_secs(),
         "sessions": s.sessions,

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
@@ -15,7 +15,7 @@ use tracing::debug;
 
 use blkindex_shared::ScriptHash;
 
-use crate::listen::Transport;
+use crate::config::Transport;
 use crate::methods::{self, Session};
 use crate::protocol::{ErrorReply, INVALID_PARAMS};
 use crate::state::{State, Tip};
@@ -31,13 +31,6 @@ pub enum Incoming {
     TooLong,
 }
 
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub max_request: usize,
-    pub max_batch: usize,
-    pub idle: Duration,
-}
-
 pub async fn run(
     mut input: impl Stream<Item = Incoming> + Unpin,
     out: mpsc::Sender<String>,
@@ -45,7 +38,7 @@ pub async fn run(
     peer: SocketAddr,
     transport: Transport,
 ) {
-    let limits = state.limits.clone();
+    let limits = state.settings.limits.clone();
     let registered = state.sessions.register(peer, transport);
     let live = &registered.live;
     let id = live.id;
@@ -243,7 +236,7 @@ async fn handle_message(state: &Arc<State>, s: &mut Session, text: &str) -> Opti
     };
     match msg {
         Value::Array(batch) => {
-            let max = state.limits.max_batch;
+            let max = state.settings.limits.max_batch;
             if batch.is_empty() || batch.len() > max {
                 let message = format!("a batch holds 1 to {max} requests");
                 return Some(error_reply(&Value::Null, true, -32600, &message));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::bans::Subnet;
-use crate::listen::Transport;
+use crate::config::Transport;
 use crate::protocol::Version;
 
 pub struct Sessions {

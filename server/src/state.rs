@@ -20,13 +20,13 @@ use tracing::{info, warn};
 use blkindex_shared::query::Index;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::Height;
-use blkindex_shared::{Net, ScriptHash};
+use blkindex_shared::ScriptHash;
 
+use crate::config::Settings;
 use crate::mempool::{Event, Mempool};
-use crate::methods::Info;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::script_cache::ScriptCache;
-use crate::session::Limits;
 use crate::sessions::Sessions;
 
 /// ZMQ mempool events queued for the mempool task; more than this means it is far behind, and a
@@ -41,7 +41,7 @@ pub struct Tip {
 }
 
 pub struct State {
-    pub net: Net,
+    pub settings: Settings,
     /// The current index, swapped (never modified in place) by the catch-up task.
     index: RwLock<Arc<Index>>,
     pub mempool: RwLock<Mempool>,
@@ -52,8 +52,8 @@ pub struct State {
     /// Wakes the catch-up and mempool tasks early (the node's ZMQ says something changed).
     pub wake_catch_up: tokio::sync::Notify,
     pub wake_mempool: tokio::sync::Notify,
-    pub info: Info,
-    pub limits: Limits,
+    /// Other public servers, for `server.peers.subscribe` and `server.add_peer`.
+    pub peers: Arc<Peers>,
     pub metrics: Arc<Metrics>,
     /// Scripts' confirmed sides, shared by both index instances.
     pub scripts: ScriptCache,
@@ -71,13 +71,12 @@ pub struct State {
 
 impl State {
     pub fn new(
-        net: Net,
         index: Index,
         rpc: Rpc,
-        info: Info,
-        limits: Limits,
+        settings: Settings,
         metrics: Arc<Metrics>,
         scripts: ScriptCache,
+        peers: Arc<Peers>,
     ) -> (Arc<Self>, mpsc::Receiver<Event>) {
         let tip = current_tip(&index);
         if let Some(t) = tip {
@@ -85,7 +84,7 @@ impl State {
         }
         let (mempool_events, events) = mpsc::channel(MEMPOOL_EVENTS);
         let state = Arc::new(State {
-            net,
+            settings,
             index: RwLock::new(Arc::new(index)),
             mempool: RwLock::new(Mempool::default()),
             rpc,
@@ -93,8 +92,7 @@ impl State {
             mempool_changes: broadcast::Sender::new(256),
             wake_catch_up: Default::default(),
             wake_mempool: Default::default(),
-            info,
-            limits,
+            peers,
             metrics,
             scripts,
             mempool_events,

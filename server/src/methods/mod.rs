@@ -93,19 +93,6 @@ impl Session {
     }
 }
 
-/// Server settings the methods report.
-#[derive(Clone, Debug, Default)]
-pub struct Info {
-    pub banner: String,
-    pub donation_address: String,
-    /// `server.features`'s hosts: host → ports.
-    pub hosts: serde_json::Map<String, Value>,
-    /// `server.peers.subscribe`'s entries and `server.add_peer`'s verifications.
-    pub peers: Arc<crate::peers::Peers>,
-    /// A history longer than this is an error, never a silently cut one.
-    pub max_history: usize,
-}
-
 /// Positional or named parameter `i` / `name`.
 fn arg<'a>(params: &'a Value, i: usize, name: &str) -> Option<&'a Value> {
     match params {

@@ -57,10 +57,10 @@ pub async fn call(
     if method == "blockchain.utxo.get_address" {
         return utxo_address(state, params).await.map(Answer::Value);
     }
-    let script = named(state.net, method, params)?;
+    let script = named(state.settings.net, method, params)?;
     let sh = script.sh;
     let wrap = s.version() >= (1, 7, 0); // 1.7 wraps lists in objects
-    let max = state.info.max_history;
+    let max = state.settings.info.max_history;
     let wrapped = |key: &str, list: String| match wrap {
         true => format!("{{\"{key}\":{list}}}"),
         false => list,
@@ -188,7 +188,7 @@ fn mempool_entries(out: &mut String, m: &ScriptMempool) {
 async fn utxo_address(state: &Arc<State>, params: &Value) -> Reply {
     let txid = txid_arg(params, 0)?;
     let vout = u32_arg(params, 1, "index", None)? as usize;
-    let net = state.net;
+    let net = state.settings.net;
     state
         .read(move |i, m| {
             let tx: Option<Transaction> = match i.txs_by_txid(&txid)?.pop() {
