@@ -136,7 +136,7 @@ pub async fn accept_loop(
             }
             Err(reason) => {
                 debug!(%peer, "refused: {reason}");
-                state.metrics.rejected.with_label_values(&[reason]).inc();
+                state.metrics().rejected.with_label_values(&[reason]).inc();
                 tokio::spawn(refuse(stream, transport, reason));
             }
         }
@@ -159,7 +159,7 @@ async fn connection(
     state: Arc<State>,
     _admitted: Admitted,
 ) {
-    let gauge = state.metrics.connections.with_label_values(&[transport.name()]);
+    let gauge = state.metrics().connections.with_label_values(&[transport.name()]);
     gauge.inc();
     let result = async {
         match transport {
@@ -201,7 +201,7 @@ fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     state: &State,
 ) -> impl std::future::Future<Output = Result<tokio_tungstenite::WebSocketStream<S>, tungstenite::Error>> {
-    let max = state.settings.limits.max_request;
+    let max = state.settings().limits.max_request;
     let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
     tokio_tungstenite::accept_async_with_config(stream, Some(config))
 }
@@ -217,7 +217,7 @@ where
     // `scan` ends the stream at the first None: a read error ends the session.
     // A small read buffer to start with (it grows for long requests): most connections are idle
     // wallets, and thousands of them each holding the default 8 KiB add up.
-    let codec = LinesCodec::new_with_max_length(state.settings.limits.max_request);
+    let codec = LinesCodec::new_with_max_length(state.settings().limits.max_request);
     let lines = FramedRead::with_capacity(r, codec, READ_BUFFER);
     let input = lines.scan((), |_, r| {
         std::future::ready(match r {

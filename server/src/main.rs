@@ -10,6 +10,7 @@
 
 mod admin;
 mod bans;
+mod catch_up;
 mod config;
 mod listen;
 mod mempool;
@@ -22,6 +23,7 @@ mod session;
 mod sessions;
 mod state;
 mod stats;
+mod status;
 mod zmq;
 
 use std::sync::Arc;
@@ -103,11 +105,11 @@ fn run() -> Result<()> {
         let peers = Arc::new(peers(&config, &settings.info)?);
         let scripts = script_cache::ScriptCache::new(config.script_cache_bytes, metrics.clone());
         let (state, events_rx) = state::State::new(index, rpc, settings, metrics, scripts, peers);
-        info!(tip = ?state.tip.borrow().map(|t| t.height), "index opened");
-        tokio::spawn(state.peers.clone().run());
+        info!(tip = ?state.tip().map(|t| t.height), "index opened");
+        tokio::spawn(state.peers().clone().run());
         zmq::spawn(state.clone(), published);
-        tokio::spawn(state::catch_up_loop(state.clone(), standby, config.catch_up_every));
-        tokio::spawn(state::mempool_loop(
+        tokio::spawn(catch_up::run(state.clone(), standby, config.catch_up_every));
+        tokio::spawn(mempool::driver::run(
             state.clone(),
             events_rx,
             config.mempool_every,

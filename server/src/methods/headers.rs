@@ -61,12 +61,12 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                 },
                 _ => HeaderForm::Raw,
             };
-            let tip = (*state.tip.borrow()).ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
+            let tip = state.tip().ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
             s.headers = Some(form);
             Ok(header_json(form, tip.height, &tip.header))
         }
         "blockchain.numblocks.subscribe" => {
-            let tip = (*state.tip.borrow()).ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
+            let tip = state.tip().ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
             s.numblocks = true;
             Ok(json!(tip.height))
         }

@@ -29,8 +29,6 @@ use crate::protocol::{
 use crate::state::State;
 
 pub use headers::{header_json, HeaderForm};
-pub use outpoints::outpoint_status;
-pub use scripts::status;
 pub use server_info::features;
 
 pub type Reply = Result<Value, ErrorReply>;

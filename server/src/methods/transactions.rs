@@ -25,7 +25,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                 },
                 _ => bool_arg(params, 1, "verbose")?,
             };
-            let net = state.settings.net.0;
+            let net = state.settings().net.0;
             state
                 .read(move |i, m| {
                     let confirmed = i.txs_by_txid(&txid)?.pop();
