@@ -1,17 +1,24 @@
 //! `blkindex-server`: serves the Electrum protocol from the index that `blkindex-indexer` writes,
 //! opened read-only as a RocksDB secondary that catches up with the indexer.
 //!
-//! Flow: `state` (secondary DB + blk files + node RPC; a catch-up task announces new tips, a
-//! mempool task tracks the node's mempool, `zmq` wakes both early) → `listen` (TCP, TLS,
-//! WebSocket; connection limits) → `session` (one per connection: requests, batches,
-//! notifications) → `methods` (the calls, by protocol version). `metrics` counts it all;
-//! `peers` (with `--peer-discovery`) finds and verifies other public servers.
-//! `admin` (with `sessions`, `bans`, `stats`) is the operator's side.
+//! Modules, top to bottom; each imports only modules below it (`layers` tests it):
+//! - `main`: wiring. `admin`: the operator's side. `listen`: TCP, TLS, WebSocket listeners and
+//!   connection limits. `session`: one per connection (requests, batches, notifications).
+//!   `methods`: the calls, by protocol version.
+//! - `status` (script and outpoint statuses); the tasks that keep the state current:
+//!   `catch_up` (the standby index instance caught up and swapped in, new tips announced),
+//!   `mempool::driver` (the node's mempool tracked), `zmq` (wakes both early), `stats`.
+//! - `state`: what every session shares: the index (secondary DB + blk files), the mempool, the
+//!   node's RPC, the tip; its parts `script_cache`, `mempool`, `peers` (with `--peer-discovery`,
+//!   other public servers found and verified), `sessions`, `metrics`, `bans`.
+//! - `protocol` (versions, the method table, error codes) and `config` (the flags, checked).
 
 mod admin;
 mod bans;
 mod catch_up;
 mod config;
+#[cfg(test)]
+mod layers;
 mod listen;
 mod mempool;
 mod methods;

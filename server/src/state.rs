@@ -1,10 +1,13 @@
 //! What every session shares: the index (a RocksDB secondary of the indexer's DB and the blk
-//! files), the node's RPC, and the tip, which a catch-up task moves forward and announces.
+//! files), the tracked mempool, the node's RPC, the tip, the settings, and the shared parts
+//! (script cache, peers, sessions, metrics). Its fields are private: sessions and methods read
+//! through `read`, `tip`, `settings`…; the tasks above it (`catch_up`, `mempool::driver`, `zmq`)
+//! move it forward through `swap_index`, `announce_*`, `feed` and `wake`.
 //!
 //! The index is double-buffered: two secondary instances take turns. Requests read the current
 //! one (an `Arc` taken at the start, so one request sees one state of the chain and the rows);
-//! the catch-up task brings the other one up to date once its last reader is gone, then swaps
-//! it in. So catching up never makes a request wait, and no request sees a half-applied block.
+//! `catch_up` brings the other one up to date once its last reader is gone, then swaps it in.
+//! So catching up never makes a request wait, and no request sees a half-applied block.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
