@@ -52,6 +52,8 @@ pub fn script_status(
     Ok(script_view(cache, index, mempool, sh)?.status())
 }
 
+/// From the index (spenders are found through the spent script's history) and the mempool: no
+/// node call is needed, so unlike ElectrumX this works with any node, without a spender index.
 /// `{}` if the output never existed, `{funder_height}` while unspent, and with `spender_txhash`
 /// and `spender_height` once spent; unconfirmed heights are 0 or -1 as in histories.
 pub fn outpoint_status(

@@ -1,7 +1,7 @@
 //! The Electrum methods, by name, for the negotiated protocol version (1.0 to 1.7).
 //!
-//! `protocol::METHODS` says in which versions each method exists; a session calls only what its version
-//! has, and the handlers shape their replies by version where the protocol changed them.
+//! `protocol::METHODS` says in which versions each method exists; a session calls only what its
+//! version has, and the handlers shape their replies by version where the protocol changed them.
 //! Confirmed data comes from the index, unconfirmed data from the tracked mempool, fees and
 //! broadcast from the node. A client that never sends `server.version` is served as 1.4.2.
 

@@ -1,6 +1,5 @@
-//! 1.7's `blockchain.outpoint.*`: whether an output exists and who spends it, from the index
-//! (spenders are found through the spent script's history) and the mempool. No node call is
-//! needed, so unlike ElectrumX this works with any node, without a spender index.
+//! 1.7's `blockchain.outpoint.*`: whether an output exists and who spends it
+//! (`status::outpoint_status`), once or as a subscription.
 
 use std::sync::Arc;
 
