@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use blkindex_shared::config::LogFilterHandle;
 
 use crate::bans::{Bans, Subnet};
-use crate::methods::version_string;
+use crate::protocol::version_string;
 use crate::sessions::Which;
 use crate::state::State;
 
@@ -49,16 +49,6 @@ pub struct Admin {
 
 type Reply = Result<Value, (i64, String)>;
 
-/// Refuses an address other hosts could reach.
-pub fn check_addr(addr: SocketAddr) -> Result<()> {
-    anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "--admin-addr {addr}: the admin interface has no authentication and listens only on a \
-         loopback address (127.0.0.1 or [::1])"
-    );
-    Ok(())
-}
-
 /// Where the admin interface listens.
 pub enum Listener {
     Tcp(TcpListener),
@@ -67,7 +57,7 @@ pub enum Listener {
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<Listener> {
-    check_addr(addr)?;
+    crate::config::check_admin_addr(addr)?;
     let l =
         TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--admin-addr)"))?;
     info!(addr = %l.local_addr()?, "serving the admin interface over TCP");
@@ -212,7 +202,7 @@ fn call(admin: &Admin, method: &str, params: &Value) -> Reply {
                 },
                 _ => return Err(bad("target: a session id, a client ip:port, an IP address or a subnet")),
             };
-            let closed = state.sessions.close(&which);
+            let closed = state.sessions().close(&which);
             if closed.is_empty() {
                 return Err((FAILED, "no open session matches".into()));
             }
@@ -222,14 +212,14 @@ fn call(admin: &Admin, method: &str, params: &Value) -> Reply {
             let subnet = subnet_arg(params)?;
             let new = admin.bans.ban(subnet).map_err(failed)?;
             // After the ban is in force, so no new session from it starts.
-            let closed = state.sessions.close(&Which::Subnet(subnet));
+            let closed = state.sessions().close(&Which::Subnet(subnet));
             // A connection admitted just before may still be in its TLS and WebSocket
             // handshakes, and registers only after them: close those once they are done.
             let (state, bans) = (state.clone(), admin.bans.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(2 * crate::listen::HANDSHAKE_TIMEOUT + Duration::from_secs(1)).await;
                 if bans.list().contains(&subnet) {
-                    state.sessions.close(&Which::Subnet(subnet));
+                    state.sessions().close(&Which::Subnet(subnet));
                 }
             });
             info!(%subnet, disconnected = closed.len(), "banned");
@@ -270,13 +260,13 @@ fn getinfo(admin: &Admin) -> Value {
     let state = &admin.state;
     let s = crate::stats::summary(state);
     json!({
-        "version": crate::methods::software(),
-        "network": state.net.to_string(),
+        "version": crate::protocol::software(),
+        "network": state.settings().net.to_string(),
         "tip": s.tip.map(|t| json!({"height": t.height, "hash": t.header.block_hash().to_string()})),
         "uptime_secs": admin.started.elapsed().as_secs(),
         "sessions": s.sessions,
-        "requests": state.sessions.requests(),
-        "requests_per_sec": (state.sessions.rate() * 10.0).round() / 10.0,
+        "requests": state.sessions().requests(),
+        "requests_per_sec": (state.sessions().rate() * 10.0).round() / 10.0,
         "mempool_txs": s.mempool_txs,
         "script_cache": {
             "entries": s.script_cache_entries,
@@ -289,7 +279,7 @@ fn getinfo(admin: &Admin) -> Value {
 
 fn sessions(state: &State) -> Value {
     let list: Vec<Value> = state
-        .sessions
+        .sessions()
         .list()
         .iter()
         .map(|l| {

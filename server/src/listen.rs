@@ -19,6 +19,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, info, warn};
 
 use crate::bans::Bans;
+use crate::config::Transport;
 use crate::session::{self, error_reply, Incoming, OUT_QUEUE};
 use crate::state::State;
 
@@ -30,25 +31,6 @@ const READ_BUFFER: usize = 1024;
 const COALESCE_BYTES: usize = 64 * 1024;
 /// Time allowed for the TLS and WebSocket handshakes.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Tls,
-    Ws,
-    Wss,
-}
-
-impl Transport {
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-            Transport::Ws => "ws",
-            Transport::Wss => "wss",
-        }
-    }
-}
 
 /// Who is let in: no banned address, and connection limits in all and per client address
 /// (loopback exempt unless asked).
@@ -133,7 +115,7 @@ pub async fn accept_loop(
             }
             Err(reason) => {
                 debug!(%peer, "refused: {reason}");
-                state.metrics.rejected.with_label_values(&[reason]).inc();
+                state.metrics().rejected.with_label_values(&[reason]).inc();
                 tokio::spawn(refuse(stream, transport, reason));
             }
         }
@@ -156,7 +138,7 @@ async fn connection(
     state: Arc<State>,
     _admitted: Admitted,
 ) {
-    let gauge = state.metrics.connections.with_label_values(&[transport.name()]);
+    let gauge = state.metrics().connections.with_label_values(&[transport.name()]);
     gauge.inc();
     let result = async {
         match transport {
@@ -198,7 +180,7 @@ fn websocket<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     state: &State,
 ) -> impl std::future::Future<Output = Result<tokio_tungstenite::WebSocketStream<S>, tungstenite::Error>> {
-    let max = state.limits.max_request;
+    let max = state.settings().limits.max_request;
     let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
     tokio_tungstenite::accept_async_with_config(stream, Some(config))
 }
@@ -214,7 +196,7 @@ where
     // `scan` ends the stream at the first None: a read error ends the session.
     // A small read buffer to start with (it grows for long requests): most connections are idle
     // wallets, and thousands of them each holding the default 8 KiB add up.
-    let codec = LinesCodec::new_with_max_length(state.limits.max_request);
+    let codec = LinesCodec::new_with_max_length(state.settings().limits.max_request);
     let lines = FramedRead::with_capacity(r, codec, READ_BUFFER);
     let input = lines.scan((), |_, r| {
         std::future::ready(match r {

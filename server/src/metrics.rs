@@ -94,7 +94,7 @@ impl Metrics {
 
     pub fn request(&self, method: &str, ok: bool, took: Duration) {
         // Only known names become labels, so hostile clients cannot grow the series.
-        let method = if crate::methods::known(method) { method } else { "unknown" };
+        let method = if crate::protocol::known(method) { method } else { "unknown" };
         self.requests.with_label_values(&[method, if ok { "ok" } else { "error" }]).inc();
         self.latency.with_label_values(&[method]).observe(took.as_secs_f64());
     }

@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tracing::{debug, info};
 
-use crate::methods::{parse_version, version_string, Version, PROTOCOL_MAX};
+use crate::protocol::{parse_version, version_string, Version, PROTOCOL_MAX};
 
 /// Peers listed at most; a peer verified beyond this is not kept.
 const MAX_PEERS: usize = 200;
@@ -309,7 +309,7 @@ impl Peers {
             .with_context(|| format!("connecting to {addr}"))?;
         let mut conn = Conn::new(stream);
         let range = [version_string(PEER_PROTOCOL_MIN), version_string(PROTOCOL_MAX)];
-        conn.call("server.version", json!([crate::methods::software(), range])).await?;
+        conn.call("server.version", json!([crate::protocol::software(), range])).await?;
         let features = conn.call("server.features", json!([])).await?;
         let (ssl_port, protocol_max, pruning) = self.check_features(key, &features)?;
         let peers = match conn.call("server.peers.subscribe", json!([])).await? {

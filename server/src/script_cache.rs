@@ -74,7 +74,7 @@ impl Confirmed {
 
 /// Appends "txid:height:" as the status hash takes it (txid as displayed).
 pub fn status_entry(text: &mut String, txid: &bitcoin::Txid, height: i64) {
-    crate::methods::push_txid(text, txid);
+    crate::protocol::push_txid(text, txid);
     text.push(':');
     text.push_str(itoa::Buffer::new().format(height));
     text.push(':');

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
@@ -15,9 +15,11 @@ use tracing::debug;
 
 use blkindex_shared::ScriptHash;
 
-use crate::listen::Transport;
-use crate::methods::{self, RpcError, Session};
+use crate::config::Transport;
+use crate::methods::{self, Session};
+use crate::protocol::{ErrorReply, INVALID_PARAMS};
 use crate::state::{State, Tip};
+use crate::status::{outpoint_status, script_status};
 
 /// Replies and notifications waiting to be written.
 pub const OUT_QUEUE: usize = 64;
@@ -30,13 +32,6 @@ pub enum Incoming {
     TooLong,
 }
 
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub max_request: usize,
-    pub max_batch: usize,
-    pub idle: Duration,
-}
-
 pub async fn run(
     mut input: impl Stream<Item = Incoming> + Unpin,
     out: mpsc::Sender<String>,
@@ -44,16 +39,16 @@ pub async fn run(
     peer: SocketAddr,
     transport: Transport,
 ) {
-    let limits = state.limits.clone();
-    let registered = state.sessions.register(peer, transport);
+    let limits = state.settings().limits.clone();
+    let registered = state.sessions().register(peer, transport);
     let live = &registered.live;
     let id = live.id;
     debug!(id, %peer, transport = transport.name(), "session opened");
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut session = Session { peer_addr: Some(peer), ..Session::default() };
-    let mut tip_rx = state.tip.subscribe();
+    let mut tip_rx = state.watch_tip();
     tip_rx.mark_unchanged();
-    let mut mempool_rx = state.mempool_changes.subscribe();
+    let mut mempool_rx = state.watch_mempool();
     let idle = tokio::time::sleep(limits.idle);
     tokio::pin!(idle);
     let reason = loop {
@@ -180,11 +175,11 @@ async fn notify(
             .read(move |i, m| {
                 let scripts = scripts
                     .into_iter()
-                    .map(|sh| Ok((sh, methods::status(&st.scripts, i, m, &sh)?)))
+                    .map(|sh| Ok((sh, script_status(st.scripts(), i, m, &sh)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let outpoints = outpoints
                     .into_iter()
-                    .map(|op| Ok((op, methods::outpoint_status(&st.scripts, i, m, &op)?)))
+                    .map(|op| Ok((op, outpoint_status(st.scripts(), i, m, &op)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 Ok((scripts, outpoints))
             })
@@ -242,7 +237,7 @@ async fn handle_message(state: &Arc<State>, s: &mut Session, text: &str) -> Opti
     };
     match msg {
         Value::Array(batch) => {
-            let max = state.limits.max_batch;
+            let max = state.settings().limits.max_batch;
             if batch.is_empty() || batch.len() > max {
                 let message = format!("a batch holds 1 to {max} requests");
                 return Some(error_reply(&Value::Null, true, -32600, &message));
@@ -276,14 +271,11 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     let started = Instant::now();
     let result = match params {
         Value::Array(_) | Value::Object(_) => methods::call(state, s, method, &params).await,
-        _ => Err(RpcError {
-            code: methods::INVALID_PARAMS,
-            message: "params must be an array or an object".into(),
-        }),
+        _ => Err(ErrorReply { code: INVALID_PARAMS, message: "params must be an array or an object".into() }),
     };
     let took = started.elapsed();
-    state.metrics.request(method, result.is_ok(), took);
-    state.sessions.count_request();
+    state.metrics().request(method, result.is_ok(), took);
+    state.sessions().count_request();
     s.requests += 1;
     s.busy += took;
     let id = id?; // a notification from the client: nothing to answer

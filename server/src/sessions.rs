@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::bans::Subnet;
-use crate::listen::Transport;
-use crate::methods::Version;
+use crate::config::Transport;
+use crate::protocol::Version;
 
 pub struct Sessions {
     next_id: AtomicU64,

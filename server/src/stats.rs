@@ -22,11 +22,11 @@ pub struct Summary {
 }
 
 pub fn summary(state: &State) -> Summary {
-    let (script_cache_entries, script_cache_bytes, script_cache_capacity) = state.scripts.usage();
+    let (script_cache_entries, script_cache_bytes, script_cache_capacity) = state.scripts().usage();
     Summary {
-        sessions: state.sessions.len(),
-        tip: *state.tip.borrow(),
-        mempool_txs: state.mempool.read().unwrap().txs.len(),
+        sessions: state.sessions().len(),
+        tip: state.tip(),
+        mempool_txs: state.mempool().read().unwrap().txs.len(),
         script_cache_entries,
         script_cache_bytes,
         script_cache_capacity,
@@ -39,7 +39,7 @@ pub async fn run(state: Arc<State>, log_every: Option<Duration>) {
     let mut window = tokio::time::interval(RATE_WINDOW);
     // The first status line comes after a period, not at start.
     let mut log = log_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
-    let mut measured = (Instant::now(), state.sessions.requests());
+    let mut measured = (Instant::now(), state.sessions().requests());
     let mut logged = measured;
     loop {
         let log_tick = async {
@@ -50,12 +50,12 @@ pub async fn run(state: Arc<State>, log_every: Option<Duration>) {
         };
         tokio::select! {
             _ = window.tick() => {
-                let now = (Instant::now(), state.sessions.requests());
-                state.sessions.set_rate(per_sec(measured, now));
+                let now = (Instant::now(), state.sessions().requests());
+                state.sessions().set_rate(per_sec(measured, now));
                 measured = now;
             }
             _ = log_tick => {
-                let now = (Instant::now(), state.sessions.requests());
+                let now = (Instant::now(), state.sessions().requests());
                 let s = summary(&state);
                 info!(
                     sessions = s.sessions,

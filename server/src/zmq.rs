@@ -5,7 +5,6 @@
 //! polling mempool task early.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use tracing::{debug, info, warn};
 use zeromq::{Socket, SocketRecv};
 
 use crate::mempool::Event;
-use crate::state::State;
+use crate::state::{State, Task};
 
 /// What a `sequence` message says.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,8 +84,10 @@ async fn listen(state: Arc<State>, endpoint: String, topics: Vec<String>) {
         logged = false;
         let sequence = topics.iter().any(|t| t == "sequence");
         // Whatever happened while we were not listening is unknown.
-        state.resync.store(true, Ordering::SeqCst);
-        state.zmq_sequence.fetch_or(sequence, Ordering::SeqCst);
+        state.feed().resync();
+        if sequence {
+            state.feed().set_sequence(true);
+        }
         let mut counters: HashMap<Vec<u8>, u32> = HashMap::new();
         loop {
             match socket.recv().await {
@@ -97,7 +98,7 @@ async fn listen(state: Arc<State>, endpoint: String, topics: Vec<String>) {
                         let n = u32::from_le_bytes(n);
                         if counters.insert(topic, n).is_some_and(|last| last.wrapping_add(1) != n) {
                             debug!(%endpoint, "a ZMQ message was lost; resyncing the mempool");
-                            state.resync.store(true, Ordering::SeqCst);
+                            state.feed().resync();
                         }
                     }
                     on_message(&state, &msg)
@@ -109,7 +110,7 @@ async fn listen(state: Arc<State>, endpoint: String, topics: Vec<String>) {
             }
         }
         if sequence {
-            state.zmq_sequence.store(false, Ordering::SeqCst);
+            state.feed().set_sequence(false);
         }
     }
 }
@@ -122,21 +123,19 @@ fn on_message(state: &Arc<State>, msg: &zeromq::ZmqMessage) {
         b"sequence" => match sequence_event(body) {
             Some(Sequence::Block) => true,
             Some(Sequence::Mempool(event)) => {
-                if state.mempool_events.try_send(event).is_err() {
-                    state.resync.store(true, Ordering::SeqCst); // the task is far behind
-                }
+                state.feed().push(event);
                 false
             }
             None => {
                 warn!("a ZMQ sequence message we cannot read; resyncing the mempool");
-                state.resync.store(true, Ordering::SeqCst);
+                state.feed().resync();
                 false
             }
         },
         _ => false,
     };
     debug!(topic = %String::from_utf8_lossy(topic), block, "ZMQ notification");
-    state.wake_mempool.notify_one();
+    state.wake(Task::Mempool);
     if block {
         // The indexer hears of the block at the same moment and needs a little while to write
         // it: look now and a few times soon after, rather than wait for the timer.
@@ -144,7 +143,7 @@ fn on_message(state: &Arc<State>, msg: &zeromq::ZmqMessage) {
         tokio::spawn(async move {
             for delay in [0, 20, 50, 100, 200] {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                state.wake_catch_up.notify_one();
+                state.wake(Task::CatchUp);
             }
         });
     }

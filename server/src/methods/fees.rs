@@ -53,7 +53,7 @@ pub async fn call(state: &Arc<State>, _s: &mut Session, method: &str, params: &V
                     .collect())
             })
             .await
-            .map_err(RpcError::from),
+            .map_err(ErrorReply::from),
         _ => unreachable!("{method} is routed here by its family"),
     }
 }

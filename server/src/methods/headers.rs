@@ -61,12 +61,12 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                 },
                 _ => HeaderForm::Raw,
             };
-            let tip = (*state.tip.borrow()).ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
+            let tip = state.tip().ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
             s.headers = Some(form);
             Ok(header_json(form, tip.height, &tip.header))
         }
         "blockchain.numblocks.subscribe" => {
-            let tip = (*state.tip.borrow()).ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
+            let tip = state.tip().ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
             s.numblocks = true;
             Ok(json!(tip.height))
         }
@@ -112,7 +112,7 @@ pub fn header_proof(index: &Index, height: u32, cp_height: u32) -> anyhow::Resul
 }
 
 /// `cp_height` arrived in 1.4; before that the header alone is served.
-fn cp_height_arg(params: &Value, i: usize, v: Version) -> Result<u32, RpcError> {
+fn cp_height_arg(params: &Value, i: usize, v: Version) -> Result<u32, ErrorReply> {
     match v >= (1, 4, 0) {
         true => u32_arg(params, i, "cp_height", Some(0)),
         false => Ok(0),
@@ -132,7 +132,7 @@ async fn block_header(state: &Arc<State>, params: &Value, v: Version) -> Reply {
             Ok(json!({"branch": branch, "header": hex_header, "root": root}))
         })
         .await
-        .map_err(RpcError::from)
+        .map_err(ErrorReply::from)
 }
 
 /// `blockchain.block.headers`: concatenated hex before 1.6, a list of headers from 1.6; with a
@@ -157,5 +157,5 @@ async fn block_headers(state: &Arc<State>, params: &Value, v: Version) -> Reply 
             Ok(out)
         })
         .await
-        .map_err(RpcError::from)
+        .map_err(ErrorReply::from)
 }

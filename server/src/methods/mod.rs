@@ -1,7 +1,7 @@
 //! The Electrum methods, by name, for the negotiated protocol version (1.0 to 1.7).
 //!
-//! `METHODS` says in which versions each method exists; a session calls only what its version
-//! has, and the handlers shape their replies by version where the protocol changed them.
+//! `protocol::METHODS` says in which versions each method exists; a session calls only what its
+//! version has, and the handlers shape their replies by version where the protocol changed them.
 //! Confirmed data comes from the index, unconfirmed data from the tracked mempool, fees and
 //! broadcast from the node. A client that never sends `server.version` is served as 1.4.2.
 
@@ -21,118 +21,17 @@ use serde_json::Value;
 
 use blkindex_shared::ScriptHash;
 
+use crate::protocol::{
+    available, daemon, err, family_and_name, known, push_txid, version_string, ErrorReply, Version,
+    BAD_REQUEST, DAEMON_ERROR, HISTORY_TOO_LARGE, INVALID_PARAMS, METHOD_NOT_FOUND, PROTOCOL_MAX,
+    PROTOCOL_MIN, UNNEGOTIATED,
+};
 use crate::state::State;
 
 pub use headers::{header_json, HeaderForm};
-pub use outpoints::outpoint_status;
-pub use scripts::status;
-pub use server_info::{features, software};
+pub use server_info::features;
 
-/// A protocol version as (major, minor, revision).
-pub type Version = (u32, u32, u32);
-
-/// The versions served, oldest first. 1.5 was skipped by the protocol; 1.4.3 only adds a
-/// Namecoin method.
-pub const VERSIONS: &[Version] =
-    &[(1, 0, 0), (1, 1, 0), (1, 2, 0), (1, 3, 0), (1, 4, 0), (1, 4, 1), (1, 4, 2), (1, 6, 0), (1, 7, 0)];
-pub const PROTOCOL_MIN: Version = VERSIONS[0];
-pub const PROTOCOL_MAX: Version = VERSIONS[VERSIONS.len() - 1];
-/// What a session that never negotiates speaks: 1.4's shapes, with `scripthash.unsubscribe`.
-pub const UNNEGOTIATED: Version = (1, 4, 2);
-const NEVER: Version = (u32::MAX, 0, 0);
-
-/// Each method and the versions that have it: [since, until).
-const METHODS: &[(&str, Version, Version)] = &[
-    ("server.version", (1, 0, 0), NEVER),
-    ("server.banner", (1, 0, 0), NEVER),
-    ("server.donation_address", (1, 0, 0), NEVER),
-    ("server.peers.subscribe", (1, 0, 0), NEVER),
-    ("server.features", (1, 1, 0), NEVER),
-    ("server.add_peer", (1, 1, 0), NEVER),
-    ("server.ping", (1, 2, 0), NEVER),
-    ("blockchain.numblocks.subscribe", (1, 0, 0), (1, 1, 0)),
-    ("blockchain.headers.subscribe", (1, 0, 0), NEVER),
-    ("blockchain.block.get_header", (1, 0, 0), (1, 4, 0)),
-    ("blockchain.block.get_chunk", (1, 0, 0), (1, 4, 0)),
-    ("blockchain.block.header", (1, 3, 0), NEVER),
-    ("blockchain.block.headers", (1, 2, 0), NEVER),
-    ("blockchain.address.get_balance", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.address.get_history", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.address.get_mempool", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.address.listunspent", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.address.subscribe", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.utxo.get_address", (1, 0, 0), (1, 1, 0)),
-    ("blockchain.scripthash.get_balance", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.get_history", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.get_mempool", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.listunspent", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.subscribe", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.unsubscribe", (1, 4, 2), (1, 7, 0)),
-    ("blockchain.scriptpubkey.get_balance", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.get_history", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.get_mempool", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.listunspent", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.subscribe", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.unsubscribe", (1, 7, 0), NEVER),
-    ("blockchain.outpoint.subscribe", (1, 7, 0), NEVER),
-    ("blockchain.outpoint.unsubscribe", (1, 7, 0), NEVER),
-    ("blockchain.outpoint.get_status", (1, 7, 0), NEVER),
-    ("blockchain.transaction.broadcast", (1, 0, 0), NEVER),
-    ("blockchain.transaction.broadcast_package", (1, 6, 0), NEVER),
-    ("blockchain.transaction.testmempoolaccept", (1, 7, 0), NEVER),
-    ("blockchain.transaction.get", (1, 0, 0), NEVER),
-    ("blockchain.transaction.get_merkle", (1, 0, 0), NEVER),
-    ("blockchain.transaction.id_from_pos", (1, 4, 0), NEVER),
-    ("blockchain.estimatefee", (1, 0, 0), NEVER),
-    ("blockchain.relayfee", (1, 0, 0), (1, 6, 0)),
-    ("mempool.get_fee_histogram", (1, 2, 0), NEVER),
-    ("mempool.get_info", (1, 6, 0), NEVER),
-    ("mempool.recent", (1, 7, 0), NEVER),
-];
-
-/// Whether `method` exists in version `v`.
-pub fn available(method: &str, v: Version) -> bool {
-    METHODS.iter().any(|(name, since, until)| *name == method && *since <= v && v < *until)
-}
-
-/// A method's family and name: ("blockchain.scripthash", "get_history").
-fn family_and_name(method: &str) -> (&str, &str) {
-    method.rsplit_once('.').unwrap_or(("", method))
-}
-
-/// Whether `method` is a method of any version.
-pub fn known(method: &str) -> bool {
-    METHODS.iter().any(|(name, ..)| *name == method)
-}
-
-#[derive(Debug)]
-pub struct RpcError {
-    pub code: i64,
-    pub message: String,
-}
-
-pub const BAD_REQUEST: i64 = 1;
-pub const DAEMON_ERROR: i64 = 2;
-/// Protocol 1.7's code for a history too large to send (used for every version).
-pub const HISTORY_TOO_LARGE: i64 = 10001;
-pub const METHOD_NOT_FOUND: i64 = -32601;
-pub const INVALID_PARAMS: i64 = -32602;
-
-fn err(code: i64, message: impl Into<String>) -> RpcError {
-    RpcError { code, message: message.into() }
-}
-
-impl From<anyhow::Error> for RpcError {
-    fn from(e: anyhow::Error) -> Self {
-        err(BAD_REQUEST, format!("{e:#}"))
-    }
-}
-
-fn daemon(e: anyhow::Error) -> RpcError {
-    err(DAEMON_ERROR, format!("daemon error: {e:#}"))
-}
-
-pub type Reply = Result<Value, RpcError>;
+pub type Reply = Result<Value, ErrorReply>;
 
 /// A method's result: a JSON value, or JSON text written directly (long lists, where a tree of
 /// values would cost more than the data).
@@ -148,17 +47,6 @@ impl Answer {
             Answer::Text(t) => out.push_str(t),
         }
     }
-}
-
-/// Appends a txid as displayed (byte-reversed hex) without the formatting machinery: long
-/// histories write tens of thousands of them.
-pub fn push_txid(out: &mut String, txid: &Txid) {
-    use bitcoin::hashes::Hash;
-    let mut bytes = txid.to_byte_array();
-    bytes.reverse();
-    let mut buf = [0u8; 64];
-    hex::encode_to_slice(bytes, &mut buf).expect("64 hex digits for 32 bytes");
-    out.push_str(std::str::from_utf8(&buf).expect("hex is ASCII"));
 }
 
 /// A subscribed script: the status last sent, and the names it was subscribed under (the
@@ -203,32 +91,6 @@ impl Session {
     }
 }
 
-pub fn parse_version(s: &str) -> Option<Version> {
-    let mut it = s.split('.').map(|p| p.parse::<u32>().ok());
-    let v = (it.next()??, it.next()??, it.next().unwrap_or(Some(0))?);
-    it.next().is_none().then_some(v)
-}
-
-pub fn version_string(v: Version) -> String {
-    match v.2 {
-        0 => format!("{}.{}", v.0, v.1),
-        r => format!("{}.{}.{r}", v.0, v.1),
-    }
-}
-
-/// Server settings the methods report.
-#[derive(Clone, Debug, Default)]
-pub struct Info {
-    pub banner: String,
-    pub donation_address: String,
-    /// `server.features`'s hosts: host → ports.
-    pub hosts: serde_json::Map<String, Value>,
-    /// `server.peers.subscribe`'s entries and `server.add_peer`'s verifications.
-    pub peers: Arc<crate::peers::Peers>,
-    /// A history longer than this is an error, never a silently cut one.
-    pub max_history: usize,
-}
-
 /// Positional or named parameter `i` / `name`.
 fn arg<'a>(params: &'a Value, i: usize, name: &str) -> Option<&'a Value> {
     match params {
@@ -239,7 +101,7 @@ fn arg<'a>(params: &'a Value, i: usize, name: &str) -> Option<&'a Value> {
     .filter(|v| !v.is_null())
 }
 
-fn u32_arg(params: &Value, i: usize, name: &str, default: Option<u32>) -> Result<u32, RpcError> {
+fn u32_arg(params: &Value, i: usize, name: &str, default: Option<u32>) -> Result<u32, ErrorReply> {
     match arg(params, i, name) {
         Some(v) => v
             .as_u64()
@@ -249,24 +111,24 @@ fn u32_arg(params: &Value, i: usize, name: &str, default: Option<u32>) -> Result
     }
 }
 
-fn str_arg<'a>(params: &'a Value, i: usize, name: &str) -> Result<&'a str, RpcError> {
+fn str_arg<'a>(params: &'a Value, i: usize, name: &str) -> Result<&'a str, ErrorReply> {
     arg(params, i, name)
         .and_then(Value::as_str)
         .ok_or_else(|| err(INVALID_PARAMS, format!("{name} must be a string")))
 }
 
-fn txid_arg(params: &Value, i: usize) -> Result<Txid, RpcError> {
+fn txid_arg(params: &Value, i: usize) -> Result<Txid, ErrorReply> {
     str_arg(params, i, "tx_hash")?.parse().map_err(|_| err(INVALID_PARAMS, "tx_hash must be 64 hex digits"))
 }
 
-fn bool_arg(params: &Value, i: usize, name: &str) -> Result<bool, RpcError> {
+fn bool_arg(params: &Value, i: usize, name: &str) -> Result<bool, ErrorReply> {
     match arg(params, i, name) {
         None => Ok(false),
         Some(v) => v.as_bool().ok_or_else(|| err(INVALID_PARAMS, format!("{name} must be a boolean"))),
     }
 }
 
-fn hex_list_arg(params: &Value, i: usize, name: &str) -> Result<Vec<Value>, RpcError> {
+fn hex_list_arg(params: &Value, i: usize, name: &str) -> Result<Vec<Value>, ErrorReply> {
     arg(params, i, name)
         .and_then(Value::as_array)
         .filter(|a| {
@@ -282,7 +144,7 @@ pub async fn call(
     s: &mut Session,
     method: &str,
     params: &Value,
-) -> Result<Answer, RpcError> {
+) -> Result<Answer, ErrorReply> {
     let v = s.version();
     if !available(method, v) {
         return Err(match known(method) {
@@ -308,45 +170,4 @@ pub async fn call(
         _ => fees::call(state, s, method, params).await,
     };
     reply.map(Answer::Value)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_parse_and_print() {
-        assert_eq!(parse_version("1.4"), Some((1, 4, 0)));
-        assert_eq!(parse_version("1.4.2"), Some((1, 4, 2)));
-        assert_eq!(parse_version("1"), None);
-        assert_eq!(parse_version("1.x"), None);
-        assert_eq!(parse_version("1.2.3.4"), None);
-        assert_eq!(version_string((1, 4, 0)), "1.4");
-        assert_eq!(version_string((1, 4, 2)), "1.4.2");
-    }
-
-    #[test]
-    fn methods_come_and_go_with_versions() {
-        assert!(available("blockchain.numblocks.subscribe", (1, 0, 0)));
-        assert!(!available("blockchain.numblocks.subscribe", (1, 1, 0)));
-        assert!(available("blockchain.address.get_history", (1, 2, 0)));
-        assert!(!available("blockchain.address.get_history", (1, 3, 0)));
-        assert!(!available("blockchain.scripthash.get_history", (1, 0, 0)));
-        assert!(available("blockchain.scripthash.get_history", (1, 6, 0)));
-        assert!(!available("blockchain.scripthash.get_history", (1, 7, 0)));
-        assert!(available("blockchain.scriptpubkey.get_history", (1, 7, 0)));
-        assert!(!available("blockchain.scripthash.unsubscribe", (1, 4, 1)));
-        assert!(available("blockchain.scripthash.unsubscribe", UNNEGOTIATED));
-        assert!(available("blockchain.relayfee", (1, 4, 2)));
-        assert!(!available("blockchain.relayfee", (1, 6, 0)));
-        assert!(!available("blockchain.block.get_chunk", (1, 4, 0)));
-        assert!(!available("blockchain.block.header", (1, 2, 0)));
-        assert!(!available("mempool.recent", (1, 6, 0)));
-        assert!(!available("no.such.method", (1, 7, 0)));
-        // Every method exists in some version.
-        for (name, since, until) in METHODS {
-            assert!(since < until, "{name}");
-            assert!(VERSIONS.iter().any(|v| available(name, *v)), "{name}");
-        }
-    }
 }

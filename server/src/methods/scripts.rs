@@ -9,12 +9,11 @@ use bitcoin::consensus::deserialize;
 use bitcoin::{Address, Transaction};
 use serde_json::{json, Value};
 
-use blkindex_shared::query::Index;
 use blkindex_shared::{Net, ScriptHash};
 
 use super::*;
-use crate::mempool::{Mempool, ScriptMempool};
-use crate::script_cache::{Confirmed, ScriptCache};
+use crate::mempool::ScriptMempool;
+use crate::status::{script_view, ScriptView};
 
 /// The script a request names, and how its notifications name it.
 struct Named {
@@ -23,7 +22,7 @@ struct Named {
     notify_as: (&'static str, String),
 }
 
-fn named(net: Net, method: &str, params: &Value) -> Result<Named, RpcError> {
+fn named(net: Net, method: &str, params: &Value) -> Result<Named, ErrorReply> {
     Ok(match family_and_name(method).0 {
         "blockchain.address" => {
             let text = str_arg(params, 0, "address")?;
@@ -53,14 +52,14 @@ pub async fn call(
     s: &mut Session,
     method: &str,
     params: &Value,
-) -> Result<Answer, RpcError> {
+) -> Result<Answer, ErrorReply> {
     if method == "blockchain.utxo.get_address" {
         return utxo_address(state, params).await.map(Answer::Value);
     }
-    let script = named(state.net, method, params)?;
+    let script = named(state.settings().net, method, params)?;
     let sh = script.sh;
     let wrap = s.version() >= (1, 7, 0); // 1.7 wraps lists in objects
-    let max = state.info.max_history;
+    let max = state.settings().info.max_history;
     let wrapped = |key: &str, list: String| match wrap {
         true => format!("{{\"{key}\":{list}}}"),
         false => list,
@@ -112,7 +111,7 @@ pub async fn call(
         }
         "subscribe" => {
             let v = view(state, sh).await?;
-            let status = status_of(&v);
+            let status = v.status();
             let sub = s.scripts.entry(sh).or_default();
             sub.status = status.clone();
             if !sub.names.contains(&script.notify_as) {
@@ -136,10 +135,10 @@ pub async fn call(
 
 async fn view(state: &Arc<State>, sh: ScriptHash) -> anyhow::Result<ScriptView> {
     let st = state.clone();
-    state.read(move |i, m| script_view(&st.scripts, i, m, &sh)).await
+    state.read(move |i, m| script_view(st.scripts(), i, m, &sh)).await
 }
 
-fn too_large(max: usize) -> RpcError {
+fn too_large(max: usize) -> ErrorReply {
     err(HISTORY_TOO_LARGE, format!("history too large: more than {max} entries"))
 }
 
@@ -188,7 +187,7 @@ fn mempool_entries(out: &mut String, m: &ScriptMempool) {
 async fn utxo_address(state: &Arc<State>, params: &Value) -> Reply {
     let txid = txid_arg(params, 0)?;
     let vout = u32_arg(params, 1, "index", None)? as usize;
-    let net = state.net;
+    let net = state.settings().net;
     state
         .read(move |i, m| {
             let tx: Option<Transaction> = match i.txs_by_txid(&txid)?.pop() {
@@ -201,47 +200,13 @@ async fn utxo_address(state: &Arc<State>, params: &Value) -> Reply {
             Ok(json!(address.map(|a| a.to_string())))
         })
         .await
-        .map_err(RpcError::from)
-}
-
-/// A script's confirmed and unconfirmed sides, seen together. A transaction found on both sides
-/// (mined since the mempool was last read) counts as confirmed.
-pub struct ScriptView {
-    pub confirmed: Arc<Confirmed>,
-    pub mempool: ScriptMempool,
-}
-
-pub fn script_view(
-    cache: &ScriptCache,
-    index: &Index,
-    mempool: &Mempool,
-    sh: &ScriptHash,
-) -> anyhow::Result<ScriptView> {
-    let confirmed = cache.confirmed(index, sh)?;
-    // Mined-since-read transactions are few and recent: search the history from its end.
-    let history = confirmed.history();
-    let mempool = mempool.script(sh, |t| history.iter().rev().any(|h| h.txid == *t));
-    Ok(ScriptView { confirmed, mempool })
-}
-
-/// Electrum's status: sha256 of "txid:height:" for every transaction of the history (confirmed
-/// in chain order, then unconfirmed in 1.6's order), or None for no history.
-pub fn status(
-    cache: &ScriptCache,
-    index: &Index,
-    mempool: &Mempool,
-    sh: &ScriptHash,
-) -> anyhow::Result<Option<String>> {
-    Ok(status_of(&script_view(cache, index, mempool, sh)?))
-}
-
-fn status_of(v: &ScriptView) -> Option<String> {
-    v.confirmed.status(&v.mempool.history)
+        .map_err(ErrorReply::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script_cache::Confirmed;
     use blkindex_shared::query::{HistoryItem, ScriptState};
 
     /// The protocol docs' worked example (protocol-basics, "Status Example"): a regtest address,
@@ -276,13 +241,13 @@ mod tests {
         let confirmed = Arc::new(Confirmed::new(confirmed.into(), None));
         let view = ScriptView { confirmed, mempool: ScriptMempool { history, ..Default::default() } };
         assert_eq!(
-            status_of(&view).as_deref(),
+            view.status().as_deref(),
             Some("78e96c6562cafa71c115503b9411fdfdc595a45031e2ab76ff75162fe1b0590d")
         );
         let empty = ScriptView {
             confirmed: Arc::new(Confirmed::new(ScriptState::default().into(), None)),
             mempool: ScriptMempool::default(),
         };
-        assert_eq!(status_of(&empty), None);
+        assert_eq!(empty.status(), None);
     }
 }

@@ -5,10 +5,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::*;
-
-pub fn software() -> String {
-    format!("blkindex {}", env!("CARGO_PKG_VERSION"))
-}
+use crate::protocol::{parse_version, software, VERSIONS};
 
 /// Longest `server.ping` pong (1.7) served.
 const MAX_PONG: u64 = 1 << 20;
@@ -17,18 +14,20 @@ pub fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -
     let v = s.version();
     match method {
         "server.version" => server_version(s, params),
-        "server.banner" => Ok(json!(state.info.banner)),
-        "server.donation_address" => Ok(json!(state.info.donation_address)),
-        "server.peers.subscribe" => Ok(state.info.peers.list()),
+        "server.banner" => Ok(json!(state.settings().info.banner)),
+        "server.donation_address" => Ok(json!(state.settings().info.donation_address)),
+        "server.peers.subscribe" => Ok(state.peers().list()),
         "server.add_peer" => {
             // Counted before anything else: the limit is per session, whatever the answer.
             s.add_peer_calls += 1;
             let taken = s.peer_addr.is_some_and(|c| {
-                state.info.peers.add_peer(arg(params, 0, "features"), c.ip(), s.add_peer_calls)
+                state.peers().add_peer(arg(params, 0, "features"), c.ip(), s.add_peer_calls)
             });
             Ok(json!(taken))
         }
-        "server.features" => Ok(features(&state.net.genesis_hash().to_string(), &state.info.hosts, v)),
+        "server.features" => {
+            Ok(features(&state.settings().net.genesis_hash().to_string(), &state.settings().info.hosts, v))
+        }
         "server.ping" if v >= (1, 7, 0) => {
             // 1.7: padding both ways against traffic analysis; `data` is any hex and ignored.
             if let Some(d) = arg(params, 1, "data") {

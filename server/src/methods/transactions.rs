@@ -25,7 +25,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                 },
                 _ => bool_arg(params, 1, "verbose")?,
             };
-            let net = state.net.0;
+            let net = state.settings().net.0;
             state
                 .read(move |i, m| {
                     let confirmed = i.txs_by_txid(&txid)?.pop();
@@ -50,7 +50,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                     })
                 })
                 .await
-                .map_err(RpcError::from)
+                .map_err(ErrorReply::from)
         }
         "blockchain.transaction.get_merkle" => {
             let txid = txid_arg(params, 0)?;
@@ -89,7 +89,7 @@ pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Va
                     })
                 })
                 .await
-                .map_err(RpcError::from)
+                .map_err(ErrorReply::from)
         }
         "blockchain.transaction.broadcast" => {
             let raw = str_arg(params, 0, "raw_tx")?.to_string();

@@ -1,20 +1,23 @@
 //! The node's mempool as the server needs it: each unconfirmed transaction's fee, whether it
-//! spends another unconfirmed one, and the scripts it funds and spends, indexed by script hash.
-//! Kept in step by the node's ZMQ `sequence` events (a transaction added or removed), by dropping
-//! a block's transactions once the index has the block, and by full resyncs against
-//! `getrawmempool true` (at start, after a reorg, when a ZMQ message was missed, and
-//! periodically; or on every poll when the node publishes no `sequence`). New transactions
-//! come from `getrawtransaction` and the scripts they spend from their mempool parent or the index.
+//! spends another unconfirmed one, and the scripts it funds and spends, indexed by script hash;
+//! and the `Feed` through which ZMQ tells the driver what changed.
+//!
+//! This half is data, below `state`; `driver` (above `state`) keeps it in step: by the node's
+//! ZMQ `sequence` events (a transaction added or removed), by dropping a block's transactions
+//! once the index has the block, and by full resyncs against `getrawmempool true` (at start,
+//! after a reorg, when a ZMQ message was missed, and periodically; or on every poll when the
+//! node publishes no `sequence`). New transactions come from `getrawtransaction` and the scripts
+//! they spend from their mempool parent or the index.
+
+pub mod driver;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use bitcoin::{OutPoint, Transaction, Txid};
-use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
-use blkindex_shared::query::Index;
-use blkindex_shared::rpc::{btc_to_sat, Rpc};
 use blkindex_shared::ScriptHash;
 
 pub struct MempoolTx {
@@ -66,112 +69,6 @@ pub struct ScriptMempool {
     pub delta: i64,
 }
 
-/// A new mempool transaction, fetched from the node without holding the mempool's lock, with
-/// the confirmed outputs it spends already looked up in the index.
-struct Fetched {
-    txid: Txid,
-    tx: Transaction,
-    fee: u64,
-    vsize: u64,
-    /// Spent outputs of confirmed parents: (value, script hash).
-    confirmed: HashMap<OutPoint, (u64, ScriptHash)>,
-}
-
-/// Brings the mempool up to date; returns the script hashes whose mempool side changed. The node
-/// and the index are asked without holding the lock; only applying the changes takes the write
-/// lock, so requests never wait for RPC round trips.
-pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<Synced> {
-    let listed = list(lock, rpc)?;
-    // Transactions that left the node's mempool because a block the index does not have yet
-    // mined them must stay until it has: dropped now, a script would seem to lose them and get
-    // them back a moment later (a status flicker a wallet would show). So removals wait until the
-    // node's tip, read after its mempool, is the index's.
-    let best: bitcoin::BlockHash = serde_json::from_value(rpc.call("getbestblockhash", json!([]))?)?;
-    let removals = index.chain.tip().map(|t| t.1) == Some(best);
-    let (gone, mut new) = {
-        let m = lock.read().unwrap();
-        let gone: Vec<Txid> = match removals {
-            true => m.txs.keys().filter(|t| !listed.contains_key(&t.to_string())).copied().collect(),
-            false => Vec::new(),
-        };
-        let new: Vec<(Txid, &Value)> = listed
-            .iter()
-            .filter_map(|(k, v)| k.parse::<Txid>().ok().map(|t| (t, v)))
-            .filter(|(t, _)| !m.txs.contains_key(t))
-            .collect();
-        (gone, new)
-    };
-    // Parents before children, so that a child finds its parent's outputs when applied.
-    new.sort_by_key(|(_, v)| v["ancestorcount"].as_u64().unwrap_or(1));
-    let new_ids: HashSet<Txid> = new.iter().map(|(t, _)| *t).collect();
-    let fetched: Vec<Fetched> = new
-        .into_iter()
-        .filter_map(|(txid, info)| match fetch(lock, rpc, index, &new_ids, txid, info) {
-            Ok(f) => Some(f),
-            // Mined or replaced since getrawmempool: the next sync settles it.
-            Err(e) => {
-                tracing::debug!(%txid, "mempool tx skipped: {e:#}");
-                None
-            }
-        })
-        .collect();
-    let mut m = lock.write().unwrap();
-    let mut changed = HashSet::new();
-    for txid in gone {
-        m.remove(&txid, &mut changed);
-    }
-    for f in fetched {
-        let txid = f.txid;
-        match m.add(f) {
-            Ok(scripts) => changed.extend(scripts),
-            Err(e) => tracing::debug!(%txid, "mempool tx skipped: {e:#}"),
-        }
-    }
-    Ok(Synced { changed, complete: removals })
-}
-
-/// The node's mempool: txid → entry (fees, vsize, ancestor count). The first read takes every
-/// entry in one call; later ones list txids only and ask for the entries of those not yet
-/// tracked (Null for the others): events keep those few, and a verbose list of a mainnet
-/// mempool is tens of megabytes.
-fn list(lock: &RwLock<Mempool>, rpc: &Rpc) -> Result<serde_json::Map<String, Value>> {
-    if lock.read().unwrap().txs.is_empty() {
-        let listed = rpc.call("getrawmempool", json!([true]))?;
-        return match listed {
-            Value::Object(m) => Ok(m),
-            _ => anyhow::bail!("getrawmempool: not an object"),
-        };
-    }
-    let ids = rpc.call("getrawmempool", json!([false]))?;
-    let ids: Vec<Txid> = serde_json::from_value(ids).context("getrawmempool: not a list of txids")?;
-    let unknown: Vec<Txid> = {
-        let m = lock.read().unwrap();
-        ids.iter().filter(|t| !m.txs.contains_key(*t)).copied().collect()
-    };
-    let mut listed: serde_json::Map<String, Value> =
-        ids.iter().map(|t| (t.to_string(), Value::Null)).collect();
-    for txid in unknown {
-        match rpc.call("getmempoolentry", json!([txid.to_string()])) {
-            Ok(entry) => {
-                listed.insert(txid.to_string(), entry);
-            }
-            // Gone since the list was read.
-            Err(_) => {
-                listed.remove(&txid.to_string());
-            }
-        }
-    }
-    Ok(listed)
-}
-
-/// What a full resync did.
-pub struct Synced {
-    /// Script hashes whose unconfirmed side changed.
-    pub changed: HashSet<ScriptHash>,
-    /// False when removals were held back (the node has a block the index does not yet).
-    pub complete: bool,
-}
-
 /// A change the node announced on ZMQ `sequence`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -180,71 +77,73 @@ pub enum Event {
     Removed(Txid),
 }
 
-/// Applies `events` in order: an added transaction is fetched from the node (gone again by now:
-/// skipped), a removed one dropped. Returns the changed script hashes, and false when an
-/// addition could not be placed (its parent unknown: a resync settles it).
-pub fn apply(
-    lock: &RwLock<Mempool>,
-    rpc: &Rpc,
-    index: &Index,
-    events: &[Event],
-) -> (HashSet<ScriptHash>, bool) {
-    let mut changed = HashSet::new();
-    let mut placed = true;
-    for event in events {
-        match *event {
-            Event::Removed(txid) => lock.write().unwrap().remove(&txid, &mut changed),
-            Event::Added(txid) => {
-                if lock.read().unwrap().txs.contains_key(&txid) {
-                    continue;
-                }
-                // Fees and size as getrawmempool gives them; an error means it already left.
-                let Ok(info) = rpc.call("getmempoolentry", json!([txid.to_string()])) else { continue };
-                let added = fetch(lock, rpc, index, &HashSet::new(), txid, &info)
-                    .and_then(|f| lock.write().unwrap().add(f));
-                match added {
-                    Ok(scripts) => changed.extend(scripts),
-                    Err(e) => {
-                        tracing::debug!(%txid, "mempool tx not placed: {e:#}");
-                        placed = false;
-                    }
-                }
-            }
-        }
-    }
-    (changed, placed)
+/// A new mempool transaction, fetched from the node without holding the mempool's lock, with
+/// the confirmed outputs it spends already looked up in the index.
+pub struct NewTx {
+    txid: Txid,
+    tx: Transaction,
+    fee: u64,
+    vsize: u64,
+    /// Spent outputs of confirmed parents: (value, script hash).
+    confirmed: HashMap<OutPoint, (u64, ScriptHash)>,
 }
 
-fn fetch(
-    lock: &RwLock<Mempool>,
-    rpc: &Rpc,
-    index: &Index,
-    new_ids: &HashSet<Txid>,
-    txid: Txid,
-    info: &Value,
-) -> Result<Fetched> {
-    let raw = rpc.call("getrawtransaction", json!([txid.to_string(), false]))?;
-    let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(raw.as_str().context("hex")?)?;
-    let fee = btc_to_sat(&info["fees"]["base"]).context("fees.base")?;
-    let vsize = info["vsize"].as_u64().context("vsize")?.max(1);
-    let mut confirmed = HashMap::new();
-    for input in &tx.input {
-        let op = input.previous_output;
-        if new_ids.contains(&op.txid) || lock.read().unwrap().txs.contains_key(&op.txid) {
-            continue; // a mempool parent: read when applied
-        }
-        let funding =
-            index.txs_by_txid(&op.txid)?.pop().context("parent neither confirmed nor in the mempool")?;
-        let parent: Transaction = bitcoin::consensus::deserialize(&funding.raw)?;
-        let out = parent.output.get(op.vout as usize).context("no such output")?;
-        confirmed.insert(op, (out.value.to_sat(), ScriptHash::of(out.script_pubkey.as_bytes())));
+/// What tells the mempool driver to look: the node's ZMQ `sequence` events, whether they are
+/// flowing, and whether the tracked mempool may have missed something.
+pub struct Feed {
+    events: mpsc::Sender<Event>,
+    /// A ZMQ `sequence` subscription is up; else the driver reads the whole mempool on every poll.
+    sequence: AtomicBool,
+    /// The tracked mempool may have missed something (a block, a lost ZMQ message, an event it
+    /// could not place): the next round reads the whole mempool again.
+    resync: AtomicBool,
+}
+
+/// ZMQ mempool events queued for the driver; more than this means it is far behind, and a
+/// resync replaces them.
+const EVENTS: usize = 100_000;
+
+impl Feed {
+    /// A feed that asks for a first whole read, and the driver's end of its events.
+    pub fn new() -> (Feed, mpsc::Receiver<Event>) {
+        let (events, rx) = mpsc::channel(EVENTS);
+        (Feed { events, sequence: AtomicBool::new(false), resync: AtomicBool::new(true) }, rx)
     }
-    Ok(Fetched { txid, tx, fee, vsize, confirmed })
+
+    /// Queues an event for the driver; when the queue is full, asks for a resync instead.
+    pub fn push(&self, event: Event) {
+        if self.events.try_send(event).is_err() {
+            self.resync(); // the driver is far behind
+        }
+    }
+
+    /// The next round reads the whole mempool again.
+    pub fn resync(&self) {
+        self.resync.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a ZMQ `sequence` subscription is up (events flow).
+    pub fn set_sequence(&self, up: bool) {
+        self.sequence.store(up, Ordering::SeqCst);
+    }
+
+    pub fn sequence(&self) -> bool {
+        self.sequence.load(Ordering::SeqCst)
+    }
+
+    pub fn resync_due(&self) -> bool {
+        self.resync.load(Ordering::SeqCst)
+    }
+
+    /// A whole read begins: anything arriving from now on asks for the next one.
+    pub fn resync_started(&self) {
+        self.resync.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Mempool {
-    fn add(&mut self, f: Fetched) -> Result<Vec<ScriptHash>> {
-        let Fetched { txid, tx, fee, vsize, confirmed } = f;
+    fn add(&mut self, f: NewTx) -> Result<Vec<ScriptHash>> {
+        let NewTx { txid, tx, fee, vsize, confirmed } = f;
         let mut spent = Vec::with_capacity(tx.input.len());
         let mut unconfirmed_parent = false;
         for input in &tx.input {

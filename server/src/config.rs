@@ -1,0 +1,304 @@
+//! The server's configuration: its flags (and their environment variables and config file),
+//! checked once into a `Config`, and the settings the layers above run with: `Limits` for
+//! sessions, `Info` for the `server.*` methods, the `Transport` of each listener. It imports
+//! nothing of the server's; everything else may import it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+use blkindex_shared::config::{args_with_config_file, NodeArgs};
+use blkindex_shared::Net;
+
+/// Serves Electrum clients from a blkindex index.
+#[derive(Parser, Debug)]
+#[command(version, about, args_override_self = true)]
+pub struct Args {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Where this server keeps its secondary instances' files (default: <db>.server).
+    #[arg(long, env = "BLKINDEX_SECONDARY_DIR", help_heading = "Node and index")]
+    secondary_dir: Option<PathBuf>,
+    /// Address for Electrum clients over TCP ("off": no TCP listener).
+    #[arg(
+        long,
+        env = "BLKINDEX_ELECTRUM_ADDR",
+        default_value = "127.0.0.1:50001",
+        help_heading = "Listeners"
+    )]
+    electrum_addr: String,
+    /// Address for Electrum clients over TLS (needs --tls-cert and --tls-key).
+    #[arg(long, env = "BLKINDEX_TLS_ADDR", help_heading = "Listeners")]
+    tls_addr: Option<SocketAddr>,
+    /// Address for Electrum clients over WebSocket.
+    #[arg(long, env = "BLKINDEX_WS_ADDR", help_heading = "Listeners")]
+    ws_addr: Option<SocketAddr>,
+    /// Address for Electrum clients over WebSocket with TLS (needs --tls-cert and --tls-key).
+    #[arg(long, env = "BLKINDEX_WSS_ADDR", help_heading = "Listeners")]
+    wss_addr: Option<SocketAddr>,
+    /// TLS certificate chain, PEM.
+    #[arg(long, env = "BLKINDEX_TLS_CERT", help_heading = "Listeners")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM.
+    #[arg(long, env = "BLKINDEX_TLS_KEY", help_heading = "Listeners")]
+    tls_key: Option<PathBuf>,
+    /// Address for Prometheus metrics over HTTP.
+    #[arg(long, env = "BLKINDEX_METRICS_ADDR", help_heading = "Listeners")]
+    metrics_addr: Option<SocketAddr>,
+    /// Most connections open at once.
+    #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS", default_value_t = 20_000, help_heading = "Limits")]
+    max_connections: usize,
+    /// Most connections from one IP address (loopback exempt unless --limit-loopback).
+    #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 50, help_heading = "Limits")]
+    max_connections_per_ip: usize,
+    /// Apply --max-connections-per-ip to loopback clients too.
+    #[arg(long, env = "BLKINDEX_LIMIT_LOOPBACK", help_heading = "Limits")]
+    limit_loopback: bool,
+    /// Seconds without a complete request before a connection is closed.
+    #[arg(long, env = "BLKINDEX_IDLE_TIMEOUT", default_value_t = 600, help_heading = "Limits")]
+    idle_timeout: u64,
+    /// Longest request accepted, in bytes.
+    #[arg(long, env = "BLKINDEX_MAX_REQUEST", default_value_t = 4 << 20, help_heading = "Limits")]
+    max_request: usize,
+    /// Most requests in one batch.
+    #[arg(long, env = "BLKINDEX_MAX_BATCH", default_value_t = 100, help_heading = "Limits")]
+    max_batch: usize,
+    /// Longest history (or unspent list) served; longer ones get an error, never a cut list.
+    #[arg(long, env = "BLKINDEX_MAX_HISTORY", default_value_t = 100_000, help_heading = "Limits")]
+    max_history: usize,
+    /// Memory for scripts' computed histories, kept between requests and blocks, in MiB.
+    #[arg(long, env = "BLKINDEX_SCRIPT_CACHE_MB", default_value_t = 256, help_heading = "Limits")]
+    script_cache_mb: u64,
+    /// Text for server.banner.
+    #[arg(long, env = "BLKINDEX_BANNER", help_heading = "Public server")]
+    banner: Option<String>,
+    /// Address for server.donation_address.
+    #[arg(long, env = "BLKINDEX_DONATION_ADDRESS", default_value = "", help_heading = "Public server")]
+    donation_address: String,
+    /// Host name this server is reached at, for server.features (default: the listen address).
+    #[arg(long, env = "BLKINDEX_PUBLIC_HOST", help_heading = "Public server")]
+    public_host: Option<String>,
+    /// A peer for server.peers.subscribe: "host [tPORT] [sPORT] [vVERSION]" (repeatable); with
+    /// --peer-discovery, a seed.
+    #[arg(long = "peer", help_heading = "Public server")]
+    peers: Vec<String>,
+    /// Find other public servers (seeds, their lists, server.add_peer) and list those verified.
+    #[arg(long, env = "BLKINDEX_PEER_DISCOVERY", help_heading = "Public server")]
+    peer_discovery: bool,
+    /// With --peer-discovery: how often each peer is checked again, in seconds.
+    #[arg(long, env = "BLKINDEX_PEER_CHECK_SECS", default_value_t = 600, help_heading = "Public server")]
+    peer_check_secs: u64,
+    /// How often to read the node's whole mempool, in milliseconds, when it publishes no ZMQ
+    /// `sequence` (other ZMQ topics wake it sooner).
+    #[arg(long, env = "BLKINDEX_MEMPOOL_MS", default_value_t = 500, help_heading = "Node and index")]
+    mempool_ms: u64,
+    /// With ZMQ `sequence` events applied as they come: how often to read the whole mempool
+    /// anyway, in seconds (also after a reorg and any lost message).
+    #[arg(long, env = "BLKINDEX_MEMPOOL_RESYNC_SECS", default_value_t = 60, help_heading = "Node and index")]
+    mempool_resync_secs: u64,
+    /// How often to catch up with the indexer, in milliseconds (ZMQ wakes it sooner).
+    #[arg(long, env = "BLKINDEX_CATCH_UP_MS", default_value_t = 200, help_heading = "Node and index")]
+    catch_up_ms: u64,
+    /// Loopback address for the admin interface (blkindex-admin); none by default.
+    #[arg(long, env = "BLKINDEX_ADMIN_ADDR", help_heading = "Administration")]
+    admin_addr: Option<SocketAddr>,
+    /// Unix socket for the admin interface, mode 0600; none by default.
+    #[arg(long, env = "BLKINDEX_ADMIN_SOCKET", help_heading = "Administration")]
+    admin_socket: Option<PathBuf>,
+    /// Where banned subnets are kept (default: <secondary-dir>/banned.json).
+    #[arg(long, env = "BLKINDEX_BAN_FILE", help_heading = "Administration")]
+    ban_file: Option<PathBuf>,
+    /// Seconds between status lines in the log (sessions, requests per second, tip); 0: none.
+    #[arg(long, env = "BLKINDEX_LOG_STATS_SECS", default_value_t = 60, help_heading = "Administration")]
+    log_stats_secs: u64,
+}
+
+/// The flags, checked and with their defaults filled in.
+pub struct Config {
+    pub node: NodeArgs,
+    /// Where the secondary instances' files go.
+    pub secondary_dir: PathBuf,
+    /// The Electrum listeners to bind, in this order: TCP, TLS, WebSocket, WSS; at least one.
+    pub listen: Vec<(SocketAddr, Transport)>,
+    /// TLS certificate chain and private key (PEM files), when given.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub limit_loopback: bool,
+    pub limits: Limits,
+    pub script_cache_bytes: u64,
+    /// `--peer`: configured peers, or with discovery, seeds.
+    pub peers: Vec<String>,
+    pub peer_discovery: bool,
+    pub peer_check_every: Duration,
+    pub mempool_every: Duration,
+    pub mempool_resync_every: Duration,
+    pub catch_up_every: Duration,
+    /// A loopback address (checked).
+    pub admin_addr: Option<SocketAddr>,
+    pub admin_socket: Option<PathBuf>,
+    pub ban_file: PathBuf,
+    /// None: no periodic status line.
+    pub log_stats_every: Option<Duration>,
+    banner: String,
+    donation_address: String,
+    public_host: Option<String>,
+    max_history: usize,
+}
+
+impl Config {
+    /// Reads the command line (with the config file and the environment) and checks it.
+    pub fn from_command_line() -> Result<Config> {
+        let args = Args::parse_from(args_with_config_file(std::env::args_os().collect())?);
+        Config::check(args)
+    }
+
+    fn check(a: Args) -> Result<Config> {
+        if let Some(addr) = a.admin_addr {
+            check_admin_addr(addr)?;
+        }
+        let tcp_addr: Option<SocketAddr> = match a.electrum_addr.as_str() {
+            "off" => None,
+            addr => Some(addr.parse().with_context(|| format!("--electrum-addr {addr:?}"))?),
+        };
+        let tls = match (a.tls_cert, a.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) if a.tls_addr.is_none() && a.wss_addr.is_none() => None,
+            _ => anyhow::bail!("--tls-addr and --wss-addr need both --tls-cert and --tls-key"),
+        };
+        let listen: Vec<(SocketAddr, Transport)> = [
+            (tcp_addr, Transport::Tcp),
+            (a.tls_addr, Transport::Tls),
+            (a.ws_addr, Transport::Ws),
+            (a.wss_addr, Transport::Wss),
+        ]
+        .into_iter()
+        .filter_map(|(addr, t)| Some((addr?, t)))
+        .collect();
+        anyhow::ensure!(!listen.is_empty(), "no listener: give at least one of the listen addresses");
+        anyhow::ensure!(a.peer_check_secs > 0, "--peer-check-secs must be at least 1");
+        let secondary_dir = a.secondary_dir.unwrap_or_else(|| a.node.db.with_extension("server"));
+        Ok(Config {
+            ban_file: a.ban_file.unwrap_or_else(|| secondary_dir.join("banned.json")),
+            secondary_dir,
+            node: a.node,
+            listen,
+            tls,
+            metrics_addr: a.metrics_addr,
+            max_connections: a.max_connections,
+            max_connections_per_ip: a.max_connections_per_ip,
+            limit_loopback: a.limit_loopback,
+            limits: Limits {
+                max_request: a.max_request,
+                max_batch: a.max_batch,
+                idle: Duration::from_secs(a.idle_timeout),
+            },
+            script_cache_bytes: a.script_cache_mb << 20,
+            peers: a.peers,
+            peer_discovery: a.peer_discovery,
+            peer_check_every: Duration::from_secs(a.peer_check_secs),
+            mempool_every: Duration::from_millis(a.mempool_ms),
+            mempool_resync_every: Duration::from_secs(a.mempool_resync_secs),
+            catch_up_every: Duration::from_millis(a.catch_up_ms),
+            admin_addr: a.admin_addr,
+            admin_socket: a.admin_socket,
+            log_stats_every: (a.log_stats_secs > 0).then(|| Duration::from_secs(a.log_stats_secs)),
+            banner: a.banner.unwrap_or_else(|| format!("Welcome to blkindex {}", env!("CARGO_PKG_VERSION"))),
+            donation_address: a.donation_address,
+            public_host: a.public_host,
+            max_history: a.max_history,
+        })
+    }
+
+    /// The settings the server runs with, with the hosts and ports of the listeners as bound
+    /// (a port 0 becomes the one the system chose).
+    pub fn settings(&self, bound: &[(SocketAddr, Transport)]) -> Settings {
+        Settings { net: self.node.network, info: self.info(bound), limits: self.limits.clone() }
+    }
+
+    /// What `server.*` reports.
+    fn info(&self, bound: &[(SocketAddr, Transport)]) -> Info {
+        let mut ports = serde_json::Map::new();
+        let mut host = self.public_host.clone();
+        for (addr, t) in bound {
+            host.get_or_insert_with(|| addr.ip().to_string());
+            let key = match t {
+                Transport::Tcp => "tcp_port",
+                Transport::Tls => "ssl_port",
+                Transport::Ws => "ws_port",
+                Transport::Wss => "wss_port",
+            };
+            ports.insert(key.into(), json!(addr.port()));
+        }
+        let mut hosts = serde_json::Map::new();
+        hosts.insert(host.unwrap_or_default(), Value::Object(ports));
+        Info {
+            banner: self.banner.clone(),
+            donation_address: self.donation_address.clone(),
+            hosts,
+            max_history: self.max_history,
+        }
+    }
+}
+
+/// Refuses an admin address other hosts could reach.
+pub fn check_admin_addr(addr: SocketAddr) -> Result<()> {
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "--admin-addr {addr}: the admin interface has no authentication and listens only on a \
+         loopback address (127.0.0.1 or [::1])"
+    );
+    Ok(())
+}
+
+/// What carries a client's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+}
+
+/// What the layers above read and never change.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub net: Net,
+    pub info: Info,
+    pub limits: Limits,
+}
+
+/// What a session allows a client.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_request: usize,
+    pub max_batch: usize,
+    pub idle: Duration,
+}
+
+/// Server settings the methods report.
+#[derive(Clone, Debug, Default)]
+pub struct Info {
+    pub banner: String,
+    pub donation_address: String,
+    /// `server.features`'s hosts: host → ports.
+    pub hosts: serde_json::Map<String, Value>,
+    /// A history longer than this is an error, never a silently cut one.
+    pub max_history: usize,
+}
