@@ -3,7 +3,6 @@
 //! server without discovery lists its `--peer` entries only; an announced server is listed only
 //! if it serves our chain and the announcing client is its host.
 
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,7 +18,7 @@ use blkindex_testkit::chain::ChainBuilder;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-use common::{indexed, req, session, Server};
+use crate::common::{indexed, req, session, Server};
 
 fn indexed_node() -> Result<(Node, tempfile::TempDir, Indexer)> {
     let node = Node::start(NodeOptions::default())?;

@@ -2,7 +2,6 @@
 //! `electrum-client` crate): every answer equals the node's, notifications arrive, and bad input
 //! gets errors while the server keeps serving.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use serde_json::{json, Value};
 use blkindex_testkit::chain::ChainBuilder;
 use blkindex_testkit::expect::expected;
 
-use common::{http_get, indexed, raw, rich_setup, session, Server};
+use crate::common::{http_get, indexed, raw, rich_setup, session, Server};
 
 #[test]
 fn electrum_client_sees_what_the_node_sees() -> Result<()> {
@@ -246,7 +245,7 @@ fn unconfirmed_transactions_count_and_notify() -> Result<()> {
 #[test]
 fn shapes_follow_the_negotiated_version() -> Result<()> {
     let (node, _dir, _indexer, server) = rich_setup()?;
-    let req = common::req;
+    let req = crate::common::req;
     let v14 = session(
         &server.addr,
         &[

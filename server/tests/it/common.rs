@@ -1,6 +1,4 @@
 //! What the server's integration tests share: the indexer binary, and a server process.
-// Each test file compiles this module and uses a different part of it.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

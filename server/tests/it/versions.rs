@@ -2,7 +2,6 @@
 //! version has (and not the ones it lacks), their shapes, their answers compared with the node's
 //! own data, and the notifications of the old (numblocks, address) and new (outpoint) kinds.
 
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -17,7 +16,7 @@ use blkindex_shared::ScriptHash;
 use blkindex_testkit::expect::{expected, Expected};
 use blkindex_testkit::Node;
 
-use common::{req, rich_setup};
+use crate::common::{req, rich_setup};
 
 /// A connection that keeps reading: replies by id, and notifications as they come.
 struct Conn {

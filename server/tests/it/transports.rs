@@ -3,7 +3,6 @@
 //! timeout (which also ends slowloris clients), the history cap and thousands of connections
 //! leave the server serving others; SIGTERM stops it cleanly.
 
-mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -22,7 +21,7 @@ use blkindex_testkit::expect::expected;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-use common::{http_get, indexed, raw, req, session, Server};
+use crate::common::{http_get, indexed, raw, req, session, Server};
 
 fn indexed_node() -> Result<(Node, tempfile::TempDir, Indexer)> {
     let node = Node::start(NodeOptions::default())?;

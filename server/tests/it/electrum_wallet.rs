@@ -3,7 +3,6 @@
 //! history equal the node's. Over TLS it then sees a payment in the mempool as unconfirmed and,
 //! once mined, as confirmed: the running wallet learns both only from the server's notifications.
 
-mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -20,7 +19,7 @@ use blkindex_testkit::expect::expected;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-use common::{indexed, Server};
+use crate::common::{indexed, Server};
 
 /// How long the wallet may take to show what the node has.
 const DEADLINE: Duration = Duration::from_secs(90);

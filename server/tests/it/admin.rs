@@ -3,7 +3,6 @@
 //! outlive a restart, `loglevel` changes what is logged at once, and `blkindex-admin` drives it
 //! all. Without `--admin-addr` there is no admin listener, and a non-loopback one is refused.
 
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -18,7 +17,7 @@ use blkindex_testkit::chain::ChainBuilder;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-use common::{indexed, raw, req, Server};
+use crate::common::{indexed, raw, req, Server};
 
 fn indexed_node() -> Result<(Node, tempfile::TempDir, Indexer)> {
     let node = Node::start(NodeOptions::default())?;

@@ -1,0 +1,12 @@
+//! The server's integration tests, one binary (RocksDB is linked once): real regtest nodes, the
+//! indexer and server binaries, Debian's Electrum wallet and the `electrum-client` crate.
+
+mod common;
+
+mod admin;
+mod electrum;
+mod electrum_wallet;
+mod peers;
+mod tls_material;
+mod transports;
+mod versions;
