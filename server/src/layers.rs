@@ -21,6 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["methods"],
     // What computes statuses and what keeps the state current.
     &["status", "catch_up", "mempool::driver", "zmq", "stats"],
+    // Supervision of the long-lived tasks.
+    &["tasks"],
     // What every session shares.
     &["state"],
     // The state's parts.

@@ -31,6 +31,7 @@ mod sessions;
 mod state;
 mod stats;
 mod status;
+mod tasks;
 mod tls;
 mod zmq;
 
@@ -96,7 +97,7 @@ fn run() -> Result<()> {
     );
 
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let mut listeners = Vec::new();
         for &(addr, transport) in &config.listen {
             listeners.push((listen::bind(addr, transport).await?, transport));
@@ -114,45 +115,45 @@ fn run() -> Result<()> {
         let scripts = script_cache::ScriptCache::new(config.script_cache_bytes, metrics.clone());
         let (state, events_rx) = state::State::new(index, rpc, settings, metrics, scripts, peers);
         info!(tip = ?state.tip().map(|t| t.height), "index opened");
-        tokio::spawn(state.peers().clone().run());
-        zmq::spawn(state.clone(), published);
-        tokio::spawn(catch_up::run(state.clone(), standby, config.catch_up_every));
-        tokio::spawn(mempool::driver::run(
-            state.clone(),
-            events_rx,
-            config.mempool_every,
-            config.mempool_resync_every,
-        ));
-        tokio::spawn(stats::run(state.clone(), config.log_stats_every));
+        let mut tasks = tasks::Tasks::default();
+        if config.peer_discovery {
+            tasks.spawn("peer discovery", state.peers().clone().run());
+        }
+        zmq::spawn(&mut tasks, state.clone(), published);
+        tasks.spawn("catch-up", catch_up::run(state.clone(), standby, config.catch_up_every));
+        tasks.spawn(
+            "mempool",
+            mempool::driver::run(state.clone(), events_rx, config.mempool_every, config.mempool_resync_every),
+        );
+        tasks.spawn("status line", stats::run(state.clone(), config.log_stats_every));
         if !admin_listeners.is_empty() {
             let admin = Arc::new(admin::Admin { state: state.clone(), bans, log_filter, started });
             for listener in admin_listeners {
-                tokio::spawn(admin::accept_loop(listener, admin.clone()));
+                tasks.spawn("admin listener", admin::accept_loop(listener, admin.clone()));
             }
         }
         for (listener, transport) in listeners {
             let acceptor = matches!(transport, Transport::Tls | Transport::Wss).then(|| tls.clone().unwrap());
-            tokio::spawn(listen::accept_loop(
-                listener,
-                transport,
-                acceptor,
-                state.clone(),
-                admission.clone(),
-            ));
+            let accept = listen::accept_loop(listener, transport, acceptor, state.clone(), admission.clone());
+            tasks.spawn("Electrum listener", accept);
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         service::ready("serving Electrum");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let failed = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+            e = tasks.first_failure() => Some(e),
+        };
         service::stopping();
-        info!("shutting down");
+        match failed {
+            None => info!("shutting down"),
+            Some(e) => return Err(e),
+        }
         anyhow::Ok(())
-    })?;
+    });
     // Sessions blocked on slow clients are not waited for.
     rt.shutdown_timeout(Duration::from_secs(1));
-    Ok(())
+    result
 }
 
 /// The other public servers: configured, or with discovery found and verified.

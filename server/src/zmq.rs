@@ -14,12 +14,14 @@ use blkindex_shared::zmq::{self, Sequence};
 
 use crate::mempool::Event;
 use crate::state::{State, Task};
+use crate::tasks::Tasks;
 
 /// Topics we use.
 const TOPICS: &[&str] = &["hashblock", "sequence", "hashtx", "rawtx"];
 
-/// One listener task per endpoint the node publishes any of `TOPICS` on.
-pub fn spawn(state: Arc<State>, published: Vec<(String, String)>) {
+/// One listener task per endpoint the node publishes any of `TOPICS` on, in `tasks` (they run
+/// until the process ends).
+pub fn spawn(tasks: &mut Tasks, state: Arc<State>, published: Vec<(String, String)>) {
     let mut by_endpoint: Vec<(String, Vec<String>)> = Vec::new();
     for (topic, endpoint) in published.into_iter().filter(|(t, _)| TOPICS.contains(&t.as_str())) {
         match by_endpoint.iter_mut().find(|(e, _)| *e == endpoint) {
@@ -32,7 +34,7 @@ pub fn spawn(state: Arc<State>, published: Vec<(String, String)>) {
         tracing::info!("the node publishes no ZMQ notifications we use; polling only");
     }
     for (endpoint, topics) in by_endpoint {
-        tokio::spawn(listen(state.clone(), endpoint, topics));
+        tasks.spawn("ZMQ listener", listen(state.clone(), endpoint, topics));
     }
 }
 

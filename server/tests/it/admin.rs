@@ -3,7 +3,6 @@
 //! outlive a restart, `loglevel` changes what is logged at once, and `blkindex-admin` drives it
 //! all. Without `--admin-addr` there is no admin listener, and a non-loopback one is refused.
 
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;

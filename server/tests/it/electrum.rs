@@ -2,7 +2,6 @@
 //! `electrum-client` crate): every answer equals the node's, notifications arrive, and bad input
 //! gets errors while the server keeps serving.
 
-
 use std::time::{Duration, Instant};
 
 use anyhow::Result;

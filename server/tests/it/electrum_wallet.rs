@@ -3,7 +3,6 @@
 //! history equal the node's. Over TLS it then sees a payment in the mempool as unconfirmed and,
 //! once mined, as confirmed: the running wallet learns both only from the server's notifications.
 
-
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

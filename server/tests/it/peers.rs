@@ -3,7 +3,6 @@
 //! server without discovery lists its `--peer` entries only; an announced server is listed only
 //! if it serves our chain and the announcing client is its host.
 
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;

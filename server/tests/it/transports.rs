@@ -3,7 +3,6 @@
 //! timeout (which also ends slowloris clients), the history cap and thousands of connections
 //! leave the server serving others; SIGTERM stops it cleanly.
 
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;

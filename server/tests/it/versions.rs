@@ -2,7 +2,6 @@
 //! version has (and not the ones it lacks), their shapes, their answers compared with the node's
 //! own data, and the notifications of the old (numblocks, address) and new (outpoint) kinds.
 
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
