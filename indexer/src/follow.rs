@@ -215,6 +215,9 @@ impl<'a> Follower<'a> {
         if rows.header.hash() != hash {
             bail!("block at height {height} is not {hash}");
         }
+        if txnum.checked_add(rows.header.tx_count).is_none() {
+            bail!("block {hash} at height {height} takes the index past 2^32 transactions, which its format cannot number");
+        }
         self.commit(&rows, raw.as_deref())?;
         self.tail.forget(&hash);
         let ntx = rows.header.tx_count;

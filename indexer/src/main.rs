@@ -199,14 +199,33 @@ fn bulk_pass(
     Ok(())
 }
 
-/// Refuses a node of another network (a reachable node only: a node that is down is the
-/// follower's business).
+/// Refuses a node that cannot give every block (a reachable node only: a node that is down is the
+/// follower's business): one of another network, a pruned one, one still validating an
+/// assumeutxo snapshot (the blocks below the snapshot are not in its files yet).
 fn check_node_network(rpc: &Rpc, net: Net) -> Result<()> {
-    if let Ok(info) = rpc.call("getblockchaininfo", json!([])) {
-        let chain = info["chain"].as_str().unwrap_or("");
-        if chain != net.conf_section() {
+    let Ok(info) = rpc.call("getblockchaininfo", json!([])) else { return Ok(()) };
+    let chain = info["chain"].as_str().unwrap_or("");
+    if chain != net.conf_section() {
+        anyhow::bail!(
+            "the node at {} is on {chain}, not {net}: check --network and --daemon-rpc-addr",
+            rpc.addr()
+        );
+    }
+    if info["pruned"].as_bool() == Some(true) {
+        anyhow::bail!(
+            "the node at {} is pruned: blkindex reads every block from the node's files, so it needs an \
+             unpruned node (bitcoind without -prune)",
+            rpc.addr()
+        );
+    }
+    // Nodes before 26.0 have no getchainstates (nor assumeutxo).
+    if let Ok(states) = rpc.call("getchainstates", json!([])) {
+        let chainstates = states["chainstates"].as_array().map_or(&[][..], |a| a.as_slice());
+        if chainstates.len() > 1 || chainstates.iter().any(|c| c["validated"].as_bool() == Some(false)) {
             anyhow::bail!(
-                "the node at {} is on {chain}, not {net}: check --network and --daemon-rpc-addr",
+                "the node at {} is still validating an assumeutxo snapshot in the background, so the blocks \
+                 below the snapshot are not in its files yet: run the indexer once `bitcoin-cli \
+                 getchainstates` shows a single validated chainstate",
                 rpc.addr()
             );
         }

@@ -21,14 +21,17 @@ pub enum RpcError {
     Auth { addr: String, msg: String },
     #[error("bitcoind RPC error {code}: {message}")]
     Rpc { code: i64, message: String },
+    /// HTTP 503: bitcoind's RPC work queue is full (`-rpcworkqueue`), or a proxy is overloaded.
+    #[error("bitcoind at {addr} is overloaded: HTTP {status} {body}")]
+    Busy { addr: String, status: u16, body: String },
     #[error("unexpected reply from bitcoind: {0}")]
     Protocol(String),
 }
 
 impl RpcError {
-    /// Worth retrying later (node down, starting, or warming up).
+    /// Worth retrying later (node down, restarting, overloaded, or warming up: code -28).
     pub fn is_transient(&self) -> bool {
-        matches!(self, RpcError::Unreachable { .. }) || matches!(self, RpcError::Rpc { code: -28, .. })
+        matches!(self, RpcError::Unreachable { .. } | RpcError::Busy { .. } | RpcError::Rpc { code: -28, .. })
     }
 }
 
@@ -96,6 +99,12 @@ impl Rpc {
         if status == 401 || status == 403 {
             return Err(RpcError::Auth { addr: self.addr.clone(), msg: format!("HTTP {status}") });
         }
+        if status == 503 {
+            // Its body is text ("Work queue depth exceeded"), not JSON: keep a line of it.
+            let body = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
+            let body = body.lines().next().unwrap_or("").chars().take(200).collect();
+            return Err(RpcError::Busy { addr: self.addr.clone(), status, body });
+        }
         let reply: Value = resp
             .body_mut()
             .with_config()
@@ -126,12 +135,29 @@ impl Rpc {
             .ok_or_else(|| RpcError::Protocol("getblock 0: not hex".into()))
     }
 
+    /// The header of block `hash`, checked to hash to it (the follower builds on what it says).
     pub fn header(&self, hash: &bitcoin::BlockHash) -> Result<bitcoin::block::Header, RpcError> {
         let v = self.call("getblockheader", json!([hash.to_string(), false]))?;
-        v.as_str()
+        let header: bitcoin::block::Header = v
+            .as_str()
             .and_then(|s| hex::decode(s).ok())
             .and_then(|b| bitcoin::consensus::deserialize(&b).ok())
-            .ok_or_else(|| RpcError::Protocol("getblockheader: bad header".into()))
+            .ok_or_else(|| RpcError::Protocol("getblockheader: bad header".into()))?;
+        check_header(hash, header)
+    }
+}
+
+/// `header` if it hashes to `hash`.
+fn check_header(
+    hash: &bitcoin::BlockHash,
+    header: bitcoin::block::Header,
+) -> Result<bitcoin::block::Header, RpcError> {
+    match header.block_hash() == *hash {
+        true => Ok(header),
+        false => Err(RpcError::Protocol(format!(
+            "getblockheader {hash}: the header returned hashes to {}",
+            header.block_hash()
+        ))),
     }
 }
 
@@ -145,6 +171,43 @@ pub fn btc_to_sat(v: &Value) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod amount_tests {
     use super::*;
+
+    #[test]
+    fn a_header_must_hash_to_the_block_asked_for() {
+        let genesis = bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest).header;
+        assert!(check_header(&genesis.block_hash(), genesis).is_ok());
+        let mut other = genesis;
+        other.nonce += 1;
+        let err = check_header(&genesis.block_hash(), other).unwrap_err();
+        assert!(err.to_string().contains("hashes to"), "{err}");
+        assert!(!err.is_transient());
+    }
+
+    /// A node answering HTTP 503 (its work queue full): a transient error, retried, never fatal.
+    /// A fake server, since a real node cannot be made to do this on cue.
+    #[test]
+    fn http_503_is_a_transient_error() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "Work queue depth exceeded";
+            let reply = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(reply.as_bytes()).unwrap();
+        });
+        let rpc = Rpc::new(&addr, Auth::UserPass("u".into(), "p".into()));
+        let err = rpc.call("getblockcount", json!([])).unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(err, RpcError::Busy { status: 503, .. }), "{err:?}");
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("Work queue depth exceeded"), "{err}");
+    }
 
     #[test]
     fn btc_to_sat_is_exact() {

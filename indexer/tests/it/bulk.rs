@@ -379,3 +379,16 @@ fn reorg_while_stopped_is_undone_and_equals_a_fresh_index() -> Result<()> {
     assert_eq!(digest(&db), digest(&fresh));
     Ok(())
 }
+
+#[test]
+fn a_pruned_node_is_refused_with_a_clear_message() -> Result<()> {
+    // Regtest's manual pruning mode (-prune=1): pruned as far as the node reports, no block gone.
+    let node = Node::start(NodeOptions { extra_args: vec!["-prune=1".into()], ..NodeOptions::default() })?;
+    ChainBuilder::new(&node)?.mine(5)?;
+    let dir = tempfile::tempdir()?;
+    let out = indexer(&node, &dir.path().join("db"), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is pruned") && stderr.contains("unpruned node"), "{stderr}");
+    Ok(())
+}
