@@ -31,11 +31,7 @@ pub async fn run(state: Arc<State>, standby: Index, every: Duration) {
         let result = tokio::task::spawn_blocking(move || -> (Arc<Index>, Result<Option<Tip>>) {
             let caught_up = (|| {
                 let index = Arc::get_mut(&mut standby).expect("no reader holds the standby");
-                if let Err(e) = index.store.catch_up() {
-                    tracing::debug!("catch-up failed ({e:#}); reopening the secondary");
-                    index.store = index.store.reopen()?;
-                }
-                index.chain.sync(&index.store)?;
+                index.catch_up()?;
                 let tip = Tip::of(index);
                 if tip == s.tip() {
                     return Ok(None);

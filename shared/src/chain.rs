@@ -31,7 +31,12 @@ impl Chain {
     /// Brings the chain to the store's tip: drops blocks the store no longer has at their
     /// height, then reads the new ones. Returns whether anything changed.
     pub fn sync(&mut self, store: &Store) -> Result<bool> {
-        let Some((tip, tip_hash)) = store.tip()? else {
+        self.sync_to(store, store.tip()?)
+    }
+
+    /// As `sync`, to `tip` (a tip the store had, read earlier) rather than the store's latest.
+    pub fn sync_to(&mut self, store: &Store, tip: Option<(Height, BlockHash)>) -> Result<bool> {
+        let Some((tip, tip_hash)) = tip else {
             let changed = !self.is_empty();
             *self = Chain::default();
             return Ok(changed);

@@ -94,6 +94,27 @@ impl Index {
         Ok(Index { store, blocks, chain })
     }
 
+    /// Catches a secondary up with the indexer, to a tip all of whose rows it sees; true when the
+    /// chain changed. A bulk batch's SST files are ingested (recorded in the MANIFEST) before its
+    /// tip is written (to the WAL), but a catch-up reads the MANIFEST first and the WAL after: one
+    /// catch-up can show a tip whose files it has not seen. So the tip read after one catch-up is
+    /// used only after a second, which sees every file ingested before that tip was written.
+    pub fn catch_up(&mut self) -> Result<bool> {
+        self.catch_up_store()?;
+        let tip = self.store.tip()?;
+        self.catch_up_store()?;
+        self.chain.sync_to(&self.store, tip)
+    }
+
+    fn catch_up_store(&mut self) -> Result<()> {
+        if let Err(e) = self.store.catch_up() {
+            // The primary deleted a file (after a compaction) this instance had not caught up to.
+            tracing::debug!("catch-up failed ({e:#}); reopening the secondary");
+            self.store = self.store.reopen()?;
+        }
+        Ok(())
+    }
+
     fn row(&self, height: Height) -> Result<&HeaderRow> {
         self.chain.row(height).ok_or_else(|| anyhow!("no block at height {height}"))
     }

@@ -392,3 +392,57 @@ fn a_pruned_node_is_refused_with_a_clear_message() -> Result<()> {
     assert!(stderr.contains("is pruned") && stderr.contains("unpruned node"), "{stderr}");
     Ok(())
 }
+
+/// A reader (the server's secondary) catching up in a tight loop while a bulk pass of many
+/// batches lands never sees a tip before every row of its blocks: for each tip it sees, the tip
+/// block's coinbase is found by txid and in its script's history (the families ingested last).
+#[test]
+fn a_secondary_catching_up_while_batches_land_never_sees_a_tip_before_its_rows() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let tip = node.height()?;
+    let mut coinbases = Vec::new();
+    for h in 0..=tip {
+        let hash = node.call("getblockhash", json!([h]))?;
+        let block = node.call("getblock", json!([hash, 2]))?;
+        let cb = &block["tx"][0];
+        let txid: bitcoin::Txid = cb["txid"].as_str().unwrap().parse()?;
+        let script = hex::decode(cb["vout"][0]["scriptPubKey"]["hex"].as_str().unwrap())?;
+        coinbases.push((txid, blkindex_shared::ScriptHash::of(&script)));
+    }
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    // About one block per batch: a hundred and more ingestions, then the final compaction.
+    let mut child = indexer_command(Path::new(env!("CARGO_BIN_EXE_blkindex-indexer")), &node, &db)
+        .args(["--no-follow", "--progress", "none", "--batch-kb", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut reader: Option<Index> = None;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut done = false;
+    while !done {
+        done = child.try_wait()?.is_some(); // one more round after the indexer exits
+        if reader.is_none() && db.join("CURRENT").exists() {
+            let secondary = dir.path().join("secondary");
+            std::fs::create_dir_all(&secondary)?;
+            reader = Store::open(&db, Mode::Secondary(secondary))
+                .ok()
+                .and_then(|s| Index::new(s, BlockFiles::open(&node.blocks_dir()).ok()?).ok());
+        }
+        let Some(index) = reader.as_mut() else { continue };
+        index.catch_up()?;
+        let Some((h, _)) = index.chain.tip() else { continue };
+        if h == 0 || !seen.insert(h) {
+            continue; // genesis's coinbase is not indexed
+        }
+        let (txid, sh) = coinbases[h as usize];
+        let found = index.txs_by_txid(&txid)?;
+        assert!(found.iter().any(|t| t.height == h), "tip {h} visible before its txid rows");
+        let history = index.script_state(&sh)?.history;
+        assert!(history.iter().any(|i| i.txid == txid), "tip {h} visible before its script rows");
+    }
+    assert!(child.wait()?.success());
+    assert!(seen.len() >= 10, "too few batches seen to test anything: {seen:?}");
+    assert_eq!(seen.last().copied(), Some(tip as u32));
+    Ok(())
+}
