@@ -219,7 +219,7 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
     let db = dir.path().join("killed");
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     eprintln!("kill seed {seed}, clean run {clean_ms} ms");
-    let mut killed = 0;
+    let (mut killed, mut mid_batch) = (0, 0);
     for _ in 0..40 {
         if killed == 20 {
             break;
@@ -242,10 +242,19 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
         if child.try_wait()?.is_none() {
             child.kill()?; // SIGKILL
             killed += 1;
+            child.wait()?;
+            // Did the kill land mid-batch, between `pending` and the tip's move?
+            if db.join("CURRENT").exists() {
+                let secondary = tempfile::tempdir()?;
+                let store = Store::open(&db, Mode::Secondary(secondary.path().to_path_buf()))?;
+                mid_batch += store.pending()?.is_some() as u32;
+            }
         }
         child.wait()?;
     }
+    eprintln!("{killed} kills, {mid_batch} of them mid-batch");
     assert!(killed >= 12, "only {killed} runs were killed before finishing");
+    assert!(mid_batch >= 1, "no kill landed mid-batch (with a pending batch): recovery went untested");
     index_ok(&node, &db, &args);
     assert_eq!(digest(&db), digest(&clean), "a killed and resumed index differs from a clean one");
     check(&node, &open(&node, &db), &want)?;
