@@ -455,3 +455,53 @@ fn a_secondary_catching_up_while_batches_land_never_sees_a_tip_before_its_rows()
     assert_eq!(seen.last().copied(), Some(tip as u32));
     Ok(())
 }
+
+#[test]
+fn damaged_and_truncated_rev_files_are_a_clear_error_offline_and_fetched_from_the_node_online() -> Result<()>
+{
+    let mut node = Node::start(NodeOptions { fastprune: true, ..Default::default() })?;
+    build_rich_chain(&node)?;
+    let b = ChainBuilder::new(&node)?;
+    b.mine(300)?;
+    b.wallet_traffic(4)?;
+    let want = expected(&node)?;
+    let dir = tempfile::tempdir()?;
+    let blocks = dir.path().join("blocks");
+    copy_blocks(&mut node, &blocks)?;
+    let files = BlockFiles::open(&blocks)?;
+    let nums = list_files(&blocks, FileKind::Rev)?;
+    let magic = [0xfa, 0xbf, 0xb5, 0xda];
+    let rev_records = |num| {
+        let raw = files.file_bytes(FileKind::Rev, num).unwrap();
+        blkindex_shared::blkfile::scan_records(raw.bytes(), &files.xor_key(), magic, FileKind::Rev).0
+    };
+    // Damage the middle of a sizeable undo record in an earlier rev file (its checksum then fails) ...
+    let (num, rec) = nums[..nums.len() - 1]
+        .iter()
+        .find_map(|&n| rev_records(n).into_iter().find(|r| r.len > 200).map(|r| (n, r)))
+        .expect("an undo record with spent outputs in an earlier rev file");
+    let path = blocks.join(FileKind::Rev.file_name(num));
+    let mut bytes = std::fs::read(&path)?;
+    for b in &mut bytes[rec.offset as usize + rec.len as usize / 2..][..16] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&path, bytes)?;
+    // ... and cut the last rev file in the middle of its records.
+    let last = *nums.last().unwrap();
+    let recs = rev_records(last);
+    assert!(recs.len() >= 2, "{} records in the last rev file", recs.len());
+    let path = blocks.join(FileKind::Rev.file_name(last));
+    std::fs::OpenOptions::new().write(true).open(&path)?.set_len(recs[recs.len() / 2].offset + 5)?;
+
+    let db = dir.path().join("db");
+    let blocksdir = blocks.to_str().unwrap();
+    let out = indexer(&node, &db, &["--offline", "--blocksdir", blocksdir]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no usable undo record in the rev files"), "{err}");
+    assert!(err.contains("the node's RPC is not available"), "{err}");
+    // With the node reachable, the missing undo data comes from getblock 3: the index is complete.
+    index_ok(&node, &db, &["--blocksdir", blocksdir]);
+    check(&node, &open_with_blocks(&db, &blocks), &want)?;
+    Ok(())
+}
