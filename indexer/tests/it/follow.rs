@@ -210,3 +210,21 @@ fn a_reorg_deeper_than_max_reorg_waits_for_the_operator() -> Result<()> {
     assert_matches_node(&mut f, &node, &db, dir.path())?;
     Ok(())
 }
+
+/// With polling as good as off (an hour), new blocks are followed within moments: the follower
+/// wakes on the node's ZMQ notification. Without ZMQ the same blocks would wait for the hour.
+#[test]
+fn the_follower_wakes_on_zmq() -> Result<()> {
+    let (node, _dir, db, mut f) = following(&["--poll-secs", "3600"])?;
+    let log = wait_for_log(&f, "following: ZMQ notifications", 30)?;
+    assert!(log.contains("listening to ZMQ notifications"), "{log}");
+    let b = ChainBuilder::new(&node)?;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        b.mine(1)?;
+        f.wait_synced(&node, &db)?;
+        // Generous against a busy machine, and still far from the poll interval.
+        assert!(t0.elapsed() < Duration::from_secs(20), "followed after {:?}", t0.elapsed());
+    }
+    Ok(())
+}
