@@ -87,6 +87,10 @@ struct Args {
     /// Worker threads (default: one per CPU).
     #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_THREADS")]
     threads: Option<usize>,
+    /// Bytes of hash prefix per bucket key of a new index (default: 3 on mainnet and the testnets,
+    /// 2 on signet and regtest); a regtest chain of mainnet's size wants 3. Fixed at creation.
+    #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_BUCKET_WIDTH")]
+    bucket_width: Option<usize>,
     /// Deepest reorg undone without asking: a deeper one (or a node whose chain has less work
     /// than the index, e.g. while it reindexes) makes the indexer wait and say why.
     #[arg(long, help_heading = "Following", env = "BLKINDEX_MAX_REORG", default_value_t = 100)]
@@ -120,7 +124,7 @@ fn run() -> Result<()> {
         check_node_network(rpc, args.node.network)?;
     }
     let store = Store::open(&args.node.db, Mode::Bulk)?;
-    store.check_identity(args.node.network, true)?;
+    store.check_identity(args.node.network, true, args.bucket_width)?;
 
     let progress = Progress::new(args.progress);
     let source =

@@ -73,7 +73,7 @@ fn run() -> Result<()> {
         std::fs::create_dir_all(secondary.join(which))
             .with_context(|| format!("creating {}", secondary.join(which).display()))?;
         let store = Store::open(&config.node.db, Mode::Secondary(secondary.join(which)))?;
-        store.check_identity(config.node.network, false)?;
+        store.check_identity(config.node.network, false, None)?;
         Index::new(store, blocks.clone())
     };
     let (index, standby) = (open("a")?, open("b")?);

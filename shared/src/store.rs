@@ -148,8 +148,16 @@ impl Store {
         Ok(self.db.write_opt(batch, &wo)?)
     }
 
-    /// Stamps an empty DB with the format, network and genesis; refuses a DB made for anything else.
-    pub fn check_identity(&self, net: Net, writable: bool) -> Result<()> {
+    /// Stamps an empty DB with the format, network, genesis and bucket width (`width`, else the
+    /// network's); refuses a DB made for anything else, or of another width than `width` asks.
+    pub fn check_identity(&self, net: Net, writable: bool, width: Option<usize>) -> Result<()> {
+        if let Some(w) = width {
+            anyhow::ensure!(
+                bucket::WIDTHS.contains(&w),
+                "bucket width {w}: must be one of {:?}",
+                bucket::WIDTHS
+            );
+        }
         let genesis = net.genesis_hash();
         match self.get_meta(meta::FORMAT)? {
             None if writable => {
@@ -165,7 +173,7 @@ impl Store {
                     (meta::FORMAT, Some(&schema::FORMAT_VERSION.to_be_bytes())),
                     (meta::NETWORK, Some(net.name().as_bytes())),
                     (meta::GENESIS, Some(genesis.as_byte_array())),
-                    (meta::BUCKET, Some(&[schema::bucket_width(net) as u8])),
+                    (meta::BUCKET, Some(&[width.unwrap_or(schema::bucket_width(net)) as u8])),
                 ])?;
             }
             None => bail!("{}: not a blkindex index (no format stamp)", self.path.display()),
@@ -193,7 +201,14 @@ impl Store {
                         self.path.display()
                     );
                 }
-                self.bucket_width()?;
+                let stored = self.bucket_width()?;
+                if width.is_some_and(|w| w != stored) {
+                    bail!(
+                        "{}: index was created with bucket width {stored}; a bucket width is chosen only \
+                         when an index is created",
+                        self.path.display()
+                    );
+                }
             }
         }
         Ok(())

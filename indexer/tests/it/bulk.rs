@@ -505,3 +505,27 @@ fn damaged_and_truncated_rev_files_are_a_clear_error_offline_and_fetched_from_th
     check(&node, &open_with_blocks(&db, &blocks), &want)?;
     Ok(())
 }
+
+#[test]
+fn bucket_width_is_chosen_at_creation() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let want = expected(&node)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    // Mainnet's width on a regtest chain: every answer still equals the node's.
+    index_ok(&node, &db, &["--bucket-width", "3"]);
+    {
+        let index = open(&node, &db);
+        assert_eq!(index.store.bucket_width()?, 3);
+        check(&node, &index, &want)?;
+    }
+    // The width is the index's from then on: another one is refused, none asked is fine.
+    let out = indexer(&node, &db, &["--bucket-width", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("created with bucket width 3"), "{err}");
+    index_ok(&node, &db, &[]);
+    let out = indexer(&node, &dir.path().join("other"), &["--bucket-width", "9"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("must be one of"));
+    Ok(())
+}
