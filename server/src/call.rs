@@ -182,7 +182,7 @@ impl Call {
                         Some(r) => {
                             match r
                                 .as_bool()
-                                .ok_or_else(|| ServerError::invalid_params("raw must be a boolean"))?
+                                .ok_or_else(|| ServerError::bad_request("raw must be a boolean"))?
                             {
                                 true => HeaderForm::Raw,
                                 false => HeaderForm::Deserialized,
@@ -201,7 +201,7 @@ impl Call {
                 let index = u32_arg(p, 0, "index", None)?;
                 let start = index
                     .checked_mul(MAX_HEADERS)
-                    .ok_or_else(|| ServerError::invalid_params("index too large"))?;
+                    .ok_or_else(|| ServerError::bad_request("index too large"))?;
                 Call::BlockGetChunk { start }
             }
             "blockchain.block.header" => {
@@ -279,7 +279,7 @@ impl Call {
                         Some(m.to_uppercase())
                     }
                     Some(_) => {
-                        return Err(ServerError::invalid_params("mode must be CONSERVATIVE or ECONOMICAL"))
+                        return Err(ServerError::bad_request("mode must be CONSERVATIVE or ECONOMICAL"))
                     }
                 };
                 Call::EstimateFee { target, mode }
@@ -338,25 +338,30 @@ fn named(net: Net, family: &str, params: &Value) -> Result<Named, ServerError> {
             let text = str_arg(params, 0, "address")?;
             let address = Address::from_str(text)
                 .and_then(|a| a.require_network(net.0))
-                .map_err(|e| ServerError::invalid_params(format!("invalid address {text:?}: {e}")))?;
+                .map_err(|e| ServerError::bad_request(format!("invalid address {text:?}: {e}")))?;
             let sh = ScriptHash::of(address.script_pubkey().as_bytes());
             Named { sh, notify_as: ("blockchain.address.subscribe", text.to_string()) }
         }
         "blockchain.scriptpubkey" => {
             let script = hex::decode(str_arg(params, 0, "scriptpubkey")?)
-                .map_err(|_| ServerError::invalid_params("scriptpubkey must be hex"))?;
+                .map_err(|_| ServerError::bad_request("scriptpubkey must be hex"))?;
             let sh = ScriptHash::of(&script);
             // As ElectrumX does, notifications name the script by its hash.
             Named { sh, notify_as: ("blockchain.scriptpubkey.subscribe", sh.to_string()) }
         }
         _ => {
-            let sh: ScriptHash = str_arg(params, 0, "scripthash")?
-                .parse()
-                .map_err(|e: String| ServerError::invalid_params(e))?;
+            let sh: ScriptHash =
+                str_arg(params, 0, "scripthash")?.parse().map_err(ServerError::BadRequest)?;
             Named { sh, notify_as: ("blockchain.scripthash.subscribe", sh.to_string()) }
         }
     })
 }
+
+// The argument rules' codes follow ElectrumX, which clients may branch on: an argument missing
+// (or one too many) is JSON-RPC's -32602 (aiorpcX's "invalid arguments"), one present but
+// malformed is 1, `BAD_REQUEST` (ElectrumX's `non_negative_integer`, `assert_boolean`,
+// `assert_tx_hash`, `scripthash_to_hashX`). `server.ping`'s, `spk_hint`'s and the hex lists'
+// rules keep -32602: what ElectrumX answers there is not established.
 
 /// Positional or named parameter `i` / `name`.
 fn arg<'a>(params: &'a Value, i: usize, name: &str) -> Option<&'a Value> {
@@ -373,21 +378,23 @@ fn u32_arg(params: &Value, i: usize, name: &str, default: Option<u32>) -> Result
         Some(v) => v
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| ServerError::invalid_params(format!("{name} must be a non-negative integer"))),
+            .ok_or_else(|| ServerError::bad_request(format!("{name} must be a non-negative integer"))),
         None => default.ok_or_else(|| ServerError::invalid_params(format!("missing {name}"))),
     }
 }
 
 fn str_arg<'a>(params: &'a Value, i: usize, name: &str) -> Result<&'a str, ServerError> {
-    arg(params, i, name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ServerError::invalid_params(format!("{name} must be a string")))
+    let message = || format!("{name} must be a string");
+    match arg(params, i, name) {
+        None => Err(ServerError::InvalidParams(message())),
+        Some(v) => v.as_str().ok_or_else(|| ServerError::BadRequest(message())),
+    }
 }
 
 fn txid_arg(params: &Value, i: usize) -> Result<Txid, ServerError> {
     str_arg(params, i, "tx_hash")?
         .parse()
-        .map_err(|_| ServerError::invalid_params("tx_hash must be 64 hex digits"))
+        .map_err(|_| ServerError::bad_request("tx_hash must be 64 hex digits"))
 }
 
 /// An outpoint as 1.7's `blockchain.outpoint.*` take it: `tx_hash`, `txout_idx`.
@@ -398,9 +405,7 @@ fn outpoint_arg(params: &Value) -> Result<OutPoint, ServerError> {
 fn bool_arg(params: &Value, i: usize, name: &str) -> Result<bool, ServerError> {
     match arg(params, i, name) {
         None => Ok(false),
-        Some(v) => {
-            v.as_bool().ok_or_else(|| ServerError::invalid_params(format!("{name} must be a boolean")))
-        }
+        Some(v) => v.as_bool().ok_or_else(|| ServerError::bad_request(format!("{name} must be a boolean"))),
     }
 }
 
@@ -428,7 +433,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::protocol::{METHODS, METHOD_NOT_FOUND, VERSIONS};
+    use crate::protocol::{BAD_REQUEST, INVALID_PARAMS, METHODS, METHOD_NOT_FOUND, VERSIONS};
 
     const REGTEST: Net = Net(bitcoin::Network::Regtest);
 
@@ -520,5 +525,38 @@ mod tests {
             message(parse("blockchain.transaction.get", json!(["00".repeat(32), true]), (1, 1, 0))).1,
             "protocol 1.1 takes only tx_hash"
         );
+    }
+
+    /// The codes clients may branch on, as ElectrumX answers: missing is -32602, malformed is 1.
+    #[test]
+    fn missing_arguments_are_invalid_params_and_malformed_ones_bad_requests() {
+        let code = |method: &str, params: Value, v: Version| {
+            Call::parse(method, &params, v, REGTEST)
+                .map(|c| panic!("{method}{params} parsed: {c:?}"))
+                .unwrap_err()
+                .code()
+        };
+        let v = (1, 4, 2);
+        let txid = "ab".repeat(32);
+        for (method, params, want) in [
+            ("blockchain.scripthash.get_history", json!([]), INVALID_PARAMS),
+            ("blockchain.scripthash.get_history", json!(["zz"]), BAD_REQUEST),
+            ("blockchain.scripthash.get_history", json!([5]), BAD_REQUEST),
+            ("blockchain.address.get_balance", json!(["1BoatSLRHtKNngkdXEeobR76b53LETtpyT"]), BAD_REQUEST),
+            ("blockchain.transaction.get", json!([]), INVALID_PARAMS),
+            ("blockchain.transaction.get", json!(["xyz"]), BAD_REQUEST),
+            ("blockchain.transaction.get", json!([txid, "yes"]), BAD_REQUEST),
+            ("blockchain.transaction.get_merkle", json!([txid]), INVALID_PARAMS),
+            ("blockchain.transaction.get_merkle", json!([txid, -1]), BAD_REQUEST),
+            ("blockchain.block.header", json!(["tall"]), BAD_REQUEST),
+            ("blockchain.block.headers", json!([0]), INVALID_PARAMS),
+            ("blockchain.estimatefee", json!([2, "FAST"]), BAD_REQUEST),
+            ("blockchain.transaction.broadcast", json!([]), INVALID_PARAMS),
+        ] {
+            let v = if method.starts_with("blockchain.address.") { (1, 2, 0) } else { v };
+            assert_eq!(code(method, params.clone(), v), want, "{method}{params}");
+        }
+        assert_eq!(code("blockchain.headers.subscribe", json!(["no"]), (1, 3, 0)), BAD_REQUEST);
+        assert_eq!(code("blockchain.transaction.get", json!([txid, true]), (1, 1, 0)), INVALID_PARAMS);
     }
 }

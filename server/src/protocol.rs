@@ -119,14 +119,15 @@ pub enum ServerError {
     InvalidRequest(String),
     /// A method of no version, or of another version than the session's.
     MethodNotFound(String),
-    /// Arguments of the wrong shape, or `params` neither a list nor an object.
+    /// An argument missing or one too many, or `params` neither a list nor an object.
     InvalidParams(String),
-    /// What the method cannot serve: a height beyond the tip, a second `server.version`, no
-    /// common version, a transaction the node rejects.
+    /// An argument the method cannot take (malformed: a script hash, txid, address, height,
+    /// boolean; or a height beyond the tip), a second `server.version`, no common version, a
+    /// transaction the node rejects.
     BadRequest(String),
     /// The node's error.
     Daemon(String),
-    /// A transaction neither in the index nor in the mempool.
+    /// A transaction neither in the index nor in the mempool: `DAEMON_ERROR`, as ElectrumX.
     UnknownTx(Txid),
     /// A history or unspent list longer than `--max-history` (the limit).
     HistoryTooLarge(usize),
@@ -159,7 +160,8 @@ impl ServerError {
             ServerError::InvalidParams(_) => INVALID_PARAMS,
             ServerError::BadRequest(_) => BAD_REQUEST,
             ServerError::Daemon(_) => DAEMON_ERROR,
-            ServerError::UnknownTx(_) => BAD_REQUEST,
+            // ElectrumX asks the node for it, so its clients get the node's error code.
+            ServerError::UnknownTx(_) => DAEMON_ERROR,
             ServerError::HistoryTooLarge(_) => HISTORY_TOO_LARGE,
             ServerError::Closing(_) => SERVER_ERROR,
             ServerError::Internal(_) => INTERNAL_ERROR,
