@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use blkindex_shared::config::LogFilterHandle;
 
 use crate::bans::{Bans, Subnet};
-use crate::protocol::version_string;
+use crate::protocol::{version_string, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, SERVER_ERROR};
 use crate::sessions::Which;
 use crate::state::State;
 
@@ -34,11 +34,8 @@ const MAX_CONNECTIONS: usize = 8;
 /// An admin connection with no request for this long is closed.
 const IDLE: Duration = Duration::from_secs(300);
 
-const INVALID_REQUEST: i64 = -32600;
-const METHOD_NOT_FOUND: i64 = -32601;
-const INVALID_PARAMS: i64 = -32602;
 /// The request was understood but could not be done (nothing matched, the file not written).
-const FAILED: i64 = -32000;
+const FAILED: i64 = SERVER_ERROR;
 
 pub struct Admin {
     pub state: Arc<State>,

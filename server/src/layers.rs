@@ -19,6 +19,8 @@ const LAYERS: &[&[&str]] = &[
     &["session"],
     // The Electrum methods, by protocol version.
     &["methods"],
+    // A request parsed into a typed call, its arguments checked.
+    &["call"],
     // What computes statuses and what keeps the state current.
     &["status", "catch_up", "mempool::driver", "zmq", "stats"],
     // Supervision of the long-lived tasks.

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::bans::Bans;
 use crate::config::Transport;
+use crate::protocol::ServerError;
 use crate::session::{self, error_reply, Incoming, OUT_QUEUE};
 use crate::state::State;
 
@@ -125,7 +126,7 @@ pub async fn accept_loop(
 /// Tells a refused TCP client why (others get the connection closed).
 async fn refuse(mut stream: TcpStream, transport: Transport, reason: &str) {
     if transport == Transport::Tcp {
-        let line = error_reply(&serde_json::Value::Null, true, -32000, reason) + "\n";
+        let line = error_reply(&serde_json::Value::Null, true, &ServerError::Closing(reason.into())) + "\n";
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
     }
 }

@@ -4,7 +4,7 @@
 //! Modules, top to bottom; each imports only modules below it (`layers` tests it):
 //! - `main`: wiring. `admin`: the operator's side. `listen`: TCP, TLS, WebSocket listeners and
 //!   connection limits. `session`: one per connection (requests, batches, notifications).
-//!   `methods`: the calls, by protocol version.
+//!   `methods`: the calls, by protocol version. `call`: a request parsed once into a typed call.
 //! - `status` (script and outpoint statuses); the tasks that keep the state current:
 //!   `catch_up` (the standby index instance caught up and swapped in, new tips announced),
 //!   `mempool::driver` (the node's mempool tracked), `zmq` (wakes both early), `stats`.
@@ -15,6 +15,7 @@
 
 mod admin;
 mod bans;
+mod call;
 mod catch_up;
 mod config;
 #[cfg(test)]

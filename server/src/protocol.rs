@@ -1,6 +1,6 @@
 //! The Electrum protocol's vocabulary, shared by every layer above: the versions served, which
-//! method exists in which version, the error codes and the error a method answers with, and the
-//! wire form of a txid. Nothing here knows about the server's state.
+//! method exists in which version, the error codes and `ServerError` (mapped to them here only),
+//! and the wire form of a txid. Nothing here knows about the server's state.
 
 use bitcoin::Txid;
 
@@ -71,11 +71,6 @@ pub fn available(method: &str, v: Version) -> bool {
     METHODS.iter().any(|(name, since, until)| *name == method && *since <= v && v < *until)
 }
 
-/// A method's family and name: ("blockchain.scripthash", "get_history").
-pub fn family_and_name(method: &str) -> (&str, &str) {
-    method.rsplit_once('.').unwrap_or(("", method))
-}
-
 /// Whether `method` is a method of any version.
 pub fn known(method: &str) -> bool {
     METHODS.iter().any(|(name, ..)| *name == method)
@@ -99,32 +94,117 @@ pub fn version_string(v: Version) -> String {
     }
 }
 
-/// A method's error as the client gets it: `{"code": …, "message": …}`.
-#[derive(Debug)]
-pub struct ErrorReply {
-    pub code: i64,
-    pub message: String,
-}
-
+// JSON-RPC 2.0's codes.
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+/// JSON-RPC's first implementation-defined server error: the server ends the connection (idle,
+/// refused), or (admin) a request understood but not done.
+pub const SERVER_ERROR: i64 = -32000;
+// The Electrum servers' codes (ElectrumX's `BAD_REQUEST` and `DAEMON_ERROR`).
 pub const BAD_REQUEST: i64 = 1;
 pub const DAEMON_ERROR: i64 = 2;
 /// Protocol 1.7's code for a history too large to send (used for every version).
 pub const HISTORY_TOO_LARGE: i64 = 10001;
-pub const METHOD_NOT_FOUND: i64 = -32601;
-pub const INVALID_PARAMS: i64 = -32602;
 
-pub fn err(code: i64, message: impl Into<String>) -> ErrorReply {
-    ErrorReply { code, message: message.into() }
+/// Why a request failed, whatever raised it; `code` and `message` are the one place it becomes
+/// what the client reads (`{"code": …, "message": …}`).
+#[derive(Debug)]
+pub enum ServerError {
+    /// Not JSON.
+    Parse(String),
+    /// Not a JSON-RPC request: no method, a batch of the wrong size, a request over the size limit.
+    InvalidRequest(String),
+    /// A method of no version, or of another version than the session's.
+    MethodNotFound(String),
+    /// An argument missing or one too many, or `params` neither a list nor an object.
+    InvalidParams(String),
+    /// An argument the method cannot take (malformed: a script hash, txid, address, height,
+    /// boolean; or a height beyond the tip), a second `server.version`, no common version, a
+    /// transaction the node rejects.
+    BadRequest(String),
+    /// The node's error.
+    Daemon(String),
+    /// A transaction neither in the index nor in the mempool: `DAEMON_ERROR`, as ElectrumX.
+    UnknownTx(Txid),
+    /// A history or unspent list longer than `--max-history` (the limit).
+    HistoryTooLarge(usize),
+    /// The server ends the connection: idle, or refused (a limit, a ban).
+    Closing(String),
+    /// Ours, not the client's: the index (RocksDB, the blk files), I/O, a bug. The session logs
+    /// it; the client reads only "internal error".
+    Internal(anyhow::Error),
 }
 
-impl From<anyhow::Error> for ErrorReply {
-    fn from(e: anyhow::Error) -> Self {
-        err(BAD_REQUEST, format!("{e:#}"))
+impl ServerError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ServerError::BadRequest(message.into())
+    }
+
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        ServerError::InvalidParams(message.into())
+    }
+
+    /// A failed call to the node.
+    pub fn daemon(e: anyhow::Error) -> Self {
+        ServerError::Daemon(format!("daemon error: {e:#}"))
+    }
+
+    pub fn code(&self) -> i64 {
+        match self {
+            ServerError::Parse(_) => PARSE_ERROR,
+            ServerError::InvalidRequest(_) => INVALID_REQUEST,
+            ServerError::MethodNotFound(_) => METHOD_NOT_FOUND,
+            ServerError::InvalidParams(_) => INVALID_PARAMS,
+            ServerError::BadRequest(_) => BAD_REQUEST,
+            ServerError::Daemon(_) => DAEMON_ERROR,
+            // ElectrumX asks the node for it, so its clients get the node's error code.
+            ServerError::UnknownTx(_) => DAEMON_ERROR,
+            ServerError::HistoryTooLarge(_) => HISTORY_TOO_LARGE,
+            ServerError::Closing(_) => SERVER_ERROR,
+            ServerError::Internal(_) => INTERNAL_ERROR,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ServerError::Parse(m)
+            | ServerError::InvalidRequest(m)
+            | ServerError::MethodNotFound(m)
+            | ServerError::InvalidParams(m)
+            | ServerError::BadRequest(m)
+            | ServerError::Daemon(m)
+            | ServerError::Closing(m) => m.clone(),
+            ServerError::UnknownTx(txid) => format!("no transaction {txid}"),
+            ServerError::HistoryTooLarge(max) => format!("history too large: more than {max} entries"),
+            ServerError::Internal(_) => "internal error".into(),
+        }
     }
 }
 
-pub fn daemon(e: anyhow::Error) -> ErrorReply {
-    err(DAEMON_ERROR, format!("daemon error: {e:#}"))
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Internal(e) => write!(f, "internal error: {e:#}"),
+            other => write!(f, "{} ({})", other.message(), other.code()),
+        }
+    }
+}
+
+/// So that code reading the index, which returns `anyhow` errors, can raise a client's error
+/// too (`Err(ServerError::bad_request(…))?`) and have it come back out as itself.
+impl std::error::Error for ServerError {}
+
+/// An error from the index or a task: `Internal`, unless it is a `ServerError` raised inside.
+impl From<anyhow::Error> for ServerError {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<ServerError>() {
+            Ok(e) => e,
+            Err(e) => ServerError::Internal(e),
+        }
+    }
 }
 
 /// Appends a txid as displayed (byte-reversed hex) without the formatting machinery: long
@@ -176,5 +256,15 @@ mod tests {
             assert!(since < until, "{name}");
             assert!(VERSIONS.iter().any(|v| available(name, *v)), "{name}");
         }
+    }
+
+    #[test]
+    fn errors_raised_inside_index_code_come_back_as_themselves() {
+        let raised: anyhow::Error = ServerError::bad_request("no block at height 9").into();
+        let e = ServerError::from(raised);
+        assert_eq!((e.code(), e.message()), (BAD_REQUEST, "no block at height 9".to_string()));
+        let e = ServerError::from(anyhow::anyhow!("rocksdb: Corruption: block checksum mismatch"));
+        assert_eq!((e.code(), e.message()), (INTERNAL_ERROR, "internal error".to_string()));
+        assert!(e.to_string().contains("checksum mismatch"), "the log gets the cause: {e}");
     }
 }

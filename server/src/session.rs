@@ -11,13 +11,13 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use blkindex_shared::ScriptHash;
 
 use crate::config::Transport;
 use crate::methods::{self, Session};
-use crate::protocol::{ErrorReply, INVALID_PARAMS};
+use crate::protocol::ServerError;
 use crate::state::{State, Tip};
 use crate::status::{outpoint_status, script_status};
 
@@ -58,8 +58,8 @@ pub async fn run(
                     None => break "closed by the client",
                     Some(Incoming::Message(text)) => text,
                     Some(Incoming::TooLong) => {
-                        let message = format!("request longer than {} bytes", limits.max_request);
-                        let _ = out.send(error_reply(&Value::Null, true, -32600, &message)).await;
+                        let e = ServerError::InvalidRequest(format!("request longer than {} bytes", limits.max_request));
+                        let _ = out.send(error_reply(&Value::Null, true, &e)).await;
                         break "request too long";
                     }
                 };
@@ -110,8 +110,8 @@ pub async fn run(
                 }
             }
             _ = &mut idle => {
-                let message = format!("no request for {} s", limits.idle.as_secs());
-                let _ = out.try_send(error_reply(&Value::Null, true, -32000, &message));
+                let e = ServerError::Closing(format!("no request for {} s", limits.idle.as_secs()));
+                let _ = out.try_send(error_reply(&Value::Null, true, &e));
                 break "idle";
             }
             _ = live.close.cancelled() => break "disconnected by the operator",
@@ -217,30 +217,30 @@ fn notification(method: &str, params: Value) -> String {
     json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string()
 }
 
-pub fn error_reply(id: &Value, v2: bool, code: i64, message: &str) -> String {
-    error_value(id, v2, code, message).to_string()
-}
-
-fn error_value(id: &Value, v2: bool, code: i64, message: &str) -> Value {
-    let error = json!({"code": code, "message": message});
+/// The reply to request `id` that failed with `e` (JSON-RPC 2.0 if `v2`, else 1.0).
+pub fn error_reply(id: &Value, v2: bool, e: &ServerError) -> String {
+    let error = json!({"code": e.code(), "message": e.message()});
     match v2 {
         true => json!({"jsonrpc": "2.0", "error": error, "id": id}),
         false => json!({"result": null, "error": error, "id": id}),
     }
+    .to_string()
 }
 
 /// One message: a request, or a batch of them. None when nothing is owed (notifications only).
 async fn handle_message(state: &Arc<State>, s: &mut Session, text: &str) -> Option<String> {
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Some(error_reply(&Value::Null, true, -32700, &format!("invalid JSON: {e}"))),
+        Err(e) => {
+            return Some(error_reply(&Value::Null, true, &ServerError::Parse(format!("invalid JSON: {e}"))))
+        }
     };
     match msg {
         Value::Array(batch) => {
             let max = state.settings().limits.max_batch;
             if batch.is_empty() || batch.len() > max {
-                let message = format!("a batch holds 1 to {max} requests");
-                return Some(error_reply(&Value::Null, true, -32600, &message));
+                let e = ServerError::InvalidRequest(format!("a batch holds 1 to {max} requests"));
+                return Some(error_reply(&Value::Null, true, &e));
             }
             let mut replies = String::from("[");
             for req in &batch {
@@ -265,14 +265,18 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     let (Some(method), params) =
         (req.get("method").and_then(Value::as_str), req.get("params").cloned().unwrap_or(json!([])))
     else {
-        return Some(error_reply(&id.unwrap_or(Value::Null), v2, -32600, "not a JSON-RPC request"));
+        let e = ServerError::InvalidRequest("not a JSON-RPC request".into());
+        return Some(error_reply(&id.unwrap_or(Value::Null), v2, &e));
     };
     debug!(method, %params, "request");
     let started = Instant::now();
     let result = match params {
         Value::Array(_) | Value::Object(_) => methods::call(state, s, method, &params).await,
-        _ => Err(ErrorReply { code: INVALID_PARAMS, message: "params must be an array or an object".into() }),
+        _ => Err(ServerError::invalid_params("params must be an array or an object")),
     };
+    if let Err(ServerError::Internal(e)) = &result {
+        warn!(method, %params, "internal error: {e:#}");
+    }
     let took = started.elapsed();
     state.metrics().request(method, result.is_ok(), took);
     state.sessions().count_request();
@@ -296,7 +300,7 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
             r.write_to(&mut reply);
             reply.push_str(r#","error":null"#);
         }
-        (Err(e), _) => return Some(error_reply(&id, v2, e.code, &e.message)),
+        (Err(e), _) => return Some(error_reply(&id, v2, &e)),
     }
     reply.push_str(r#","id":"#);
     reply.push_str(&id.to_string());

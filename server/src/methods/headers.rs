@@ -13,15 +13,7 @@ use blkindex_shared::query::Index;
 
 use super::*;
 
-/// `blockchain.block.headers` returns at most this many, and `get_chunk` returns this many.
-pub const MAX_HEADERS: u32 = 2016;
-
-/// How a session wants headers: `{hex, height}`, or deserialized (before 1.4 without `raw`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeaderForm {
-    Raw,
-    Deserialized,
-}
+pub use crate::call::MAX_HEADERS;
 
 pub fn header_json(form: HeaderForm, height: u32, header: &Header) -> Value {
     match form {
@@ -38,54 +30,38 @@ pub fn header_json(form: HeaderForm, height: u32, header: &Header) -> Value {
     }
 }
 
-fn header_at(index: &Index, height: u32) -> anyhow::Result<Header> {
-    Ok(index.chain.row(height).ok_or_else(|| anyhow::anyhow!("no block at height {height}"))?.header)
+fn header_at(index: &Index, height: u32) -> Result<Header, ServerError> {
+    Ok(index
+        .chain
+        .row(height)
+        .ok_or_else(|| ServerError::bad_request(format!("no block at height {height}")))?
+        .header)
 }
 
-pub async fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -> Reply {
-    let v = s.version();
-    match method {
-        "blockchain.headers.subscribe" => {
-            // 1.2 added `raw` (default false), 1.3 made true the default, 1.4 removed it.
-            let form = match v {
-                v if v < (1, 2, 0) => HeaderForm::Deserialized,
-                v if v < (1, 4, 0) => match arg(params, 0, "raw") {
-                    Some(r) => {
-                        match r.as_bool().ok_or_else(|| err(INVALID_PARAMS, "raw must be a boolean"))? {
-                            true => HeaderForm::Raw,
-                            false => HeaderForm::Deserialized,
-                        }
-                    }
-                    None if v < (1, 3, 0) => HeaderForm::Deserialized,
-                    None => HeaderForm::Raw,
-                },
-                _ => HeaderForm::Raw,
-            };
-            let tip = state.tip().ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
-            s.headers = Some(form);
-            Ok(header_json(form, tip.height, &tip.header))
-        }
-        "blockchain.numblocks.subscribe" => {
-            let tip = state.tip().ok_or_else(|| err(BAD_REQUEST, "the index is empty"))?;
-            s.numblocks = true;
-            Ok(json!(tip.height))
-        }
-        "blockchain.block.get_header" => {
-            let height = u32_arg(params, 0, "height", None)?;
-            let header = state.read(move |i, _| header_at(i, height)).await?;
-            Ok(header_json(HeaderForm::Deserialized, height, &header))
-        }
-        "blockchain.block.get_chunk" => {
-            let index = u32_arg(params, 0, "index", None)?;
-            let start =
-                index.checked_mul(MAX_HEADERS).ok_or_else(|| err(INVALID_PARAMS, "index too large"))?;
-            let (headers, _) = state.read(move |i, _| Ok(headers_from(i, start, MAX_HEADERS))).await?;
-            Ok(json!(headers.concat()))
-        }
-        "blockchain.block.header" => block_header(state, params, v).await,
-        "blockchain.block.headers" => block_headers(state, params, v).await,
-        _ => unreachable!("{method} is routed here by its family"),
-    }
+/// `blockchain.headers.subscribe`: the tip, and new tips from now on in `form`.
+pub fn subscribe(state: &Arc<State>, s: &mut Session, form: HeaderForm) -> Reply {
+    let tip = state.tip().ok_or_else(|| ServerError::bad_request("the index is empty"))?;
+    s.headers = Some(form);
+    Ok(header_json(form, tip.height, &tip.header))
+}
+
+/// 1.0's `blockchain.numblocks.subscribe`: the tip's height, and new heights from now on.
+pub fn numblocks_subscribe(state: &Arc<State>, s: &mut Session) -> Reply {
+    let tip = state.tip().ok_or_else(|| ServerError::bad_request("the index is empty"))?;
+    s.numblocks = true;
+    Ok(json!(tip.height))
+}
+
+/// 1.0–1.3's `blockchain.block.get_header`: deserialized.
+pub async fn get_header(state: &Arc<State>, height: u32) -> Reply {
+    let header = state.read(move |i, _| Ok(header_at(i, height)?)).await?;
+    Ok(header_json(HeaderForm::Deserialized, height, &header))
+}
+
+/// 1.0–1.3's `blockchain.block.get_chunk`: `MAX_HEADERS` headers from `start`, as one hex string.
+pub async fn get_chunk(state: &Arc<State>, start: u32) -> Reply {
+    let (headers, _) = state.read(move |i, _| Ok(headers_from(i, start, MAX_HEADERS))).await?;
+    Ok(json!(headers.concat()))
 }
 
 /// Up to `count` headers from `start` as hex, and the height after the last.
@@ -97,10 +73,16 @@ fn headers_from(index: &Index, start: u32, count: u32) -> (Vec<String>, u32) {
 
 /// The branch and root proving the header at `height` under checkpoint `cp_height`: a merkle tree
 /// over the block hashes 0..=cp_height, hashes shown reversed as everywhere in the protocol.
-pub fn header_proof(index: &Index, height: u32, cp_height: u32) -> anyhow::Result<(Vec<String>, String)> {
+pub fn header_proof(
+    index: &Index,
+    height: u32,
+    cp_height: u32,
+) -> Result<(Vec<String>, String), ServerError> {
     let tip = index.chain.len() as u32 - 1;
     if height > cp_height || cp_height > tip {
-        anyhow::bail!("require header height {height} <= cp_height {cp_height} <= chain height {tip}");
+        return Err(ServerError::bad_request(format!(
+            "require header height {height} <= cp_height {cp_height} <= chain height {tip}"
+        )));
     }
     let leaves = (0..=cp_height).map(|h| index.chain.hash(h).unwrap().to_byte_array()).collect();
     let (branch, root) = merkle::branch_and_root(leaves, height as usize);
@@ -111,17 +93,8 @@ pub fn header_proof(index: &Index, height: u32, cp_height: u32) -> anyhow::Resul
     Ok((branch.into_iter().map(show).collect(), show(root)))
 }
 
-/// `cp_height` arrived in 1.4; before that the header alone is served.
-fn cp_height_arg(params: &Value, i: usize, v: Version) -> Result<u32, ErrorReply> {
-    match v >= (1, 4, 0) {
-        true => u32_arg(params, i, "cp_height", Some(0)),
-        false => Ok(0),
-    }
-}
-
-async fn block_header(state: &Arc<State>, params: &Value, v: Version) -> Reply {
-    let height = u32_arg(params, 0, "height", None)?;
-    let cp_height = cp_height_arg(params, 1, v)?;
+/// `blockchain.block.header`: the header as hex, with a proof under `cp_height` if not 0.
+pub async fn block_header(state: &Arc<State>, height: u32, cp_height: u32) -> Reply {
     state
         .read(move |i, _| {
             let hex_header = hex::encode(serialize(&header_at(i, height)?));
@@ -132,15 +105,12 @@ async fn block_header(state: &Arc<State>, params: &Value, v: Version) -> Reply {
             Ok(json!({"branch": branch, "header": hex_header, "root": root}))
         })
         .await
-        .map_err(ErrorReply::from)
+        .map_err(ServerError::from)
 }
 
 /// `blockchain.block.headers`: concatenated hex before 1.6, a list of headers from 1.6; with a
 /// checkpoint, the proof is for the last header returned.
-async fn block_headers(state: &Arc<State>, params: &Value, v: Version) -> Reply {
-    let start = u32_arg(params, 0, "start_height", None)?;
-    let count = u32_arg(params, 1, "count", None)?.min(MAX_HEADERS);
-    let cp_height = cp_height_arg(params, 2, v)?;
+pub async fn block_headers(state: &Arc<State>, start: u32, count: u32, cp_height: u32, v: Version) -> Reply {
     state
         .read(move |i, _| {
             let (headers, end) = headers_from(i, start, count);
@@ -157,5 +127,5 @@ async fn block_headers(state: &Arc<State>, params: &Value, v: Version) -> Reply 
             Ok(out)
         })
         .await
-        .map_err(ErrorReply::from)
+        .map_err(ServerError::from)
 }

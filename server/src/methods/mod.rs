@@ -1,7 +1,6 @@
-//! The Electrum methods, by name, for the negotiated protocol version (1.0 to 1.7).
-//!
-//! `protocol::METHODS` says in which versions each method exists; a session calls only what its
-//! version has, and the handlers shape their replies by version where the protocol changed them.
+//! The Electrum methods, for the negotiated protocol version (1.0 to 1.7): a request parsed into
+//! a `call::Call` (what `protocol::METHODS` has in that version, its arguments checked), then one
+//! exhaustive match on it; the handlers shape their replies by version where the protocol changed them.
 //! Confirmed data comes from the index, unconfirmed data from the tracked mempool, fees and
 //! broadcast from the node. A client that never sends `server.version` is served as 1.4.2.
 
@@ -17,21 +16,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bitcoin::{OutPoint, Txid};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use blkindex_shared::ScriptHash;
 
+pub use crate::call::HeaderForm;
+use crate::call::{Call, Named};
 use crate::protocol::{
-    available, daemon, err, family_and_name, known, push_txid, version_string, ErrorReply, Version,
-    BAD_REQUEST, DAEMON_ERROR, HISTORY_TOO_LARGE, INVALID_PARAMS, METHOD_NOT_FOUND, PROTOCOL_MAX,
-    PROTOCOL_MIN, UNNEGOTIATED,
+    push_txid, version_string, ServerError, Version, PROTOCOL_MAX, PROTOCOL_MIN, UNNEGOTIATED,
 };
 use crate::state::State;
 
-pub use headers::{header_json, HeaderForm};
+pub use headers::header_json;
 pub use server_info::features;
 
-pub type Reply = Result<Value, ErrorReply>;
+pub type Reply = Result<Value, ServerError>;
 
 /// A method's result: a JSON value, or JSON text written directly (long lists, where a tree of
 /// values would cost more than the data).
@@ -91,83 +90,64 @@ impl Session {
     }
 }
 
-/// Positional or named parameter `i` / `name`.
-fn arg<'a>(params: &'a Value, i: usize, name: &str) -> Option<&'a Value> {
-    match params {
-        Value::Array(a) => a.get(i),
-        Value::Object(o) => o.get(name),
-        _ => None,
-    }
-    .filter(|v| !v.is_null())
-}
-
-fn u32_arg(params: &Value, i: usize, name: &str, default: Option<u32>) -> Result<u32, ErrorReply> {
-    match arg(params, i, name) {
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| err(INVALID_PARAMS, format!("{name} must be a non-negative integer"))),
-        None => default.ok_or_else(|| err(INVALID_PARAMS, format!("missing {name}"))),
-    }
-}
-
-fn str_arg<'a>(params: &'a Value, i: usize, name: &str) -> Result<&'a str, ErrorReply> {
-    arg(params, i, name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| err(INVALID_PARAMS, format!("{name} must be a string")))
-}
-
-fn txid_arg(params: &Value, i: usize) -> Result<Txid, ErrorReply> {
-    str_arg(params, i, "tx_hash")?.parse().map_err(|_| err(INVALID_PARAMS, "tx_hash must be 64 hex digits"))
-}
-
-fn bool_arg(params: &Value, i: usize, name: &str) -> Result<bool, ErrorReply> {
-    match arg(params, i, name) {
-        None => Ok(false),
-        Some(v) => v.as_bool().ok_or_else(|| err(INVALID_PARAMS, format!("{name} must be a boolean"))),
-    }
-}
-
-fn hex_list_arg(params: &Value, i: usize, name: &str) -> Result<Vec<Value>, ErrorReply> {
-    arg(params, i, name)
-        .and_then(Value::as_array)
-        .filter(|a| {
-            !a.is_empty()
-                && a.iter().all(|t| t.as_str().is_some_and(|s| s.len() % 2 == 0 && hex::decode(s).is_ok()))
-        })
-        .cloned()
-        .ok_or_else(|| err(INVALID_PARAMS, format!("{name} must be a non-empty list of hex strings")))
-}
-
 pub async fn call(
     state: &Arc<State>,
     s: &mut Session,
     method: &str,
     params: &Value,
-) -> Result<Answer, ErrorReply> {
+) -> Result<Answer, ServerError> {
     let v = s.version();
-    if !available(method, v) {
-        return Err(match known(method) {
-            true => {
-                err(METHOD_NOT_FOUND, format!("{method} is not in protocol version {}", version_string(v)))
-            }
-            false => err(METHOD_NOT_FOUND, format!("unknown method {method:?}")),
-        });
-    }
-    let family = family_and_name(method).0;
-    if let "blockchain.address" | "blockchain.scripthash" | "blockchain.scriptpubkey" | "blockchain.utxo" =
-        family
-    {
-        return scripts::call(state, s, method, params).await;
-    }
-    let reply = match family {
-        "server" | "server.peers" => server_info::call(state, s, method, params),
-        "blockchain.numblocks" | "blockchain.headers" | "blockchain.block" => {
-            headers::call(state, s, method, params).await
+    let value = match Call::parse(method, params, v, state.settings().net)? {
+        Call::ServerVersion { client_name, min, max } => server_info::version(s, client_name, min, max),
+        Call::ServerBanner => Ok(json!(state.settings().info.banner)),
+        Call::ServerDonationAddress => Ok(json!(state.settings().info.donation_address)),
+        Call::ServerPeersSubscribe => Ok(state.peers().list()),
+        Call::ServerAddPeer { features } => Ok(server_info::add_peer(state, s, features.as_ref())),
+        Call::ServerFeatures => {
+            Ok(features(&state.settings().net.genesis_hash().to_string(), &state.settings().info.hosts, v))
         }
-        "blockchain.outpoint" => outpoints::call(state, s, method, params).await,
-        "blockchain.transaction" => transactions::call(state, s, method, params).await,
-        _ => fees::call(state, s, method, params).await,
+        Call::ServerPing { pong_len: None } => Ok(Value::Null),
+        Call::ServerPing { pong_len: Some(len) } => Ok(json!({"data": "0".repeat(len as usize)})),
+
+        Call::HeadersSubscribe { form } => headers::subscribe(state, s, form),
+        Call::NumblocksSubscribe => headers::numblocks_subscribe(state, s),
+        Call::BlockGetHeader { height } => headers::get_header(state, height).await,
+        Call::BlockGetChunk { start } => headers::get_chunk(state, start).await,
+        Call::BlockHeader { height, cp_height } => headers::block_header(state, height, cp_height).await,
+        Call::BlockHeaders { start, count, cp_height } => {
+            headers::block_headers(state, start, count, cp_height, v).await
+        }
+
+        Call::GetHistory(script) => return scripts::history(state, v, &script).await,
+        Call::GetMempool(script) => return scripts::mempool(state, v, &script).await,
+        Call::GetBalance(script) => scripts::balance(state, &script).await,
+        Call::ListUnspent(script) => return scripts::unspent(state, v, &script).await,
+        Call::Subscribe(script) => scripts::subscribe(state, s, script).await,
+        Call::Unsubscribe(script) => Ok(scripts::unsubscribe(s, &script)),
+        Call::UtxoGetAddress { outpoint } => scripts::utxo_address(state, outpoint).await,
+
+        Call::OutpointSubscribe { outpoint } => outpoints::subscribe(state, s, outpoint).await,
+        Call::OutpointUnsubscribe { outpoint } => Ok(json!(s.outpoints.remove(&outpoint).is_some())),
+        Call::OutpointGetStatus { outpoint } => outpoints::status(state, outpoint).await,
+
+        Call::TransactionGet { txid, verbose } => transactions::get(state, txid, verbose).await,
+        Call::TransactionGetMerkle { txid, height } => transactions::get_merkle(state, txid, height).await,
+        Call::TransactionIdFromPos { height, pos, merkle } => {
+            transactions::id_from_pos(state, height, pos, merkle).await
+        }
+        Call::TransactionBroadcast { raw_tx } => transactions::broadcast(state, raw_tx, v).await,
+        Call::TransactionBroadcastPackage { raw_txs, verbose } => {
+            transactions::broadcast_package(state, raw_txs, verbose).await
+        }
+        Call::TransactionTestMempoolAccept { raw_txs } => {
+            transactions::test_mempool_accept(state, raw_txs).await
+        }
+
+        Call::EstimateFee { target, mode } => fees::estimate(state, target, mode).await,
+        Call::RelayFee => fees::relay_fee(state).await,
+        Call::FeeHistogram => fees::histogram(state).await,
+        Call::MempoolInfo => fees::mempool_info(state).await,
+        Call::MempoolRecent => fees::recent(state).await,
     };
-    reply.map(Answer::Value)
+    value.map(Answer::Value)
 }

@@ -2,135 +2,100 @@
 //! client names the script: an address (1.0–1.2), a script hash (1.1–1.6) or the script itself
 //! (1.7). Also 1.0's `blockchain.utxo.get_address`.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use bitcoin::consensus::deserialize;
 use bitcoin::{Address, Transaction};
 use serde_json::{json, Value};
 
-use blkindex_shared::{Net, ScriptHash};
+use blkindex_shared::ScriptHash;
 
 use super::*;
 use crate::mempool::ScriptMempool;
 use crate::status::{script_view, ScriptView};
 
-/// The script a request names, and how its notifications name it.
-struct Named {
-    sh: ScriptHash,
-    /// The notification's method and first parameter.
-    notify_as: (&'static str, String),
-}
-
-fn named(net: Net, method: &str, params: &Value) -> Result<Named, ErrorReply> {
-    Ok(match family_and_name(method).0 {
-        "blockchain.address" => {
-            let text = str_arg(params, 0, "address")?;
-            let address = Address::from_str(text)
-                .and_then(|a| a.require_network(net.0))
-                .map_err(|e| err(INVALID_PARAMS, format!("invalid address {text:?}: {e}")))?;
-            let sh = ScriptHash::of(address.script_pubkey().as_bytes());
-            Named { sh, notify_as: ("blockchain.address.subscribe", text.to_string()) }
-        }
-        "blockchain.scriptpubkey" => {
-            let script = hex::decode(str_arg(params, 0, "scriptpubkey")?)
-                .map_err(|_| err(INVALID_PARAMS, "scriptpubkey must be hex"))?;
-            let sh = ScriptHash::of(&script);
-            // As ElectrumX does, notifications name the script by its hash.
-            Named { sh, notify_as: ("blockchain.scriptpubkey.subscribe", sh.to_string()) }
-        }
-        _ => {
-            let sh: ScriptHash =
-                str_arg(params, 0, "scripthash")?.parse().map_err(|e: String| err(INVALID_PARAMS, e))?;
-            Named { sh, notify_as: ("blockchain.scripthash.subscribe", sh.to_string()) }
-        }
-    })
-}
-
-pub async fn call(
-    state: &Arc<State>,
-    s: &mut Session,
-    method: &str,
-    params: &Value,
-) -> Result<Answer, ErrorReply> {
-    if method == "blockchain.utxo.get_address" {
-        return utxo_address(state, params).await.map(Answer::Value);
-    }
-    let script = named(state.settings().net, method, params)?;
-    let sh = script.sh;
-    let wrap = s.version() >= (1, 7, 0); // 1.7 wraps lists in objects
-    let max = state.settings().info.max_history;
-    let wrapped = |key: &str, list: String| match wrap {
+/// The lists of 1.7 are wrapped in objects.
+fn wrapped(v: Version, key: &str, list: String) -> String {
+    match v >= (1, 7, 0) {
         true => format!("{{\"{key}\":{list}}}"),
         false => list,
-    };
-    Ok(match family_and_name(method).1 {
-        "get_history" => {
-            let v = view(state, sh).await?;
-            if v.confirmed.history().len() + v.mempool.history.len() > max {
-                return Err(too_large(max));
-            }
-            let mut list =
-                String::with_capacity(80 * (v.confirmed.history().len() + v.mempool.history.len()) + 2);
-            list.push('[');
-            for h in v.confirmed.history() {
-                history_entry(&mut list, &h.txid, h.height as i64, None);
-            }
-            mempool_entries(&mut list, &v.mempool);
-            close_list(&mut list);
-            Answer::Text(wrapped("history", list))
-        }
-        "get_mempool" => {
-            let v = view(state, sh).await?;
-            let mut list = String::from("[");
-            mempool_entries(&mut list, &v.mempool);
-            close_list(&mut list);
-            Answer::Text(wrapped("history", list))
-        }
-        "get_balance" => {
-            let v = view(state, sh).await?;
-            Answer::Value(json!({"confirmed": v.confirmed.balance, "unconfirmed": v.mempool.delta}))
-        }
-        "listunspent" => {
-            let v = view(state, sh).await?;
-            let utxos = &v.confirmed.scan.state.utxos;
-            if utxos.len() + v.mempool.unspent.len() > max {
-                return Err(too_large(max));
-            }
-            // Confirmed outputs no mempool transaction spends, then unconfirmed ones (height 0).
-            let mut list = String::with_capacity(110 * (utxos.len() + v.mempool.unspent.len()) + 2);
-            list.push('[');
-            for u in utxos.iter().filter(|u| !v.mempool.spent.contains(&u.outpoint)) {
-                utxo_entry(&mut list, &u.outpoint, u.height, u.value);
-            }
-            for (op, value) in &v.mempool.unspent {
-                utxo_entry(&mut list, op, 0, *value);
-            }
-            close_list(&mut list);
-            Answer::Text(wrapped("utxos", list))
-        }
-        "subscribe" => {
-            let v = view(state, sh).await?;
-            let status = v.status();
-            let sub = s.scripts.entry(sh).or_default();
-            sub.status = status.clone();
-            if !sub.names.contains(&script.notify_as) {
-                sub.names.push(script.notify_as);
-            }
-            Answer::Value(json!(status))
-        }
-        "unsubscribe" => {
-            let Some(sub) = s.scripts.get_mut(&sh) else { return Ok(Answer::Value(json!(false))) };
-            let before = sub.names.len();
-            sub.names.retain(|n| *n != script.notify_as);
-            let removed = sub.names.len() < before;
-            if sub.names.is_empty() {
-                s.scripts.remove(&sh);
-            }
-            Answer::Value(json!(removed))
-        }
-        _ => unreachable!("{method} is routed here by its family"),
-    })
+    }
+}
+
+/// `get_history`: confirmed, then unconfirmed in 1.6's order; an error past `--max-history`.
+pub async fn history(state: &Arc<State>, version: Version, script: &Named) -> Result<Answer, ServerError> {
+    let max = state.settings().info.max_history;
+    let v = view(state, script.sh).await?;
+    if v.confirmed.history().len() + v.mempool.history.len() > max {
+        return Err(too_large(max));
+    }
+    let mut list = String::with_capacity(80 * (v.confirmed.history().len() + v.mempool.history.len()) + 2);
+    list.push('[');
+    for h in v.confirmed.history() {
+        history_entry(&mut list, &h.txid, h.height as i64, None);
+    }
+    mempool_entries(&mut list, &v.mempool);
+    close_list(&mut list);
+    Ok(Answer::Text(wrapped(version, "history", list)))
+}
+
+/// `get_mempool`: the unconfirmed part of the history.
+pub async fn mempool(state: &Arc<State>, version: Version, script: &Named) -> Result<Answer, ServerError> {
+    let v = view(state, script.sh).await?;
+    let mut list = String::from("[");
+    mempool_entries(&mut list, &v.mempool);
+    close_list(&mut list);
+    Ok(Answer::Text(wrapped(version, "history", list)))
+}
+
+pub async fn balance(state: &Arc<State>, script: &Named) -> Reply {
+    let v = view(state, script.sh).await?;
+    Ok(json!({"confirmed": v.confirmed.balance, "unconfirmed": v.mempool.delta}))
+}
+
+/// `listunspent`: confirmed outputs no mempool transaction spends, then unconfirmed ones
+/// (height 0); an error past `--max-history`.
+pub async fn unspent(state: &Arc<State>, version: Version, script: &Named) -> Result<Answer, ServerError> {
+    let max = state.settings().info.max_history;
+    let v = view(state, script.sh).await?;
+    let utxos = &v.confirmed.scan.state.utxos;
+    if utxos.len() + v.mempool.unspent.len() > max {
+        return Err(too_large(max));
+    }
+    let mut list = String::with_capacity(110 * (utxos.len() + v.mempool.unspent.len()) + 2);
+    list.push('[');
+    for u in utxos.iter().filter(|u| !v.mempool.spent.contains(&u.outpoint)) {
+        utxo_entry(&mut list, &u.outpoint, u.height, u.value);
+    }
+    for (op, value) in &v.mempool.unspent {
+        utxo_entry(&mut list, op, 0, *value);
+    }
+    close_list(&mut list);
+    Ok(Answer::Text(wrapped(version, "utxos", list)))
+}
+
+/// `subscribe`: the status, and changes to it from now on, notified under the name given.
+pub async fn subscribe(state: &Arc<State>, s: &mut Session, script: Named) -> Reply {
+    let v = view(state, script.sh).await?;
+    let status = v.status();
+    let sub = s.scripts.entry(script.sh).or_default();
+    sub.status = status.clone();
+    if !sub.names.contains(&script.notify_as) {
+        sub.names.push(script.notify_as);
+    }
+    Ok(json!(status))
+}
+
+/// `unsubscribe`: whether the script was subscribed under this name.
+pub fn unsubscribe(s: &mut Session, script: &Named) -> Value {
+    let Some(sub) = s.scripts.get_mut(&script.sh) else { return json!(false) };
+    let before = sub.names.len();
+    sub.names.retain(|n| *n != script.notify_as);
+    let removed = sub.names.len() < before;
+    if sub.names.is_empty() {
+        s.scripts.remove(&script.sh);
+    }
+    json!(removed)
 }
 
 async fn view(state: &Arc<State>, sh: ScriptHash) -> anyhow::Result<ScriptView> {
@@ -138,8 +103,8 @@ async fn view(state: &Arc<State>, sh: ScriptHash) -> anyhow::Result<ScriptView> 
     state.read(move |i, m| script_view(st.scripts(), i, m, &sh)).await
 }
 
-fn too_large(max: usize) -> ErrorReply {
-    err(HISTORY_TOO_LARGE, format!("history too large: more than {max} entries"))
+fn too_large(max: usize) -> ServerError {
+    ServerError::HistoryTooLarge(max)
 }
 
 /// `{"tx_hash":…,"height":…[,"fee":…]},` (lists are written as text: a long history as a tree
@@ -184,9 +149,8 @@ fn mempool_entries(out: &mut String, m: &ScriptMempool) {
 
 /// 1.0's `blockchain.utxo.get_address(tx_hash, index)`: the address an output pays, spent or
 /// not; null when the output has no address form or does not exist.
-async fn utxo_address(state: &Arc<State>, params: &Value) -> Reply {
-    let txid = txid_arg(params, 0)?;
-    let vout = u32_arg(params, 1, "index", None)? as usize;
+pub async fn utxo_address(state: &Arc<State>, outpoint: OutPoint) -> Reply {
+    let (txid, vout) = (outpoint.txid, outpoint.vout as usize);
     let net = state.settings().net;
     state
         .read(move |i, m| {
@@ -200,7 +164,7 @@ async fn utxo_address(state: &Arc<State>, params: &Value) -> Reply {
             Ok(json!(address.map(|a| a.to_string())))
         })
         .await
-        .map_err(ErrorReply::from)
+        .map_err(ServerError::from)
 }
 
 #[cfg(test)]
@@ -214,13 +178,12 @@ mod tests {
     /// the unconfirmed ones given here out of order.
     #[test]
     fn status_matches_the_protocol_docs_example() {
-        let net = Net(bitcoin::Network::Regtest);
-        let named = named(
-            net,
-            "blockchain.address.subscribe",
-            &json!(["bcrt1qn7d2x7272lznt5hhk9s07q3cqnrqljnwladrd3"]),
-        )
-        .unwrap();
+        let net = blkindex_shared::Net(bitcoin::Network::Regtest);
+        let params = json!(["bcrt1qn7d2x7272lznt5hhk9s07q3cqnrqljnwladrd3"]);
+        let Ok(Call::Subscribe(named)) = Call::parse("blockchain.address.subscribe", &params, (1, 2, 0), net)
+        else {
+            panic!("an address subscription")
+        };
         assert_eq!(named.sh.to_string(), "f04bf26fc16a27abaa2f10540da7a24e369e6ec408f2d901202a7c0cd4a6112d");
         let t = |s: &str| s.parse::<Txid>().unwrap();
         let item = |txid: &str, height, txnum| HistoryItem { txid: t(txid), height, txnum };

@@ -5,48 +5,14 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::protocol::{parse_version, software, VERSIONS};
+use crate::protocol::{software, VERSIONS};
 
-/// Longest `server.ping` pong (1.7) served.
-const MAX_PONG: u64 = 1 << 20;
-
-pub fn call(state: &Arc<State>, s: &mut Session, method: &str, params: &Value) -> Reply {
-    let v = s.version();
-    match method {
-        "server.version" => server_version(s, params),
-        "server.banner" => Ok(json!(state.settings().info.banner)),
-        "server.donation_address" => Ok(json!(state.settings().info.donation_address)),
-        "server.peers.subscribe" => Ok(state.peers().list()),
-        "server.add_peer" => {
-            // Counted before anything else: the limit is per session, whatever the answer.
-            s.add_peer_calls += 1;
-            let taken = s.peer_addr.is_some_and(|c| {
-                state.peers().add_peer(arg(params, 0, "features"), c.ip(), s.add_peer_calls)
-            });
-            Ok(json!(taken))
-        }
-        "server.features" => {
-            Ok(features(&state.settings().net.genesis_hash().to_string(), &state.settings().info.hosts, v))
-        }
-        "server.ping" if v >= (1, 7, 0) => {
-            // 1.7: padding both ways against traffic analysis; `data` is any hex and ignored.
-            if let Some(d) = arg(params, 1, "data") {
-                d.as_str()
-                    .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .ok_or_else(|| err(INVALID_PARAMS, "data must be a hex string"))?;
-            }
-            let len = match arg(params, 0, "pong_len") {
-                None => 0,
-                Some(n) => n
-                    .as_u64()
-                    .filter(|n| *n <= MAX_PONG)
-                    .ok_or_else(|| err(INVALID_PARAMS, format!("pong_len must be 0 to {MAX_PONG}")))?,
-            };
-            Ok(json!({"data": "0".repeat(len as usize)}))
-        }
-        "server.ping" => Ok(Value::Null),
-        _ => unreachable!("{method} is routed here by its family"),
-    }
+/// `server.add_peer(features)`: whether the announced server is taken for verification.
+pub fn add_peer(state: &Arc<State>, s: &mut Session, features: Option<&Value>) -> Value {
+    // Counted before anything else: the limit is per session, whatever the answer.
+    s.add_peer_calls += 1;
+    let taken = s.peer_addr.is_some_and(|c| state.peers().add_peer(features, c.ip(), s.add_peer_calls));
+    json!(taken)
 }
 
 /// `server.features` as version `v` shows it (also what we announce to peers).
@@ -65,41 +31,21 @@ pub fn features(genesis_hash: &str, hosts: &serde_json::Map<String, Value>, v: V
     f
 }
 
-/// `server.version(client_name, protocol_version)`: protocol_version is one version or a
-/// [min, max] pair; the highest version both speak wins; none in common ends the session.
-fn server_version(s: &mut Session, params: &Value) -> Reply {
+/// `server.version`: the highest version both speak wins; none in common ends the session.
+pub fn version(s: &mut Session, client_name: Option<String>, min: Version, max: Version) -> Reply {
     if s.version.is_some() {
-        return Err(err(BAD_REQUEST, "server.version already sent"));
+        return Err(ServerError::bad_request("server.version already sent"));
     }
-    let (min, max) = match arg(params, 1, "protocol_version") {
-        None => (UNNEGOTIATED_DEFAULT, UNNEGOTIATED_DEFAULT),
-        Some(Value::String(v)) => {
-            let v = parse_version(v)
-                .ok_or_else(|| err(BAD_REQUEST, format!("invalid protocol version {v:?}")))?;
-            (v, v)
-        }
-        Some(Value::Array(a)) if a.len() == 2 => {
-            let p = |v: &Value| v.as_str().and_then(parse_version);
-            match (p(&a[0]), p(&a[1])) {
-                (Some(lo), Some(hi)) => (lo, hi),
-                _ => return Err(err(BAD_REQUEST, "invalid protocol version range")),
-            }
-        }
-        Some(_) => return Err(err(BAD_REQUEST, "protocol_version must be a string or [min, max]")),
-    };
     let Some(&chosen) = VERSIONS.iter().rev().find(|v| min <= **v && **v <= max) else {
         s.close = true;
-        return Err(err(
-            BAD_REQUEST,
-            format!(
-                "unsupported protocol version: this server speaks {} to {}",
-                version_string(PROTOCOL_MIN),
-                version_string(PROTOCOL_MAX)
-            ),
-        ));
+        return Err(ServerError::BadRequest(format!(
+            "unsupported protocol version: this server speaks {} to {}",
+            version_string(PROTOCOL_MIN),
+            version_string(PROTOCOL_MAX)
+        )));
     };
     s.version = Some(chosen);
-    if let Some(name) = arg(params, 0, "client_name").and_then(Value::as_str) {
+    if let Some(name) = client_name {
         let end = (0..=name.len().min(MAX_CLIENT_NAME)).rev().find(|i| name.is_char_boundary(*i));
         s.client = Some(name[..end.unwrap_or(0)].to_string());
     }
@@ -110,12 +56,22 @@ fn server_version(s: &mut Session, params: &Value) -> Reply {
     })
 }
 
-/// The spec's default `protocol_version` argument.
-const UNNEGOTIATED_DEFAULT: Version = (1, 4, 0);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `server.version` with `params`, as a session would call it.
+    fn server_version(s: &mut Session, params: &Value) -> Reply {
+        match Call::parse(
+            "server.version",
+            params,
+            s.version(),
+            blkindex_shared::Net(bitcoin::Network::Regtest),
+        )? {
+            Call::ServerVersion { client_name, min, max } => version(s, client_name, min, max),
+            other => panic!("server.version parsed as {other:?}"),
+        }
+    }
 
     #[test]
     fn negotiation_picks_the_highest_common_version_or_closes() {

@@ -122,16 +122,24 @@ fn bad_input_gets_errors_and_the_server_keeps_serving() -> Result<()> {
             r#"{"id":3,"method":"blockchain.scripthash.get_history","params":["zz"]}"#,
             &batch,
             r#"{"id":4,"method":"server.ping","params":[]}"#,
+            &format!(r#"{{"id":5,"method":"blockchain.transaction.get","params":["{}"]}}"#, "ab".repeat(32)),
+            r#"{"id":6,"method":"blockchain.block.header","params":[]}"#,
         ],
-        6,
+        8,
     );
-    assert_eq!(replies.len(), 6, "{replies:?}");
+    assert_eq!(replies.len(), 8, "{replies:?}");
     assert_eq!(parse(&replies[0])["error"]["code"], -32700);
     assert_eq!(parse(&replies[1])["error"]["code"], -32601);
-    assert_eq!(parse(&replies[2])["error"]["code"], -32602);
-    assert_eq!(parse(&replies[3])["error"]["code"], -32602);
+    // Codes clients may branch on are ElectrumX's: a malformed argument is 1 (BAD_REQUEST), an
+    // unknown txid 2 (the node's error), a missing argument -32602.
+    assert_eq!(parse(&replies[2])["error"]["code"], 1, "a height that is no integer");
+    assert_eq!(parse(&replies[3])["error"]["code"], 1, "an invalid script hash");
     assert_eq!(parse(&replies[4])["error"]["code"], -32600);
     assert_eq!(parse(&replies[5])["result"], Value::Null);
+    let unknown = parse(&replies[6]);
+    assert_eq!(unknown["error"]["code"], 2, "an unknown txid: {unknown}");
+    assert_eq!(unknown["error"]["message"], format!("no transaction {}", "ab".repeat(32)));
+    assert_eq!(parse(&replies[7])["error"]["code"], -32602, "a missing height");
     // A line longer than the limit ends that session, not the server.
     let long = format!(r#"{{"id":5,"method":"server.ping","params":["{}"]}}"#, "a".repeat(5 << 20));
     let replies = raw(&server.addr, &[&long], 2);
@@ -280,7 +288,7 @@ fn shapes_follow_the_negotiated_version() -> Result<()> {
     assert_eq!(info["minrelaytxfee"], node_info["minrelaytxfee"]);
     assert!(info["mempoolminfee"].is_number() && info["incrementalrelayfee"].is_number());
     assert!(v16[4]["result"].is_number());
-    assert_eq!(v16[5]["error"]["code"], -32602);
+    assert_eq!(v16[5]["error"]["code"], 1, "an unknown mode, as ElectrumX");
 
     // A parent and its child, neither sent before, as one package.
     let to = node.new_address("bech32")?;
