@@ -20,7 +20,11 @@ echo "== building blkindex (the first build compiles RocksDB: ~10 minutes on 2 c
 bin=$CARGO_TARGET_DIR/release
 
 chain=$DEMO_DIR/node
-if [ ! -f "$chain/complete" ]; then
+# A node left running by an earlier, interrupted demo (bitcoind in the background of a script
+# does not get the terminal's Ctrl-C) is stopped before its data directory is touched.
+"$here/regtest.sh" stop "$chain"
+trap '"$here/regtest.sh" stop "$chain"' EXIT
+if [ ! -f "$chain/complete" ] || [ "$(sed -n 's/^target-mb //p' "$chain/complete")" != "$MB" ]; then
     echo "== making a ${MB} MB regtest chain through the node" >&2
     rm -rf "$chain"
     "$here/regtest.sh" start "$chain" >/dev/null
@@ -28,12 +32,12 @@ if [ ! -f "$chain/complete" ]; then
     . "$chain/node.env"
     "$bin/gen-chain" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" --target-mb "$MB" >"$chain/gen-chain.out"
     "$here/regtest.sh" stop "$chain"
-    # Written only now that the chain is whole: an interrupted run leaves no marker and starts over.
+    # Written only now that the chain is whole: an interrupted run leaves no marker and starts
+    # over; the size asked for is in it, so asking for another size makes a new chain.
+    echo "target-mb $MB" >>"$chain/gen-chain.out"
     mv "$chain/gen-chain.out" "$chain/complete"
 fi
-"$here/regtest.sh" stop "$chain" # one left running by an earlier, interrupted demo
 "$here/regtest.sh" start "$chain" >/dev/null
-trap '"$here/regtest.sh" stop "$chain"' EXIT
 # shellcheck disable=SC1091
 . "$chain/node.env"
 

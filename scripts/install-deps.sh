@@ -24,7 +24,7 @@ NEEDS=(
     "build|python3|the scripts' free-port picker and the demo's client|have_cmd python3"
     "test|electrum|Debian's Electrum wallet, a real client in the tests|have_cmd electrum"
     "test|systemd|systemd-analyze, which checks the package's units|have_cmd systemd-analyze"
-    "test|cargo:cargo-deb|builds the Debian package the package test installs (crates.io)|have_cmd cargo-deb"
+    "test|cargo:cargo-deb@3.8.0|builds the Debian package the package test installs (crates.io)|have_cmd cargo-deb"
 )
 
 # The needs in scope: build, plus test with --tests.
@@ -98,7 +98,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 for crate in "${crates[@]}"; do
     echo "install-deps: installing $crate from crates.io" >&2
-    cargo install --locked --quiet "$crate" >&2
+    cargo install --locked --quiet "${crate%@*}" --version "${crate#*@}" >&2
 done
 # What was installed must now pass the same checks the build relies on.
 check 2>/dev/null || { check; exit 1; }

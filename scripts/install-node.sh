@@ -78,8 +78,15 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     need_root
     log "installing system libraries: ${missing[*]}"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+    # The dpkg lock may be held by unattended upgrades on a first boot: wait for it.
+    for i in $(seq 1 90); do
+        apt-get -o DPkg::Lock::Timeout=20 update -qq >&2 &&
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=20 install -y -qq \
+                --no-install-recommends "${missing[@]}" >&2 && break
+        [ "$i" = 90 ] && { log "apt-get failed 90 times"; exit 1; }
+        log "apt-get failed (a lock held by another apt?), retrying in 10 s"
+        sleep 10
+    done
 fi
 
 # Private apt state pointing at sid, with the same mirror as the system's Debian source.

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Debian package from the release binaries `cargo test --release` built, installs it,
-# checks its units, starts both binaries exactly as the units do (their ExecStart lines, the
-# installed default configs, regtest settings given through BLKINDEX_* variables, which win over
-# the config files) against a real regtest node, waits for each one's sd_notify READY=1, asks the
-# server something, stops both with SIGTERM within the units' stated times, and purges the
-# package. Needs root (dpkg). Prints "package: N passed, N failed".
+# checks its units, starts both binaries with the units' command lines (their ExecStart lines and
+# the installed default configs; regtest settings given through BLKINDEX_* variables, which win
+# over the config files; the server with the index mounted read-only, as ReadOnlyPaths= has it)
+# against a real regtest node, waits for each one's sd_notify READY=1, asks the server something,
+# stops both with SIGTERM within the units' stated times, and purges the package. There is no
+# systemd here to run the units themselves (their users and sandboxing): `systemd-analyze verify`
+# checks them. Needs root (dpkg, mount). Prints "package: N passed, N failed".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -97,14 +99,36 @@ export BLKINDEX_NETWORK=regtest BLKINDEX_DATADIR="$work/node" BLKINDEX_DB="$work
 # shellcheck disable=SC2046
 NOTIFY_SOCKET="$work/notify.sock" $(exec_start blkindex-indexer) >"$work/indexer.log" 2>&1 &
 indexer_pid=$!
-check "indexer (as its unit starts it) notifies READY=1" wait_ready "$indexer_pid" 120
+check "indexer (as its unit starts it) notifies READY=1" wait_ready "$indexer_pid" 60
+# READY=1 comes once its index is open; the bulk pass follows, then its status says "following".
+wait_status() {
+    for _ in $(seq $(($3 * 10))); do
+        grep -q "STATUS=$2" "$work/notify.log" 2>/dev/null && return 0
+        kill -0 "$1" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+check "indexer's status goes from its bulk pass to following" wait_status "$indexer_pid" "following the node from height 110" 120
+check "indexer's status showed the bulk pass" grep -q "STATUS=bulk pass: indexing" "$work/notify.log"
 : >"$work/notify.log"
 
+# The server sees the index read-only, as its unit's ReadOnlyPaths= makes it: in a mount namespace
+# of its own, the DB directory bind-mounted read-only (a write there is checked to fail first).
+readonly_db() {
+    local db=$1
+    shift
+    exec unshare -m --propagation private sh -c '
+        db=$1; shift
+        mount --bind "$db" "$db" && mount -o remount,bind,ro "$db" || exit 97
+        if touch "$db/write-test" 2>/dev/null; then echo "the index is writable" >&2; exit 98; fi
+        exec "$@"' sh "$db" "$@"
+}
 # shellcheck disable=SC2046
 NOTIFY_SOCKET="$work/notify.sock" BLKINDEX_SECONDARY_DIR="$work/secondary" BLKINDEX_ELECTRUM_ADDR=127.0.0.1:0 \
-    $(exec_start blkindex-server) 2>"$work/server.log" &
+    readonly_db "$work/db" $(exec_start blkindex-server) 2>"$work/server.log" &
 server_pid=$!
-check "server (as its unit starts it) notifies READY=1" wait_ready "$server_pid" 60
+check "server (as its unit starts it, the index read-only) notifies READY=1" wait_ready "$server_pid" 60
 addr=$(sed -n 's/.*serving Electrum over TCP.*addr=\([0-9.:]*\).*/\1/p' "$work/server.log" | head -n1)
 height=$(python3 - "$addr" <<'PY' || true
 import json, socket, sys

@@ -125,6 +125,10 @@ fn run() -> Result<()> {
     }
     let store = Store::open(&args.node.db, Mode::Bulk)?;
     store.check_identity(args.node.network, true, args.bucket_width)?;
+    // Ready once the index is open: a bulk pass may follow for hours, and a service manager must
+    // not hold the boot (or the server, ordered after it) for that; `systemctl status` shows the
+    // phase.
+    service::ready("index open");
 
     let progress = Progress::new(args.progress);
     let source =
@@ -152,8 +156,7 @@ fn run() -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let poll = Duration::from_secs_f64(args.poll_secs.max(0.05));
     let mut follower = Follower::new(&source, args.follow_source, poll, args.max_reorg, stop.clone())?;
-    // Ready once following: the bulk pass before it may take hours (the unit allows that).
-    service::ready(&format!("following the node from height {}", store.tip()?.map_or(0, |(h, _)| h)));
+    service::status(&format!("following the node from height {}", store.tip()?.map_or(0, |(h, _)| h)));
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
     match zmq_config(&args, &node, rpc.as_ref().unwrap()) {
         Some(cfg) => {

@@ -150,8 +150,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, admin: &Admin)
         if line.trim().is_empty() {
             continue;
         }
+        // A line that is not JSON ends the connection: a web page can make a browser send an
+        // HTTP request to a loopback port, whose header lines are not JSON but whose body could
+        // be an admin request. Nothing after a bad line is read.
+        let parsed = serde_json::from_str::<Value>(&line);
         let reply = handle(admin, &line) + "\n";
-        if w.write_all(reply.as_bytes()).await.is_err() {
+        if w.write_all(reply.as_bytes()).await.is_err() || parsed.is_err() {
             return;
         }
     }

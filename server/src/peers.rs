@@ -31,7 +31,8 @@ use crate::protocol::{parse_version, version_string, Version, PROTOCOL_MAX};
 
 /// Peers listed at most; a peer verified beyond this is not kept.
 const MAX_PEERS: usize = 200;
-/// Peers listed at most per IP address, so that one machine cannot fill the list with ports.
+/// Peers listed at most per network (an IPv4 /16, an IPv6 /48: see `network_of`), so that one
+/// machine, or one operator's block of addresses, cannot fill the list that wallets are given.
 const MAX_PEERS_PER_IP: usize = 4;
 /// Verifications and checks running at once. An announcement that finds none free is answered
 /// false; scheduled checks wait for one.
@@ -232,7 +233,7 @@ impl Peers {
             // Being verified already is a yes; no room for another verification is a no.
             return self.busy.lock().unwrap().contains(&key);
         };
-        info!(host = %key.host, port = key.tcp_port, %client, "peer announced itself; verifying");
+        debug!(host = %key.host, port = key.tcp_port, %client, "peer announced itself; verifying");
         tokio::spawn(self.clone().check(key, Some(client), permit));
         true
     }
@@ -366,11 +367,12 @@ impl Peers {
             return;
         }
         if listed.len() >= MAX_PEERS {
-            info!(host = %key.host, port = key.tcp_port, "peer verified but not listed: {MAX_PEERS} listed already");
+            debug!(host = %key.host, port = key.tcp_port, "peer verified but not listed: {MAX_PEERS} listed already");
             return;
         }
-        if listed.values().filter(|p| p.ip == v.ip).count() >= MAX_PEERS_PER_IP {
-            info!(host = %key.host, port = key.tcp_port, ip = %v.ip, "peer verified but not listed: {MAX_PEERS_PER_IP} listed at its address");
+        let network = network_of(v.ip);
+        if listed.values().filter(|p| network_of(p.ip) == network).count() >= MAX_PEERS_PER_IP {
+            debug!(host = %key.host, port = key.tcp_port, ip = %v.ip, "peer verified but not listed: {MAX_PEERS_PER_IP} listed in its network");
             return;
         }
         info!(host = %key.host, port = key.tcp_port, ip = %v.ip, "peer verified; listed");
@@ -381,7 +383,7 @@ impl Peers {
     fn failed(&self, key: &Key, e: anyhow::Error) {
         let mut listed = self.listed.lock().unwrap();
         let Some(p) = listed.get_mut(key) else {
-            info!(host = %key.host, port = key.tcp_port, "peer not listed: {e:#}");
+            debug!(host = %key.host, port = key.tcp_port, "peer not listed: {e:#}");
             return;
         };
         p.failures += 1;
@@ -457,23 +459,45 @@ fn hosts(features: &Value) -> Vec<(String, Ports)> {
         .collect()
 }
 
-/// Not loopback, private, link-local, shared (CGNAT), unspecified or broadcast.
+/// Not loopback, private, link-local, shared (CGNAT), unspecified, broadcast, multicast or
+/// reserved; nor an IPv6 address that embeds an IPv4 one (6to4, NAT64), which may be private.
 fn is_public(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
-            let shared = v4.octets()[0] == 100 && v4.octets()[1] & 0xc0 == 64;
+            let [a, b, ..] = v4.octets();
+            let shared = a == 100 && b & 0xc0 == 64;
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
-                || shared)
+                || v4.is_multicast()
+                || shared
+                || a == 0
+                || a >= 240)
         }
         IpAddr::V6(v6) => {
-            let unique_local = v6.segments()[0] & 0xfe00 == 0xfc00;
-            let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
-            !(v6.is_loopback() || v6.is_unspecified() || unique_local || link_local)
+            let s = v6.segments();
+            let unique_local = s[0] & 0xfe00 == 0xfc00;
+            let link_local = s[0] & 0xffc0 == 0xfe80;
+            let six_to_four = s[0] == 0x2002;
+            let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || unique_local
+                || link_local
+                || six_to_four
+                || nat64)
         }
+    }
+}
+
+/// The network an address belongs to for the per-network cap: its IPv4 /16 or IPv6 /48.
+fn network_of(ip: IpAddr) -> (bool, u64) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => (false, u64::from(u32::from(v4) >> 16)),
+        IpAddr::V6(v6) => (true, (u128::from(v6) >> 80) as u64),
     }
 }
 
@@ -608,6 +632,29 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_is_per_network_not_per_address() {
+        let p = peers(true, &[]).unwrap();
+        let visit = |ip: &str| Visit {
+            ip: ip.parse().unwrap(),
+            ssl_port: None,
+            protocol_max: (1, 6, 0),
+            pruning: None,
+            peers: vec![],
+        };
+        // Many addresses of one IPv6 /48, and of one IPv4 /16: four of each are listed.
+        for i in 1..=10u16 {
+            let v6 = format!("2001:db8:7:{i:x}::1");
+            p.keep(&Key { host: v6.clone(), tcp_port: 50001 }, &visit(&v6));
+            let v4 = format!("203.0.{i}.1");
+            p.keep(&Key { host: v4.clone(), tcp_port: 50001 }, &visit(&v4));
+        }
+        assert_eq!(p.listed.lock().unwrap().len(), 2 * MAX_PEERS_PER_IP);
+        // Another network is listed.
+        p.keep(&Key { host: "198.51.100.1".into(), tcp_port: 50001 }, &visit("198.51.100.1"));
+        assert_eq!(p.listed.lock().unwrap().len(), 2 * MAX_PEERS_PER_IP + 1);
+    }
+
+    #[test]
     fn public_addresses() {
         for ip in ["1.2.3.4", "100.128.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
@@ -623,6 +670,12 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:10.0.0.1",
+            "224.0.0.1",
+            "240.1.2.3",
+            "0.1.2.3",
+            "ff02::1",
+            "2002:a00:1::1",
+            "64:ff9b::a00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

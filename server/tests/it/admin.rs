@@ -218,6 +218,12 @@ fn getinfo_sessions_disconnect_and_loglevel() -> Result<()> {
     assert_eq!(admin_error(&admin_addr, "loglevel", json!(["blkindex_server=loud"])).0, -32602);
     let reply = raw(&admin_addr, &["{not json"], 1);
     assert!(reply[0].contains("-32700"), "{reply:?}");
+    // An HTTP request, as a web page can make a browser send to a loopback port: the connection
+    // ends at its first line, so a JSON body behind the headers is never run.
+    let smuggled = req(1, "ban", json!(["0.0.0.0/0"])).to_string();
+    let reply = raw(&admin_addr, &["POST / HTTP/1.1", "Host: 127.0.0.1", "", &smuggled], 2);
+    assert_eq!(reply.len(), 1, "read past a line that is not JSON: {reply:?}");
+    assert_eq!(admin_ok(&admin_addr, "banlist", json!([])), json!([]), "the smuggled ban ran");
     let long = format!("{{\"method\":\"getinfo\",\"params\":[\"{}\"]}}", "x".repeat(70_000));
     let reply = raw(&admin_addr, &[&long, &req(1, "getinfo", json!([])).to_string()], 2);
     assert_eq!(reply.len(), 1, "answered after a long line: {reply:?}");
