@@ -10,7 +10,7 @@ use blkindex_shared::blkfile::{list_files, BlockFiles, FileKind};
 use blkindex_shared::query::Index;
 use blkindex_shared::store::{Mode, Store};
 use blkindex_testkit::chain::{build_rich_chain, copy_blocks_reversed, ChainBuilder};
-use blkindex_testkit::expect::expected;
+use blkindex_testkit::expect::{expected, Expected};
 use blkindex_testkit::verify::{check, digest, indexer_command, open_index};
 use blkindex_testkit::{Node, NodeOptions};
 
@@ -294,8 +294,9 @@ fn copy_blocks(node: &mut Node, to: &Path) -> Result<()> {
     node.restart()
 }
 
-#[test]
-fn corrupt_blk_file_is_a_clear_error_offline_and_fetched_from_the_node_online() -> Result<()> {
+/// A node whose chain spans many blk and rev files, what it holds, and a copy of its blocks
+/// directory (in the returned temporary directory) to damage.
+fn a_copy_to_damage() -> Result<(Node, Expected, tempfile::TempDir, std::path::PathBuf)> {
     let mut node = Node::start(NodeOptions { fastprune: true, ..Default::default() })?;
     build_rich_chain(&node)?;
     let b = ChainBuilder::new(&node)?;
@@ -305,6 +306,12 @@ fn corrupt_blk_file_is_a_clear_error_offline_and_fetched_from_the_node_online() 
     let dir = tempfile::tempdir()?;
     let blocks = dir.path().join("blocks");
     copy_blocks(&mut node, &blocks)?;
+    Ok((node, want, dir, blocks))
+}
+
+#[test]
+fn corrupt_blk_file_is_a_clear_error_offline_and_fetched_from_the_node_online() -> Result<()> {
+    let (node, want, dir, blocks) = a_copy_to_damage()?;
     // Damage the body of a block with transactions in a finalized blk file.
     let files = BlockFiles::open(&blocks)?;
     let nums = list_files(&blocks, FileKind::Blk)?;
@@ -459,15 +466,7 @@ fn a_secondary_catching_up_while_batches_land_never_sees_a_tip_before_its_rows()
 #[test]
 fn damaged_and_truncated_rev_files_are_a_clear_error_offline_and_fetched_from_the_node_online() -> Result<()>
 {
-    let mut node = Node::start(NodeOptions { fastprune: true, ..Default::default() })?;
-    build_rich_chain(&node)?;
-    let b = ChainBuilder::new(&node)?;
-    b.mine(300)?;
-    b.wallet_traffic(4)?;
-    let want = expected(&node)?;
-    let dir = tempfile::tempdir()?;
-    let blocks = dir.path().join("blocks");
-    copy_blocks(&mut node, &blocks)?;
+    let (node, want, dir, blocks) = a_copy_to_damage()?;
     let files = BlockFiles::open(&blocks)?;
     let nums = list_files(&blocks, FileKind::Rev)?;
     let magic = [0xfa, 0xbf, 0xb5, 0xda];
