@@ -7,14 +7,14 @@ use std::time::Duration;
 use anyhow::Result;
 use tracing::{info, warn};
 
-use blkindex_shared::query::Index;
+use blkindex_shared::query::IndexReader;
 
 use crate::state::{State, Task, Tip};
 
 /// Follows the indexer with the standby instance: every `every`, or sooner when woken, waits
 /// for its last reader to finish, catches it up with the primary, and swaps it in when it shows
 /// a different tip; then announces the new tip.
-pub async fn run(state: Arc<State>, standby: Index, every: Duration) {
+pub async fn run(state: Arc<State>, standby: IndexReader, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut standby = Arc::new(standby);
@@ -28,7 +28,7 @@ pub async fn run(state: Arc<State>, standby: Index, every: Duration) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let s = state.clone();
-        let result = tokio::task::spawn_blocking(move || -> (Arc<Index>, Result<Option<Tip>>) {
+        let result = tokio::task::spawn_blocking(move || -> (Arc<IndexReader>, Result<Option<Tip>>) {
             let caught_up = (|| {
                 let index = Arc::get_mut(&mut standby).expect("no reader holds the standby");
                 index.catch_up()?;

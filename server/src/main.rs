@@ -44,7 +44,7 @@ use tracing::info;
 
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{init_reloadable_logging, run_main};
-use blkindex_shared::query::Index;
+use blkindex_shared::query::IndexReader;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::service;
 use blkindex_shared::store::{Mode, Store};
@@ -70,12 +70,12 @@ fn run() -> Result<()> {
     let secondary = &config.secondary_dir;
     // Two secondary instances that take turns (see `state`), sharing the blk files' maps.
     let blocks = BlockFiles::open(&node.blocks_dir)?.for_random_reads();
-    let open = |which: &str| -> Result<Index> {
+    let open = |which: &str| -> Result<IndexReader> {
         std::fs::create_dir_all(secondary.join(which))
             .with_context(|| format!("creating {}", secondary.join(which).display()))?;
         let store = Store::open(&config.node.db, Mode::Secondary(secondary.join(which)))?;
         store.check_identity(config.node.network, false, None)?;
-        Index::new(store, blocks.clone())
+        IndexReader::new(store, blocks.clone())
     };
     let (index, standby) = (open("a")?, open("b")?);
     let rpc = Rpc::new(&node.rpc_addr, node.auth.clone());

@@ -14,7 +14,7 @@ use anyhow::Result;
 use bitcoin::hashes::{sha256, Hash, HashEngine};
 use quick_cache::sync::{Cache, GuardResult};
 
-use blkindex_shared::query::{HistoryItem, Index, ScriptScan};
+use blkindex_shared::query::{HistoryItem, IndexReader, ScriptScan};
 use blkindex_shared::ScriptHash;
 
 use crate::metrics::Metrics;
@@ -113,7 +113,7 @@ impl ScriptCache {
 
     /// The confirmed side of `sh` at `index`'s tip. Requests for a script nobody has computed
     /// yet wait for the first one instead of all computing it.
-    pub fn confirmed(&self, index: &Index, sh: &ScriptHash) -> Result<Arc<Confirmed>> {
+    pub fn confirmed(&self, index: &IndexReader, sh: &ScriptHash) -> Result<Arc<Confirmed>> {
         match self.cache.get_value_or_guard(sh, None) {
             GuardResult::Value(c) if index.is_current(&c.scan) => {
                 self.metrics.script_cache.with_label_values(&["hit"]).inc();

@@ -17,7 +17,7 @@ use bitcoin::block::Header;
 use tokio::sync::futures::Notified;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 
-use blkindex_shared::query::Index;
+use blkindex_shared::query::IndexReader;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::Height;
 use blkindex_shared::ScriptHash;
@@ -38,7 +38,7 @@ pub struct Tip {
 
 impl Tip {
     /// The tip of `index`, None when it is empty.
-    pub fn of(index: &Index) -> Option<Tip> {
+    pub fn of(index: &IndexReader) -> Option<Tip> {
         index
             .chain
             .tip()
@@ -59,7 +59,7 @@ pub enum Task {
 pub struct State {
     settings: Settings,
     /// The current index, swapped (never modified in place) by the catch-up task.
-    index: RwLock<Arc<Index>>,
+    index: RwLock<Arc<IndexReader>>,
     mempool: RwLock<Mempool>,
     rpc: Rpc,
     tip: watch::Sender<Option<Tip>>,
@@ -82,7 +82,7 @@ pub struct State {
 impl State {
     /// The state, and the receiving end of the mempool events for `mempool::driver::run`.
     pub fn new(
-        index: Index,
+        index: IndexReader,
         rpc: Rpc,
         settings: Settings,
         metrics: Arc<Metrics>,
@@ -149,7 +149,7 @@ impl State {
     }
 
     /// The current index.
-    pub fn index(&self) -> Arc<Index> {
+    pub fn index(&self) -> Arc<IndexReader> {
         self.index.read().unwrap().clone()
     }
 
@@ -157,7 +157,7 @@ impl State {
     /// blk-file reads block).
     pub async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Index, &Mempool) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&IndexReader, &Mempool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let state = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -210,7 +210,7 @@ impl State {
     }
 
     /// Makes `index` the current index; returns the one it replaces.
-    pub fn swap_index(&self, index: Arc<Index>) -> Arc<Index> {
+    pub fn swap_index(&self, index: Arc<IndexReader>) -> Arc<IndexReader> {
         std::mem::replace(&mut *self.index.write().unwrap(), index)
     }
 

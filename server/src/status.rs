@@ -8,7 +8,7 @@ use bitcoin::consensus::deserialize;
 use bitcoin::{OutPoint, Transaction};
 use serde_json::{json, Value};
 
-use blkindex_shared::query::Index;
+use blkindex_shared::query::IndexReader;
 use blkindex_shared::ScriptHash;
 
 use crate::mempool::{Mempool, ScriptMempool};
@@ -31,7 +31,7 @@ impl ScriptView {
 
 pub fn script_view(
     cache: &ScriptCache,
-    index: &Index,
+    index: &IndexReader,
     mempool: &Mempool,
     sh: &ScriptHash,
 ) -> anyhow::Result<ScriptView> {
@@ -45,7 +45,7 @@ pub fn script_view(
 /// The status of script `sh` (see `ScriptView::status`).
 pub fn script_status(
     cache: &ScriptCache,
-    index: &Index,
+    index: &IndexReader,
     mempool: &Mempool,
     sh: &ScriptHash,
 ) -> anyhow::Result<Option<String>> {
@@ -58,7 +58,7 @@ pub fn script_status(
 /// and `spender_height` once spent; unconfirmed heights are 0 or -1 as in histories.
 pub fn outpoint_status(
     cache: &ScriptCache,
-    index: &Index,
+    index: &IndexReader,
     mempool: &Mempool,
     op: &OutPoint,
 ) -> anyhow::Result<Value> {

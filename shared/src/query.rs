@@ -1,5 +1,5 @@
 //! What the index answers: a script's confirmed history, unspent outputs and balance; transactions
-//! by txid or txnum; the spender of an outpoint; block bytes and merkle branches. Everything comes
+//! by txid or txnum; the spender of an outpoint; block bytes and txids. Everything comes
 //! from the index and the blk files alone; no node round-trip.
 //!
 //! Rows carry 5-byte hash prefixes, so every candidate a prefix scan yields is checked against the
@@ -82,16 +82,19 @@ pub struct ScriptScan {
 /// A transaction read by number: (txnum, bytes, height, position in its block).
 type NumberedTx = (TxNum, Vec<u8>, Height, u32);
 
-pub struct Index {
+/// A reader of the index: a store (the server's secondary instance, or a test's), the node's blk
+/// files for transaction bytes, and the indexed chain in memory, up to the tip the reader has
+/// caught up to.
+pub struct IndexReader {
     pub store: Store,
     pub blocks: BlockFiles,
     pub chain: Chain,
 }
 
-impl Index {
+impl IndexReader {
     pub fn new(store: Store, blocks: BlockFiles) -> Result<Self> {
         let chain = Chain::load(&store)?;
-        Ok(Index { store, blocks, chain })
+        Ok(IndexReader { store, blocks, chain })
     }
 
     /// Catches a secondary up with the indexer, to a tip all of whose rows it sees; true when the
@@ -299,7 +302,7 @@ impl Index {
         self.spender_after(outpoint, funding.txnum, &ScriptHash::of(out.script))
     }
 
-    /// As [`Index::spender`], for a caller that already has the funding transaction's number and
+    /// As [`IndexReader::spender`], for a caller that already has the funding transaction's number and
     /// the script hash of the output.
     pub fn spender_after(
         &self,

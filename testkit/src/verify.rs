@@ -11,7 +11,7 @@ use serde_json::json;
 
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::bucket;
-use blkindex_shared::query::Index;
+use blkindex_shared::query::IndexReader;
 use blkindex_shared::schema::{cf, HeaderRow, TxnumList};
 use blkindex_shared::store::{Mode, Store};
 
@@ -19,15 +19,15 @@ use crate::expect::Expected;
 use crate::node::Node;
 
 /// Opens an index read-only (a secondary instance in a fresh directory).
-pub fn open_index(node: &Node, db: &Path) -> Index {
+pub fn open_index(node: &Node, db: &Path) -> IndexReader {
     let secondary = tempfile::tempdir().unwrap().keep();
     let store = Store::open(db, Mode::Secondary(secondary)).unwrap();
-    Index::new(store, BlockFiles::open(&node.blocks_dir()).unwrap()).unwrap()
+    IndexReader::new(store, BlockFiles::open(&node.blocks_dir()).unwrap()).unwrap()
 }
 
 /// Every script's history, unspent outputs and balance, every transaction by txid (bytes,
 /// height, position) and spenders, against what the node says.
-pub fn check(node: &Node, index: &Index, want: &Expected) -> Result<()> {
+pub fn check(node: &Node, index: &IndexReader, want: &Expected) -> Result<()> {
     let tip = node.height()? as u32;
     assert_eq!(index.chain.tip().unwrap(), (tip, node.best_hash()?));
     for (sh, history) in &want.history {

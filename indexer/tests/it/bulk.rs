@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use blkindex_shared::blkfile::{list_files, BlockFiles, FileKind};
-use blkindex_shared::query::Index;
+use blkindex_shared::query::IndexReader;
 use blkindex_shared::store::{Mode, Store};
 use blkindex_testkit::chain::{build_rich_chain, copy_blocks_reversed, ChainBuilder};
 use blkindex_testkit::expect::{expected, Expected};
@@ -29,7 +29,7 @@ fn index_ok(node: &Node, db: &Path, extra: &[&str]) {
     assert!(out.status.success(), "indexer failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn open(node: &Node, db: &Path) -> Index {
+fn open(node: &Node, db: &Path) -> IndexReader {
     open_index(node, db)
 }
 
@@ -275,9 +275,9 @@ fn blk_records(files: &BlockFiles, num: u32) -> Vec<blkindex_shared::blkfile::Re
 }
 
 /// An index read with the blocks of `blocks` (a damaged copy) instead of the node's.
-fn open_with_blocks(db: &Path, blocks: &Path) -> Index {
+fn open_with_blocks(db: &Path, blocks: &Path) -> IndexReader {
     let store = Store::open(db, Mode::Secondary(tempfile::tempdir().unwrap().keep())).unwrap();
-    Index::new(store, BlockFiles::open(blocks).unwrap()).unwrap()
+    IndexReader::new(store, BlockFiles::open(blocks).unwrap()).unwrap()
 }
 
 /// Copies the node's blocks directory (with the node stopped, so the files are complete) so it can
@@ -433,7 +433,7 @@ fn a_secondary_catching_up_while_batches_land_never_sees_a_tip_before_its_rows()
         .args(["--no-follow", "--progress", "none", "--batch-kb", "1"])
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let mut reader: Option<Index> = None;
+    let mut reader: Option<IndexReader> = None;
     let mut seen = std::collections::BTreeSet::new();
     let mut done = false;
     while !done {
@@ -443,7 +443,7 @@ fn a_secondary_catching_up_while_batches_land_never_sees_a_tip_before_its_rows()
             std::fs::create_dir_all(&secondary)?;
             reader = Store::open(&db, Mode::Secondary(secondary))
                 .ok()
-                .and_then(|s| Index::new(s, BlockFiles::open(&node.blocks_dir()).ok()?).ok());
+                .and_then(|s| IndexReader::new(s, BlockFiles::open(&node.blocks_dir()).ok()?).ok());
         }
         let Some(index) = reader.as_mut() else { continue };
         index.catch_up()?;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use blkindex_shared::query::Index;
+use blkindex_shared::query::IndexReader;
 use blkindex_shared::rpc::{btc_to_sat, Rpc};
 use blkindex_shared::schema::Height;
 use blkindex_shared::ScriptHash;
@@ -126,7 +126,7 @@ pub async fn run(
 /// Brings the mempool up to date; returns the script hashes whose mempool side changed. The node
 /// and the index are asked without holding the lock; only applying the changes takes the write
 /// lock, so requests never wait for RPC round trips.
-pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &Index) -> Result<SyncOutcome> {
+pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &IndexReader) -> Result<SyncOutcome> {
     let listed = list(lock, rpc)?;
     // Transactions that left the node's mempool because a block the index does not have yet
     // mined them must stay until it has: dropped now, a script would seem to lose them and get
@@ -224,7 +224,7 @@ pub struct SyncOutcome {
 pub fn apply(
     lock: &RwLock<Mempool>,
     rpc: &Rpc,
-    index: &Index,
+    index: &IndexReader,
     events: &[Event],
 ) -> (HashSet<ScriptHash>, bool) {
     let mut changed = HashSet::new();
@@ -256,7 +256,7 @@ pub fn apply(
 fn fetch(
     lock: &RwLock<Mempool>,
     rpc: &Rpc,
-    index: &Index,
+    index: &IndexReader,
     new_ids: &HashSet<Txid>,
     txid: Txid,
     info: &Value,

@@ -9,7 +9,7 @@ use bitcoin::hashes::Hash;
 use serde_json::{json, Value};
 
 use blkindex_shared::merkle;
-use blkindex_shared::query::Index;
+use blkindex_shared::query::IndexReader;
 
 use super::*;
 
@@ -30,7 +30,7 @@ pub fn header_json(form: HeaderForm, height: u32, header: &Header) -> Value {
     }
 }
 
-fn header_at(index: &Index, height: u32) -> Result<Header, ServerError> {
+fn header_at(index: &IndexReader, height: u32) -> Result<Header, ServerError> {
     Ok(index
         .chain
         .row(height)
@@ -65,7 +65,7 @@ pub async fn get_chunk(state: &Arc<State>, start: u32) -> Reply {
 }
 
 /// Up to `count` headers from `start` as hex, and the height after the last.
-fn headers_from(index: &Index, start: u32, count: u32) -> (Vec<String>, u32) {
+fn headers_from(index: &IndexReader, start: u32, count: u32) -> (Vec<String>, u32) {
     let end = (start as u64 + count as u64).min(index.chain.len() as u64).max(start as u64) as u32;
     let headers = (start..end).map(|h| hex::encode(serialize(&index.chain.row(h).unwrap().header))).collect();
     (headers, end)
@@ -74,7 +74,7 @@ fn headers_from(index: &Index, start: u32, count: u32) -> (Vec<String>, u32) {
 /// The branch and root proving the header at `height` under checkpoint `cp_height`: a merkle tree
 /// over the block hashes 0..=cp_height, hashes shown reversed as everywhere in the protocol.
 pub fn header_proof(
-    index: &Index,
+    index: &IndexReader,
     height: u32,
     cp_height: u32,
 ) -> Result<(Vec<String>, String), ServerError> {
