@@ -158,6 +158,14 @@ impl Config {
         Config::check(args)
     }
 
+    /// As the command line `args` (the program's name first) would configure it, for a server run
+    /// in-process; no config file is read.
+    pub fn from_args<I: Into<std::ffi::OsString> + Clone>(
+        args: impl IntoIterator<Item = I>,
+    ) -> Result<Config> {
+        Config::check(Args::try_parse_from(args)?)
+    }
+
     fn check(a: Args) -> Result<Config> {
         if let Some(addr) = a.admin_addr {
             check_admin_addr(addr)?;

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::bans::Bans;
 use crate::config::Transport;
@@ -87,8 +87,9 @@ impl Drop for Admitted {
 }
 
 pub async fn bind(addr: SocketAddr, transport: Transport) -> Result<TcpListener> {
-    let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    info!(addr = %l.local_addr()?, transport = transport.name(), "serving Electrum over {}", transport.name().to_uppercase());
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {} ({})", addr, transport.name()))?;
     Ok(l)
 }
 
