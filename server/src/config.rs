@@ -52,7 +52,8 @@ pub struct Args {
     /// Most connections open at once.
     #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS", default_value_t = 20_000, help_heading = "Limits")]
     max_connections: usize,
-    /// Most connections from one IP address (loopback exempt unless --limit-loopback).
+    /// Most connections from one IP address, an IPv6 client counted by /64 (loopback exempt
+    /// unless --limit-loopback).
     #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 50, help_heading = "Limits")]
     max_connections_per_ip: usize,
     /// Apply --max-connections-per-ip to loopback clients too.

@@ -34,7 +34,8 @@ const COALESCE_BYTES: usize = 64 * 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is let in: no banned address, and connection limits in all and per client address
-/// (loopback exempt unless asked).
+/// (loopback exempt unless asked). IPv6 clients are counted by /64: one host is given a whole
+/// /64, so counting single addresses would let it open 50 connections per address it picks.
 pub struct Admission {
     pub max_total: usize,
     pub max_per_ip: usize,
@@ -46,7 +47,17 @@ pub struct Admission {
 /// An admitted connection; dropping it frees its place.
 pub struct Admitted {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    /// What the per-address limit counted it under (`client_group`).
+    group: IpAddr,
+}
+
+/// What the per-address limit counts a client under: its IPv4 address (also when it comes
+/// mapped into IPv6), or its IPv6 /64.
+fn client_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+    }
 }
 
 impl Admission {
@@ -63,13 +74,14 @@ impl Admission {
         if open.0 >= self.max_total {
             return Err("the server is full");
         }
-        let per_ip = open.1.entry(ip).or_default();
-        if *per_ip >= self.max_per_ip && (self.limit_loopback || !ip.is_loopback()) {
+        let group = client_group(ip);
+        let per_ip = open.1.entry(group).or_default();
+        if *per_ip >= self.max_per_ip && (self.limit_loopback || !ip.to_canonical().is_loopback()) {
             return Err("too many connections from your address");
         }
         *per_ip += 1;
         open.0 += 1;
-        Ok(Admitted { admission: self.clone(), ip })
+        Ok(Admitted { admission: self.clone(), group })
     }
 }
 
@@ -77,10 +89,10 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let mut open = self.admission.open.lock().unwrap();
         open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.ip) {
+        if let Some(n) = open.1.get_mut(&self.group) {
             *n -= 1;
             if *n == 0 {
-                open.1.remove(&self.ip);
+                open.1.remove(&self.group);
             }
         }
     }
@@ -270,4 +282,30 @@ async fn serve_websocket<S>(
         .filter_map(std::future::ready);
     session::run(Box::pin(input), tx, state, peer, transport).await;
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_address_limit_counts_ipv6_by_64() {
+        let dir = tempfile::tempdir().unwrap();
+        let bans = Arc::new(Bans::load(&dir.path().join("banned.json")).unwrap());
+        let admission = Admission::new(100, 2, false, bans);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = admission.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _b = admission.admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+        // A third address of the same /64 is the same client; another /64 is not.
+        assert!(admission.admit(ip("2001:db8:1:2::77")).is_err());
+        assert!(admission.admit(ip("2001:db8:1:3::1")).is_ok());
+        // IPv4 by address, mapped or not.
+        let _c = admission.admit(ip("192.0.2.1")).unwrap();
+        let _d = admission.admit(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(admission.admit(ip("192.0.2.1")).is_err());
+        assert!(admission.admit(ip("192.0.2.2")).is_ok());
+        // A place freed is free for the whole /64 again.
+        drop(a);
+        assert!(admission.admit(ip("2001:db8:1:2::77")).is_ok());
+    }
 }
