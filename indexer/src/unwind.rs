@@ -31,8 +31,25 @@ pub fn delete_branch(
     map: &BlockMap,
     branch: &[ChainBlock],
     first: Height,
-    mut txnum: TxNum,
+    txnum: TxNum,
 ) -> Result<()> {
+    let undo_index = match_undo(source, branch)?;
+    delete_blocks(source, map, &undo_index, branch, first, txnum)
+}
+
+/// Undoes the blocks of `rows` (consecutive header rows, the tip last) from the tip down, one
+/// synced write each. Their undo records are matched once, for all of them.
+pub fn unwind_blocks(source: &BlockSource, map: &BlockMap, rows: &[HeaderRow], first: Height) -> Result<()> {
+    let branch: Vec<ChainBlock> = rows.iter().map(ChainBlock::from_row).collect();
+    let undo_index = match_undo(source, &branch)?;
+    for (i, row) in rows.iter().enumerate().rev() {
+        delete_blocks(source, map, &undo_index, &branch[i..=i], first + i as Height, row.first_txnum)?;
+    }
+    Ok(())
+}
+
+/// Which rev records undo the blocks of `branch` (a scan of the rev files they are in).
+fn match_undo(source: &BlockSource, branch: &[ChainBlock]) -> Result<UndoIndex> {
     let mut undo_index = UndoIndex::default();
     let nums: Vec<u32> =
         branch.iter().filter_map(|b| b.entry.map(|e| e.file)).collect::<HashSet<_>>().into_iter().collect();
@@ -40,6 +57,19 @@ pub fn delete_branch(
     let mut wanted = vec![branch[0]];
     wanted.extend_from_slice(branch);
     undo_index.match_files(source.files, source.net, &wanted, &nums)?;
+    Ok(undo_index)
+}
+
+/// Deletes the rows of `branch` (heights from `first`, first txnum `txnum`) and sets the tip just
+/// below it, in one synced write.
+fn delete_blocks(
+    source: &BlockSource,
+    map: &BlockMap,
+    undo_index: &UndoIndex,
+    branch: &[ChainBlock],
+    first: Height,
+    mut txnum: TxNum,
+) -> Result<()> {
     let mut batch = WriteBatch::default();
     let from_txnum = txnum;
     let (mut txid_prefixes, mut script_prefixes) = (BTreeSet::new(), BTreeSet::new());
@@ -67,16 +97,6 @@ pub fn delete_branch(
         None => batch.delete_cf(source.store.cf(cf::META), meta::TIP),
     }
     source.store.write_sync(batch)
-}
-
-/// Undoes the blocks of `rows` (consecutive header rows, the tip last) from the tip down, one
-/// synced write each.
-pub fn unwind_blocks(source: &BlockSource, map: &BlockMap, rows: &[HeaderRow], first: Height) -> Result<()> {
-    for (i, row) in rows.iter().enumerate().rev() {
-        let block = ChainBlock::from_row(row);
-        delete_branch(source, map, &[block], first + i as Height, row.first_txnum)?;
-    }
-    Ok(())
 }
 
 /// Why a reorg is not undone (yet).
