@@ -73,10 +73,10 @@ notify_pid=$!
 for _ in $(seq 50); do [ -S "$work/notify.sock" ] && break; sleep 0.1; done
 
 exec_start() { sed -n 's/^ExecStart=//p' "$unitdir/$1.service"; }
-# Waits up to $2 seconds for a READY=1 from pid $1; says whether it came.
-wait_ready() {
-    for _ in $(seq $(($2 * 10))); do
-        grep -q READY=1 "$work/notify.log" 2>/dev/null && return 0
+# Waits up to $3 seconds for a notification matching $2 from pid $1; says whether it came.
+wait_notice() {
+    for _ in $(seq $(($3 * 10))); do
+        grep -q "$2" "$work/notify.log" 2>/dev/null && return 0
         kill -0 "$1" 2>/dev/null || return 1
         sleep 0.1
     done
@@ -99,17 +99,10 @@ export BLKINDEX_NETWORK=regtest BLKINDEX_DATADIR="$work/node" BLKINDEX_DB="$work
 # shellcheck disable=SC2046
 NOTIFY_SOCKET="$work/notify.sock" $(exec_start blkindex-indexer) >"$work/indexer.log" 2>&1 &
 indexer_pid=$!
-check "indexer (as its unit starts it) notifies READY=1" wait_ready "$indexer_pid" 60
+check "indexer (as its unit starts it) notifies READY=1" wait_notice "$indexer_pid" READY=1 60
 # READY=1 comes once its index is open; the bulk pass follows, then its status says "following".
-wait_status() {
-    for _ in $(seq $(($3 * 10))); do
-        grep -q "STATUS=$2" "$work/notify.log" 2>/dev/null && return 0
-        kill -0 "$1" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-check "indexer's status goes from its bulk pass to following" wait_status "$indexer_pid" "following the node from height 110" 120
+check "indexer's status goes from its bulk pass to following" \
+    wait_notice "$indexer_pid" "STATUS=following the node from height 110" 120
 check "indexer's status showed the bulk pass" grep -q "STATUS=bulk pass: indexing" "$work/notify.log"
 : >"$work/notify.log"
 
@@ -128,7 +121,7 @@ readonly_db() {
 NOTIFY_SOCKET="$work/notify.sock" BLKINDEX_SECONDARY_DIR="$work/secondary" BLKINDEX_ELECTRUM_ADDR=127.0.0.1:0 \
     readonly_db "$work/db" $(exec_start blkindex-server) 2>"$work/server.log" &
 server_pid=$!
-check "server (as its unit starts it, the index read-only) notifies READY=1" wait_ready "$server_pid" 60
+check "server (as its unit starts it, the index read-only) notifies READY=1" wait_notice "$server_pid" READY=1 60
 addr=$(sed -n 's/.*serving Electrum over TCP.*addr=\([0-9.:]*\).*/\1/p' "$work/server.log" | head -n1)
 height=$(python3 - "$addr" <<'PY' || true
 import json, socket, sys

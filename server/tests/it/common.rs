@@ -184,3 +184,14 @@ pub fn http_get(addr: &str) -> Result<String> {
     s.read_to_string(&mut out)?;
     Ok(out)
 }
+
+/// One line from `s` within `wait`; None on a timeout or a closed connection.
+pub fn read_line(s: &std::net::TcpStream, wait: Duration) -> Option<String> {
+    use std::io::BufRead;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut line = String::new();
+    match std::io::BufReader::new(s).read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line),
+        _ => None,
+    }
+}

@@ -1,7 +1,7 @@
 //! `--max-connections` and `--max-batch` at their boundaries: exactly the limit is served, one
 //! more is refused with a clear error, and the server goes on serving.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -14,12 +14,7 @@ use blkindex_testkit::{Node, NodeOptions};
 use crate::common::{indexed, req, Server};
 
 fn read_line(s: &TcpStream) -> Option<String> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut line = String::new();
-    match BufReader::new(s).read_line(&mut line) {
-        Ok(n) if n > 0 => Some(line),
-        _ => None,
-    }
+    crate::common::read_line(s, Duration::from_secs(10))
 }
 
 fn ask(s: &mut TcpStream, msg: &Value) -> Value {

@@ -20,7 +20,7 @@ use blkindex_testkit::expect::expected;
 use blkindex_testkit::verify::Indexer;
 use blkindex_testkit::{Node, NodeOptions};
 
-use crate::common::{http_get, indexed, raw, req, session, Server};
+use crate::common::{http_get, indexed, raw, read_line, req, session, Server};
 
 fn indexed_node() -> Result<(Node, tempfile::TempDir, Indexer)> {
     let node = Node::start(NodeOptions::default())?;
@@ -161,15 +161,6 @@ fn tls_and_websockets_speak_the_protocol_and_metrics_count_it() -> Result<()> {
 }
 
 /// Reads one line, or None when the server closes (or after `wait`).
-fn read_line(s: &TcpStream, wait: Duration) -> Option<String> {
-    s.set_read_timeout(Some(wait)).unwrap();
-    let mut line = String::new();
-    match BufReader::new(s).read_line(&mut line) {
-        Ok(n) if n > 0 => Some(line),
-        _ => None,
-    }
-}
-
 fn ping(s: &mut TcpStream) -> bool {
     writeln!(s, "{}", req(9, "server.ping", json!([]))).is_ok()
         && read_line(s, Duration::from_secs(10)).is_some_and(|l| l.contains(r#""result":null"#))
