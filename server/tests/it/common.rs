@@ -72,7 +72,8 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("index opened") {
+            // The readiness line comes once every listener is served (and logged).
+            if text.contains(r#"ready status="serving Electrum""#) {
                 let addr = logged_addr(&text, "serving Electrum over TCP").unwrap_or_default();
                 return Ok(Server { child, addr, log });
             }
