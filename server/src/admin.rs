@@ -279,6 +279,7 @@ fn getinfo(admin: &Admin) -> Value {
             "bytes": s.script_cache_bytes,
             "capacity_bytes": s.script_cache_capacity,
         },
+        "send_buffers_bytes": s.send_buffers_bytes,
         "banned": admin.bans.list().len(),
     })
 }
@@ -302,6 +303,8 @@ fn sessions(state: &State) -> Value {
                 "busy_ms": seen.busy.as_millis() as u64,
                 "bytes_in": seen.bytes_in,
                 "bytes_out": seen.bytes_out,
+                "queued_bytes": seen.queued,
+                "cost": seen.cost.round(),
                 "age_secs": l.opened.elapsed().as_secs(),
             })
         })

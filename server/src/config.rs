@@ -68,9 +68,45 @@ pub struct Args {
     /// Most requests in one batch.
     #[arg(long, env = "BLKINDEX_MAX_BATCH", default_value_t = 100, help_heading = "Limits")]
     max_batch: usize,
+    /// Seconds a connection may hold a partial request line (bytes without their newline).
+    #[arg(long, env = "BLKINDEX_REQUEST_TIMEOUT", default_value_t = 30, help_heading = "Limits")]
+    request_timeout: u64,
     /// Longest history (or unspent list) served; longer ones get an error, never a cut list.
-    #[arg(long, env = "BLKINDEX_MAX_HISTORY", default_value_t = 100_000, help_heading = "Limits")]
+    /// Checked from the index's row count before any transaction is read; balances, statuses
+    /// and subscriptions of such scripts get the same error.
+    #[arg(long, env = "BLKINDEX_MAX_HISTORY", default_value_t = 80_000, help_heading = "Limits")]
     max_history: usize,
+    /// Bytes of replies and notifications one session may have waiting to be written; also the
+    /// longest reply (or batch of replies). Must hold a reply of --max-history entries.
+    #[arg(long, env = "BLKINDEX_MAX_SEND_BUFFER", default_value_t = 12 << 20, help_heading = "Limits")]
+    max_send_buffer: usize,
+    /// Bytes all sessions together may have waiting to be written.
+    #[arg(long, env = "BLKINDEX_MAX_SEND_BUFFERS", default_value_t = 1 << 30, help_heading = "Limits")]
+    max_send_buffers: usize,
+    /// Seconds a reply may wait for room in its session's send buffer, and a write for the
+    /// client to take it, before the client is disconnected as not reading.
+    #[arg(long, env = "BLKINDEX_SEND_TIMEOUT", default_value_t = 30, help_heading = "Limits")]
+    send_timeout: u64,
+    /// Most subscriptions (scripts and outpoints) of one session.
+    #[arg(long, env = "BLKINDEX_MAX_SUBSCRIPTIONS", default_value_t = 10_000, help_heading = "Limits")]
+    max_subscriptions: usize,
+    /// A session's cost (1 per request + 1 per millisecond of work) over which each request
+    /// waits until the cost has decayed back to it.
+    #[arg(long, env = "BLKINDEX_COST_SOFT_LIMIT", default_value_t = 2_000.0, help_heading = "Limits")]
+    cost_soft_limit: f64,
+    /// A session's cost over which it is disconnected.
+    #[arg(long, env = "BLKINDEX_COST_HARD_LIMIT", default_value_t = 20_000.0, help_heading = "Limits")]
+    cost_hard_limit: f64,
+    /// Cost units forgiven per second.
+    #[arg(long, env = "BLKINDEX_COST_DECAY", default_value_t = 200.0, help_heading = "Limits")]
+    cost_decay: f64,
+    /// Node calls made for clients (fees, broadcasts, mempool info) in flight at once; others
+    /// wait up to 10 s, then get an error.
+    #[arg(long, env = "BLKINDEX_MAX_NODE_CALLS", default_value_t = 4, help_heading = "Limits")]
+    max_node_calls: usize,
+    /// Seconds the node's fee estimates and relay fees are reused for.
+    #[arg(long, env = "BLKINDEX_FEE_CACHE_SECS", default_value_t = 10, help_heading = "Limits")]
+    fee_cache_secs: u64,
     /// Memory for scripts' computed histories, kept between requests and blocks, in MiB.
     #[arg(long, env = "BLKINDEX_SCRIPT_CACHE_MB", default_value_t = 256, help_heading = "Limits")]
     script_cache_mb: u64,
@@ -191,6 +227,25 @@ impl Config {
         .collect();
         anyhow::ensure!(!listen.is_empty(), "no listener: give at least one of the listen addresses");
         anyhow::ensure!(a.peer_check_secs > 0, "--peer-check-secs must be at least 1");
+        // The longest entry of a list reply (an unspent output) is about 134 bytes.
+        let list_reply = a.max_history.saturating_mul(LIST_ENTRY_BYTES).saturating_add(1024);
+        anyhow::ensure!(
+            a.max_send_buffer >= list_reply,
+            "--max-send-buffer {} cannot hold a reply of --max-history {} entries: give at least {list_reply} \
+             or lower --max-history",
+            a.max_send_buffer,
+            a.max_history
+        );
+        anyhow::ensure!(a.max_send_buffer <= 1 << 30, "--max-send-buffer is at most 1 GiB");
+        anyhow::ensure!(
+            a.max_send_buffers >= a.max_send_buffer,
+            "--max-send-buffers must be at least --max-send-buffer"
+        );
+        anyhow::ensure!(
+            a.cost_decay > 0.0 && a.cost_soft_limit > 0.0 && a.cost_hard_limit >= a.cost_soft_limit,
+            "the cost limits need --cost-decay > 0 and 0 < --cost-soft-limit <= --cost-hard-limit"
+        );
+        anyhow::ensure!(a.max_node_calls > 0, "--max-node-calls must be at least 1");
         let secondary_dir = a.secondary_dir.unwrap_or_else(|| a.node.db.with_extension("server"));
         Ok(Config {
             ban_file: a.ban_file.unwrap_or_else(|| secondary_dir.join("banned.json")),
@@ -206,6 +261,14 @@ impl Config {
                 max_request: a.max_request,
                 max_batch: a.max_batch,
                 idle: Duration::from_secs(a.idle_timeout),
+                request_timeout: Duration::from_secs(a.request_timeout),
+                send_timeout: Duration::from_secs(a.send_timeout),
+                max_send_buffer: a.max_send_buffer,
+                max_send_buffers: a.max_send_buffers,
+                max_subscriptions: a.max_subscriptions,
+                cost: CostLimits { soft: a.cost_soft_limit, hard: a.cost_hard_limit, decay: a.cost_decay },
+                max_node_calls: a.max_node_calls,
+                fee_cache: Duration::from_secs(a.fee_cache_secs),
             },
             script_cache_bytes: a.script_cache_mb << 20,
             peers: a.peers,
@@ -293,12 +356,34 @@ pub struct Settings {
     pub limits: Limits,
 }
 
+/// Bytes a list reply may take per entry (an unspent output's `{"tx_hash":…,"value":…},`).
+pub const LIST_ENTRY_BYTES: usize = 136;
+
 /// What a session allows a client.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_request: usize,
     pub max_batch: usize,
     pub idle: Duration,
+    /// How long a partial request line may be held.
+    pub request_timeout: Duration,
+    pub send_timeout: Duration,
+    /// Bytes queued for one session (and the longest reply); for all of them.
+    pub max_send_buffer: usize,
+    pub max_send_buffers: usize,
+    pub max_subscriptions: usize,
+    pub cost: CostLimits,
+    pub max_node_calls: usize,
+    pub fee_cache: Duration,
+}
+
+/// A session's cost budget (see `cost`).
+#[derive(Clone, Copy, Debug)]
+pub struct CostLimits {
+    pub soft: f64,
+    pub hard: f64,
+    /// Units forgiven per second.
+    pub decay: f64,
 }
 
 /// Server settings the methods report.

@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     &["state"],
     // The state's parts.
     &["script_cache", "mempool", "peers", "sessions"],
-    &["metrics", "bans"],
+    &["metrics", "bans", "outbox", "cost"],
     // Configuration, and the protocol's vocabulary.
     &["protocol", "config"],
     // TLS material, checked at start-up.

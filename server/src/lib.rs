@@ -19,14 +19,16 @@ mod bans;
 mod call;
 mod catch_up;
 mod config;
+mod cost;
 #[cfg(test)]
 mod layers;
 mod listen;
 mod mempool;
 mod methods;
 mod metrics;
+mod outbox;
 mod peers;
-mod protocol;
+pub mod protocol;
 mod script_cache;
 mod session;
 mod sessions;
@@ -134,7 +136,8 @@ pub async fn run(
     let bound = listeners.addrs()?;
     let settings = config.settings(&bound);
     let peers = Arc::new(peers(&config, &settings.info)?);
-    let scripts = script_cache::ScriptCache::new(config.script_cache_bytes, metrics.clone());
+    let scripts =
+        script_cache::ScriptCache::new(config.script_cache_bytes, settings.info.max_history, metrics.clone());
     let (state, events_rx) = state::State::new(index, rpc, settings, metrics, scripts, peers);
     info!(tip = ?state.tip().map(|t| t.height), "index opened");
     let mut tasks = tasks::Tasks::default();

@@ -20,12 +20,11 @@ use tracing::{debug, warn};
 
 use crate::bans::Bans;
 use crate::config::Transport;
+use crate::outbox::Queued;
 use crate::protocol::ServerError;
-use crate::session::{self, error_reply, Incoming, OUT_QUEUE};
+use crate::session::{self, error_reply, Incoming};
 use crate::state::State;
 
-/// A client that does not take a write within this long is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Initial read buffer of a line-framed connection.
 const READ_BUFFER: usize = 1024;
 /// Queued messages joined into one write, up to about this many bytes.
@@ -205,47 +204,106 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<String>(OUT_QUEUE);
-    let writer = tokio::spawn(write_lines(w, rx));
-    // `scan` ends the stream at the first None: a read error ends the session.
-    // A small read buffer to start with (it grows for long requests): most connections are idle
-    // wallets, and thousands of them each holding the default 8 KiB add up.
-    let codec = LinesCodec::new_with_max_length(state.settings().limits.max_request);
+    let (out, rx) = state.send_budget().outbox();
+    let limits = &state.settings().limits;
+    let writer = tokio::spawn(write_lines(w, rx, limits.send_timeout));
+    // A small read buffer to start with (it grows for long requests, up to the limit): most
+    // connections are idle wallets, and thousands of them each holding the default 8 KiB add up.
+    let codec = LinesCodec::new_with_max_length(limits.max_request);
     let lines = FramedRead::with_capacity(r, codec, READ_BUFFER);
-    let input = lines.scan((), |_, r| {
-        std::future::ready(match r {
-            Ok(line) => Some(Incoming::Message(line)),
-            Err(LinesCodecError::MaxLineLengthExceeded) => Some(Incoming::TooLong),
-            Err(LinesCodecError::Io(_)) => None,
-        })
-    });
-    session::run(Box::pin(input), tx, state, peer, transport).await;
+    let input = Box::pin(lines_with_deadline(lines, limits.request_timeout));
+    session::run(input, out, state, peer, transport).await;
     let _ = writer.await;
 }
 
+/// The requests of a line-framed connection. A line must be finished within `limit` of its
+/// first bytes being seen (checked every `limit`, so within twice that): a client holding a
+/// partial line ties up a buffer of up to the request limit, and is cut off. A read error ends
+/// the stream.
+fn lines_with_deadline<R: AsyncRead + Unpin>(
+    lines: FramedRead<R, LinesCodec>,
+    limit: Duration,
+) -> impl futures::Stream<Item = Incoming> {
+    futures::stream::unfold(
+        (lines, None::<tokio::time::Instant>, false),
+        move |(mut lines, mut since, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                // Cancelling `next` loses nothing: the bytes read so far stay in the buffer.
+                match tokio::time::timeout(limit, lines.next()).await {
+                    Ok(Some(Ok(line))) => {
+                        // Bytes after the newline are the next request's start: their clock runs.
+                        since = (!lines.read_buffer().is_empty()).then(tokio::time::Instant::now);
+                        return Some((Incoming::Message(line), (lines, since, false)));
+                    }
+                    Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
+                        return Some((Incoming::TooLong, (lines, since, true)))
+                    }
+                    Ok(Some(Err(LinesCodecError::Io(_)))) | Ok(None) => return None,
+                    Err(_) if lines.read_buffer().is_empty() => since = None,
+                    Err(_) => match since {
+                        Some(t) if t.elapsed() >= limit => {
+                            return Some((Incoming::Stalled, (lines, since, true)))
+                        }
+                        Some(_) => {}
+                        None => since = Some(tokio::time::Instant::now()),
+                    },
+                }
+            }
+        },
+    )
+}
+
 /// Writes each queued message and a newline, with the messages queued behind it in the same
-/// write (a batch of notifications goes out at once), and gives up on a client that stops
-/// reading. No buffer is kept between writes: an idle connection holds none.
-async fn write_lines<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<String>) {
-    while let Some(mut out) = rx.recv().await {
-        out.push('\n');
-        while out.len() < COALESCE_BYTES {
-            let Ok(line) = rx.try_recv() else { break };
-            out.push_str(&line);
-            out.push('\n');
+/// write (a batch of notifications goes out at once), and gives up on a client that does not
+/// take a write within `timeout`. A message's bytes are freed once written.
+async fn write_lines<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    timeout: Duration,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut taken = vec![first];
+        let mut len = taken[0].text.len() + 1;
+        while len < COALESCE_BYTES {
+            let Ok(next) = rx.try_recv() else { break };
+            len += next.text.len() + 1;
+            taken.push(next);
         }
         let write = async {
-            w.write_all(out.as_bytes()).await?;
+            match taken.as_mut_slice() {
+                // One message: written from where it lies (a long reply is not copied).
+                [one] => {
+                    w.write_all(one.text.as_bytes()).await?;
+                    if one.end {
+                        w.write_all(b"\n").await?;
+                    }
+                }
+                several => {
+                    let mut joined = String::with_capacity(len);
+                    for q in several.iter() {
+                        joined.push_str(&q.text);
+                        if q.end {
+                            joined.push('\n');
+                        }
+                    }
+                    w.write_all(joined.as_bytes()).await?;
+                }
+            }
             w.flush().await // TLS holds written bytes until flushed
         };
-        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
+        if !matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(()))) {
             return;
         }
     }
     let _ = w.shutdown().await;
 }
 
-/// One JSON message per WebSocket text (or binary) frame, no newlines.
+/// One JSON message per WebSocket text (or binary) frame, no newlines. A partial message is
+/// bounded in bytes by the frame and message limits, and in time by the idle timeout (only
+/// whole messages count as requests).
 async fn serve_websocket<S>(
     ws: tokio_tungstenite::WebSocketStream<S>,
     state: Arc<State>,
@@ -255,13 +313,26 @@ async fn serve_websocket<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<String>(OUT_QUEUE);
+    let (out, mut rx) = state.send_budget().outbox();
+    let timeout = state.settings().limits.send_timeout;
     let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            let send = sink.send(Message::text(msg));
-            if !matches!(tokio::time::timeout(WRITE_TIMEOUT, send).await, Ok(Ok(()))) {
+        // A batch's pieces are joined into one frame; their bytes stay held until it is sent.
+        let mut pieces: Vec<Queued> = Vec::new();
+        while let Some(q) = rx.recv().await {
+            let end = q.end;
+            pieces.push(q);
+            if !end {
+                continue;
+            }
+            let text: String = match pieces.len() {
+                1 => std::mem::take(&mut pieces[0].text),
+                _ => pieces.iter().map(|p| p.text.as_str()).collect(),
+            };
+            let send = sink.send(Message::text(text));
+            if !matches!(tokio::time::timeout(timeout, send).await, Ok(Ok(()))) {
                 return;
             }
+            pieces.clear();
         }
         let _ = sink.close().await;
     });
@@ -280,7 +351,7 @@ async fn serve_websocket<S>(
             })
         })
         .filter_map(std::future::ready);
-    session::run(Box::pin(input), tx, state, peer, transport).await;
+    session::run(Box::pin(input), out, state, peer, transport).await;
     let _ = writer.await;
 }
 

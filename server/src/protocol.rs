@@ -108,6 +108,8 @@ pub const BAD_REQUEST: i64 = 1;
 pub const DAEMON_ERROR: i64 = 2;
 /// Protocol 1.7's code for a history too large to send (used for every version).
 pub const HISTORY_TOO_LARGE: i64 = 10001;
+/// ElectrumX's code for a client over a resource limit (subscriptions, reply bytes, cost).
+pub const EXCESSIVE_RESOURCE_USAGE: i64 = -101;
 
 /// Why a request failed, whatever raised it; `code` and `message` are the one place it becomes
 /// what the client reads (`{"code": …, "message": …}`).
@@ -131,6 +133,8 @@ pub enum ServerError {
     UnknownTx(Txid),
     /// A history or unspent list longer than `--max-history` (the limit).
     HistoryTooLarge(usize),
+    /// Over a per-session limit: subscriptions, a reply's bytes, the cost budget.
+    ExcessiveUsage(String),
     /// The server ends the connection: idle, or refused (a limit, a ban).
     Closing(String),
     /// Ours, not the client's: the index (RocksDB, the blk files), I/O, a bug. The session logs
@@ -163,6 +167,7 @@ impl ServerError {
             // ElectrumX asks the node for it, so its clients get the node's error code.
             ServerError::UnknownTx(_) => DAEMON_ERROR,
             ServerError::HistoryTooLarge(_) => HISTORY_TOO_LARGE,
+            ServerError::ExcessiveUsage(_) => EXCESSIVE_RESOURCE_USAGE,
             ServerError::Closing(_) => SERVER_ERROR,
             ServerError::Internal(_) => INTERNAL_ERROR,
         }
@@ -176,6 +181,7 @@ impl ServerError {
             | ServerError::InvalidParams(m)
             | ServerError::BadRequest(m)
             | ServerError::Daemon(m)
+            | ServerError::ExcessiveUsage(m)
             | ServerError::Closing(m) => m.clone(),
             ServerError::UnknownTx(txid) => format!("no transaction {txid}"),
             ServerError::HistoryTooLarge(max) => format!("history too large: more than {max} entries"),
@@ -197,9 +203,13 @@ impl std::fmt::Display for ServerError {
 /// too (`Err(ServerError::bad_request(…))?`) and have it come back out as itself.
 impl std::error::Error for ServerError {}
 
-/// An error from the index or a task: `Internal`, unless it is a `ServerError` raised inside.
+/// An error from the index or a task: `Internal`, unless it is a `ServerError` raised inside,
+/// or the index's refusal to read a script's history past the limit.
 impl From<anyhow::Error> for ServerError {
     fn from(e: anyhow::Error) -> Self {
+        if let Some(too_many) = e.downcast_ref::<blkindex_shared::query::TooManyRows>() {
+            return ServerError::HistoryTooLarge(too_many.max);
+        }
         match e.downcast::<ServerError>() {
             Ok(e) => e,
             Err(e) => ServerError::Internal(e),

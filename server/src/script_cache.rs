@@ -14,7 +14,7 @@ use anyhow::Result;
 use bitcoin::hashes::{sha256, Hash, HashEngine};
 use quick_cache::sync::{Cache, GuardResult};
 
-use blkindex_shared::query::{HistoryItem, IndexReader, ScriptScan};
+use blkindex_shared::query::{HistoryItem, IndexReader, ScriptScan, TooManyRows};
 use blkindex_shared::ScriptHash;
 
 use crate::metrics::Metrics;
@@ -91,14 +91,33 @@ impl quick_cache::Weighter<ScriptHash, Arc<Confirmed>> for Weigh {
 
 pub struct ScriptCache {
     cache: Cache<ScriptHash, Arc<Confirmed>, Weigh>,
+    /// Scripts found to have more rows than `max_rows`, and how many: refused at once when
+    /// asked again, without decoding their row lists (millions of entries for the hottest).
+    /// Histories only grow but for a reorg's few blocks, so a refusal stays right.
+    too_many: Cache<ScriptHash, usize>,
+    max_rows: usize,
     metrics: Arc<Metrics>,
 }
 
 impl ScriptCache {
-    /// A cache holding up to about `bytes` of script states.
-    pub fn new(bytes: u64, metrics: Arc<Metrics>) -> Self {
+    /// A cache holding up to about `bytes` of script states, of scripts with at most
+    /// `max_rows` index rows (others are `TooManyRows`).
+    pub fn new(bytes: u64, max_rows: usize, metrics: Arc<Metrics>) -> Self {
         let cache = Cache::with_weighter((bytes / 4096).max(16) as usize, bytes.max(1), Weigh);
-        ScriptCache { cache, metrics }
+        ScriptCache { cache, too_many: Cache::new(10_000), max_rows, metrics }
+    }
+
+    /// The scan of `sh`, remembering a refusal.
+    fn scan(&self, index: &IndexReader, sh: &ScriptHash, earlier: Option<&ScriptScan>) -> Result<ScriptScan> {
+        if let Some(rows) = self.too_many.get(sh) {
+            self.metrics.script_cache.with_label_values(&["too_many"]).inc();
+            return Err(TooManyRows { rows, max: self.max_rows }.into());
+        }
+        index.script_scan(sh, earlier, self.max_rows).inspect_err(|e| {
+            if let Some(t) = e.downcast_ref::<TooManyRows>() {
+                self.too_many.insert(*sh, t.rows);
+            }
+        })
     }
 
     /// Entries held, their approximate bytes, and the most bytes kept.
@@ -120,7 +139,7 @@ impl ScriptCache {
                 Ok(c)
             }
             GuardResult::Value(c) => {
-                let fresh = Arc::new(Confirmed::new(index.script_scan(sh, Some(&c.scan))?, Some(&c)));
+                let fresh = Arc::new(Confirmed::new(self.scan(index, sh, Some(&c.scan))?, Some(&c)));
                 // A request on the instance that is being replaced may be behind the entry.
                 if fresh.scan.tip.map(|t| t.0) >= c.scan.tip.map(|t| t.0) {
                     self.cache.insert(*sh, fresh.clone());
@@ -129,7 +148,7 @@ impl ScriptCache {
                 Ok(fresh)
             }
             GuardResult::Guard(g) => {
-                let fresh = Arc::new(Confirmed::new(index.script_scan(sh, None)?, None));
+                let fresh = Arc::new(Confirmed::new(self.scan(index, sh, None)?, None));
                 let _ = g.insert(fresh.clone());
                 self.counted("computed");
                 Ok(fresh)

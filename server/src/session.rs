@@ -1,28 +1,29 @@
 //! One client connection, whatever carries it (`listen` supplies the transport): JSON-RPC 1.0/2.0
-//! requests and batches in, replies and notifications out. A bounded outgoing queue keeps a
-//! slow reader from growing our memory: a reply waits for room, a notification that finds the
-//! queue full ends the session. A session that sends no complete request for the idle timeout is
-//! closed, which also ends connections that trickle bytes without ever finishing a line.
+//! requests and batches in, replies and notifications out. What it may cost is bounded before
+//! the work: replies and notifications queue in the session's `outbox` share of bytes (a reply
+//! waits for room, a notification that finds none ends the session), a reply or a batch's
+//! replies longer than that share is an error, and the session's `cost` budget slows, then
+//! ends, a client asking for more work than its share. A session that sends no complete request
+//! for the idle timeout is closed.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use blkindex_shared::ScriptHash;
 
 use crate::config::Transport;
+use crate::cost::{Cost, Verdict};
 use crate::methods::{self, Session};
+use crate::outbox::{Outbox, Refused};
 use crate::protocol::ServerError;
 use crate::state::{State, Tip};
 use crate::status::{outpoint_status, script_status};
-
-/// Replies and notifications waiting to be written.
-pub const OUT_QUEUE: usize = 64;
 
 /// What a transport hands the session.
 pub enum Incoming {
@@ -30,11 +31,23 @@ pub enum Incoming {
     Message(String),
     /// A request longer than the limit: answered with an error, then the session ends.
     TooLong,
+    /// A partial line held longer than the request timeout: the session ends.
+    Stalled,
+}
+
+/// Which subscriptions to check again.
+enum Recheck {
+    /// A new tip: every script, and the outpoints whose status it may change.
+    Tip,
+    /// The mempool changed these scripts.
+    Mempool(Arc<HashSet<ScriptHash>>),
+    /// Mempool changes were missed: everything.
+    All,
 }
 
 pub async fn run(
     mut input: impl Stream<Item = Incoming> + Unpin,
-    out: mpsc::Sender<String>,
+    out: Outbox,
     state: Arc<State>,
     peer: SocketAddr,
     transport: Transport,
@@ -45,7 +58,9 @@ pub async fn run(
     let id = live.id;
     debug!(id, %peer, transport = transport.name(), "session opened");
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
-    let mut session = Session { peer_addr: Some(peer), ..Session::default() };
+    let mut session =
+        Session { peer_addr: Some(peer), max_subscriptions: limits.max_subscriptions, ..Session::default() };
+    let mut cost = Cost::new(limits.cost);
     let mut tip_rx = state.watch_tip();
     tip_rx.mark_unchanged();
     let mut mempool_rx = state.watch_mempool();
@@ -59,36 +74,43 @@ pub async fn run(
                     Some(Incoming::Message(text)) => text,
                     Some(Incoming::TooLong) => {
                         let e = ServerError::InvalidRequest(format!("request longer than {} bytes", limits.max_request));
-                        let _ = out.send(error_reply(&Value::Null, true, &e)).await;
+                        let _ = out.try_send(error_reply(&Value::Null, true, &e));
                         break "request too long";
+                    }
+                    Some(Incoming::Stalled) => {
+                        let secs = limits.request_timeout.as_secs();
+                        let e = ServerError::Closing(format!("request not finished within {secs} s"));
+                        let _ = out.try_send(error_reply(&Value::Null, true, &e));
+                        break "partial request held too long";
                     }
                 };
                 bytes_in += text.len() as u64 + 1;
                 idle.as_mut().reset(tokio::time::Instant::now() + limits.idle);
-                let reply = handle_message(&state, &mut session, &text).await;
-                bytes_out += reply.as_ref().map_or(0, |r| r.len() as u64 + 1);
-                report(live, &session, bytes_in, bytes_out);
-                if let Some(reply) = reply {
-                    if out.send(reply).await.is_err() {
-                        break "write failed";
-                    }
+                let answered = answer(&state, &mut session, &mut cost, &out, &text).await;
+                report(live, &session, bytes_in, bytes_out, &out, &mut cost);
+                match answered {
+                    Ok(bytes) => bytes_out += bytes,
+                    Err(why) => break why,
                 }
-                if session.close {
-                    break "no common protocol version";
+                if let Some(why) = session.close {
+                    break why;
                 }
             }
             changes = mempool_rx.recv() => {
                 // Shared by every session: looked up, not copied.
-                let scripts: Vec<ScriptHash> = match changes {
-                    Ok(set) => session.scripts.keys().filter(|sh| set.contains(*sh)).copied().collect(),
+                let (scripts, recheck) = match changes {
+                    Ok(set) => {
+                        let scripts = session.scripts.keys().filter(|sh| set.contains(*sh)).copied().collect();
+                        (scripts, Recheck::Mempool(set))
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        session.scripts.keys().copied().collect() // recheck all
+                        (session.scripts.keys().copied().collect(), Recheck::All)
                     }
                     Err(_) => break "server stopping",
                 };
-                let sent = notify(&state, &mut session, &out, scripts, Vec::new()).await;
+                let sent = notify(&state, &mut session, &out, scripts, recheck, Vec::new()).await;
                 bytes_out += sent.unwrap_or(0);
-                report(live, &session, bytes_in, bytes_out);
+                report(live, &session, bytes_in, bytes_out, &out, &mut cost);
                 if sent.is_none() {
                     break "too slow to read notifications";
                 }
@@ -101,9 +123,9 @@ pub async fn run(
                 if let Some(tip) = tip {
                     let msgs = tip_notifications(&session, tip);
                     let scripts = session.scripts.keys().copied().collect();
-                    let sent = notify(&state, &mut session, &out, scripts, msgs).await;
+                    let sent = notify(&state, &mut session, &out, scripts, Recheck::Tip, msgs).await;
                     bytes_out += sent.unwrap_or(0);
-                    report(live, &session, bytes_in, bytes_out);
+                    report(live, &session, bytes_in, bytes_out, &out, &mut cost);
                     if sent.is_none() {
                         break "too slow to read notifications";
                     }
@@ -130,7 +152,14 @@ pub async fn run(
 }
 
 /// Tells the registry what the admin's `sessions` shows.
-fn report(live: &crate::sessions::Live, s: &Session, bytes_in: u64, bytes_out: u64) {
+fn report(
+    live: &crate::sessions::Live,
+    s: &Session,
+    bytes_in: u64,
+    bytes_out: u64,
+    out: &Outbox,
+    cost: &mut Cost,
+) {
     let mut seen = live.seen.lock().unwrap();
     if seen.client.is_none() {
         seen.client.clone_from(&s.client);
@@ -142,6 +171,8 @@ fn report(live: &crate::sessions::Live, s: &Session, bytes_in: u64, bytes_out: u
     seen.busy = s.busy;
     seen.bytes_in = bytes_in;
     seen.bytes_out = bytes_out;
+    seen.queued = out.queued();
+    seen.cost = cost.units();
 }
 
 fn tip_notifications(s: &Session, tip: Tip) -> Vec<String> {
@@ -158,17 +189,19 @@ fn tip_notifications(s: &Session, tip: Tip) -> Vec<String> {
     msgs
 }
 
-/// Sends `msgs`, a notification for each of `scripts` whose status changed, and one for each
-/// subscribed outpoint whose status changed; returns the bytes queued. None when the client
-/// does not keep up.
+/// Queues `msgs`, a notification for each of `scripts` whose status changed, and one for each
+/// outpoint `recheck` selects whose status changed; returns the bytes queued. None when the
+/// client does not keep up.
 async fn notify(
     state: &Arc<State>,
     s: &mut Session,
-    out: &mpsc::Sender<String>,
+    out: &Outbox,
     scripts: Vec<ScriptHash>,
+    recheck: Recheck,
     mut msgs: Vec<String>,
 ) -> Option<u64> {
-    let outpoints: Vec<bitcoin::OutPoint> = s.outpoints.keys().copied().collect();
+    let outpoints: Vec<(bitcoin::OutPoint, crate::status::OutpointState)> =
+        s.outpoints.iter().map(|(op, st)| (*op, st.clone())).collect();
     if !scripts.is_empty() || !outpoints.is_empty() {
         let st = state.clone();
         let fresh = state
@@ -177,9 +210,16 @@ async fn notify(
                     .into_iter()
                     .map(|sh| Ok((sh, script_status(st.scripts(), i, m, &sh)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
+                // Only those whose status can have changed: a confirmed spend holds until its
+                // block leaves the chain; a mempool change matters only to the output's script.
                 let outpoints = outpoints
                     .into_iter()
-                    .map(|op| Ok((op, outpoint_status(st.scripts(), i, m, &op)?)))
+                    .filter(|(op, last)| match &recheck {
+                        Recheck::Tip => last.may_change_at(i),
+                        Recheck::Mempool(changed) => last.may_change_with(changed, m, op),
+                        Recheck::All => true,
+                    })
+                    .map(|(op, _)| Ok((op, outpoint_status(st.scripts(), i, m, &op)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 Ok((scripts, outpoints))
             })
@@ -198,14 +238,15 @@ async fn notify(
                 }
             }
         }
-        for (op, status) in outpoints {
-            if s.outpoints.get(&op).is_some_and(|last| *last != status) {
+        for (op, fresh) in outpoints {
+            let Some(last) = s.outpoints.get_mut(&op) else { continue };
+            if last.status != fresh.status {
                 msgs.push(notification(
                     "blockchain.outpoint.subscribe",
-                    json!([op.txid.to_string(), op.vout, status]),
+                    json!([op.txid.to_string(), op.vout, fresh.status]),
                 ));
-                s.outpoints.insert(op, status);
             }
+            *last = fresh;
         }
     }
     let bytes = msgs.iter().map(|m| m.len() as u64 + 1).sum();
@@ -227,39 +268,123 @@ pub fn error_reply(id: &Value, v2: bool, e: &ServerError) -> String {
     .to_string()
 }
 
-/// One message: a request, or a batch of them. None when nothing is owed (notifications only).
-async fn handle_message(state: &Arc<State>, s: &mut Session, text: &str) -> Option<String> {
+/// Answers one message (a request, or a batch of them) through `out`: the bytes queued, or why
+/// the session must end. Each request starts only once the queue is down to its low-water
+/// mark (`Outbox::ready`), and no reply is longer than `Outbox::max_message`: a longer one
+/// becomes an error. A batch's replies are queued one by one as pieces of one message; once
+/// they reach that length, the batch's remaining requests get errors instead of being done.
+async fn answer(
+    state: &Arc<State>,
+    s: &mut Session,
+    cost: &mut Cost,
+    out: &Outbox,
+    text: &str,
+) -> Result<u64, &'static str> {
+    let max_reply = out.max_message();
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            return Some(error_reply(&Value::Null, true, &ServerError::Parse(format!("invalid JSON: {e}"))))
+            let e = ServerError::Parse(format!("invalid JSON: {e}"));
+            return queue(out, error_reply(&Value::Null, true, &e), true).await;
         }
     };
-    match msg {
-        Value::Array(batch) => {
-            let max = state.settings().limits.max_batch;
-            if batch.is_empty() || batch.len() > max {
-                let e = ServerError::InvalidRequest(format!("a batch holds 1 to {max} requests"));
-                return Some(error_reply(&Value::Null, true, &e));
-            }
-            let mut replies = String::from("[");
-            for req in &batch {
-                if let Some(r) = handle_request(state, s, req).await {
-                    replies.push_str(&r);
-                    replies.push(',');
-                }
-                if s.close {
-                    break;
-                }
-            }
-            replies.pop(); // the last comma, or the '[' of no replies
-            (!replies.is_empty()).then(|| replies + "]")
+    let batch = match msg {
+        Value::Array(batch) => batch,
+        req => {
+            queued(out).await?;
+            let reply = match within_budget(s, cost).await {
+                Ok(()) => handle_request(state, s, cost, max_reply, &req).await,
+                Err(e) => Some(error_reply(&req.get("id").cloned().unwrap_or(Value::Null), true, &e)),
+            };
+            return match reply {
+                Some(r) => queue(out, r, true).await,
+                None => Ok(0),
+            };
         }
-        req => handle_request(state, s, &req).await,
+    };
+    let max = state.settings().limits.max_batch;
+    if batch.is_empty() || batch.len() > max {
+        let e = ServerError::InvalidRequest(format!("a batch holds 1 to {max} requests"));
+        return queue(out, error_reply(&Value::Null, true, &e), true).await;
+    }
+    let mut bytes: u64 = 0;
+    let mut opened = false;
+    for req in &batch {
+        queued(out).await?;
+        let reply = match (bytes > max_reply as u64, within_budget(s, cost).await) {
+            (false, Ok(())) => handle_request(state, s, cost, max_reply, req).await,
+            (true, _) | (_, Err(_)) if req.get("id").is_none() => None,
+            (true, _) => {
+                let e = ServerError::ExcessiveUsage(format!(
+                    "not done: the replies to this batch reached the server's limit of {max_reply} bytes"
+                ));
+                let v2 = req.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
+                Some(error_reply(req.get("id").unwrap(), v2, &e))
+            }
+            (false, Err(e)) => Some(error_reply(req.get("id").unwrap(), true, &e)),
+        };
+        if let Some(r) = reply {
+            let piece = format!("{}{r}", if opened { ',' } else { '[' });
+            opened = true;
+            bytes += queue(out, piece, false).await?;
+        }
+        if s.close.is_some() {
+            break;
+        }
+    }
+    if opened {
+        bytes += queue(out, "]".into(), true).await?;
+    }
+    Ok(bytes)
+}
+
+/// Waits for the queue to be down to its low-water mark.
+async fn queued(out: &Outbox) -> Result<(), &'static str> {
+    out.ready().await.map_err(refusal)
+}
+
+/// Queues `text` (the end of its message if `end`); the bytes queued.
+async fn queue(out: &Outbox, text: String, end: bool) -> Result<u64, &'static str> {
+    let len = text.len() as u64 + end as u64;
+    out.send(text, end).await.map_err(refusal)?;
+    Ok(len)
+}
+
+fn refusal(r: Refused) -> &'static str {
+    match r {
+        // Replies are cut to `max_message` where they are made: this is a bug.
+        Refused::TooLong(n) => {
+            warn!(bytes = n, "a reply over the session's share reached its queue");
+            "reply too long"
+        }
+        Refused::Full => "not reading its replies",
+        Refused::Closed => "write failed",
     }
 }
 
-async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Option<String> {
+/// Waits until the session's cost is back within its soft limit; over the hard limit, marks the
+/// session for closing and says why.
+async fn within_budget(s: &mut Session, cost: &mut Cost) -> Result<(), ServerError> {
+    match cost.verdict() {
+        Verdict::Go => Ok(()),
+        Verdict::Wait(d) => {
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+        Verdict::Disconnect => {
+            s.close = Some("over its cost budget");
+            Err(ServerError::ExcessiveUsage("excessive resource usage: too much work asked for".into()))
+        }
+    }
+}
+
+async fn handle_request(
+    state: &Arc<State>,
+    s: &mut Session,
+    cost: &mut Cost,
+    max_reply: usize,
+    req: &Value,
+) -> Option<String> {
     let v2 = req.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
     let id = req.get("id").cloned();
     let (Some(method), params) =
@@ -280,6 +405,7 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     let took = started.elapsed();
     state.metrics().request(method, result.is_ok(), took);
     state.sessions().count_request();
+    cost.charge(took);
     s.requests += 1;
     s.busy += took;
     let id = id?; // a notification from the client: nothing to answer
@@ -305,5 +431,12 @@ async fn handle_request(state: &Arc<State>, s: &mut Session, req: &Value) -> Opt
     reply.push_str(r#","id":"#);
     reply.push_str(&id.to_string());
     reply.push('}');
+    if reply.len() > max_reply {
+        let e = ServerError::ExcessiveUsage(format!(
+            "the reply is {} bytes, more than the server's limit of {max_reply}",
+            reply.len()
+        ));
+        return Some(error_reply(&id, v2, &e));
+    }
     Some(reply)
 }

@@ -47,6 +47,9 @@ pub struct Seen {
     pub busy: Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Bytes queued for it, not yet written; its cost budget's units (see `cost`).
+    pub queued: usize,
+    pub cost: f64,
 }
 
 /// A session's place in the registry; dropping it removes the entry.

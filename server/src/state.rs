@@ -9,22 +9,25 @@
 //! `catch_up` brings the other one up to date once its last reader is gone, then swaps it in.
 //! So catching up never makes a request wait, and no request sees a half-applied block.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bitcoin::block::Header;
 use tokio::sync::futures::Notified;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 
+use blkindex_shared::merkle::PrefixTree;
 use blkindex_shared::query::IndexReader;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::Height;
 use blkindex_shared::ScriptHash;
 
 use crate::config::Settings;
-use crate::mempool::{Event, Feed, Mempool};
+use crate::mempool::{Event, Feed, Mempool, Pool};
 use crate::metrics::Metrics;
+use crate::outbox::Budget;
 use crate::peers::Peers;
 use crate::script_cache::ScriptCache;
 use crate::sessions::Sessions;
@@ -77,7 +80,20 @@ pub struct State {
     feed: Feed,
     /// The open sessions, for the admin interface.
     sessions: Sessions,
+    /// The bytes sessions may have queued for their clients.
+    send_budget: Budget,
+    /// Node calls made for clients in flight (`--max-node-calls`).
+    node_calls: tokio::sync::Semaphore,
+    /// Answers reused for a while (fee estimates, the fee histogram), by what was asked.
+    reused: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
+    /// The block hashes' merkle tree, for checkpoint proofs.
+    header_tree: Mutex<PrefixTree>,
 }
+
+/// How long a client's node call waits for its turn before it is told the node is busy.
+const NODE_CALL_WAIT: Duration = Duration::from_secs(10);
+/// Most answers `reused` keeps (its keys come from clients' arguments).
+const REUSED_MAX: usize = 1024;
 
 impl State {
     /// The state, and the receiving end of the mempool events for `mempool::driver::run`.
@@ -94,6 +110,9 @@ impl State {
             metrics.tip.set(t.height as i64);
         }
         let (feed, events) = Feed::new();
+        let l = &settings.limits;
+        let send_budget = Budget::new(l.max_send_buffer, l.max_send_buffers, l.send_timeout);
+        let node_calls = tokio::sync::Semaphore::new(l.max_node_calls);
         let state = Arc::new(State {
             settings,
             index: RwLock::new(Arc::new(index)),
@@ -108,6 +127,10 @@ impl State {
             peers,
             feed,
             sessions: Sessions::default(),
+            send_budget,
+            node_calls,
+            reused: Mutex::default(),
+            header_tree: Mutex::default(),
         });
         (state, events)
     }
@@ -153,29 +176,90 @@ impl State {
         self.index.read().unwrap().clone()
     }
 
-    /// Runs `f` on the index and the mempool, seen together, on a blocking thread (RocksDB and
-    /// blk-file reads block).
+    /// Runs `f` on the index and the mempool on a blocking thread (RocksDB and blk-file reads
+    /// block). The index is one state of the chain throughout; the mempool is looked at through
+    /// `Pool::with`, briefly, never across index reads.
     pub async fn read<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&IndexReader, &Mempool) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&IndexReader, Pool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let state = self.clone();
         tokio::task::spawn_blocking(move || {
             let index = state.index();
-            let mempool = state.mempool.read().unwrap();
-            f(&index, &mempool)
+            f(&index, Pool(&state.mempool))
         })
         .await?
     }
 
-    /// Calls the node on a blocking thread.
+    /// Calls the node on a blocking thread, for a client: at most `--max-node-calls` at once,
+    /// a call that waits longer than `NODE_CALL_WAIT` for its turn fails as the node being busy.
     pub async fn node(
         self: &Arc<Self>,
         method: &'static str,
         params: serde_json::Value,
     ) -> Result<serde_json::Value> {
+        let Ok(Ok(_turn)) = tokio::time::timeout(NODE_CALL_WAIT, self.node_calls.acquire()).await else {
+            anyhow::bail!("the node is busy: too many calls waiting for it");
+        };
         let state = self.clone();
         Ok(tokio::task::spawn_blocking(move || state.rpc.call(method, params)).await??)
+    }
+
+    /// `node(method, params)`, its answer reused for `--fee-cache-secs`.
+    pub async fn node_reused(
+        self: &Arc<Self>,
+        method: &'static str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let key = format!("{method}{params}");
+        if let Some(v) = self.reused_answer(&key) {
+            return Ok(v);
+        }
+        let v = self.node(method, params).await?;
+        self.keep_answer(key, v.clone());
+        Ok(v)
+    }
+
+    /// An answer computed by `f` from the mempool, reused for `--fee-cache-secs`.
+    pub async fn mempool_reused(
+        self: &Arc<Self>,
+        key: &'static str,
+        f: impl FnOnce(&Mempool) -> serde_json::Value + Send + 'static,
+    ) -> Result<serde_json::Value> {
+        if let Some(v) = self.reused_answer(key) {
+            return Ok(v);
+        }
+        let v = self.read(move |_, m| Ok(m.with(f))).await?;
+        self.keep_answer(key.to_string(), v.clone());
+        Ok(v)
+    }
+
+    fn reused_answer(&self, key: &str) -> Option<serde_json::Value> {
+        let reused = self.reused.lock().unwrap();
+        let (at, v) = reused.get(key)?;
+        (at.elapsed() < self.settings.limits.fee_cache).then(|| v.clone())
+    }
+
+    fn keep_answer(&self, key: String, v: serde_json::Value) {
+        let mut reused = self.reused.lock().unwrap();
+        if reused.len() >= REUSED_MAX {
+            let ttl = self.settings.limits.fee_cache;
+            reused.retain(|_, (at, _)| at.elapsed() < ttl);
+            if reused.len() >= REUSED_MAX {
+                reused.clear();
+            }
+        }
+        reused.insert(key, (Instant::now(), v));
+    }
+
+    /// The block hashes' merkle tree, shared by the index instances (it follows whichever asks).
+    pub fn header_tree(&self) -> &Mutex<PrefixTree> {
+        &self.header_tree
+    }
+
+    /// The bytes sessions may queue for their clients.
+    pub fn send_budget(&self) -> &Budget {
+        &self.send_budget
     }
 
     /// The node's RPC, for blocking callers.

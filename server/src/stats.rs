@@ -19,6 +19,8 @@ pub struct Summary {
     pub script_cache_entries: usize,
     pub script_cache_bytes: u64,
     pub script_cache_capacity: u64,
+    /// Bytes queued for clients, over all sessions.
+    pub send_buffers_bytes: usize,
 }
 
 pub fn summary(state: &State) -> Summary {
@@ -30,6 +32,7 @@ pub fn summary(state: &State) -> Summary {
         script_cache_entries,
         script_cache_bytes,
         script_cache_capacity,
+        send_buffers_bytes: state.send_budget().queued(),
     }
 }
 
@@ -64,6 +67,7 @@ pub async fn run(state: Arc<State>, log_every: Option<Duration>) {
                     mempool_txs = s.mempool_txs,
                     script_cache_entries = s.script_cache_entries,
                     script_cache_mib = %format!("{:.1}", s.script_cache_bytes as f64 / (1 << 20) as f64),
+                    send_buffers_mib = %format!("{:.1}", s.send_buffers_bytes as f64 / (1 << 20) as f64),
                     "status"
                 );
                 logged = now;

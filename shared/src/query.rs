@@ -79,6 +79,16 @@ pub struct ScriptScan {
     script: Option<Vec<u8>>,
 }
 
+/// A script with more index rows than a caller allows: refused before any of its transactions
+/// is read. Rows are candidates (5-byte prefixes), so the count can exceed the true history by
+/// the rare prefix collision, never fall short of it.
+#[derive(Debug, thiserror::Error)]
+#[error("the script has {rows} index rows, more than the limit of {max}")]
+pub struct TooManyRows {
+    pub rows: usize,
+    pub max: usize,
+}
+
 /// A transaction read by number: (txnum, bytes, height, position in its block).
 type NumberedTx = (TxNum, Vec<u8>, Height, u32);
 
@@ -213,13 +223,22 @@ impl IndexReader {
 
     /// History and unspent outputs of a script, in chain order.
     pub fn script_state(&self, sh: &ScriptHash) -> Result<ScriptState> {
-        Ok(self.script_scan(sh, None)?.state)
+        Ok(self.script_scan(sh, None, usize::MAX)?.state)
     }
 
     /// A script's state at this index's tip. Given an earlier scan whose tip block is still in
     /// the chain, only the transactions after it are read (a reorg below it means a full scan).
-    pub fn script_scan(&self, sh: &ScriptHash, earlier: Option<&ScriptScan>) -> Result<ScriptScan> {
+    /// A script with more than `max_rows` rows is `TooManyRows`, known from its buckets alone.
+    pub fn script_scan(
+        &self,
+        sh: &ScriptHash,
+        earlier: Option<&ScriptScan>,
+        max_rows: usize,
+    ) -> Result<ScriptScan> {
         let txnums = self.scan(cf::SCRIPT, schema::script_prefix(sh))?;
+        if txnums.len() > max_rows {
+            return Err(TooManyRows { rows: txnums.len(), max: max_rows }.into());
+        }
         let tip = self.chain.tip();
         let mut scan = match earlier.filter(|e| self.extends(e)) {
             Some(e) => ScriptScan { tip, ..e.clone() },
@@ -299,7 +318,7 @@ impl IndexReader {
         let Some(out) = tx.outputs.get(outpoint.vout as usize) else {
             return Ok(None);
         };
-        self.spender_after(outpoint, funding.txnum, &ScriptHash::of(out.script))
+        self.spender_after(outpoint, funding.txnum, &ScriptHash::of(out.script), usize::MAX)
     }
 
     /// As [`IndexReader::spender`], for a caller that already has the funding transaction's number and
@@ -309,8 +328,12 @@ impl IndexReader {
         outpoint: &OutPoint,
         funding: TxNum,
         sh: &ScriptHash,
+        max_rows: usize,
     ) -> Result<Option<TxInfo>> {
         let txnums = self.scan(cf::SCRIPT, schema::script_prefix(sh))?;
+        if txnums.len() > max_rows {
+            return Err(TooManyRows { rows: txnums.len(), max: max_rows }.into());
+        }
         // Only transactions after the funding one can spend its output.
         let later = &txnums[txnums.partition_point(|&n| n <= funding)..];
         for numbered in self.txs_by_nums(later) {

@@ -94,7 +94,10 @@ pub async fn run(
                 }
                 changed.extend(more);
             }
-            s.metrics().mempool_txs.set(s.mempool().read().unwrap().txs.len() as i64);
+            let mut pool = s.mempool().write().unwrap();
+            pool.cleared_through = tip_done.map(|t| t.0);
+            s.metrics().mempool_txs.set(pool.txs.len() as i64);
+            drop(pool);
             Ok((changed, tip_done))
         })
         .await;

@@ -24,27 +24,29 @@ pub struct MempoolTx {
     pub tx: Transaction,
     pub fee: u64,
     pub vsize: u64,
-    /// Spends an output of another mempool transaction (Electrum height -1, else 0).
-    pub unconfirmed_parent: bool,
     /// (outpoint, value, script hash) of every output it spends.
     pub spent: Vec<(OutPoint, u64, ScriptHash)>,
     /// The script hash of each of its outputs, by output index (hashed once, on arrival).
     pub funded: Vec<ScriptHash>,
 }
 
-impl MempoolTx {
-    /// Electrum's height of an unconfirmed transaction: -1 when it spends another one, else 0.
-    pub fn height(&self) -> i32 {
-        if self.unconfirmed_parent {
-            -1
-        } else {
-            0
-        }
+/// The tracked mempool as requests see it: looked at briefly through `with`. Never hold it
+/// across index reads: a writer waiting for the lock (the driver applying a change) makes
+/// every new reader wait too, so one slow request holding it would stall them all.
+#[derive(Clone, Copy)]
+pub struct Pool<'a>(pub &'a std::sync::RwLock<Mempool>);
+
+impl Pool<'_> {
+    pub fn with<T>(self, f: impl FnOnce(&Mempool) -> T) -> T {
+        f(&self.0.read().unwrap())
     }
 }
 
 #[derive(Default)]
 pub struct Mempool {
+    /// The height through which mined transactions have been taken out (None: not yet known):
+    /// only a script's confirmed entries above it can be in the mempool still.
+    pub cleared_through: Option<blkindex_shared::schema::Height>,
     pub txs: HashMap<Txid, MempoolTx>,
     by_script: HashMap<ScriptHash, HashSet<Txid>>,
     /// Which mempool transaction spends each outpoint.
@@ -145,14 +147,12 @@ impl Mempool {
     fn add(&mut self, f: NewTx) -> Result<Vec<ScriptHash>> {
         let NewTx { txid, tx, fee, vsize, confirmed } = f;
         let mut spent = Vec::with_capacity(tx.input.len());
-        let mut unconfirmed_parent = false;
         for input in &tx.input {
             let op = input.previous_output;
             let (value, sh) = match confirmed.get(&op) {
                 Some(found) => *found,
                 None => {
                     let parent = self.txs.get(&op.txid).context("the mempool parent has left")?;
-                    unconfirmed_parent = true;
                     let out = parent.tx.output.get(op.vout as usize).context("no such parent output")?;
                     (out.value.to_sat(), parent.funded[op.vout as usize])
                 }
@@ -165,6 +165,8 @@ impl Mempool {
         scripts.extend(
             tx.output.iter().zip(&funded).filter(|(o, _)| !o.script_pubkey.is_op_return()).map(|(_, sh)| *sh),
         );
+        // Children already here (a parent back from a reorged block) are at height -1 now.
+        self.children_scripts(&txid, funded.len(), &mut scripts);
         scripts.sort();
         scripts.dedup();
         for sh in &scripts {
@@ -177,7 +179,7 @@ impl Mempool {
             self.arrivals.pop_front();
         }
         self.arrivals.push_back(txid);
-        self.txs.insert(txid, MempoolTx { tx, fee, vsize, unconfirmed_parent, spent, funded });
+        self.txs.insert(txid, MempoolTx { tx, fee, vsize, spent, funded });
         Ok(scripts)
     }
 
@@ -190,6 +192,10 @@ impl Mempool {
 
     fn remove(&mut self, txid: &Txid, changed: &mut HashSet<ScriptHash>) {
         let Some(entry) = self.txs.remove(txid) else { return };
+        // Its children (left by the block that mined it) may be at height 0 now.
+        let mut children = Vec::new();
+        self.children_scripts(txid, entry.funded.len(), &mut children);
+        changed.extend(children);
         for (op, ..) in &entry.spent {
             if self.spenders.get(op) == Some(txid) {
                 self.spenders.remove(op);
@@ -218,9 +224,29 @@ impl Mempool {
             .collect()
     }
 
-    /// The Electrum height of mempool transaction `txid`.
+    /// The Electrum height of mempool transaction `txid`: -1 while it spends an output of
+    /// another mempool transaction, else 0. Worked out when asked: a parent mined, or back
+    /// from a reorged block, changes it without the child changing.
     pub fn height(&self, txid: &Txid) -> Option<i32> {
-        self.txs.get(txid).map(MempoolTx::height)
+        self.txs.get(txid).map(|e| self.height_of(e))
+    }
+
+    fn height_of(&self, e: &MempoolTx) -> i32 {
+        match e.spent.iter().any(|(op, ..)| self.txs.contains_key(&op.txid)) {
+            true => -1,
+            false => 0,
+        }
+    }
+
+    /// Appends the scripts of the mempool transactions spending outputs of `txid` (which has
+    /// `outputs` outputs): their heights follow `txid`'s presence.
+    fn children_scripts(&self, txid: &Txid, outputs: usize, scripts: &mut Vec<ScriptHash>) {
+        for vout in 0..outputs as u32 {
+            let Some(child) = self.spenders.get(&OutPoint { txid: *txid, vout }) else { continue };
+            if let Some(c) = self.txs.get(child) {
+                scripts.extend(c.spent.iter().map(|s| s.2).chain(c.funded.iter().copied()));
+            }
+        }
     }
 
     /// `mempool.get_fee_histogram`: (fee rate in sat/vB, vsize) pairs, rates descending, each
@@ -261,7 +287,7 @@ impl Mempool {
         let mut funded: Vec<(OutPoint, u64)> = Vec::new();
         for txid in txids.iter().filter(|t| !mined(t)) {
             let e = &self.txs[txid];
-            out.history.push((*txid, e.height(), e.fee));
+            out.history.push((*txid, self.height_of(e), e.fee));
             for (op, value, spent_sh) in &e.spent {
                 if spent_sh == sh {
                     out.spent.insert(*op);
@@ -300,7 +326,7 @@ mod tests {
             input: vec![],
             output: vec![],
         };
-        MempoolTx { tx, fee, vsize, unconfirmed_parent: false, spent: vec![], funded: vec![] }
+        MempoolTx { tx, fee, vsize, spent: vec![], funded: vec![] }
     }
 
     #[test]

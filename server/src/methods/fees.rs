@@ -13,23 +13,29 @@ pub async fn estimate(state: &Arc<State>, target: u32, mode: Option<String>) -> 
         Some(m) => json!([target, m]),
         None => json!([target]),
     };
-    let v = state.node("estimatesmartfee", call).await.map_err(ServerError::daemon)?;
+    let v = state.node_reused("estimatesmartfee", call).await.map_err(ServerError::daemon)?;
     // No estimate (a new node, regtest) is -1, not an error.
     Ok(v.get("feerate").cloned().unwrap_or(json!(-1)))
 }
 
 pub async fn relay_fee(state: &Arc<State>) -> Reply {
-    let v = state.node("getnetworkinfo", json!([])).await.map_err(ServerError::daemon)?;
+    let v = state.node_reused("getnetworkinfo", json!([])).await.map_err(ServerError::daemon)?;
     Ok(v["relayfee"].clone())
 }
 
+/// `mempool.get_fee_histogram`: computed over the whole mempool (a sort of every transaction),
+/// so reused for `--fee-cache-secs` rather than computed for every client that asks.
 pub async fn histogram(state: &Arc<State>) -> Reply {
-    let h = state.read(|_, m| Ok(m.fee_histogram())).await?;
-    Ok(h.iter().map(|(rate, size)| json!([rate, size])).collect())
+    let h = state
+        .mempool_reused("fee histogram", |m| {
+            m.fee_histogram().iter().map(|(rate, size)| json!([rate, size])).collect()
+        })
+        .await?;
+    Ok(h)
 }
 
 pub async fn mempool_info(state: &Arc<State>) -> Reply {
-    let v = state.node("getmempoolinfo", json!([])).await.map_err(ServerError::daemon)?;
+    let v = state.node_reused("getmempoolinfo", json!([])).await.map_err(ServerError::daemon)?;
     Ok(json!({
         "mempoolminfee": v["mempoolminfee"],
         "minrelaytxfee": v["minrelaytxfee"],
@@ -41,10 +47,12 @@ pub async fn mempool_info(state: &Arc<State>) -> Reply {
 pub async fn recent(state: &Arc<State>) -> Reply {
     state
         .read(|_, m| {
-            Ok(m.recent(10)
-                .into_iter()
-                .map(|(txid, e)| json!({"txid": txid.to_string(), "fee": e.fee, "vsize": e.vsize}))
-                .collect())
+            Ok(m.with(|m| {
+                m.recent(10)
+                    .into_iter()
+                    .map(|(txid, e)| json!({"txid": txid.to_string(), "fee": e.fee, "vsize": e.vsize}))
+                    .collect()
+            }))
         })
         .await
         .map_err(ServerError::from)

@@ -1,14 +1,14 @@
 //! Headers: the tip subscription (and 1.0's `numblocks`), headers by height with checkpoint
 //! proofs, and the 1.0–1.3 forms (`get_header`, `get_chunk`, deserialized headers).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bitcoin::block::Header;
 use bitcoin::consensus::serialize;
 use bitcoin::hashes::Hash;
 use serde_json::{json, Value};
 
-use blkindex_shared::merkle;
+use blkindex_shared::merkle::PrefixTree;
 use blkindex_shared::query::IndexReader;
 
 use super::*;
@@ -72,8 +72,10 @@ fn headers_from(index: &IndexReader, start: u32, count: u32) -> (Vec<String>, u3
 }
 
 /// The branch and root proving the header at `height` under checkpoint `cp_height`: a merkle tree
-/// over the block hashes 0..=cp_height, hashes shown reversed as everywhere in the protocol.
+/// over the block hashes 0..=cp_height, hashes shown reversed as everywhere in the protocol. From
+/// the shared `PrefixTree`: O(log n) hashes per proof, not a tree of the whole chain each time.
 pub fn header_proof(
+    tree: &Mutex<PrefixTree>,
     index: &IndexReader,
     height: u32,
     cp_height: u32,
@@ -84,8 +86,13 @@ pub fn header_proof(
             "require header height {height} <= cp_height {cp_height} <= chain height {tip}"
         )));
     }
-    let leaves = (0..=cp_height).map(|h| index.chain.hash(h).unwrap().to_byte_array()).collect();
-    let (branch, root) = merkle::branch_and_root(leaves, height as usize);
+    let leaf = |h: usize| index.chain.hash(h as u32).unwrap().to_byte_array();
+    let n = cp_height as usize + 1;
+    let (branch, root) = {
+        let mut tree = tree.lock().unwrap();
+        tree.sync(n, leaf);
+        tree.branch_and_root(n, height as usize, leaf)
+    };
     let show = |mut b: [u8; 32]| {
         b.reverse();
         hex::encode(b)
@@ -95,13 +102,14 @@ pub fn header_proof(
 
 /// `blockchain.block.header`: the header as hex, with a proof under `cp_height` if not 0.
 pub async fn block_header(state: &Arc<State>, height: u32, cp_height: u32) -> Reply {
+    let st = state.clone();
     state
         .read(move |i, _| {
             let hex_header = hex::encode(serialize(&header_at(i, height)?));
             if cp_height == 0 {
                 return Ok(json!(hex_header));
             }
-            let (branch, root) = header_proof(i, height, cp_height)?;
+            let (branch, root) = header_proof(st.header_tree(), i, height, cp_height)?;
             Ok(json!({"branch": branch, "header": hex_header, "root": root}))
         })
         .await
@@ -111,6 +119,7 @@ pub async fn block_header(state: &Arc<State>, height: u32, cp_height: u32) -> Re
 /// `blockchain.block.headers`: concatenated hex before 1.6, a list of headers from 1.6; with a
 /// checkpoint, the proof is for the last header returned.
 pub async fn block_headers(state: &Arc<State>, start: u32, count: u32, cp_height: u32, v: Version) -> Reply {
+    let st = state.clone();
     state
         .read(move |i, _| {
             let (headers, end) = headers_from(i, start, count);
@@ -120,7 +129,7 @@ pub async fn block_headers(state: &Arc<State>, start: u32, count: u32, cp_height
                 false => json!({"count": n, "hex": headers.concat(), "max": MAX_HEADERS}),
             };
             if n > 0 && cp_height > 0 {
-                let (branch, root) = header_proof(i, end - 1, cp_height)?;
+                let (branch, root) = header_proof(st.header_tree(), i, end - 1, cp_height)?;
                 out["branch"] = json!(branch);
                 out["root"] = json!(root);
             }

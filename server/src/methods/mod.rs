@@ -26,6 +26,7 @@ use crate::protocol::{
     push_txid, version_string, ServerError, Version, PROTOCOL_MAX, PROTOCOL_MIN, UNNEGOTIATED,
 };
 use crate::state::State;
+use crate::status::OutpointState;
 
 pub use headers::header_json;
 pub use server_info::features;
@@ -65,10 +66,12 @@ pub struct Session {
     /// Subscribed to `blockchain.numblocks.subscribe` (1.0).
     pub numblocks: bool,
     pub scripts: HashMap<ScriptHash, ScriptSub>,
-    /// Subscribed outpoints (1.7) and the status last sent.
-    pub outpoints: HashMap<OutPoint, Value>,
-    /// Set when the session must end after this reply.
-    pub close: bool,
+    /// Subscribed outpoints (1.7) and the state last sent.
+    pub outpoints: HashMap<OutPoint, OutpointState>,
+    /// Set when the session must end after this reply, with why.
+    pub close: Option<&'static str>,
+    /// Most subscriptions (scripts and outpoints together): `--max-subscriptions`.
+    pub max_subscriptions: usize,
     /// The client's address (`server.add_peer` verifies that the announced host resolves to it).
     pub peer_addr: Option<std::net::SocketAddr>,
     /// `server.add_peer` calls so far.
@@ -87,6 +90,18 @@ impl Session {
     /// The version this session speaks.
     pub fn version(&self) -> Version {
         self.version.unwrap_or(UNNEGOTIATED)
+    }
+
+    /// Refuses a new subscription past `max_subscriptions`.
+    fn room_for_subscription(&self) -> Result<(), ServerError> {
+        let n = self.scripts.len() + self.outpoints.len();
+        match n < self.max_subscriptions {
+            true => Ok(()),
+            false => Err(ServerError::ExcessiveUsage(format!(
+                "too many subscriptions: at most {} per session",
+                self.max_subscriptions
+            ))),
+        }
     }
 }
 
@@ -107,6 +122,7 @@ pub async fn call(
             Ok(features(&state.settings().net.genesis_hash().to_string(), &state.settings().info.hosts, v))
         }
         Call::ServerPing { pong_len: None } => Ok(Value::Null),
+        // `Call::parse` has bounded the length (`MAX_PONG`) before anything is allocated.
         Call::ServerPing { pong_len: Some(len) } => Ok(json!({"data": "0".repeat(len as usize)})),
 
         Call::HeadersSubscribe { form } => headers::subscribe(state, s, form),

@@ -10,13 +10,21 @@ use crate::status::outpoint_status;
 
 /// `blockchain.outpoint.subscribe`: the status, and changes to it from now on.
 pub async fn subscribe(state: &Arc<State>, s: &mut Session, op: OutPoint) -> Reply {
-    let status = status(state, op).await?;
-    s.outpoints.insert(op, status.clone());
+    if !s.outpoints.contains_key(&op) {
+        s.room_for_subscription()?;
+    }
+    let st = state_of(state, op).await?;
+    let status = st.status.clone();
+    s.outpoints.insert(op, st);
     Ok(status)
 }
 
 /// `blockchain.outpoint.get_status`.
 pub async fn status(state: &Arc<State>, op: OutPoint) -> Reply {
+    Ok(state_of(state, op).await?.status)
+}
+
+async fn state_of(state: &Arc<State>, op: OutPoint) -> anyhow::Result<OutpointState> {
     let st = state.clone();
-    Ok(state.read(move |i, m| outpoint_status(st.scripts(), i, m, &op)).await?)
+    state.read(move |i, m| outpoint_status(st.scripts(), i, m, &op)).await
 }

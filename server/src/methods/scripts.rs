@@ -76,6 +76,9 @@ pub async fn unspent(state: &Arc<State>, version: Version, script: &Named) -> Re
 
 /// `subscribe`: the status, and changes to it from now on, notified under the name given.
 pub async fn subscribe(state: &Arc<State>, s: &mut Session, script: Named) -> Reply {
+    if !s.scripts.contains_key(&script.sh) {
+        s.room_for_subscription()?;
+    }
     let v = view(state, script.sh).await?;
     let status = v.status();
     let sub = s.scripts.entry(script.sh).or_default();
@@ -156,7 +159,7 @@ pub async fn utxo_address(state: &Arc<State>, outpoint: OutPoint) -> Reply {
         .read(move |i, m| {
             let tx: Option<Transaction> = match i.txs_by_txid(&txid)?.pop() {
                 Some(t) => Some(deserialize(&t.raw)?),
-                None => m.txs.get(&txid).map(|e| e.tx.clone()),
+                None => m.with(|m| m.txs.get(&txid).map(|e| e.tx.clone())),
             };
             let address = tx
                 .and_then(|tx| tx.output.get(vout).cloned())

@@ -37,7 +37,7 @@ pub fn version(s: &mut Session, client_name: Option<String>, min: Version, max: 
         return Err(ServerError::bad_request("server.version already sent"));
     }
     let Some(&chosen) = VERSIONS.iter().rev().find(|v| min <= **v && **v <= max) else {
-        s.close = true;
+        s.close = Some("no common protocol version");
         return Err(ServerError::BadRequest(format!(
             "unsupported protocol version: this server speaks {} to {}",
             version_string(PROTOCOL_MIN),
@@ -82,7 +82,7 @@ mod tests {
                 Value::Array(a) => a[1].as_str().unwrap().to_string(),
                 other => format!("bare {}", other.as_str().unwrap().split(' ').next().unwrap()),
             });
-            (version, s.close)
+            (version, s.close.is_some())
         };
         assert_eq!(nego(json!(["c", ["1.1", "1.9"]])), (Some("1.7".into()), false));
         assert_eq!(nego(json!(["c", ["1.4", "1.6"]])), (Some("1.6".into()), false));

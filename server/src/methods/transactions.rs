@@ -8,6 +8,7 @@ use bitcoin::Transaction;
 use serde_json::{json, Value};
 
 use blkindex_shared::merkle;
+use blkindex_shared::rpc::RpcError;
 
 use super::*;
 
@@ -24,8 +25,8 @@ pub async fn get(state: &Arc<State>, txid: Txid, verbose: bool) -> Reply {
                     let confirmations = i.chain.len() as u32 - t.height;
                     (t.raw, Some(verbose::Place { hash, time, confirmations }))
                 }
-                None => match m.txs.get(&txid) {
-                    Some(e) => (serialize(&e.tx), None),
+                None => match m.with(|m| m.txs.get(&txid).map(|e| serialize(&e.tx))) {
+                    Some(raw) => (raw, None),
                     None => return Err(ServerError::UnknownTx(txid).into()),
                 },
             };
@@ -86,11 +87,19 @@ pub async fn broadcast(state: &Arc<State>, raw: String, v: Version) -> Reply {
     match state.node("sendrawtransaction", json!([raw])).await {
         Ok(txid) => Ok(txid),
         // 1.0 returned the node's complaint as the result.
+        // Only the node's own refusal is a rejection; a node down or busy is a daemon error the
+        // client may retry, not a verdict on the transaction.
+        Err(e) if !is_rejection(&e) => Err(ServerError::daemon(e)),
         Err(e) if v < (1, 1, 0) => Ok(json!(format!("{e:#}"))),
         Err(e) => {
             Err(ServerError::bad_request(format!("the transaction was rejected by network rules.\n\n{e:#}")))
         }
     }
+}
+
+/// Whether the node answered the call with an error of its own (not a transport failure).
+fn is_rejection(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<RpcError>().is_some_and(|r| matches!(r, RpcError::Rpc { .. }) && !r.is_transient())
 }
 
 /// 1.6's `blockchain.transaction.broadcast_package` through the node's `submitpackage`.
