@@ -7,6 +7,7 @@ mod admin;
 mod batches;
 mod electrum;
 mod electrum_wallet;
+mod every_method;
 mod in_process;
 mod limits;
 mod peers;
