@@ -202,6 +202,7 @@ pub struct Conn {
     write: std::net::TcpStream,
     read: std::io::BufReader<std::net::TcpStream>,
     next_id: u32,
+    partial: String,
     pub notifications: Vec<serde_json::Value>,
 }
 
@@ -214,17 +215,19 @@ impl Conn {
             write: s.try_clone().unwrap(),
             read: std::io::BufReader::new(s),
             next_id: 0,
+            partial: String::new(),
             notifications: vec![],
         }
     }
 
-    /// The next message; None if none came within the socket's timeout.
+    /// The next message; None if none came within the socket's timeout (a part of a line read
+    /// by then is kept for the next call).
     fn line(&mut self) -> Option<serde_json::Value> {
         use std::io::BufRead;
-        let mut line = String::new();
-        match self.read.read_line(&mut line) {
+        match self.read.read_line(&mut self.partial) {
             Ok(0) => panic!("the server closed the connection"),
-            Ok(_) => Some(serde_json::from_str(&line).unwrap()),
+            Ok(_) if !self.partial.ends_with('\n') => panic!("the server closed the connection mid-line"),
+            Ok(_) => Some(serde_json::from_str(&std::mem::take(&mut self.partial)).unwrap()),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 None
             }
@@ -255,6 +258,20 @@ impl Conn {
         let r = self.call(method, params.clone());
         assert!(r.get("error").is_none_or(serde_json::Value::is_null), "{method}{params}: {r}");
         r["result"].clone()
+    }
+
+    /// Reads notifications for up to `wait`, until `done` holds over all those kept so far.
+    pub fn wait_until(&mut self, wait: Duration, done: impl Fn(&[serde_json::Value]) -> bool) -> bool {
+        let deadline = Instant::now() + wait;
+        while !done(&self.notifications) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            self.read.get_ref().set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+            if let Some(msg) = self.line() {
+                assert!(msg.get("method").is_some(), "a reply nothing asked for: {msg}");
+                self.notifications.push(msg);
+            }
+        }
+        true
     }
 }
 

@@ -11,6 +11,7 @@ mod every_method;
 mod in_process;
 mod limits;
 mod peers;
+mod reorg_notifications;
 mod tls_material;
 mod transports;
 mod versions;
