@@ -196,3 +196,92 @@ pub fn read_line(s: &std::net::TcpStream, wait: Duration) -> Option<String> {
         _ => None,
     }
 }
+
+/// One Electrum connection that keeps reading: replies by id, notifications kept as they come.
+pub struct Conn {
+    write: std::net::TcpStream,
+    read: std::io::BufReader<std::net::TcpStream>,
+    next_id: u32,
+    partial: String,
+    pub notifications: Vec<serde_json::Value>,
+}
+
+impl Conn {
+    pub fn open(addr: &str) -> Conn {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            write: s.try_clone().unwrap(),
+            read: std::io::BufReader::new(s),
+            next_id: 0,
+            partial: String::new(),
+            notifications: vec![],
+        }
+    }
+
+    /// The next message; None if none came within the socket's timeout (a part of a line read
+    /// by then is kept for the next call).
+    fn line(&mut self) -> Option<serde_json::Value> {
+        use std::io::BufRead;
+        match self.read.read_line(&mut self.partial) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(_) if !self.partial.ends_with('\n') => panic!("the server closed the connection mid-line"),
+            Ok(_) => Some(serde_json::from_str(&std::mem::take(&mut self.partial)).unwrap()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                None
+            }
+            Err(e) => panic!("reading from the server: {e}"),
+        }
+    }
+
+    /// The whole reply (result or error) to one request; notifications met on the way are kept.
+    pub fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::Write;
+        self.next_id += 1;
+        let id = self.next_id;
+        // One write per request: a line written in two parts waits out Nagle and delayed ACKs.
+        self.write.write_all(format!("{}\n", req(id, method, params.clone())).as_bytes()).unwrap();
+        self.read.get_ref().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        loop {
+            let msg = self.line().unwrap_or_else(|| panic!("no reply to {method}{params} in 30 s"));
+            if msg["id"] == serde_json::json!(id) {
+                return msg;
+            }
+            assert!(msg.get("method").is_some(), "unexpected {msg}");
+            self.notifications.push(msg);
+        }
+    }
+
+    /// The result of a request that must succeed.
+    pub fn result(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let r = self.call(method, params.clone());
+        assert!(r.get("error").is_none_or(serde_json::Value::is_null), "{method}{params}: {r}");
+        r["result"].clone()
+    }
+
+    /// Reads notifications for up to `wait`, until `done` holds over all those kept so far.
+    pub fn wait_until(&mut self, wait: Duration, done: impl Fn(&[serde_json::Value]) -> bool) -> bool {
+        let deadline = Instant::now() + wait;
+        while !done(&self.notifications) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            self.read.get_ref().set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+            if let Some(msg) = self.line() {
+                assert!(msg.get("method").is_some(), "a reply nothing asked for: {msg}");
+                self.notifications.push(msg);
+            }
+        }
+        true
+    }
+}
+
+/// A script's Electrum status from its history as (txid, height) pairs, confirmed entries in
+/// chain order first, then unconfirmed ones (0 and -1) in any order: they are put in protocol
+/// 1.6's order (0 before -1, then by txid as shown). None for an empty history.
+pub fn status_of(history: &[(bitcoin::Txid, i64)]) -> Option<String> {
+    use bitcoin::hashes::{sha256, Hash};
+    let (confirmed, mut unconfirmed): (Vec<_>, Vec<_>) = history.iter().partition(|(_, h)| *h > 0);
+    unconfirmed.sort_by_key(|(t, h)| (*h == -1, t.to_string()));
+    let text: String = confirmed.iter().chain(unconfirmed.iter()).map(|(t, h)| format!("{t}:{h}:")).collect();
+    (!text.is_empty()).then(|| hex::encode(sha256::Hash::hash(text.as_bytes()).to_byte_array()))
+}
