@@ -90,15 +90,15 @@ pub struct Args {
     /// Most subscriptions (scripts and outpoints) of one session.
     #[arg(long, env = "BLKINDEX_MAX_SUBSCRIPTIONS", default_value_t = 10_000, help_heading = "Limits")]
     max_subscriptions: usize,
-    /// A session's cost (1 per request + 1 per millisecond of work) over which each request
+    /// A session's cost (0.1 per request + 1 per millisecond of work) over which each request
     /// waits until the cost has decayed back to it.
-    #[arg(long, env = "BLKINDEX_COST_SOFT_LIMIT", default_value_t = 2_000.0, help_heading = "Limits")]
+    #[arg(long, env = "BLKINDEX_COST_SOFT_LIMIT", default_value_t = 5_000.0, help_heading = "Limits")]
     cost_soft_limit: f64,
     /// A session's cost over which it is disconnected.
-    #[arg(long, env = "BLKINDEX_COST_HARD_LIMIT", default_value_t = 20_000.0, help_heading = "Limits")]
+    #[arg(long, env = "BLKINDEX_COST_HARD_LIMIT", default_value_t = 50_000.0, help_heading = "Limits")]
     cost_hard_limit: f64,
-    /// Cost units forgiven per second.
-    #[arg(long, env = "BLKINDEX_COST_DECAY", default_value_t = 200.0, help_heading = "Limits")]
+    /// Cost units forgiven per second (500: a session may keep half a core busy).
+    #[arg(long, env = "BLKINDEX_COST_DECAY", default_value_t = 500.0, help_heading = "Limits")]
     cost_decay: f64,
     /// Node calls made for clients (fees, broadcasts, mempool info) in flight at once; others
     /// wait up to 10 s, then get an error.

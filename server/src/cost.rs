@@ -1,5 +1,5 @@
-//! A session's cost budget, as ElectrumX keeps one: every request costs one unit plus one per
-//! millisecond of work it took, and the sum decays at a steady rate. Over the soft limit, the
+//! A session's cost budget, as ElectrumX keeps one: every request costs a tenth of a unit plus
+//! one unit per millisecond of work it took, and the sum decays at a steady rate. Over the soft limit, the
 //! session waits before each request until its cost is back at the limit, which holds it to the
 //! decay rate; over the hard limit (a burst no wait could absorb: a batch of expensive calls),
 //! it is disconnected. Connection counts bound how many sessions one client has; this bounds
@@ -30,7 +30,7 @@ impl Cost {
 
     /// Adds a request that took `work`.
     pub fn charge(&mut self, work: Duration) {
-        self.charge_units(1.0 + work.as_secs_f64() * 1000.0);
+        self.charge_units(0.1 + work.as_secs_f64() * 1000.0);
     }
 
     fn charge_units(&mut self, units: f64) {
@@ -70,11 +70,11 @@ mod tests {
     #[test]
     fn slowed_over_the_soft_limit_and_cut_off_over_the_hard_one() {
         let mut c = Cost::new(CostLimits { soft: 100.0, hard: 1000.0, decay: 10.0 });
-        for _ in 0..100 {
+        for _ in 0..1000 {
             c.charge(Duration::ZERO);
         }
         assert_eq!(c.verdict(), Verdict::Go);
-        c.charge(Duration::from_millis(49)); // 150 units
+        c.charge(Duration::from_micros(49_900)); // 150 units
         let Verdict::Wait(d) = c.verdict() else { panic!("over the soft limit") };
         assert!(d > Duration::from_millis(4900) && d <= Duration::from_secs(5), "{d:?}");
         c.charge(Duration::from_millis(900));

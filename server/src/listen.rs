@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -20,7 +19,7 @@ use tracing::{debug, warn};
 
 use crate::bans::Bans;
 use crate::config::Transport;
-use crate::outbox::Queued;
+use crate::outbox::{Inbox, Queued};
 use crate::protocol::ServerError;
 use crate::session::{self, error_reply, Incoming};
 use crate::state::State;
@@ -259,16 +258,12 @@ fn lines_with_deadline<R: AsyncRead + Unpin>(
 /// Writes each queued message and a newline, with the messages queued behind it in the same
 /// write (a batch of notifications goes out at once), and gives up on a client that does not
 /// take a write within `timeout`. A message's bytes are freed once written.
-async fn write_lines<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
-    timeout: Duration,
-) {
+async fn write_lines<W: AsyncWrite + Unpin>(mut w: W, mut rx: Inbox, timeout: Duration) {
     while let Some(first) = rx.recv().await {
         let mut taken = vec![first];
         let mut len = taken[0].text.len() + 1;
         while len < COALESCE_BYTES {
-            let Ok(next) = rx.try_recv() else { break };
+            let Some(next) = rx.try_recv() else { break };
             len += next.text.len() + 1;
             taken.push(next);
         }
@@ -294,8 +289,10 @@ async fn write_lines<W: AsyncWrite + Unpin>(
             }
             w.flush().await // TLS holds written bytes until flushed
         };
-        if !matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(()))) {
-            return;
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return rx.stop("write failed"),
+            Err(_) => return rx.stop("not reading its replies"),
         }
     }
     let _ = w.shutdown().await;
@@ -329,8 +326,10 @@ async fn serve_websocket<S>(
                 _ => pieces.iter().map(|p| p.text.as_str()).collect(),
             };
             let send = sink.send(Message::text(text));
-            if !matches!(tokio::time::timeout(timeout, send).await, Ok(Ok(()))) {
-                return;
+            match tokio::time::timeout(timeout, send).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return rx.stop("write failed"),
+                Err(_) => return rx.stop("not reading its replies"),
             }
             pieces.clear();
         }

@@ -10,7 +10,7 @@
 //! whose queue does not drain within the send timeout is disconnected. A notification never
 //! waits: a session whose queue cannot take one now is behind for good and is closed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -52,10 +52,11 @@ impl Budget {
     }
 
     /// A session's queue: the sending half for the session, the receiving half for its writer.
-    pub fn outbox(&self) -> (Outbox, mpsc::UnboundedReceiver<Queued>) {
+    pub fn outbox(&self) -> (Outbox, Inbox) {
         let (tx, rx) = mpsc::unbounded_channel();
         let session = Arc::new(Semaphore::new(self.per_session));
-        (Outbox { tx, session, budget: self.clone() }, rx)
+        let why = Arc::new(Mutex::new(None));
+        (Outbox { tx, session, budget: self.clone(), why: why.clone() }, Inbox { rx, why })
     }
 }
 
@@ -84,6 +85,29 @@ pub struct Outbox {
     tx: mpsc::UnboundedSender<Queued>,
     session: Arc<Semaphore>,
     budget: Budget,
+    /// Why the writer stopped, once it has.
+    why: Arc<Mutex<Option<&'static str>>>,
+}
+
+/// The writer's end of a session's queue.
+pub struct Inbox {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    why: Arc<Mutex<Option<&'static str>>>,
+}
+
+impl Inbox {
+    pub async fn recv(&mut self) -> Option<Queued> {
+        self.rx.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Option<Queued> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The writer stops: the session learns why at its next message.
+    pub fn stop(self, why: &'static str) {
+        *self.why.lock().unwrap() = Some(why);
+    }
 }
 
 impl Outbox {
@@ -126,6 +150,11 @@ impl Outbox {
     /// The longest message this session can queue.
     pub fn max_message(&self) -> usize {
         self.budget.max_message()
+    }
+
+    /// Why the writer stopped (a send was `Closed`).
+    pub fn closed_why(&self) -> &'static str {
+        self.why.lock().unwrap().unwrap_or("connection closed")
     }
 
     /// Bytes this session has queued and not yet written.
@@ -189,7 +218,8 @@ mod tests {
         assert_eq!(r, Ok(()));
         assert_eq!(a.queued(), 0);
         assert_eq!(budget.queued(), 500);
-        drop(a_rx);
+        a_rx.stop("the client is not reading");
         assert_eq!(a.try_send("t".into()), Err(Refused::Closed));
+        assert_eq!(a.closed_why(), "the client is not reading");
     }
 }

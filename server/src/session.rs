@@ -340,17 +340,17 @@ async fn answer(
 
 /// Waits for the queue to be down to its low-water mark.
 async fn queued(out: &Outbox) -> Result<(), &'static str> {
-    out.ready().await.map_err(refusal)
+    out.ready().await.map_err(|r| refusal(out, r))
 }
 
 /// Queues `text` (the end of its message if `end`); the bytes queued.
 async fn queue(out: &Outbox, text: String, end: bool) -> Result<u64, &'static str> {
     let len = text.len() as u64 + end as u64;
-    out.send(text, end).await.map_err(refusal)?;
+    out.send(text, end).await.map_err(|r| refusal(out, r))?;
     Ok(len)
 }
 
-fn refusal(r: Refused) -> &'static str {
+fn refusal(out: &Outbox, r: Refused) -> &'static str {
     match r {
         // Replies are cut to `max_message` where they are made: this is a bug.
         Refused::TooLong(n) => {
@@ -358,7 +358,7 @@ fn refusal(r: Refused) -> &'static str {
             "reply too long"
         }
         Refused::Full => "not reading its replies",
-        Refused::Closed => "write failed",
+        Refused::Closed => out.closed_why(),
     }
 }
 

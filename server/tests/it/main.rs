@@ -4,6 +4,7 @@
 mod common;
 
 mod admin;
+mod attacks;
 mod batches;
 mod electrum;
 mod electrum_wallet;
