@@ -241,12 +241,10 @@ fn forward(target: &str, req: &Message) -> Result<Message> {
 
 /// Holds a call of the held method until it is released.
 fn wait_if_held(shared: &Shared, body: &[u8]) {
-    let is_held = |p: &Plan| {
-        p.hold.as_ref().is_some_and(|m| {
-            let needle = format!("\"method\":\"{m}\"");
-            body.windows(needle.len()).any(|w| w == needle.as_bytes())
-        })
-    };
+    let method = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["method"].as_str().map(str::to_string));
+    let is_held = |p: &Plan| p.hold.is_some() && p.hold == method;
     let mut p = shared.plan.lock().unwrap();
     if !is_held(&p) {
         return;
