@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::HumanBytes;
-use tracing::info;
+use tracing::{info, warn};
 
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, NodeArgs, NodeConfig};
@@ -138,8 +138,14 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         db = %args.node.db.display(),
         "starting"
     );
+    // Set only for an in-process run; signals end a process before following at once.
+    let stop_flag = match &shutdown {
+        Shutdown::Flag(f) => Some(f.clone()),
+        Shutdown::Signals => None,
+    };
+    let retry = NodeRetry { stop: stop_flag.as_deref() };
     if let Some(rpc) = &rpc {
-        check_node_network(rpc, args.node.network)?;
+        retry.run("checking the node", || check_node_network(rpc, args.node.network))?;
     }
     let store = Store::open(&args.node.db, Mode::Bulk)?;
     store.check_identity(args.node.network, true, args.bucket_width)?;
@@ -157,8 +163,8 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) * 3 / 5, |kb| kb << 10),
         max_reorg: args.max_reorg,
     };
-    if args.no_follow || !close_to_tip(&store, rpc.as_ref(), args.follow_gap)? {
-        bulk_pass(&bulk, &store, &files, args.node.network, rpc.as_ref(), &progress)?;
+    if args.no_follow || !retry.run("asking the node's height", || close_to_tip(&store, rpc.as_ref(), args.follow_gap))? {
+        bulk_pass(&bulk, &store, &files, args.node.network, rpc.as_ref(), &progress, &retry)?;
     } else {
         info!("the index is close to the node's tip: following without a bulk pass");
         store.enable_auto_compactions()?;
@@ -205,14 +211,19 @@ fn bulk_pass(
     net: Net,
     rpc: Option<&Rpc>,
     progress: &Progress,
+    retry: &NodeRetry,
 ) -> Result<()> {
     let t0 = Instant::now();
     service::status("bulk pass: scanning the block files");
     let map = scan::scan_blk_files(files, net, progress)?;
-    let chain = bestchain::select(&map, net, rpc)?;
-    info!(blocks_in_files = map.len(), chain_height = chain.len() - 1, "chain selected");
-    service::status(&format!("bulk pass: indexing {} blocks", chain.len()));
-    let summary = bulk.run(&map, &chain).context("bulk indexing failed")?;
+    // A node error midway leaves the store as a kill would, and a kill's rerun resumes: so the
+    // chain is asked again and the pass resumes (the scan, which needs no node, is kept).
+    let summary = retry.run("the bulk pass", || {
+        let chain = bestchain::select(&map, net, rpc)?;
+        info!(blocks_in_files = map.len(), chain_height = chain.len() - 1, "chain selected");
+        service::status(&format!("bulk pass: indexing {} blocks", chain.len()));
+        bulk.run(&map, &chain).context("bulk indexing failed")
+    })?;
     let sst: u64 = store.sst_bytes()?.iter().map(|(_, b)| b).sum();
     let (tip_height, tip_hash) = summary.tip.context("nothing indexed")?;
     println!(
@@ -230,11 +241,49 @@ fn bulk_pass(
     Ok(())
 }
 
-/// Refuses a node that cannot give every block (a reachable node only: a node that is down is the
-/// follower's business): one of another network, a pruned one, one still validating an
-/// assumeutxo snapshot (the blocks below the snapshot are not in its files yet).
+/// Retries what fails for a node that is down, restarting, overloaded (HTTP 503) or warming up:
+/// waits with back-off (1 s doubling to 30 s), logged once; other errors end it.
+struct NodeRetry<'a> {
+    /// An in-process run's stop flag: set, the wait ends with an error.
+    stop: Option<&'a AtomicBool>,
+}
+
+impl NodeRetry<'_> {
+    fn run<T>(&self, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut backoff = Duration::from_secs(1);
+        let mut waited = false;
+        loop {
+            match f() {
+                Ok(v) => {
+                    if waited {
+                        info!("the node is back; {what} goes on");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if follow::is_transient(&e) => {
+                    if !waited {
+                        warn!("node unavailable during {what} ({e:#}); retrying with back-off");
+                        waited = true;
+                    }
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until {
+                        if self.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+                            return Err(e.context("stopped while waiting for the node"));
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Refuses a node that cannot give every block: one of another network, a pruned one, one still
+/// validating an assumeutxo snapshot (the blocks below the snapshot are not in its files yet).
 fn check_node_network(rpc: &Rpc, net: Net) -> Result<()> {
-    let Ok(info) = rpc.call("getblockchaininfo", json!([])) else { return Ok(()) };
+    let info = rpc.call("getblockchaininfo", json!([]))?;
     let chain = info["chain"].as_str().unwrap_or("");
     if chain != net.conf_section() {
         anyhow::bail!(
@@ -249,8 +298,12 @@ fn check_node_network(rpc: &Rpc, net: Net) -> Result<()> {
             rpc.addr()
         );
     }
-    // Nodes before 26.0 have no getchainstates (nor assumeutxo).
-    if let Ok(states) = rpc.call("getchainstates", json!([])) {
+    // Nodes before 26.0 have no getchainstates (nor assumeutxo): only a transient error counts.
+    let states = match rpc.call("getchainstates", json!([])) {
+        Err(e) if e.is_transient() => return Err(e.into()),
+        r => r.ok(),
+    };
+    if let Some(states) = states {
         let chainstates = states["chainstates"].as_array().map_or(&[][..], |a| a.as_slice());
         if chainstates.len() > 1 || chainstates.iter().any(|c| c["validated"].as_bool() == Some(false)) {
             anyhow::bail!(
@@ -271,10 +324,8 @@ fn close_to_tip(store: &Store, rpc: Option<&Rpc>, gap: u32) -> Result<bool> {
     if store.pending()?.is_some() || store.get_meta(meta::COMPACTED)?.is_none() {
         return Ok(false);
     }
-    match rpc.call("getblockcount", json!([])) {
-        Ok(v) => Ok(v.as_u64().is_some_and(|n| n <= tip as u64 + gap as u64)),
-        Err(_) => Ok(false),
-    }
+    let v = rpc.call("getblockcount", json!([]))?;
+    Ok(v.as_u64().is_some_and(|n| n <= tip as u64 + gap as u64))
 }
 
 /// Where the node publishes block notifications: the flag, else what the node says, else
