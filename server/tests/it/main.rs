@@ -9,6 +9,7 @@ mod electrum;
 mod electrum_wallet;
 mod in_process;
 mod limits;
+mod node_faults;
 mod peers;
 mod tls_material;
 mod transports;
