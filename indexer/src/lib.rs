@@ -163,7 +163,9 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) * 3 / 5, |kb| kb << 10),
         max_reorg: args.max_reorg,
     };
-    if args.no_follow || !retry.run("asking the node's height", || close_to_tip(&store, rpc.as_ref(), args.follow_gap))? {
+    if args.no_follow
+        || !retry.run("asking the node's height", || close_to_tip(&store, rpc.as_ref(), args.follow_gap))?
+    {
         bulk_pass(&bulk, &store, &files, args.node.network, rpc.as_ref(), &progress, &retry)?;
     } else {
         info!("the index is close to the node's tip: following without a bulk pass");
