@@ -42,10 +42,19 @@ pub struct Rpc {
 }
 
 impl Rpc {
+    /// The overall timeout of a call (connect, send, wait, read) for `Rpc::new`.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
     pub fn new(addr: &str, auth: Auth) -> Self {
+        Self::with_timeout(addr, auth, Self::DEFAULT_TIMEOUT)
+    }
+
+    /// As `new`, with `timeout` as each call's overall bound instead of the default 120 s; a call
+    /// that takes longer fails with a transient error (the node is slow, not wrong).
+    pub fn with_timeout(addr: &str, auth: Auth, timeout: Duration) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
+            .timeout_global(Some(timeout))
             .build()
             .into();
         Rpc { agent, addr: addr.to_string(), auth }
@@ -241,6 +250,31 @@ mod amount_tests {
             assert!(err.to_string().contains("cut short"), "{err}");
         }
         server.join().unwrap();
+    }
+
+    /// A node that takes the call and never answers: `with_timeout` bounds the wait, and the
+    /// error is transient.
+    #[test]
+    fn with_timeout_bounds_a_call_to_a_silent_node() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = done_rx.recv(); // holds the connection open, silent, until the client gave up
+        });
+        let rpc =
+            Rpc::with_timeout(&addr, Auth::UserPass("u".into(), "p".into()), Duration::from_millis(300));
+        let t = std::time::Instant::now();
+        let err = rpc.call("getblockcount", json!([])).unwrap_err();
+        let took = t.elapsed();
+        done_tx.send(()).unwrap();
+        server.join().unwrap();
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(10), "{took:?}");
+        assert!(err.is_transient(), "{err:?}");
     }
 
     #[test]
