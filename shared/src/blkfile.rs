@@ -1,22 +1,32 @@
 //! bitcoind's `blocks/` directory: `blkNNNNN.dat` (blocks) and `revNNNNN.dat` (undo data) files,
 //! their `xor.dat` obfuscation and their record framing.
 //!
-//! Safety rule: nothing here is memory-mapped; every read is positional (`pread`). Touching a map
-//! past a file's end kills the whole process (SIGBUS), and no file can be proven final from outside
-//! the node. bitcoind appends to its current blk/rev file and truncates the file's preallocated tail
-//! when it moves to the next one, so a file below the highest-numbered one is normally final; but
-//! after an unclean shutdown it resumes writing at the position its block index last flushed, which
-//! can be inside a lower-numbered file than the highest present (flushes are periodic, and a node
-//! in initial sync fills several files between them): it then overwrites that file from there and
-//! truncates it again when it moves on. A rev file is also written to after its successor exists
-//! (undo data of a block connected late) and is rewritten from the start by `-reindex`. A read past
-//! a file's current end is a short read, which is an error for that read only.
+//! Safety rule: touching a map past a file's end kills the whole process (SIGBUS), so a file is
+//! memory-mapped only while no node can change it: while this process holds the node's data-dir
+//! lock (`nodelock`), which a stopped node leaves free and which keeps any node from starting on
+//! that data dir. `BlockFiles::mapped` takes that lock, and only blk files are mapped under it
+//! (for the bulk pass); the maps are dropped before the lock is released. Without it (a node
+//! running: the server, the follower, a bulk pass beside a live node) every read is positional
+//! (`pread`), because no file can be proven final from outside the node. bitcoind appends to its
+//! current blk/rev file and truncates the file's preallocated tail when it moves to the next one,
+//! so a file below the highest-numbered one is normally final; but after an unclean shutdown it
+//! resumes writing at the position its block index last flushed, which can be inside a
+//! lower-numbered file than the highest present (flushes are periodic, and a node in initial sync
+//! fills several files between them): it then overwrites that file from there and truncates it
+//! again when it moves on. A rev file is also written to after its successor exists (undo data of
+//! a block connected late) and is rewritten from the start by `-reindex`. A positional read past a
+//! file's current end is a short read, which is an error for that read only.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+
+use crate::nodelock::NodeLock;
 
 /// Bitcoin Core's MAX_BLOCK_SERIALIZED_SIZE.
 pub const MAX_BLOCK_SIZE: u32 = 4_000_000;
@@ -293,12 +303,30 @@ fn walk_records(
 }
 
 /// Reads records out of the blocks directory by (file, offset, length), de-obfuscated, with
-/// positional reads. Files are opened per read, not kept open: mainnet has thousands of them, more
-/// than a process's usual descriptor limit.
+/// positional reads; or, for a `mapped` one, out of memory maps of the blk files. Files are opened
+/// per read, not kept open: mainnet has thousands of them, more than a process's usual descriptor
+/// limit (a map needs no descriptor once made).
 #[derive(Clone)]
 pub struct BlockFiles {
     dir: PathBuf,
     key: XorKey,
+    mapped: Option<Arc<Mapped>>,
+}
+
+/// The maps of blk files, and the node's lock that makes them safe. Fields drop in order: every
+/// map is gone before the lock is released (when the last `BlockFiles` sharing it goes; a map is
+/// only borrowed inside a call on one of them).
+struct Mapped {
+    maps: Mutex<HashMap<u32, Arc<Mmap>>>,
+    lock: NodeLock,
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        self.maps.get_mut().unwrap().clear();
+        let locks: Vec<String> = self.lock.paths().map(|p| p.display().to_string()).collect();
+        tracing::info!(locks = ?locks, "blk files unmapped; the node's data-dir lock released");
+    }
 }
 
 impl BlockFiles {
@@ -307,13 +335,58 @@ impl BlockFiles {
         if !blocks_dir.is_dir() {
             bail!("blocks directory {} does not exist", blocks_dir.display());
         }
-        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key })
+        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, mapped: None })
     }
 
     /// For reads of single transactions here and there (a server's). Reads are positional and
     /// nothing is mapped, so there is nothing to tune: kept for its callers.
     pub fn for_random_reads(self) -> Self {
         self
+    }
+
+    /// These files with the blk files memory-mapped (the scan walks the maps, reads copy out of
+    /// them), for as long as `lock`, the node's data-dir lock, is held: it is held by the clones of
+    /// the result and released, after their maps are dropped, with the last of them. Rev files are
+    /// still read positionally.
+    pub fn mapped(&self, lock: NodeLock) -> BlockFiles {
+        let mapped = Mapped { maps: Mutex::default(), lock };
+        BlockFiles { dir: self.dir.clone(), key: self.key, mapped: Some(Arc::new(mapped)) }
+    }
+
+    /// Whether blk files are read through maps.
+    pub fn is_mapped(&self) -> bool {
+        self.mapped.is_some()
+    }
+
+    /// Forgets the maps made so far (they are made again on demand), so that the pages they
+    /// touched leave this process's resident set. The lock stays held.
+    pub fn unmap_all(&self) {
+        if let Some(m) = &self.mapped {
+            m.maps.lock().unwrap().clear();
+        }
+    }
+
+    /// A new map of blk file `num`.
+    fn map_file(&self, num: u32) -> Result<Mmap> {
+        let path = self.path(FileKind::Blk, num);
+        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: only called while the node's data-dir lock is held (`mapped`), so no node runs
+        // on this data dir and none can start: nothing appends to, rewrites or truncates the file
+        // while it is mapped (the map is dropped before the lock is released). The node is the
+        // only writer of its blocks directory, and pruning is not supported.
+        unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))
+    }
+
+    /// The shared map of blk file `num`, when blk files are mapped.
+    fn blk_map(&self, kind: FileKind, num: u32) -> Result<Option<Arc<Mmap>>> {
+        let Some(mapped) = self.mapped.as_ref().filter(|_| kind == FileKind::Blk) else {
+            return Ok(None);
+        };
+        if let Some(m) = mapped.maps.lock().unwrap().get(&num) {
+            return Ok(Some(m.clone()));
+        }
+        let m = Arc::new(self.map_file(num)?);
+        Ok(Some(mapped.maps.lock().unwrap().entry(num).or_insert(m).clone()))
     }
 
     pub fn dir(&self) -> &Path {
@@ -331,6 +404,13 @@ impl BlockFiles {
     /// The de-obfuscated bytes `offset..offset+len` of a file. A range past the file's end (a file
     /// truncated since the record was found) is an error naming it.
     pub fn read(&self, kind: FileKind, num: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if let Some(map) = self.blk_map(kind, num)? {
+            let end = offset.checked_add(len as u64).filter(|&e| e <= map.len() as u64);
+            let Some(end) = end else {
+                bail!("{}: range {offset}+{len} is past the end", self.path(kind, num).display());
+            };
+            return Ok(self.key.copy(&map[offset as usize..end as usize], offset));
+        }
         let path = self.path(kind, num);
         let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut v = vec![0u8; len];
@@ -346,14 +426,20 @@ impl BlockFiles {
     }
 
     /// The records of a file and the first `head` bytes of each payload (de-obfuscated), read
-    /// through a small window: record bodies are stepped over, not read.
+    /// through a small window, or walked in a map of the file when blk files are mapped (a map of
+    /// its own, dropped after the walk): record bodies are stepped over, not read.
     pub fn scan(&self, kind: FileKind, num: u32, magic: [u8; 4], head: usize) -> Result<Scanned> {
         let path = self.path(kind, num);
-        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let len = file.metadata()?.len();
-        let mut src = FileSource { file: &file, len, base: 0, buf: Vec::new() };
-        let (recs, mut heads, notes) = walk_records(&mut src, &self.key, magic, kind, head)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let (recs, mut heads, notes) = if self.mapped.is_some() && kind == FileKind::Blk {
+            let map = self.map_file(num)?;
+            walk_records(&mut SliceSource(&map), &self.key, magic, kind, head)?
+        } else {
+            let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let len = file.metadata()?.len();
+            let mut src = FileSource { file: &file, len, base: 0, buf: Vec::new() };
+            walk_records(&mut src, &self.key, magic, kind, head)
+                .with_context(|| format!("reading {}", path.display()))?
+        };
         for (r, h) in recs.iter().zip(&mut heads) {
             self.key.apply(h, r.offset);
         }
@@ -475,6 +561,61 @@ mod tests {
         let (recs, _, notes) = files.scan(FileKind::Blk, 0, MAGIC, 80).unwrap();
         assert_eq!(recs, vec![Record { offset: 8, len: 5000 }]);
         assert!(notes.partial_tail);
+    }
+
+    /// Under the node's lock the blk files are mapped: the scan and reads give what positional
+    /// reads give, a range past the end is an error, rev files are still read positionally, and
+    /// the lock is released (maps first) with the last clone.
+    #[test]
+    fn mapped_files_read_as_positional_ones_while_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = dir.path().join("blocks");
+        std::fs::create_dir(&blocks).unwrap();
+        let key = XorKey([9, 8, 7, 6, 5, 4, 3, 2]);
+        std::fs::write(blocks.join("xor.dat"), key.0).unwrap();
+        let mut file = frame(&[1u8; 5000]);
+        file.extend_from_slice(&frame(&[2u8; 3000]));
+        file.extend_from_slice(&[0u8; 1000]); // a preallocated tail
+        key.apply(&mut file, 0);
+        std::fs::write(blocks.join("blk00000.dat"), &file).unwrap();
+        std::fs::write(blocks.join("blk00001.dat"), []).unwrap();
+        std::fs::write(blocks.join("rev00000.dat"), [7u8; 64]).unwrap();
+        let plain = BlockFiles::open(&blocks).unwrap();
+        let lock = NodeLock::try_take(&[dir.path(), &blocks]).unwrap();
+        let mapped = plain.mapped(lock);
+        assert!(mapped.is_mapped() && !plain.is_mapped());
+        for num in [0, 1] {
+            assert_eq!(
+                mapped.scan(FileKind::Blk, num, MAGIC, 80).unwrap(),
+                plain.scan(FileKind::Blk, num, MAGIC, 80).unwrap()
+            );
+        }
+        let (recs, _, _) = mapped.scan(FileKind::Blk, 0, MAGIC, 80).unwrap();
+        assert_eq!(recs.len(), 2);
+        for r in &recs {
+            let got = mapped.read(FileKind::Blk, 0, r.offset, r.len as usize).unwrap();
+            assert_eq!(got, plain.read(FileKind::Blk, 0, r.offset, r.len as usize).unwrap());
+        }
+        let clone = mapped.clone();
+        mapped.unmap_all();
+        assert_eq!(clone.read(FileKind::Blk, 0, 8, 5000).unwrap(), vec![1u8; 5000]);
+        let err = clone.read(FileKind::Blk, 0, file.len() as u64 - 10, 20).unwrap_err();
+        assert!(format!("{err:#}").contains("past the end"), "{err:#}");
+        assert_eq!(clone.read(FileKind::Rev, 0, 0, 8).unwrap(), plain.read(FileKind::Rev, 0, 0, 8).unwrap());
+        // Held by the clones: another lock of the node's kind (a write lock) fails until the last.
+        let node_lock = || {
+            let f =
+                std::fs::OpenOptions::new().read(true).write(true).open(dir.path().join(".lock")).unwrap();
+            // SAFETY: plain data, and the descriptor is open for the call.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as _;
+            fl.l_whence = libc::SEEK_SET as _;
+            (unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_OFD_SETLK, &fl) } == 0, f)
+        };
+        drop(mapped);
+        assert!(!node_lock().0, "the lock went with a clone still alive");
+        drop(clone);
+        assert!(node_lock().0, "the lock was not released with the last clone");
     }
 
     #[test]
