@@ -33,6 +33,7 @@ use tracing::{info, warn};
 
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, NodeArgs, NodeConfig};
+use blkindex_shared::nodelock::NodeLock;
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::meta;
 use blkindex_shared::service;
@@ -166,7 +167,19 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     if args.no_follow
         || !retry.run("asking the node's height", || close_to_tip(&store, rpc.as_ref(), args.follow_gap))?
     {
-        bulk_pass(&bulk, &store, &files, args.node.network, rpc.as_ref(), &progress, &retry)?;
+        let scan_files = files_for_bulk_pass(&files, &node, rpc.is_some());
+        // Offline, the pass never talks to a node, so its block reads go through the maps too
+        // and the lock is held until the pass ends; with a node, only the scan does.
+        let (pass_files, mapped_source);
+        let bulk = match rpc.is_none() && scan_files.is_mapped() {
+            true => {
+                pass_files = scan_files.clone();
+                mapped_source = source::BlockSource { files: &pass_files, ..source };
+                bulk::Bulk { source: &mapped_source, ..bulk }
+            }
+            false => bulk,
+        };
+        bulk_pass(&bulk, &store, scan_files, args.node.network, rpc.as_ref(), &progress, &retry)?;
     } else {
         info!("the index is close to the node's tip: following without a bulk pass");
         store.enable_auto_compactions()?;
@@ -205,11 +218,48 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     result
 }
 
-/// The bulk pass: scan, best chain, batches, compaction; prints a summary.
+/// The node's locks as the bulk pass takes them: `<datadir>/<network>/.lock` (every bitcoind
+/// takes it) and `<blocksdir>/.lock` (recent ones take it too, and it is the one that counts when
+/// the blocks directory is not under the data dir). `Err` says why not (a node runs).
+pub fn take_node_lock(node: &NodeConfig) -> std::result::Result<NodeLock, String> {
+    let netdir = node.datadir.join(node.net.subdir());
+    NodeLock::try_take(&[&netdir, &node.blocks_dir])
+}
+
+/// The blk files as the bulk pass reads them: memory-mapped if the node's data-dir lock can be
+/// taken (no node runs on that data dir, and none can start while it is held, so no mapped file
+/// can change), else `files` (positional reads). Logs which, and why, once.
+fn files_for_bulk_pass(files: &BlockFiles, node: &NodeConfig, with_node: bool) -> BlockFiles {
+    match take_node_lock(node) {
+        Ok(lock) => {
+            let locks: Vec<String> = lock.paths().map(|p| p.display().to_string()).collect();
+            let held = match with_node {
+                true => "for the scan (released before the node is asked)",
+                false => "until the bulk pass ends",
+            };
+            info!(
+                locks = ?locks,
+                "node stopped: blk files memory-mapped; the node's data-dir lock is held {held}, so no node can start and change them"
+            );
+            files.mapped(lock)
+        }
+        Err(why) => {
+            info!(
+                reason = %why,
+                "node running: blk files read with positional reads; stop the node for a memory-mapped scan"
+            );
+            files.clone()
+        }
+    }
+}
+
+/// The bulk pass: scan, best chain, batches, compaction; prints a summary. `scan_files` are the
+/// files the scan reads (mapped or not); they are dropped after it, and with them the node's lock
+/// unless the pass's own source shares it (offline).
 fn bulk_pass(
     bulk: &bulk::Bulk,
     store: &Store,
-    files: &BlockFiles,
+    scan_files: BlockFiles,
     net: Net,
     rpc: Option<&Rpc>,
     progress: &Progress,
@@ -217,7 +267,8 @@ fn bulk_pass(
 ) -> Result<()> {
     let t0 = Instant::now();
     service::status("bulk pass: scanning the block files");
-    let map = scan::scan_blk_files(files, net, progress)?;
+    let map = scan::scan_blk_files(&scan_files, net, progress)?;
+    drop(scan_files);
     // A node error midway leaves the store as a kill would, and a kill's rerun resumes: so the
     // chain is asked again and the pass resumes (the scan, which needs no node, is kept).
     let summary = retry.run("the bulk pass", || {
