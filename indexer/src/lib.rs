@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, NodeArgs, NodeConfig};
-use blkindex_shared::nodelock::NodeLock;
+use blkindex_shared::nodelock::{NodeLock, NotTaken};
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::meta;
 use blkindex_shared::service;
@@ -221,7 +221,7 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
 /// The node's locks as the bulk pass takes them: `<datadir>/<network>/.lock` (every bitcoind
 /// takes it) and `<blocksdir>/.lock` (recent ones take it too, and it is the one that counts when
 /// the blocks directory is not under the data dir). `Err` says why not (a node runs).
-pub fn take_node_lock(node: &NodeConfig) -> std::result::Result<NodeLock, String> {
+pub fn take_node_lock(node: &NodeConfig) -> std::result::Result<NodeLock, NotTaken> {
     let netdir = node.datadir.join(node.net.subdir());
     NodeLock::try_take(&[&netdir, &node.blocks_dir])
 }
@@ -243,10 +243,17 @@ fn files_for_bulk_pass(files: &BlockFiles, node: &NodeConfig, with_node: bool) -
             );
             files.mapped(lock)
         }
-        Err(why) => {
+        Err(why) if why.held => {
             info!(
                 reason = %why,
                 "node running: blk files read with positional reads; stop the node for a memory-mapped scan"
+            );
+            files.clone()
+        }
+        Err(why) => {
+            warn!(
+                reason = %why,
+                "the node's data-dir lock cannot be taken, so whether a node runs is unknown: blk files read with positional reads"
             );
             files.clone()
         }

@@ -58,19 +58,43 @@ fn open_lock_file(dir: &Path) -> std::io::Result<File> {
     }
 }
 
+/// Why a lock was not taken.
+#[derive(Debug)]
+pub struct NotTaken {
+    /// Another process holds a conflicting lock: a node runs on that directory.
+    pub held: bool,
+    /// Which file, and the system's error.
+    pub reason: String,
+}
+
+impl std::fmt::Display for NotTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for NotTaken {}
+
 impl NodeLock {
     /// Takes the lock of every directory in `dirs` (a node's `<datadir>/<network>` and its blocks
     /// directory), or none: `Err` says which one could not be taken and why (a node holds it:
-    /// "Resource temporarily unavailable"; or the file cannot be opened).
-    pub fn try_take(dirs: &[&Path]) -> Result<NodeLock, String> {
+    /// "Resource temporarily unavailable"; or the file cannot be opened, e.g. a missing one in a
+    /// directory this process cannot write).
+    pub fn try_take(dirs: &[&Path]) -> Result<NodeLock, NotTaken> {
         let mut files = Vec::new();
         for dir in dirs {
             let path = dir.join(".lock");
             if files.iter().any(|(p, _)| *p == path) {
                 continue;
             }
-            let file = open_lock_file(dir).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            set_lock(&file, libc::F_RDLCK).map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+            let file = open_lock_file(dir).map_err(|e| NotTaken {
+                held: false,
+                reason: format!("cannot open {}: {e}", path.display()),
+            })?;
+            set_lock(&file, libc::F_RDLCK).map_err(|e| NotTaken {
+                held: matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)),
+                reason: format!("cannot lock {}: {e}", path.display()),
+            })?;
             files.push((path, file));
         }
         Ok(NodeLock { files })
@@ -145,7 +169,10 @@ mod tests {
         // A running node: taking the lock fails and says which file.
         let node = node_try_lock(dir.path()).unwrap();
         let err = NodeLock::try_take(&[dir.path(), &blocks]).unwrap_err();
-        assert!(err.contains("cannot lock") && err.contains(".lock"), "{err}");
+        assert!(err.held && err.reason.contains("cannot lock") && err.reason.contains(".lock"), "{err}");
+        // A lock file that cannot be opened is not a running node.
+        let err = NodeLock::try_take(&[&dir.path().join("missing")]).unwrap_err();
+        assert!(!err.held && err.reason.contains("cannot open"), "{err}");
         drop(node);
         NodeLock::try_take(&[dir.path(), &blocks]).unwrap();
     }
