@@ -160,7 +160,8 @@ impl Bulk<'_> {
                     debug!(first = a, last = b, secs = t.elapsed().as_secs_f64(), "batch built");
                     let failed = batch.is_err();
                     let sent = tx.send(batch).is_ok();
-                    // While the writer ingests: the next batch's blocks are in other files.
+                    // While the writer ingests: the next batch's blocks are in other files, so
+                    // the pages of this one's maps (if the files are mapped) can leave the RSS.
                     self.source.files.unmap_all();
                     if !sent || failed {
                         break;

@@ -277,7 +277,7 @@ impl<'a> Follower<'a> {
     }
 }
 
-/// Errors worth waiting out: the node is down, restarting or warming up.
-fn is_transient(e: &anyhow::Error) -> bool {
+/// Errors worth waiting out: the node is down, restarting, overloaded or warming up.
+pub(crate) fn is_transient(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<RpcError>().is_some_and(|r| r.is_transient()))
 }

@@ -29,10 +29,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::HumanBytes;
-use tracing::info;
+use tracing::{info, warn};
 
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, NodeArgs, NodeConfig};
+use blkindex_shared::nodelock::{NodeLock, NotTaken};
 use blkindex_shared::rpc::Rpc;
 use blkindex_shared::schema::meta;
 use blkindex_shared::service;
@@ -138,8 +139,14 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         db = %args.node.db.display(),
         "starting"
     );
+    // Set only for an in-process run; signals end a process before following at once.
+    let stop_flag = match &shutdown {
+        Shutdown::Flag(f) => Some(f.clone()),
+        Shutdown::Signals => None,
+    };
+    let retry = NodeRetry { stop: stop_flag.as_deref() };
     if let Some(rpc) = &rpc {
-        check_node_network(rpc, args.node.network)?;
+        retry.run("checking the node", || check_node_network(rpc, args.node.network))?;
     }
     let store = Store::open(&args.node.db, Mode::Bulk)?;
     store.check_identity(args.node.network, true, args.bucket_width)?;
@@ -157,8 +164,22 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) * 3 / 5, |kb| kb << 10),
         max_reorg: args.max_reorg,
     };
-    if args.no_follow || !close_to_tip(&store, rpc.as_ref(), args.follow_gap)? {
-        bulk_pass(&bulk, &store, &files, args.node.network, rpc.as_ref(), &progress)?;
+    if args.no_follow
+        || !retry.run("asking the node's height", || close_to_tip(&store, rpc.as_ref(), args.follow_gap))?
+    {
+        let scan_files = files_for_bulk_pass(&files, &node, rpc.is_some());
+        // Offline, the pass never talks to a node, so its block reads go through the maps too
+        // and the lock is held until the pass ends; with a node, only the scan does.
+        let (pass_files, mapped_source);
+        let bulk = match rpc.is_none() && scan_files.is_mapped() {
+            true => {
+                pass_files = scan_files.clone();
+                mapped_source = source::BlockSource { files: &pass_files, ..source };
+                bulk::Bulk { source: &mapped_source, ..bulk }
+            }
+            false => bulk,
+        };
+        bulk_pass(&bulk, &store, scan_files, args.node.network, rpc.as_ref(), &progress, &retry)?;
     } else {
         info!("the index is close to the node's tip: following without a bulk pass");
         store.enable_auto_compactions()?;
@@ -197,22 +218,72 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     result
 }
 
-/// The bulk pass: scan, best chain, batches, compaction; prints a summary.
+/// The node's locks as the bulk pass takes them: `<datadir>/<network>/.lock` (every bitcoind
+/// takes it) and `<blocksdir>/.lock` (recent ones take it too, and it is the one that counts when
+/// the blocks directory is not under the data dir). `Err` says why not (a node runs).
+pub fn take_node_lock(node: &NodeConfig) -> std::result::Result<NodeLock, NotTaken> {
+    let netdir = node.datadir.join(node.net.subdir());
+    NodeLock::try_take(&[&netdir, &node.blocks_dir])
+}
+
+/// The blk files as the bulk pass reads them: memory-mapped if the node's data-dir lock can be
+/// taken (no node runs on that data dir, and none can start while it is held, so no mapped file
+/// can change), else `files` (positional reads). Logs which, and why, once.
+fn files_for_bulk_pass(files: &BlockFiles, node: &NodeConfig, with_node: bool) -> BlockFiles {
+    match take_node_lock(node) {
+        Ok(lock) => {
+            let locks: Vec<String> = lock.paths().map(|p| p.display().to_string()).collect();
+            let held = match with_node {
+                true => "for the scan (released before the node is asked)",
+                false => "until the bulk pass ends",
+            };
+            info!(
+                locks = ?locks,
+                "node stopped: blk files memory-mapped; the node's data-dir lock is held {held}, so no node can start and change them"
+            );
+            files.mapped(lock)
+        }
+        Err(why) if why.held => {
+            info!(
+                reason = %why,
+                "node running: blk files read with positional reads; stop the node for a memory-mapped scan"
+            );
+            files.clone()
+        }
+        Err(why) => {
+            warn!(
+                reason = %why,
+                "the node's data-dir lock cannot be taken, so whether a node runs is unknown: blk files read with positional reads"
+            );
+            files.clone()
+        }
+    }
+}
+
+/// The bulk pass: scan, best chain, batches, compaction; prints a summary. `scan_files` are the
+/// files the scan reads (mapped or not); they are dropped after it, and with them the node's lock
+/// unless the pass's own source shares it (offline).
 fn bulk_pass(
     bulk: &bulk::Bulk,
     store: &Store,
-    files: &BlockFiles,
+    scan_files: BlockFiles,
     net: Net,
     rpc: Option<&Rpc>,
     progress: &Progress,
+    retry: &NodeRetry,
 ) -> Result<()> {
     let t0 = Instant::now();
     service::status("bulk pass: scanning the block files");
-    let map = scan::scan_blk_files(files, net, progress)?;
-    let chain = bestchain::select(&map, net, rpc)?;
-    info!(blocks_in_files = map.len(), chain_height = chain.len() - 1, "chain selected");
-    service::status(&format!("bulk pass: indexing {} blocks", chain.len()));
-    let summary = bulk.run(&map, &chain).context("bulk indexing failed")?;
+    let map = scan::scan_blk_files(&scan_files, net, progress)?;
+    drop(scan_files);
+    // A node error midway leaves the store as a kill would, and a kill's rerun resumes: so the
+    // chain is asked again and the pass resumes (the scan, which needs no node, is kept).
+    let summary = retry.run("the bulk pass", || {
+        let chain = bestchain::select(&map, net, rpc)?;
+        info!(blocks_in_files = map.len(), chain_height = chain.len() - 1, "chain selected");
+        service::status(&format!("bulk pass: indexing {} blocks", chain.len()));
+        bulk.run(&map, &chain).context("bulk indexing failed")
+    })?;
     let sst: u64 = store.sst_bytes()?.iter().map(|(_, b)| b).sum();
     let (tip_height, tip_hash) = summary.tip.context("nothing indexed")?;
     println!(
@@ -230,11 +301,49 @@ fn bulk_pass(
     Ok(())
 }
 
-/// Refuses a node that cannot give every block (a reachable node only: a node that is down is the
-/// follower's business): one of another network, a pruned one, one still validating an
-/// assumeutxo snapshot (the blocks below the snapshot are not in its files yet).
+/// Retries what fails for a node that is down, restarting, overloaded (HTTP 503) or warming up:
+/// waits with back-off (1 s doubling to 30 s), logged once; other errors end it.
+struct NodeRetry<'a> {
+    /// An in-process run's stop flag: set, the wait ends with an error.
+    stop: Option<&'a AtomicBool>,
+}
+
+impl NodeRetry<'_> {
+    fn run<T>(&self, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut backoff = Duration::from_secs(1);
+        let mut waited = false;
+        loop {
+            match f() {
+                Ok(v) => {
+                    if waited {
+                        info!("the node is back; {what} goes on");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if follow::is_transient(&e) => {
+                    if !waited {
+                        warn!("node unavailable during {what} ({e:#}); retrying with back-off");
+                        waited = true;
+                    }
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until {
+                        if self.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+                            return Err(e.context("stopped while waiting for the node"));
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Refuses a node that cannot give every block: one of another network, a pruned one, one still
+/// validating an assumeutxo snapshot (the blocks below the snapshot are not in its files yet).
 fn check_node_network(rpc: &Rpc, net: Net) -> Result<()> {
-    let Ok(info) = rpc.call("getblockchaininfo", json!([])) else { return Ok(()) };
+    let info = rpc.call("getblockchaininfo", json!([]))?;
     let chain = info["chain"].as_str().unwrap_or("");
     if chain != net.conf_section() {
         anyhow::bail!(
@@ -249,8 +358,12 @@ fn check_node_network(rpc: &Rpc, net: Net) -> Result<()> {
             rpc.addr()
         );
     }
-    // Nodes before 26.0 have no getchainstates (nor assumeutxo).
-    if let Ok(states) = rpc.call("getchainstates", json!([])) {
+    // Nodes before 26.0 have no getchainstates (nor assumeutxo): only a transient error counts.
+    let states = match rpc.call("getchainstates", json!([])) {
+        Err(e) if e.is_transient() => return Err(e.into()),
+        r => r.ok(),
+    };
+    if let Some(states) = states {
         let chainstates = states["chainstates"].as_array().map_or(&[][..], |a| a.as_slice());
         if chainstates.len() > 1 || chainstates.iter().any(|c| c["validated"].as_bool() == Some(false)) {
             anyhow::bail!(
@@ -271,10 +384,8 @@ fn close_to_tip(store: &Store, rpc: Option<&Rpc>, gap: u32) -> Result<bool> {
     if store.pending()?.is_some() || store.get_meta(meta::COMPACTED)?.is_none() {
         return Ok(false);
     }
-    match rpc.call("getblockcount", json!([])) {
-        Ok(v) => Ok(v.as_u64().is_some_and(|n| n <= tip as u64 + gap as u64)),
-        Err(_) => Ok(false),
-    }
+    let v = rpc.call("getblockcount", json!([]))?;
+    Ok(v.as_u64().is_some_and(|n| n <= tip as u64 + gap as u64))
 }
 
 /// Where the node publishes block notifications: the flag, else what the node says, else

@@ -9,7 +9,7 @@ use bitcoin::BlockHash;
 use rayon::prelude::*;
 use tracing::{debug, warn};
 
-use blkindex_shared::blkfile::{list_files, scan_records, BlockFiles, FileKind};
+use blkindex_shared::blkfile::{list_files, BlockFiles, FileKind};
 use blkindex_shared::varint::Reader;
 use blkindex_shared::Net;
 
@@ -41,13 +41,12 @@ pub fn scan_blk_files(files: &BlockFiles, net: Net, progress: &Progress) -> Resu
         .collect();
     progress.start("scanning headers", sizes.iter().sum(), nums.len() as u64, "files");
     let magic = net.magic();
-    let key = files.xor_key();
     let per_file: Vec<Result<Vec<BlockEntry>>> = nums
         .par_iter()
         .zip(&sizes)
         .map(|(&num, &size)| {
-            let bytes = files.file_bytes(FileKind::Blk, num)?;
-            let (records, notes) = scan_records(bytes.bytes(), &key, magic, FileKind::Blk);
+            // The header and the transaction count: at most 80 + 9 bytes of each payload.
+            let (records, heads, notes) = files.scan(FileKind::Blk, num, magic, 89)?;
             if notes.skipped > 0 {
                 warn!(file = num, bytes = notes.skipped, "blk file has garbage between records; skipped it");
             }
@@ -55,11 +54,7 @@ pub fn scan_blk_files(files: &BlockFiles, net: Net, progress: &Progress) -> Resu
                 debug!(file = num, "blk file ends with a partly written record");
             }
             let mut out = Vec::with_capacity(records.len());
-            for rec in records {
-                let start = rec.offset as usize;
-                let end = (start + 89).min(start + rec.len as usize);
-                let mut head = bytes.bytes()[start..end].to_vec();
-                key.apply(&mut head, rec.offset);
+            for (rec, head) in records.into_iter().zip(heads) {
                 let Ok(header) = bitcoin::consensus::deserialize::<Header>(&head[..80.min(head.len())])
                 else {
                     warn!(file = num, offset = rec.offset, "unreadable block header; record skipped");

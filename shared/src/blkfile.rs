@@ -1,11 +1,21 @@
 //! bitcoind's `blocks/` directory: `blkNNNNN.dat` (blocks) and `revNNNNN.dat` (undo data) files,
 //! their `xor.dat` obfuscation and their record framing.
 //!
-//! Safety rule: bitcoind truncates a file's preallocated tail when it finalizes it, and touching an
-//! mmap past a file's new end kills the process (SIGBUS). So only files that can no longer change are
-//! memory-mapped: a blk file is final once a higher-numbered blk file exists. Everything else (the
-//! active blk file, and rev files, which bitcoind may still append to for blocks connected late) is
-//! read with ordinary reads.
+//! Safety rule: touching a map past a file's end kills the whole process (SIGBUS), so a file is
+//! memory-mapped only while no node can change it: while this process holds the node's data-dir
+//! lock (`nodelock`), which a stopped node leaves free and which keeps any node from starting on
+//! that data dir. `BlockFiles::mapped` takes that lock, and only blk files are mapped under it
+//! (for the bulk pass); the maps are dropped before the lock is released. Without it (a node
+//! running: the server, the follower, a bulk pass beside a live node) every read is positional
+//! (`pread`), because no file can be proven final from outside the node. bitcoind appends to its
+//! current blk/rev file and truncates the file's preallocated tail when it moves to the next one,
+//! so a file below the highest-numbered one is normally final; but after an unclean shutdown it
+//! resumes writing at the position its block index last flushed, which can be inside a
+//! lower-numbered file than the highest present (flushes are periodic, and a node in initial sync
+//! fills several files between them): it then overwrites that file from there and truncates it
+//! again when it moves on. A rev file is also written to after its successor exists (undo data of
+//! a block connected late) and is rewritten from the start by `-reindex`. A positional read past a
+//! file's current end is a short read, which is an error for that read only.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,6 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
+
+use crate::nodelock::NodeLock;
 
 /// Bitcoin Core's MAX_BLOCK_SERIALIZED_SIZE.
 pub const MAX_BLOCK_SIZE: u32 = 4_000_000;
@@ -135,34 +147,16 @@ pub fn list_files(blocks_dir: &Path, kind: FileKind) -> Result<Vec<u32>> {
     Ok(nums)
 }
 
-/// A whole file's bytes: a map of a finalized file, or a copy read with ordinary reads.
-pub enum FileBytes {
-    Mapped(Mmap),
-    Read(Vec<u8>),
-}
+/// A whole file's bytes, read with ordinary reads (still obfuscated).
+pub struct FileBytes(Vec<u8>);
 
 impl FileBytes {
-    pub fn open(path: &Path, map: bool) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        if map {
-            // SAFETY: only finalized files are mapped (see the module comment); bitcoind no longer
-            // writes or truncates them, and pruning is not supported (files are never deleted).
-            let mmap =
-                unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-            let _ = mmap.advise(memmap2::Advice::Sequential);
-            Ok(FileBytes::Mapped(mmap))
-        } else {
-            Ok(FileBytes::Read(
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-            ))
-        }
+    pub fn read(path: &Path) -> Result<Self> {
+        Ok(FileBytes(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?))
     }
 
     pub fn bytes(&self) -> &[u8] {
-        match self {
-            FileBytes::Mapped(m) => m,
-            FileBytes::Read(v) => v,
-        }
+        &self.0
     }
 }
 
@@ -187,27 +181,108 @@ pub struct ScanNotes {
 /// Walks the records of one file. Tolerates zero-filled preallocated tails, garbage between records
 /// (resynchronizing on the magic), records with impossible sizes, and a partially written last record.
 pub fn scan_records(bytes: &[u8], key: &XorKey, magic: [u8; 4], kind: FileKind) -> (Vec<Record>, ScanNotes) {
+    let mut src = SliceSource(bytes);
+    let (recs, _, notes) = walk_records(&mut src, key, magic, kind, 0).expect("a slice cannot fail");
+    (recs, notes)
+}
+
+/// A file's records, the first bytes of each payload, and what else the walk met.
+pub type Scanned = (Vec<Record>, Vec<Vec<u8>>, ScanNotes);
+
+/// Where `walk_records` reads: `get(p, n)` is up to `n` bytes at `p`, fewer only at the end.
+trait Source {
+    fn len(&self) -> u64;
+    fn get(&mut self, p: u64, n: usize) -> Result<&[u8]>;
+}
+
+struct SliceSource<'a>(&'a [u8]);
+
+impl Source for SliceSource<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn get(&mut self, p: u64, n: usize) -> Result<&[u8]> {
+        let p = (p as usize).min(self.0.len());
+        Ok(&self.0[p..(p + n).min(self.0.len())])
+    }
+}
+
+/// A file read through a window of positional reads: a record's header and the start of its
+/// payload are read, its body is stepped over.
+struct FileSource<'a> {
+    file: &'a File,
+    len: u64,
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl FileSource<'_> {
+    const WINDOW: usize = 64 << 10;
+}
+
+impl Source for FileSource<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn get(&mut self, p: u64, n: usize) -> Result<&[u8]> {
+        let in_window = p >= self.base && p + n as u64 <= self.base + self.buf.len() as u64;
+        if !in_window {
+            self.base = p;
+            self.buf.resize(n.max(Self::WINDOW), 0);
+            let mut filled = 0;
+            while filled < self.buf.len() {
+                match self.file.read_at(&mut self.buf[filled..], p + filled as u64) {
+                    Ok(0) => break,
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.buf.truncate(filled);
+        }
+        let from = (p - self.base) as usize;
+        Ok(&self.buf[from.min(self.buf.len())..(from + n).min(self.buf.len())])
+    }
+}
+
+/// The framing walk behind `scan_records` and `BlockFiles::scan`; also keeps the first `head`
+/// bytes of each payload (obfuscated). The length is the file's when the walk began: a file that
+/// grows meanwhile is walked to that length, one that shrinks ends early as a partial tail.
+fn walk_records(
+    src: &mut impl Source,
+    key: &XorKey,
+    magic: [u8; 4],
+    kind: FileKind,
+    head: usize,
+) -> Result<Scanned> {
     let (max_len, trailer) = match kind {
         FileKind::Blk => (MAX_BLOCK_SIZE, 0),
         FileKind::Rev => (MAX_UNDO_SIZE, UNDO_CHECKSUM_LEN as u64),
     };
-    let n = bytes.len() as u64;
-    let at = |p: u64| bytes[p as usize] ^ key.byte(p);
-    let is_magic = |p: u64| p + 4 <= n && (0..4).all(|i| at(p + i) == magic[i as usize]);
+    let n = src.len();
     let mut out = Vec::new();
+    let mut heads = Vec::new();
     let mut notes = ScanNotes::default();
+    let is_magic =
+        |b: &[u8], p: u64| b.len() >= 4 && (0..4).all(|i| b[i] ^ key.byte(p + i as u64) == magic[i]);
     let mut p: u64 = 0;
     while p + 8 <= n {
-        if !is_magic(p) {
+        // The 8-byte record header, and 4 more bytes to tell a header with no payload.
+        let b = src.get(p, 12)?;
+        if b.len() < 8 {
+            notes.partial_tail = true; // shrunk under the walk
+            break;
+        }
+        if !is_magic(b, p) {
             // Unwritten (preallocated) bytes are raw zeros, never obfuscated.
-            notes.skipped += (bytes[p as usize] != 0) as u64;
+            notes.skipped += (b[0] != 0) as u64;
             p += 1;
             continue;
         }
-        let len = u32::from_le_bytes([at(p + 4), at(p + 5), at(p + 6), at(p + 7)]);
+        let len = u32::from_le_bytes(std::array::from_fn(|i| b[4 + i] ^ key.byte(p + 4 + i as u64)));
         // A record whose size field is impossible, or whose payload starts with another magic (a
         // write that stopped after the header), is garbage: look for the next magic.
-        if len == 0 || len > max_len || is_magic(p + 8) {
+        if len == 0 || len > max_len || is_magic(&b[8..], p + 8) {
             p += 1;
             notes.skipped += 1;
             continue;
@@ -217,22 +292,41 @@ pub fn scan_records(bytes: &[u8], key: &XorKey, magic: [u8; 4], kind: FileKind) 
             notes.partial_tail = true;
             break;
         }
+        if head > 0 {
+            let h = src.get(p + 8, head.min(len as usize))?;
+            heads.push(h.to_vec());
+        }
         out.push(Record { offset: p + 8, len });
         p = end;
     }
-    (out, notes)
+    Ok((out, heads, notes))
 }
 
-/// Reads records out of the blocks directory by (file, offset, length), de-obfuscated, mapping
-/// finalized blk files once and reading everything else with positioned reads.
-/// Clones share their maps (a file is mapped once per process, whoever reads it).
+/// Reads records out of the blocks directory by (file, offset, length), de-obfuscated, with
+/// positional reads; or, for a `mapped` one, out of memory maps of the blk files. Files are opened
+/// per read, not kept open: mainnet has thousands of them, more than a process's usual descriptor
+/// limit (a map needs no descriptor once made).
 #[derive(Clone)]
 pub struct BlockFiles {
     dir: PathBuf,
     key: XorKey,
-    maps: Arc<Mutex<HashMap<u32, Arc<Mmap>>>>,
-    /// Reads land at random places (a server's), rather than walk files in order.
-    random: bool,
+    mapped: Option<Arc<Mapped>>,
+}
+
+/// The maps of blk files, and the node's lock that makes them safe. Fields drop in order: every
+/// map is gone before the lock is released (when the last `BlockFiles` sharing it goes; a map is
+/// only borrowed inside a call on one of them).
+struct Mapped {
+    maps: Mutex<HashMap<u32, Arc<Mmap>>>,
+    lock: NodeLock,
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        self.maps.get_mut().unwrap().clear();
+        let locks: Vec<String> = self.lock.paths().map(|p| p.display().to_string()).collect();
+        tracing::info!(locks = ?locks, "blk files unmapped; the node's data-dir lock released");
+    }
 }
 
 impl BlockFiles {
@@ -241,15 +335,58 @@ impl BlockFiles {
         if !blocks_dir.is_dir() {
             bail!("blocks directory {} does not exist", blocks_dir.display());
         }
-        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, maps: Arc::default(), random: false })
+        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, mapped: None })
     }
 
-    /// For reads of single transactions here and there: maps are advised random access, so the
-    /// kernel neither reads ahead nor maps neighbouring pages on a fault, and the process's
-    /// resident set holds the pages it read rather than whole stretches of the files.
-    pub fn for_random_reads(mut self) -> Self {
-        self.random = true;
+    /// For reads of single transactions here and there (a server's). Reads are positional and
+    /// nothing is mapped, so there is nothing to tune: kept for its callers.
+    pub fn for_random_reads(self) -> Self {
         self
+    }
+
+    /// These files with the blk files memory-mapped (the scan walks the maps, reads copy out of
+    /// them), for as long as `lock`, the node's data-dir lock, is held: it is held by the clones of
+    /// the result and released, after their maps are dropped, with the last of them. Rev files are
+    /// still read positionally.
+    pub fn mapped(&self, lock: NodeLock) -> BlockFiles {
+        let mapped = Mapped { maps: Mutex::default(), lock };
+        BlockFiles { dir: self.dir.clone(), key: self.key, mapped: Some(Arc::new(mapped)) }
+    }
+
+    /// Whether blk files are read through maps.
+    pub fn is_mapped(&self) -> bool {
+        self.mapped.is_some()
+    }
+
+    /// Forgets the maps made so far (they are made again on demand), so that the pages they
+    /// touched leave this process's resident set. The lock stays held.
+    pub fn unmap_all(&self) {
+        if let Some(m) = &self.mapped {
+            m.maps.lock().unwrap().clear();
+        }
+    }
+
+    /// A new map of blk file `num`.
+    fn map_file(&self, num: u32) -> Result<Mmap> {
+        let path = self.path(FileKind::Blk, num);
+        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: only called while the node's data-dir lock is held (`mapped`), so no node runs
+        // on this data dir and none can start: nothing appends to, rewrites or truncates the file
+        // while it is mapped (the map is dropped before the lock is released). The node is the
+        // only writer of its blocks directory, and pruning is not supported.
+        unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))
+    }
+
+    /// The shared map of blk file `num`, when blk files are mapped.
+    fn blk_map(&self, kind: FileKind, num: u32) -> Result<Option<Arc<Mmap>>> {
+        let Some(mapped) = self.mapped.as_ref().filter(|_| kind == FileKind::Blk) else {
+            return Ok(None);
+        };
+        if let Some(m) = mapped.maps.lock().unwrap().get(&num) {
+            return Ok(Some(m.clone()));
+        }
+        let m = Arc::new(self.map_file(num)?);
+        Ok(Some(mapped.maps.lock().unwrap().entry(num).or_insert(m).clone()))
     }
 
     pub fn dir(&self) -> &Path {
@@ -264,45 +401,15 @@ impl BlockFiles {
         self.dir.join(kind.file_name(num))
     }
 
-    /// A finalized blk file is one with a successor.
-    fn is_final_blk(&self, num: u32) -> bool {
-        self.path(FileKind::Blk, num + 1).exists()
-    }
-
-    /// The map of blk file `num` if that file is finalized.
-    fn final_map(&self, num: u32) -> Result<Option<Arc<Mmap>>> {
-        if let Some(m) = self.maps.lock().unwrap().get(&num) {
-            return Ok(Some(m.clone()));
-        }
-        if !self.is_final_blk(num) {
-            return Ok(None);
-        }
-        let path = self.path(FileKind::Blk, num);
-        let FileBytes::Mapped(m) = FileBytes::open(&path, true)? else { unreachable!() };
-        if self.random {
-            let _ = m.advise(memmap2::Advice::Random);
-        }
-        let m = Arc::new(m);
-        self.maps.lock().unwrap().insert(num, m.clone());
-        Ok(Some(m))
-    }
-
-    /// Forgets the maps, so that the pages they touched leave this process's resident set.
-    pub fn unmap_all(&self) {
-        self.maps.lock().unwrap().clear();
-    }
-
-    /// The de-obfuscated bytes `offset..offset+len` of a file: always a copy, since the files are
-    /// obfuscated (and a map can be dropped under a borrower by `unmap_all`).
+    /// The de-obfuscated bytes `offset..offset+len` of a file. A range past the file's end (a file
+    /// truncated since the record was found) is an error naming it.
     pub fn read(&self, kind: FileKind, num: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
-        if kind == FileKind::Blk {
-            if let Some(map) = self.final_map(num)? {
-                let end = offset as usize + len;
-                if end > map.len() {
-                    bail!("{}: range {offset}+{len} is past the end", self.path(kind, num).display());
-                }
-                return Ok(self.key.copy(&map[offset as usize..end], offset));
-            }
+        if let Some(map) = self.blk_map(kind, num)? {
+            let end = offset.checked_add(len as u64).filter(|&e| e <= map.len() as u64);
+            let Some(end) = end else {
+                bail!("{}: range {offset}+{len} is past the end", self.path(kind, num).display());
+            };
+            return Ok(self.key.copy(&map[offset as usize..end as usize], offset));
         }
         let path = self.path(kind, num);
         let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -313,10 +420,30 @@ impl BlockFiles {
         Ok(v)
     }
 
-    /// Whole-file bytes for scanning: mapped when final, read otherwise. Still obfuscated.
+    /// Whole-file bytes, still obfuscated.
     pub fn file_bytes(&self, kind: FileKind, num: u32) -> Result<FileBytes> {
-        let map = kind == FileKind::Blk && self.is_final_blk(num);
-        FileBytes::open(&self.path(kind, num), map)
+        FileBytes::read(&self.path(kind, num))
+    }
+
+    /// The records of a file and the first `head` bytes of each payload (de-obfuscated), read
+    /// through a small window, or walked in a map of the file when blk files are mapped (a map of
+    /// its own, dropped after the walk): record bodies are stepped over, not read.
+    pub fn scan(&self, kind: FileKind, num: u32, magic: [u8; 4], head: usize) -> Result<Scanned> {
+        let path = self.path(kind, num);
+        let (recs, mut heads, notes) = if self.mapped.is_some() && kind == FileKind::Blk {
+            let map = self.map_file(num)?;
+            walk_records(&mut SliceSource(&map), &self.key, magic, kind, head)?
+        } else {
+            let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let len = file.metadata()?.len();
+            let mut src = FileSource { file: &file, len, base: 0, buf: Vec::new() };
+            walk_records(&mut src, &self.key, magic, kind, head)
+                .with_context(|| format!("reading {}", path.display()))?
+        };
+        for (r, h) in recs.iter().zip(&mut heads) {
+            self.key.apply(h, r.offset);
+        }
+        Ok((recs, heads, notes))
     }
 }
 
@@ -376,6 +503,18 @@ mod tests {
             let mut obf = file.clone();
             key.apply(&mut obf, 0);
             let (recs, notes) = scan_records(&obf, &key, MAGIC, FileKind::Blk);
+            // The same walk through positional reads of the file, with the payloads' heads.
+            let dir = tempfile::tempdir().unwrap();
+            if !key.is_zero() {
+                std::fs::write(dir.path().join("xor.dat"), key.0).unwrap();
+            }
+            std::fs::write(dir.path().join("blk00000.dat"), &obf).unwrap();
+            let files = BlockFiles::open(dir.path()).unwrap();
+            let (from_file, heads, file_notes) = files.scan(FileKind::Blk, 0, MAGIC, 20).unwrap();
+            assert_eq!((&from_file, &file_notes), (&recs, &notes));
+            let want: Vec<Vec<u8>> = [1u8, 2, 3].iter().map(|&b| vec![b; 10]).collect();
+            let got: Vec<Vec<u8>> = heads.iter().map(|h| h[..10].to_vec()).collect();
+            assert_eq!(got, want);
             assert_eq!(recs.len(), 3, "{recs:?}");
             assert_eq!(recs[0], Record { offset: 8, len: 100 });
             assert_eq!(recs[1], Record { offset: second_at + 8, len: 50 });
@@ -394,6 +533,89 @@ mod tests {
         let (recs, notes) = scan_records(&[0u8; 1000], &XorKey::default(), MAGIC, FileKind::Blk);
         assert!(recs.is_empty());
         assert_eq!(notes, ScanNotes::default());
+    }
+
+    /// A blk file truncated under a reader that has read it (as bitcoind may after an unclean
+    /// shutdown): a read past the new end is a clear error for that read, not SIGBUS, and reads
+    /// below it go on.
+    #[test]
+    fn a_file_truncated_under_a_reader_is_an_error_for_that_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = XorKey([9, 8, 7, 6, 5, 4, 3, 2]);
+        std::fs::write(dir.path().join("xor.dat"), key.0).unwrap();
+        let mut file = frame(&[1u8; 5000]);
+        file.extend_from_slice(&frame(&[2u8; 100_000]));
+        key.apply(&mut file, 0);
+        let path = dir.path().join("blk00000.dat");
+        std::fs::write(&path, &file).unwrap();
+        // A successor: the rule is the same for a file below the highest-numbered one.
+        std::fs::write(dir.path().join("blk00001.dat"), []).unwrap();
+        let files = BlockFiles::open(dir.path()).unwrap();
+        let second = 8 + 5000 + 8;
+        assert_eq!(files.read(FileKind::Blk, 0, second, 100_000).unwrap(), vec![2u8; 100_000]);
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(second + 50_000).unwrap();
+        let err = files.read(FileKind::Blk, 0, second, 100_000).unwrap_err();
+        assert!(format!("{err:#}").contains("blk00000.dat: cannot read 100000 bytes at 5016"), "{err:#}");
+        assert_eq!(files.read(FileKind::Blk, 0, 8, 5000).unwrap(), vec![1u8; 5000]);
+        // A scan of the shorter file sees the first record and a partial tail.
+        let (recs, _, notes) = files.scan(FileKind::Blk, 0, MAGIC, 80).unwrap();
+        assert_eq!(recs, vec![Record { offset: 8, len: 5000 }]);
+        assert!(notes.partial_tail);
+    }
+
+    /// Under the node's lock the blk files are mapped: the scan and reads give what positional
+    /// reads give, a range past the end is an error, rev files are still read positionally, and
+    /// the lock is released (maps first) with the last clone.
+    #[test]
+    fn mapped_files_read_as_positional_ones_while_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = dir.path().join("blocks");
+        std::fs::create_dir(&blocks).unwrap();
+        let key = XorKey([9, 8, 7, 6, 5, 4, 3, 2]);
+        std::fs::write(blocks.join("xor.dat"), key.0).unwrap();
+        let mut file = frame(&[1u8; 5000]);
+        file.extend_from_slice(&frame(&[2u8; 3000]));
+        file.extend_from_slice(&[0u8; 1000]); // a preallocated tail
+        key.apply(&mut file, 0);
+        std::fs::write(blocks.join("blk00000.dat"), &file).unwrap();
+        std::fs::write(blocks.join("blk00001.dat"), []).unwrap();
+        std::fs::write(blocks.join("rev00000.dat"), [7u8; 64]).unwrap();
+        let plain = BlockFiles::open(&blocks).unwrap();
+        let lock = NodeLock::try_take(&[dir.path(), &blocks]).unwrap();
+        let mapped = plain.mapped(lock);
+        assert!(mapped.is_mapped() && !plain.is_mapped());
+        for num in [0, 1] {
+            assert_eq!(
+                mapped.scan(FileKind::Blk, num, MAGIC, 80).unwrap(),
+                plain.scan(FileKind::Blk, num, MAGIC, 80).unwrap()
+            );
+        }
+        let (recs, _, _) = mapped.scan(FileKind::Blk, 0, MAGIC, 80).unwrap();
+        assert_eq!(recs.len(), 2);
+        for r in &recs {
+            let got = mapped.read(FileKind::Blk, 0, r.offset, r.len as usize).unwrap();
+            assert_eq!(got, plain.read(FileKind::Blk, 0, r.offset, r.len as usize).unwrap());
+        }
+        let clone = mapped.clone();
+        mapped.unmap_all();
+        assert_eq!(clone.read(FileKind::Blk, 0, 8, 5000).unwrap(), vec![1u8; 5000]);
+        let err = clone.read(FileKind::Blk, 0, file.len() as u64 - 10, 20).unwrap_err();
+        assert!(format!("{err:#}").contains("past the end"), "{err:#}");
+        assert_eq!(clone.read(FileKind::Rev, 0, 0, 8).unwrap(), plain.read(FileKind::Rev, 0, 0, 8).unwrap());
+        // Held by the clones: another lock of the node's kind (a write lock) fails until the last.
+        let node_lock = || {
+            let f =
+                std::fs::OpenOptions::new().read(true).write(true).open(dir.path().join(".lock")).unwrap();
+            // SAFETY: plain data, and the descriptor is open for the call.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as _;
+            fl.l_whence = libc::SEEK_SET as _;
+            (unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_OFD_SETLK, &fl) } == 0, f)
+        };
+        drop(mapped);
+        assert!(!node_lock().0, "the lock went with a clone still alive");
+        drop(clone);
+        assert!(node_lock().0, "the lock was not released with the last clone");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod hashes;
 pub mod merkle;
 pub mod network;
+pub mod nodelock;
 pub mod parse;
 pub mod query;
 pub mod rpc;

@@ -42,10 +42,19 @@ pub struct Rpc {
 }
 
 impl Rpc {
+    /// The overall timeout of a call (connect, send, wait, read) for `Rpc::new`.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
     pub fn new(addr: &str, auth: Auth) -> Self {
+        Self::with_timeout(addr, auth, Self::DEFAULT_TIMEOUT)
+    }
+
+    /// As `new`, with `timeout` as each call's overall bound instead of the default 120 s; a call
+    /// that takes longer fails with a transient error (the node is slow, not wrong).
+    pub fn with_timeout(addr: &str, auth: Auth, timeout: Duration) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
+            .timeout_global(Some(timeout))
             .build()
             .into();
         Rpc { agent, addr: addr.to_string(), auth }
@@ -105,12 +114,21 @@ impl Rpc {
             let body = body.lines().next().unwrap_or("").chars().take(200).collect();
             return Err(RpcError::Busy { addr: self.addr.clone(), status, body });
         }
-        let reply: Value = resp
-            .body_mut()
-            .with_config()
-            .limit(512 << 20)
-            .read_json()
-            .map_err(|e| RpcError::Protocol(format!("{method}: HTTP {status}: {e}")))?;
+        // The body is read first and parsed after, so that a connection lost mid-reply (a node
+        // restarting, a proxy resetting) is told apart from a malformed reply: the first is
+        // transient, the second is not.
+        let bytes = match resp.body_mut().with_config().limit(512 << 20).read_to_vec() {
+            Ok(b) => b,
+            Err(e @ ureq::Error::BodyExceedsLimit(_)) => {
+                return Err(RpcError::Protocol(format!("{method}: HTTP {status}: {e}")))
+            }
+            Err(e) => return Err(unreachable(format!("{method}: the reply was cut short: {e}"))),
+        };
+        let reply: Value = serde_json::from_slice(&bytes).map_err(|e| match e.is_eof() {
+            // A reply without Content-Length that stops early.
+            true => unreachable(format!("{method}: the reply was cut short: {e}")),
+            false => RpcError::Protocol(format!("{method}: HTTP {status}: {e}")),
+        })?;
         if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
             return Err(RpcError::Rpc {
                 code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
@@ -207,6 +225,56 @@ mod amount_tests {
         assert!(matches!(err, RpcError::Busy { status: 503, .. }), "{err:?}");
         assert!(err.is_transient());
         assert!(err.to_string().contains("Work queue depth exceeded"), "{err}");
+    }
+
+    /// A node that stops mid-reply (restarting, or a reset): transient, like a refused connection.
+    #[test]
+    fn a_reply_cut_short_is_a_transient_error() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            for with_length in [true, false] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let length = if with_length { "Content-Length: 100\r\n" } else { "" };
+                let reply = format!("HTTP/1.1 200 OK\r\n{length}Connection: close\r\n\r\n{{\"result\":");
+                s.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        let rpc = Rpc::new(&addr, Auth::UserPass("u".into(), "p".into()));
+        for _ in 0..2 {
+            let err = rpc.call("getblockcount", json!([])).unwrap_err();
+            assert!(err.is_transient(), "{err:?}");
+            assert!(err.to_string().contains("cut short"), "{err}");
+        }
+        server.join().unwrap();
+    }
+
+    /// A node that takes the call and never answers: `with_timeout` bounds the wait, and the
+    /// error is transient.
+    #[test]
+    fn with_timeout_bounds_a_call_to_a_silent_node() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = done_rx.recv(); // holds the connection open, silent, until the client gave up
+        });
+        let rpc =
+            Rpc::with_timeout(&addr, Auth::UserPass("u".into(), "p".into()), Duration::from_millis(300));
+        let t = std::time::Instant::now();
+        let err = rpc.call("getblockcount", json!([])).unwrap_err();
+        let took = t.elapsed();
+        done_tx.send(()).unwrap();
+        server.join().unwrap();
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(10), "{took:?}");
+        assert!(err.is_transient(), "{err:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod expect;
 pub mod node;
+pub mod proxy;
 pub mod verify;
 
 pub use node::{Node, NodeOptions};

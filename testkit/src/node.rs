@@ -114,8 +114,7 @@ impl Node {
         }
     }
 
-    fn spawn(&mut self) -> Result<()> {
-        let bin = node_bin_dir()?.join("bitcoind");
+    fn args(&self) -> Vec<String> {
         let zmq = format!("tcp://127.0.0.1:{}", self.zmq_port);
         let mut args = vec![
             "-regtest".to_string(),
@@ -153,8 +152,13 @@ impl Node {
             args.push("-blocksxor=0".into());
         }
         args.extend(self.opts.extra_args.iter().cloned());
+        args
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = node_bin_dir()?.join("bitcoind");
         let child = Command::new(&bin)
-            .args(&args)
+            .args(self.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -219,6 +223,38 @@ impl Node {
             child.wait()?;
         }
         Ok(())
+    }
+
+    /// Starts the (stopped) node's bitcoind expecting it to refuse to start: returns its stderr
+    /// once it exits unsuccessfully within `within`; an error if it is still running then (it is
+    /// stopped again) or exits with success.
+    pub fn start_refused(&mut self, within: Duration) -> Result<String> {
+        use std::io::Read;
+        anyhow::ensure!(self.child.is_none(), "the node is running");
+        let bin = node_bin_dir()?.join("bitcoind");
+        let mut child = Command::new(&bin)
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                self.child = Some(child);
+                self.stop()?;
+                bail!("bitcoind was still running after {within:?}: it did not refuse to start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr)?;
+        anyhow::ensure!(!status.success(), "bitcoind exited with success: {stderr}");
+        Ok(stderr)
     }
 
     /// Restarts with the same data dir and ports.

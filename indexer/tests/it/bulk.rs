@@ -24,10 +24,16 @@ fn indexer(node: &Node, db: &Path, extra: &[&str]) -> Output {
     out
 }
 
-fn index_ok(node: &Node, db: &Path, extra: &[&str]) {
+fn index_ok(node: &Node, db: &Path, extra: &[&str]) -> String {
     let out = indexer(node, db, extra);
-    assert!(out.status.success(), "indexer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "indexer failed: {stderr}");
+    stderr
 }
+
+const MAPPED: &str = "node stopped: blk files memory-mapped";
+const POSITIONAL: &str = "node running: blk files read with positional reads";
+const RELEASED: &str = "blk files unmapped; the node's data-dir lock released";
 
 fn open(node: &Node, db: &Path) -> IndexReader {
     open_index(node, db)
@@ -42,7 +48,9 @@ fn rich_chain_with_xor_matches_the_node() -> Result<()> {
     let want = expected(&node)?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
-    index_ok(&node, &db, &[]);
+    // The node runs: its lock cannot be taken, so nothing is mapped.
+    let log = index_ok(&node, &db, &[]);
+    assert!(log.contains(POSITIONAL) && !log.contains(MAPPED), "{log}");
     let index = open(&node, &db);
     check(&node, &index, &want)?;
     // The reorg left stale blocks in the files; their transactions are not indexed.
@@ -124,9 +132,49 @@ fn offline_index_of_a_stopped_node() -> Result<()> {
     node.stop()?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
-    index_ok(&node, &db, &["--offline"]);
+    // The node is stopped: the pass takes its lock, maps the blk files, and releases the lock
+    // when it ends (the node then starts again).
+    let log = index_ok(&node, &db, &["--offline"]);
+    assert!(log.contains(MAPPED) && log.contains("until the bulk pass ends"), "{log}");
+    assert!(log.find(RELEASED) > log.find(MAPPED), "{log}");
+    // Many small batches: the maps are dropped between them and made again.
+    let small = dir.path().join("small");
+    let log = index_ok(&node, &small, &["--offline", "--batch-kb", "8"]);
+    assert!(log.contains(MAPPED) && log.contains(RELEASED), "{log}");
     node.restart()?;
     check(&node, &open(&node, &db), &want)?;
+    check(&node, &open(&node, &small), &want)?;
+    Ok(())
+}
+
+/// The proof behind mapping: while the bulk pass holds the node's data-dir lock (taken as the
+/// pass takes it), a real bitcoind started on that data dir refuses to start, so none can change
+/// a mapped file; released, the node starts.
+#[test]
+fn a_node_cannot_start_while_the_bulk_pass_holds_its_lock() -> Result<()> {
+    let mut node = Node::start(NodeOptions::default())?;
+    ChainBuilder::new(&node)?.mine(3)?;
+    let config = blkindex_shared::config::NodeConfig::derive(
+        "regtest".parse::<blkindex_shared::Net>().unwrap(),
+        &node.datadir,
+        None,
+        None,
+        None,
+    )?;
+    let err = blkindex_indexer::take_node_lock(&config).unwrap_err();
+    assert!(err.held && err.reason.contains("cannot lock"), "{err}");
+    let height = node.height()?;
+    node.stop()?;
+    let lock = blkindex_indexer::take_node_lock(&config)?;
+    let stderr = node.start_refused(std::time::Duration::from_secs(60))?;
+    let debug_log = std::fs::read_to_string(node.datadir.join("regtest/debug.log")).unwrap_or_default();
+    assert!(
+        stderr.contains("Cannot obtain a lock on") || debug_log.contains("Cannot obtain a lock on"),
+        "{stderr}"
+    );
+    drop(lock);
+    node.restart()?;
+    assert_eq!(node.height()?, height);
     Ok(())
 }
 

@@ -16,16 +16,16 @@ use blkindex_testkit::verify::{
 };
 use blkindex_testkit::{Node, NodeOptions};
 
-fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_blkindex-indexer"))
 }
 
-fn fresh_db(node: &Node, dir: &Path) -> PathBuf {
+pub(crate) fn fresh_db(node: &Node, dir: &Path) -> PathBuf {
     dir.join(format!("fresh-{}", node.height().unwrap()))
 }
 
 /// A fresh bulk index of the node's chain as it is now, to compare with.
-fn fresh_digest(node: &Node, dir: &Path) -> Digest {
+pub(crate) fn fresh_digest(node: &Node, dir: &Path) -> Digest {
     let db = fresh_db(node, dir);
     let out =
         indexer_command(&bin(), node, &db).args(["--no-follow", "--progress", "none"]).output().unwrap();
@@ -34,7 +34,7 @@ fn fresh_digest(node: &Node, dir: &Path) -> Digest {
 }
 
 /// The follower's index equals a fresh one and answers every query as the node does.
-fn assert_matches_node(f: &mut Indexer, node: &Node, db: &Path, dir: &Path) -> Result<()> {
+pub(crate) fn assert_matches_node(f: &mut Indexer, node: &Node, db: &Path, dir: &Path) -> Result<()> {
     f.wait_synced(node, db)?;
     let fresh = fresh_digest(node, dir);
     if digest(db) != fresh {
@@ -49,7 +49,7 @@ fn assert_matches_node(f: &mut Indexer, node: &Node, db: &Path, dir: &Path) -> R
 }
 
 /// A node with the rich test chain and an indexer following it, synced.
-fn following(extra: &[&str]) -> Result<(Node, tempfile::TempDir, PathBuf, Indexer)> {
+pub(crate) fn following(extra: &[&str]) -> Result<(Node, tempfile::TempDir, PathBuf, Indexer)> {
     let node = Node::start(NodeOptions::default())?;
     build_rich_chain(&node)?;
     let dir = tempfile::tempdir()?;
@@ -143,7 +143,7 @@ fn killed_at_random_moments_while_blocks_and_reorgs_arrive() -> Result<()> {
 }
 
 /// Waits until the follower's log holds `what`; returns the log.
-fn wait_for_log(f: &Indexer, what: &str, secs: u64) -> Result<String> {
+pub(crate) fn wait_for_log(f: &Indexer, what: &str, secs: u64) -> Result<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let log = std::fs::read_to_string(&f.log)?;

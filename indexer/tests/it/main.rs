@@ -2,4 +2,5 @@
 //! follower, each against real regtest nodes.
 
 mod bulk;
+mod faults;
 mod follow;
