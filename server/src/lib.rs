@@ -58,6 +58,9 @@ use blkindex_shared::store::{Mode, Store};
 pub use config::{Config, Transport};
 use listen::Admission;
 
+/// The longest a node call made for a client may take.
+const CLIENT_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What the server serves on, bound before `run` (port 0 lets the system choose: `addrs` tells
 /// which), with the TLS material checked before anything is bound.
 pub struct Listeners {
@@ -105,7 +108,7 @@ pub async fn run(
     let node = config.node.node()?;
     let secondary = &config.secondary_dir;
     // Two secondary instances that take turns (see `state`), sharing the blk files' maps.
-    let blocks = BlockFiles::open(&node.blocks_dir)?.for_random_reads();
+    let blocks = BlockFiles::open(&node.blocks_dir)?;
     let open = |which: &str| -> Result<IndexReader> {
         std::fs::create_dir_all(secondary.join(which))
             .with_context(|| format!("creating {}", secondary.join(which).display()))?;
@@ -115,6 +118,9 @@ pub async fn run(
     };
     let (index, standby) = (open("a")?, open("b")?);
     let rpc = Rpc::new(&node.rpc_addr, node.auth.clone());
+    // A client waits for its node call; a node that takes the connection and never answers must
+    // not hold it for the background tasks' two minutes.
+    let client_rpc = Rpc::with_timeout(&node.rpc_addr, node.auth.clone(), CLIENT_RPC_TIMEOUT);
     let published = node.zmq_notifications(&rpc);
 
     let metrics = Arc::new(metrics::Metrics::new());
@@ -138,7 +144,7 @@ pub async fn run(
     let peers = Arc::new(peers(&config, &settings.info)?);
     let scripts =
         script_cache::ScriptCache::new(config.script_cache_bytes, settings.info.max_history, metrics.clone());
-    let (state, events_rx) = state::State::new(index, rpc, settings, metrics, scripts, peers);
+    let (state, events_rx) = state::State::new(index, rpc, client_rpc, settings, metrics, scripts, peers);
     info!(tip = ?state.tip().map(|t| t.height), "index opened");
     let mut tasks = tasks::Tasks::default();
     if config.peer_discovery {

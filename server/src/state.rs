@@ -64,7 +64,9 @@ pub struct State {
     /// The current index, swapped (never modified in place) by the catch-up task.
     index: RwLock<Arc<IndexReader>>,
     mempool: RwLock<Mempool>,
+    /// The node, for the tasks (the mempool driver), and for clients' calls (a shorter timeout).
     rpc: Rpc,
+    client_rpc: Rpc,
     tip: watch::Sender<Option<Tip>>,
     /// Script hashes whose unconfirmed side changed.
     mempool_changes: broadcast::Sender<Arc<HashSet<ScriptHash>>>,
@@ -100,6 +102,7 @@ impl State {
     pub fn new(
         index: IndexReader,
         rpc: Rpc,
+        client_rpc: Rpc,
         settings: Settings,
         metrics: Arc<Metrics>,
         scripts: ScriptCache,
@@ -118,6 +121,7 @@ impl State {
             index: RwLock::new(Arc::new(index)),
             mempool: RwLock::new(Mempool::default()),
             rpc,
+            client_rpc,
             tip: watch::Sender::new(tip),
             mempool_changes: broadcast::Sender::new(256),
             wake_catch_up: Notify::new(),
@@ -202,7 +206,7 @@ impl State {
             anyhow::bail!("the node is busy: too many calls waiting for it");
         };
         let state = self.clone();
-        Ok(tokio::task::spawn_blocking(move || state.rpc.call(method, params)).await??)
+        Ok(tokio::task::spawn_blocking(move || state.client_rpc.call(method, params)).await??)
     }
 
     /// `node(method, params)`, its answer reused for `--fee-cache-secs`.

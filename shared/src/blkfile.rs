@@ -338,12 +338,6 @@ impl BlockFiles {
         Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, mapped: None })
     }
 
-    /// For reads of single transactions here and there (a server's). Reads are positional and
-    /// nothing is mapped, so there is nothing to tune: kept for its callers.
-    pub fn for_random_reads(self) -> Self {
-        self
-    }
-
     /// These files with the blk files memory-mapped (the scan walks the maps, reads copy out of
     /// them), for as long as `lock`, the node's data-dir lock, is held: it is held by the clones of
     /// the result and released, after their maps are dropped, with the last of them. Rev files are
