@@ -4,13 +4,14 @@
 //!
 //! Data flow: `blkfile` (framing, xor) → `parse` (zero-copy blocks) + `undo` (rev records) →
 //! `schema` (rows and keys) → `bucket` (values) → `store` (RocksDB) → `query` (answers).
-//! `store`, `chain` and `query` are the `store` feature (default).
+//! `store`, `chain` and `query` are the `store` feature (default); `fuzzing` holds the fuzz targets' bodies.
 
 pub mod blkfile;
 pub mod bucket;
 #[cfg(feature = "store")]
 pub mod chain;
 pub mod config;
+pub mod fuzzing;
 pub mod hashes;
 pub mod merkle;
 pub mod network;
