@@ -20,6 +20,8 @@ mod call;
 mod catch_up;
 mod config;
 #[cfg(test)]
+mod fuzzing;
+#[cfg(test)]
 mod layers;
 mod listen;
 mod mempool;
