@@ -78,7 +78,7 @@ fn check_block(data: &[u8]) {
         (Ok(_), Err(e)) => assert!(empty_witnesses(e), "rust-bitcoin rejects a block the walk accepts: {e}"),
         (Err(e), Ok(block)) => {
             assert!(
-                block.txdata.iter().any(walk_differs),
+                block.txdata.is_empty() || block.txdata.iter().any(walk_differs),
                 "the walk rejects a block rust-bitcoin accepts: {e}"
             );
         }
@@ -132,7 +132,8 @@ fn empty_witnesses(e: &bitcoin::consensus::encode::Error) -> bool {
     matches!(e, bitcoin::consensus::encode::Error::ParseFailed(m) if m.contains("no witnesses"))
 }
 
-/// What rust-bitcoin accepts and the walk refuses, by design: a segwit transaction without inputs
+/// What rust-bitcoin accepts and the walk refuses, by design (besides a block of no transactions,
+/// which has no coinbase): a segwit transaction without inputs
 /// (rust-bitcoin reads one; Core's serialization never writes one, as a legacy transaction with no
 /// inputs reads as the segwit marker), and, in a block, transactions without outputs or inputs,
 /// which consensus forbids and whose sizes (under 60 bytes) the walk's count bound does not allow
@@ -142,7 +143,7 @@ fn walk_differs(tx: &Transaction) -> bool {
 }
 
 /// Undo record payloads: decoded, every coin's script range lies in the scripts and follows the one
-/// before, the per-transaction counts add up to the coins, the template scripts have their sizes,
+/// before, the per-transaction counts add up to the coins, no script is over the consensus limit,
 /// and the cheap count agrees.
 pub fn undo(data: &[u8]) {
     let Ok(undo) = BlockUndo::decode(data) else { return };
@@ -153,13 +154,8 @@ pub fn undo(data: &[u8]) {
         assert_eq!(coin.script.start, end);
         end = coin.script.end;
         let script = undo.script(coin);
+        // Over the consensus limit a script is kept as OP_RETURN alone, as Core reads it back.
         assert!(script.len() <= 10_000 || script == [0x6a]);
-        match script.len() {
-            25 if script[..3] == [0x76, 0xa9, 20] => assert_eq!(script[23..], [0x88, 0xac]),
-            35 if script[0] == 33 => assert!(matches!(script[1], 2 | 3) && script[34] == 0xac),
-            67 if script[0] == 65 => assert!(script[1] == 4 && script[66] == 0xac),
-            _ => {}
-        }
     }
     assert_eq!(end as usize, undo.scripts.len());
 }
