@@ -57,8 +57,11 @@ pub fn block(data: &[u8]) {
     check_transaction(data);
 }
 
+/// What the walk read of one transaction: its bytes, txid, input count, outputs (value, script).
+type Walked = (Vec<u8>, bitcoin::Txid, usize, Vec<(u64, Vec<u8>)>);
+
 fn check_block(data: &[u8]) {
-    let mut ours: Vec<(Vec<u8>, bitcoin::Txid, usize, Vec<(u64, Vec<u8>)>)> = Vec::new();
+    let mut ours: Vec<Walked> = Vec::new();
     let walked = for_each_tx::<DecodeError>(data, |i, tx| {
         assert_eq!(i, ours.len());
         ours.push((tx.raw.to_vec(), tx.txid, tx.inputs.len(), outputs(tx)));
