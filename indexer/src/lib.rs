@@ -19,6 +19,8 @@ mod rowsort;
 mod scan;
 mod source;
 mod tail;
+#[cfg(test)]
+mod undo_redo;
 mod unwind;
 mod zmq;
 

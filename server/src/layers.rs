@@ -19,6 +19,8 @@ const LAYERS: &[&[&str]] = &[
     &["session"],
     // The Electrum methods, by protocol version.
     &["methods"],
+    // The fuzz targets' bodies (tests only here; fuzz/ compiles it with `call` and `protocol`).
+    &["fuzzing"],
     // A request parsed into a typed call, its arguments checked.
     &["call"],
     // What computes statuses and what keeps the state current.

@@ -21,6 +21,8 @@ mod catch_up;
 mod config;
 mod cost;
 #[cfg(test)]
+mod fuzzing;
+#[cfg(test)]
 mod layers;
 mod listen;
 mod mempool;

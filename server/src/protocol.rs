@@ -207,7 +207,7 @@ impl std::error::Error for ServerError {}
 /// or the index's refusal to read a script's history past the limit.
 impl From<anyhow::Error> for ServerError {
     fn from(e: anyhow::Error) -> Self {
-        if let Some(too_many) = e.downcast_ref::<blkindex_shared::query::TooManyRows>() {
+        if let Some(too_many) = e.downcast_ref::<blkindex_shared::bucket::TooManyRows>() {
             return ServerError::HistoryTooLarge(too_many.max);
         }
         match e.downcast::<ServerError>() {

@@ -157,6 +157,16 @@ pub fn truncate(value: &[u8], rest_len: usize, from: TxNum) -> Result<Vec<u8>, D
     Ok(out)
 }
 
+/// A script with more index rows than a caller allows: refused before any of its transactions
+/// is read. Rows are candidates (5-byte prefixes), so the count can exceed the true history by
+/// the rare prefix collision, never fall short of it.
+#[derive(Debug, thiserror::Error)]
+#[error("the script has {rows} index rows, more than the limit of {max}")]
+pub struct TooManyRows {
+    pub rows: usize,
+    pub max: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

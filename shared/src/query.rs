@@ -79,15 +79,7 @@ pub struct ScriptScan {
     script: Option<Vec<u8>>,
 }
 
-/// A script with more index rows than a caller allows: refused before any of its transactions
-/// is read. Rows are candidates (5-byte prefixes), so the count can exceed the true history by
-/// the rare prefix collision, never fall short of it.
-#[derive(Debug, thiserror::Error)]
-#[error("the script has {rows} index rows, more than the limit of {max}")]
-pub struct TooManyRows {
-    pub rows: usize,
-    pub max: usize,
-}
+pub use crate::bucket::TooManyRows;
 
 /// A transaction read by number: (txnum, bytes, height, position in its block).
 type NumberedTx = (TxNum, Vec<u8>, Height, u32);
