@@ -124,7 +124,7 @@ impl PrefixTree {
         }
         self.levels[k].push(root);
         let level = &self.levels[k];
-        if level.len() % 2 == 0 {
+        if level.len().is_multiple_of(2) {
             let parent = sha256d_64(&level[level.len() - 2], &level[level.len() - 1]);
             self.push(k + 1, parent);
         }
