@@ -165,13 +165,14 @@ impl Mempool {
         scripts.extend(
             tx.output.iter().zip(&funded).filter(|(o, _)| !o.script_pubkey.is_op_return()).map(|(_, sh)| *sh),
         );
-        // Children already here (a parent back from a reorged block) are at height -1 now.
-        self.children_scripts(&txid, funded.len(), &mut scripts);
         scripts.sort();
         scripts.dedup();
         for sh in &scripts {
             self.by_script.entry(*sh).or_default().insert(txid);
         }
+        // Children already here (a parent back from a reorged block) are at height -1 now:
+        // their scripts changed too (they are not this transaction's).
+        self.children_scripts(&txid, funded.len(), &mut scripts);
         for (op, ..) in &spent {
             self.spenders.insert(*op, txid);
         }
