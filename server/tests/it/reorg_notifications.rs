@@ -134,6 +134,12 @@ fn expect_notified(what: &str, c: &mut Conn, server: &Server, story: &Story, wan
     std::thread::sleep(Duration::from_millis(500));
     c.call("server.ping", json!([]));
     assert_eq!(last_notified(&c.notifications, story), expected, "{what}: {:#?}", c.notifications);
+    // Each phase's branch is one block longer than the last: no tip below the one served before
+    // was shown while the reorg was applied block by block.
+    for n in c.notifications.iter().filter(|n| n["method"] == "blockchain.headers.subscribe") {
+        let h = n["params"][0]["height"].as_u64().unwrap();
+        assert!(h + 1 >= tip, "{what}: the tip fell back to {h} on the way to {tip}");
+    }
     let mut fresh = Conn::open(&server.addr);
     fresh.result("server.version", json!(["t", "1.7"]));
     assert_eq!(
