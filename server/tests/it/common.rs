@@ -285,3 +285,19 @@ pub fn status_of(history: &[(bitcoin::Txid, i64)]) -> Option<String> {
     let text: String = confirmed.iter().chain(unconfirmed.iter()).map(|(t, h)| format!("{t}:{h}:")).collect();
     (!text.is_empty()).then(|| hex::encode(sha256::Hash::hash(text.as_bytes()).to_byte_array()))
 }
+
+/// A header at `height` in the deserialized form of protocol 1.0–1.3, from the node.
+pub fn header_dict(node: &Node, height: u64) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let hash = node.call("getblockhash", json!([height]))?;
+    let h = node.call("getblockheader", json!([hash]))?;
+    Ok(json!({
+        "block_height": height,
+        "version": h["version"],
+        "prev_block_hash": h.get("previousblockhash").cloned().unwrap_or(json!("00".repeat(32))),
+        "merkle_root": h["merkleroot"],
+        "timestamp": h["time"],
+        "bits": u32::from_str_radix(h["bits"].as_str().unwrap(), 16)?,
+        "nonce": h["nonce"],
+    }))
+}

@@ -14,124 +14,14 @@ use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, BlockHash, Network, OutPoint, ScriptBuf, Transaction, Txid};
 use serde_json::{json, Value};
 
-use blkindex_shared::ScriptHash;
 use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
 use blkindex_testkit::expect::{expected, Expected};
 use blkindex_testkit::{Node, NodeOptions};
 
-use crate::common::{indexed, status_of, Conn, Server};
+use crate::common::{header_dict, indexed, status_of, Conn, Server};
 
-type Version = (u32, u32, u32);
-const NEVER: Version = (u32::MAX, 0, 0);
-
-/// `protocol::METHODS` of the server crate, which does not export it (`mod protocol` is private
-/// in `server/src/lib.rs`): kept here, and `the_method_table_is_the_servers` compares it with the
-/// table in `server/src/protocol.rs`.
-const METHODS: &[(&str, Version, Version)] = &[
-    ("server.version", (1, 0, 0), NEVER),
-    ("server.banner", (1, 0, 0), NEVER),
-    ("server.donation_address", (1, 0, 0), NEVER),
-    ("server.peers.subscribe", (1, 0, 0), NEVER),
-    ("server.features", (1, 1, 0), NEVER),
-    ("server.add_peer", (1, 1, 0), NEVER),
-    ("server.ping", (1, 2, 0), NEVER),
-    ("blockchain.numblocks.subscribe", (1, 0, 0), (1, 1, 0)),
-    ("blockchain.headers.subscribe", (1, 0, 0), NEVER),
-    ("blockchain.block.get_header", (1, 0, 0), (1, 4, 0)),
-    ("blockchain.block.get_chunk", (1, 0, 0), (1, 4, 0)),
-    ("blockchain.block.header", (1, 3, 0), NEVER),
-    ("blockchain.block.headers", (1, 2, 0), NEVER),
-    ("blockchain.address.get_balance", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.address.get_history", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.address.get_mempool", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.address.listunspent", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.address.subscribe", (1, 0, 0), (1, 3, 0)),
-    ("blockchain.utxo.get_address", (1, 0, 0), (1, 1, 0)),
-    ("blockchain.scripthash.get_balance", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.get_history", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.get_mempool", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.listunspent", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.subscribe", (1, 1, 0), (1, 7, 0)),
-    ("blockchain.scripthash.unsubscribe", (1, 4, 2), (1, 7, 0)),
-    ("blockchain.scriptpubkey.get_balance", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.get_history", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.get_mempool", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.listunspent", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.subscribe", (1, 7, 0), NEVER),
-    ("blockchain.scriptpubkey.unsubscribe", (1, 7, 0), NEVER),
-    ("blockchain.outpoint.subscribe", (1, 7, 0), NEVER),
-    ("blockchain.outpoint.unsubscribe", (1, 7, 0), NEVER),
-    ("blockchain.outpoint.get_status", (1, 7, 0), NEVER),
-    ("blockchain.transaction.broadcast", (1, 0, 0), NEVER),
-    ("blockchain.transaction.broadcast_package", (1, 6, 0), NEVER),
-    ("blockchain.transaction.testmempoolaccept", (1, 7, 0), NEVER),
-    ("blockchain.transaction.get", (1, 0, 0), NEVER),
-    ("blockchain.transaction.get_merkle", (1, 0, 0), NEVER),
-    ("blockchain.transaction.id_from_pos", (1, 4, 0), NEVER),
-    ("blockchain.estimatefee", (1, 0, 0), NEVER),
-    ("blockchain.relayfee", (1, 0, 0), (1, 6, 0)),
-    ("mempool.get_fee_histogram", (1, 2, 0), NEVER),
-    ("mempool.get_info", (1, 6, 0), NEVER),
-    ("mempool.recent", (1, 7, 0), NEVER),
-];
-
-/// `protocol::VERSIONS`, kept here for the same reason.
-const VERSIONS: &[Version] =
-    &[(1, 0, 0), (1, 1, 0), (1, 2, 0), (1, 3, 0), (1, 4, 0), (1, 4, 1), (1, 4, 2), (1, 6, 0), (1, 7, 0)];
-
-fn available(method: &str, v: Version) -> bool {
-    METHODS.iter().any(|(name, since, until)| *name == method && *since <= v && v < *until)
-}
-
-fn version_string(v: Version) -> String {
-    match v.2 {
-        0 => format!("{}.{}", v.0, v.1),
-        r => format!("{}.{}.{r}", v.0, v.1),
-    }
-}
-
-/// The numbers in `text`, in order.
-fn numbers(text: &str) -> Vec<u32> {
-    text.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect()
-}
-
-/// The `VERSIONS` and `METHODS` tables as written in `server/src/protocol.rs`.
-fn servers_tables() -> (Vec<Version>, Vec<(String, Version, Version)>) {
-    let source = include_str!("../../src/protocol.rs");
-    let section = |start: &str| {
-        let from = source.find(start).unwrap_or_else(|| panic!("no {start:?} in protocol.rs"));
-        let rest = &source[from..];
-        let body = &rest[rest.find('=').unwrap() + 1..];
-        &body[..body.find("];").expect("the table ends with ];")]
-    };
-    let triple = |n: &[u32]| (n[0], n[1], n[2]);
-    let versions = numbers(section("pub const VERSIONS")).chunks(3).map(triple).collect();
-    let methods = section("pub const METHODS")
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("(\""))
-        .map(|l| {
-            let name = l.split('"').nth(1).unwrap().to_string();
-            let after = &l[l.find("\",").unwrap() + 2..];
-            let n = numbers(after);
-            let until = match n.len() {
-                3 if after.contains("NEVER") => NEVER,
-                6 => triple(&n[3..]),
-                _ => panic!("a METHODS line this test cannot read: {l}"),
-            };
-            (name, triple(&n[..3]), until)
-        })
-        .collect();
-    (versions, methods)
-}
-
-#[test]
-fn the_method_table_is_the_servers() {
-    let (versions, methods) = servers_tables();
-    assert_eq!(versions, VERSIONS, "protocol::VERSIONS changed: update this test");
-    let ours: Vec<_> = METHODS.iter().map(|(m, s, u)| (m.to_string(), *s, *u)).collect();
-    assert_eq!(methods, ours, "protocol::METHODS changed: update this test and check the new method");
-}
+use blkindex_server::protocol::{available, version_string, Version, METHODS, VERSIONS};
+use blkindex_shared::ScriptHash;
 
 fn sats(v: &Value) -> u64 {
     (v.as_f64().unwrap() * 1e8).round() as u64
@@ -319,20 +209,6 @@ fn node_histogram(node: &Node) -> Result<Vec<(f64, u64)>> {
     Ok(out)
 }
 
-fn header_dict(node: &Node, height: u64) -> Result<Value> {
-    let hash = node.call("getblockhash", json!([height]))?;
-    let h = node.call("getblockheader", json!([hash]))?;
-    Ok(json!({
-        "block_height": height,
-        "version": h["version"],
-        "prev_block_hash": h.get("previousblockhash").cloned().unwrap_or(json!("00".repeat(32))),
-        "merkle_root": h["merkleroot"],
-        "timestamp": h["time"],
-        "bits": u32::from_str_radix(h["bits"].as_str().unwrap(), 16)?,
-        "nonce": h["nonce"],
-    }))
-}
-
 /// Everything the checks compare with, read from the node before the walk.
 struct World<'a> {
     node: &'a Node,
@@ -385,7 +261,6 @@ impl Walk<'_> {
 
 #[test]
 fn every_method_of_every_version_answers_as_the_node() -> Result<()> {
-    the_method_table_is_the_servers();
     let started = Instant::now();
     let node = Node::start(NodeOptions::default())?;
     build_rich_chain(&node)?;

@@ -15,7 +15,7 @@ use blkindex_shared::ScriptHash;
 use blkindex_testkit::expect::{expected, Expected};
 use blkindex_testkit::Node;
 
-use crate::common::{req, rich_setup};
+use crate::common::{header_dict, req, rich_setup};
 
 /// A connection that keeps reading: replies by id, and notifications as they come.
 struct Conn {
@@ -78,20 +78,6 @@ impl Conn {
             self.notifications.push(msg);
         }
     }
-}
-
-fn header_dict(node: &Node, height: u64) -> Result<Value> {
-    let hash = node.call("getblockhash", json!([height]))?;
-    let h = node.call("getblockheader", json!([hash]))?;
-    Ok(json!({
-        "block_height": height,
-        "version": h["version"],
-        "prev_block_hash": h.get("previousblockhash").cloned().unwrap_or(json!("00".repeat(32))),
-        "merkle_root": h["merkleroot"],
-        "timestamp": h["time"],
-        "bits": u32::from_str_radix(h["bits"].as_str().unwrap(), 16)?,
-        "nonce": h["nonce"],
-    }))
 }
 
 fn raw_header(node: &Node, height: u64) -> Result<String> {
