@@ -137,25 +137,9 @@ fn websocket_read(data: &[u8]) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
 
-    /// Every file of `fuzz/corpus/<target>/` through `f`; a missing or empty corpus fails.
-    fn replay(target: &str, f: fn(&[u8])) {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-        let files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert!(!files.is_empty(), "{}: empty corpus", dir.display());
-        for path in files {
-            let data = std::fs::read(&path).unwrap();
-            if let Err(e) = std::panic::catch_unwind(|| f(&data)) {
-                std::panic::resume_unwind(Box::new(format!("{}: {e:?}", path.display())));
-            }
-        }
-    }
+    use blkindex_shared::fuzzing::replay_corpus as replay;
 
     #[test]
     fn corpus_rpc_line() {

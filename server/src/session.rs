@@ -311,17 +311,20 @@ async fn answer(
     let mut opened = false;
     for req in &batch {
         queued(out).await?;
-        let reply = match (bytes > max_reply as u64, within_budget(s, cost).await) {
-            (false, Ok(())) => handle_request(state, s, cost, max_reply, req).await,
-            (true, _) | (_, Err(_)) if req.get("id").is_none() => None,
-            (true, _) => {
+        // Past the cap nothing more is done, and the budget is not waited for.
+        let refused = match bytes > max_reply as u64 {
+            true => {
                 let e = ServerError::ExcessiveUsage(format!(
                     "not done: the replies to this batch reached the server's limit of {max_reply} bytes"
                 ));
-                let v2 = req.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
-                Some(error_reply(req.get("id").unwrap(), v2, &e))
+                Some((e, req.get("jsonrpc").and_then(Value::as_str) == Some("2.0")))
             }
-            (false, Err(e)) => Some(error_reply(req.get("id").unwrap(), true, &e)),
+            false => within_budget(s, cost).await.err().map(|e| (e, true)),
+        };
+        let reply = match (refused, req.get("id")) {
+            (None, _) => handle_request(state, s, cost, max_reply, req).await,
+            (Some(_), None) => None,
+            (Some((e, v2)), Some(id)) => Some(error_reply(id, v2, &e)),
         };
         if let Some(r) = reply {
             let piece = format!("{}{r}", if opened { ',' } else { '[' });

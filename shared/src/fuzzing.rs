@@ -281,29 +281,31 @@ pub fn merge(data: &[u8]) {
     assert_eq!(grouped, all, "merging in groups differs from merging at once");
 }
 
+/// For the crates' tests: every file of the committed `fuzz/corpus/<target>/` through `f`; the
+/// corpus must be there, so a missing or empty one fails rather than passing on nothing.
+pub fn replay_corpus(target: &str, f: fn(&[u8])) {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty(), "{}: empty corpus", dir.display());
+    for path in files {
+        let data = std::fs::read(&path).unwrap();
+        if let Err(e) = std::panic::catch_unwind(|| f(&data)) {
+            std::panic::resume_unwind(Box::new(format!("{}: {e:?}", path.display())));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use proptest::prelude::*;
 
     use super::*;
 
-    /// Every file of `fuzz/corpus/<target>/` through `f`; the corpus must be there (it is
-    /// committed), so a missing one fails rather than passing on nothing.
     fn replay(target: &str, f: fn(&[u8])) {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-        let files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert!(!files.is_empty(), "{}: empty corpus", dir.display());
-        for path in files {
-            let data = std::fs::read(&path).unwrap();
-            if let Err(e) = std::panic::catch_unwind(|| f(&data)) {
-                std::panic::resume_unwind(Box::new(format!("{}: {e:?}", path.display())));
-            }
-        }
+        super::replay_corpus(target, f)
     }
 
     #[test]
