@@ -170,9 +170,10 @@ fn a_reorg_during_the_bulk_pass_ends_equal_to_a_fresh_index() -> Result<()> {
 #[test]
 fn the_node_reindexing_under_the_follower() -> Result<()> {
     let (mut node, dir, db, mut f) = following(&["--poll-secs", "0.05"])?;
-    // Enough blocks that the reindex takes a while, so the follower sees it midway.
+    // Enough blocks that the reindex (about 2,000 a second here) outlasts the follower's first
+    // retry after the restart (1 s of back-off) about three times over, so it sees it midway.
     for _ in 0..5 {
-        ChainBuilder::new(&node)?.mine(400)?;
+        ChainBuilder::new(&node)?.mine(700)?;
     }
     f.wait_synced(&node, &db)?;
     let tip = node.height()?;
