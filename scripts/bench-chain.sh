@@ -16,7 +16,7 @@ if [ -f "$chain/complete" ]; then
     echo "$chain"
     exit 0
 fi
-(cd "$root" && cargo build --release -q -p blkindex-benches --bin gen-chain >&2)
+(cd "$root" && cargo build --release -q --workspace --bins >&2)
 rm -rf "$chain"
 mkdir -p "$chain"
 "$here/regtest.sh" start "$chain" -blocksxor=1 >/dev/null

@@ -9,7 +9,7 @@ export BENCH_DIR=${BENCH_DIR:-$HOME/.cache/blkindex/bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blkindex/target}
 BLOCKS=${BENCH_FOLLOW_BLOCKS:-200}
 mkdir -p "$BENCH_DIR"
-(cd "$root" && cargo build --release -q -p blkindex-indexer -p blkindex-benches)
+(cd "$root" && cargo build --release -q --workspace --bins)
 bin=$CARGO_TARGET_DIR/release
 
 run() { # $1 = follow source

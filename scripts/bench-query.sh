@@ -29,7 +29,7 @@ mkdir -p "$BENCH_DIR"
 ulimit -n "$(ulimit -Hn)"
 
 chain=$("$here/bench-chain.sh" | tail -n1)
-(cd "$root" && cargo build --release -q -p blkindex-indexer -p blkindex-server -p blkindex-benches)
+(cd "$root" && cargo build --release -q --workspace --bins)
 bin=$CARGO_TARGET_DIR/release
 
 electrs=$BENCH_DIR/electrs/bin/electrs

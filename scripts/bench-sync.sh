@@ -16,7 +16,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blkindex/target}
 mkdir -p "$BENCH_DIR"
 
 chain=$("$here/bench-chain.sh" | tail -n1)
-(cd "$root" && cargo build --release -q -p blkindex-indexer -p blkindex-benches)
+(cd "$root" && cargo build --release -q --workspace --bins)
 bin=$CARGO_TARGET_DIR/release
 
 electrs=$BENCH_DIR/electrs/bin/electrs

@@ -16,7 +16,7 @@ MB=${DEMO_CHAIN_MB:-200}
 echo "== installing the node" >&2
 "$here/install-node.sh" >/dev/null
 echo "== building blkindex (the first build compiles RocksDB: ~10 minutes on 2 cores)" >&2
-(cd "$root" && cargo build --release -q -p blkindex-indexer -p blkindex-server -p blkindex-benches)
+(cd "$root" && cargo build --release -q --workspace --bins)
 bin=$CARGO_TARGET_DIR/release
 
 chain=$DEMO_DIR/node
