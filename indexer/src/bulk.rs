@@ -1,12 +1,16 @@
 //! The bulk load: the best chain, cut into batches of consecutive heights, each turned into rows in
 //! parallel (rayon), sorted, and handed to `ingest`. A producer thread builds batch k+1 while the
-//! writer ingests batch k (crossbeam channel of depth 1).
+//! writer ingests batch k (crossbeam channel of depth 1). A load of one batch goes straight into
+//! the index; a load of several stages its bucket rows (`stage`) and merges them at the end, key
+//! range by key range.
 //!
-//! Crash safety (the WAL is not used for rows): before a batch is ingested, `meta/pending` names it
-//! (synced); after every family is ingested, `meta/tip` moves to its last block and `pending` goes,
-//! in one synced write. Rows are key-only or keyed by height, so ingesting a batch twice changes
-//! nothing; `recovery` redoes a `pending` batch on the same chain, and on a chain that changed
-//! meanwhile deletes the rows its blocks would have added first.
+//! Crash safety (the WAL is not used for rows): before a one-batch load is ingested,
+//! `meta/pending` names it (synced); after every family is ingested, `meta/tip` moves to its last
+//! block and `pending` goes, in one synced write. Rows are key-only or keyed by height, so
+//! ingesting a batch twice changes nothing; `recovery` redoes a `pending` batch on the same chain,
+//! and on a chain that changed meanwhile deletes the rows its blocks would have added first. A
+//! staged load records each staged batch in `meta/staged` and moves the tip only when its merge is
+//! done (see `stage`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -18,11 +22,11 @@ use rayon::prelude::*;
 use tracing::{debug, info, warn};
 
 use blkindex_shared::blkfile::FileKind;
-use blkindex_shared::schema::{cf, meta, BlockLoc, Height, TxNum};
+use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, Staged, TxNum};
 use blkindex_shared::undo::BlockUndo;
 
 use crate::bestchain::ChainBlock;
-use crate::ingest::{self, Batch};
+use crate::ingest::{self, Batch, Lists};
 use crate::progress::Progress;
 use crate::recovery;
 use crate::revmatch::UndoIndex;
@@ -30,12 +34,15 @@ use crate::rows::{block_rows, verify, BlockRows};
 use crate::rowsort;
 use crate::scan::BlockMap;
 use crate::source::{self, BlockSource};
+use crate::stage::{self, Stage, FAMILIES};
 
 pub struct Bulk<'a> {
     pub source: &'a BlockSource<'a>,
     pub progress: &'a Progress,
     /// Blocks are cut into batches of about this many bytes.
     pub batch_bytes: u64,
+    /// Bytes of memory the pass may use (`--mem-budget-mb`): also bounds a merged key range.
+    pub mem_budget: u64,
     /// Deepest stale branch undone at start (`--max-reorg`).
     pub max_reorg: Height,
 }
@@ -46,7 +53,16 @@ pub struct Summary {
     pub txs: u64,
     pub bytes: u64,
     pub index_secs: f64,
-    pub compact_secs: f64,
+    /// Of the batches' making, summed over batches (they overlap the writing): undo records
+    /// matched, rows made (parse, merkle check, rows), rows sorted.
+    pub make_secs: [f64; 3],
+    /// Writing batches: SST files ingested, rows staged.
+    pub write_secs: f64,
+    /// Merging the staged rows into the index (0 for a one-batch load).
+    pub merge_secs: f64,
+    /// Batches, and staged key ranges merged.
+    pub batches: u64,
+    pub ranges: u64,
     pub tip: Option<(Height, BlockHash)>,
 }
 
@@ -56,42 +72,55 @@ struct RpcBlock {
     undo: Option<BlockUndo>,
 }
 
+/// Rows per byte of blocks that a key range's size is planned with: more than any chain has
+/// (the bench chain has one row per 96 bytes, mainnet about one per 95), so ranges come out small
+/// enough.
+const PLANNED_BYTES_PER_ROW: u64 = 48;
+/// Memory a staged row takes while its range is merged: read back (9 bytes), sorted into a copy
+/// (9), and the file bytes, with slack.
+const MERGE_BYTES_PER_ROW: u64 = 24;
+/// How often a staged load records how far it got (what a kill can cost it).
+const STAGE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Bulk<'_> {
     pub fn run(&self, map: &BlockMap, chain: &[ChainBlock]) -> Result<Summary> {
         let store = self.source.store;
-        let start = recovery::recover(self.source, map, chain, self.max_reorg)?;
         let mut summary = Summary::default();
+        // A load killed while it merged its staged rows finishes first: its rows are partly in
+        // the index already. (Its blocks may have left the chain since: then the recovery below
+        // unwinds them like any stale tip.)
+        if let Some(staged) = store.staged()?.filter(|s| s.merged > 0) {
+            info!(
+                ranges_left = staged.ranges - staged.merged,
+                "finishing the merge an earlier run did not finish"
+            );
+            let stage = Stage::new(store.path(), store.bucket_width()?, staged.ranges as usize);
+            let t0 = Instant::now();
+            self.merge_stage(&stage, staged)?;
+            summary.merge_secs += t0.elapsed().as_secs_f64();
+        }
+        let (start, resume) = recovery::recover(self.source, map, chain, self.max_reorg)?;
         let tip = chain.len() as Height - 1;
-        if start <= tip {
+        if start <= tip || resume.is_some() {
             store.put_meta(&[(meta::COMPACTED, None)])?;
             let fetched = self.fetch_missing(chain, start)?;
             let first_txnums = first_txnums(chain, &fetched)?;
-            if start > 0 {
+            if start > 0 && (start as usize) < first_txnums.len() {
                 let row = store.header_row(start - 1)?.context("tip header row missing")?;
                 if row.first_txnum + row.tx_count != first_txnums[start as usize] {
                     bail!("stored txnums disagree with the blk files at height {start}; re-index");
                 }
             }
             let t0 = Instant::now();
-            let final_files = self.load(chain, start, &first_txnums, &fetched, &mut summary)?;
+            self.load(chain, start, &first_txnums, &fetched, resume, &mut summary)?;
             summary.index_secs = t0.elapsed().as_secs_f64();
-            if final_files {
-                // One batch into an empty index: the ingested files already are what a full
-                // compaction would write (bottom level, sorted, one value per key, zstd), so
-                // running one would only copy them (on the 1.1 GB bench chain: 3 s of 7).
-                store.put_meta(&[(meta::COMPACTED, Some(&[1]))])?;
-            }
+            // Nothing is left to compact: a fresh load wrote plain values (sorted, one per key);
+            // a load on top of an index added one merge operand per bucket, which automatic
+            // compactions fold.
+            store.put_meta(&[(meta::COMPACTED, Some(&[1]))])?;
         } else {
             info!(height = tip, "index is already at the best block");
-        }
-        if store.get_meta(meta::COMPACTED)?.is_none() {
-            let t0 = Instant::now();
-            self.progress.spinner("compacting");
-            store.flush()?;
-            store.compact_all()?;
             store.put_meta(&[(meta::COMPACTED, Some(&[1]))])?;
-            self.progress.finish();
-            summary.compact_secs = t0.elapsed().as_secs_f64();
         }
         store.enable_auto_compactions()?;
         summary.tip = store.tip()?;
@@ -116,17 +145,28 @@ impl Bulk<'_> {
         Ok(out)
     }
 
-    /// Indexes `chain` from `start` in batches. True when it was one batch into an empty index,
-    /// written as plain values rather than merge operands: files needing no compaction.
+    /// Key ranges a staged load of `bytes` of blocks gets: each range's rows, merged by every
+    /// worker at once, fit in half the memory budget; at least four per worker (so the merge is
+    /// spread, and its progress moves).
+    fn plan_ranges(&self, bytes: u64, width: usize) -> usize {
+        let workers = rayon::current_num_threads().max(1) as u64;
+        let rows = bytes / PLANNED_BYTES_PER_ROW + 1;
+        let by_memory = (rows * MERGE_BYTES_PER_ROW * workers).div_ceil((self.mem_budget / 2).max(1));
+        (by_memory.max(4 * workers) as usize).min(stage::max_ranges(width))
+    }
+
+    /// Indexes `chain` from `start` in batches: one batch straight into the index; several
+    /// staged, then merged (`stage`). `resume`: a staged load an earlier run left, continued.
     fn load(
         &self,
         chain: &[ChainBlock],
         start: Height,
         first_txnums: &[TxNum],
         fetched: &HashMap<BlockHash, RpcBlock>,
+        resume: Option<Staged>,
         summary: &mut Summary,
-    ) -> Result<bool> {
-        let todo = &chain[start as usize..];
+    ) -> Result<()> {
+        let todo = &chain[(start as usize).min(chain.len())..];
         let len =
             |b: &ChainBlock| b.entry.map_or_else(|| fetched[&b.hash].bytes.len() as u64, |e| e.len as u64);
         let total: u64 = todo.iter().map(len).sum();
@@ -141,47 +181,187 @@ impl Bulk<'_> {
                 acc = 0;
             }
         }
-        info!(blocks = todo.len(), bytes = total, batches = ranges.len(), "indexing");
-        // Plain values are only right when no earlier batch stored lists to add to. (An unfinished
-        // earlier run's rows are of this same chain: a value written now replaces them whole.)
-        let single = start == 0 && ranges.len() == 1;
-        self.progress.start("indexing", total, todo.len() as u64, "blocks");
         let store = self.source.store;
+        let width = store.bucket_width()?;
+        let staged = match resume {
+            Some(s) => Some(s),
+            None if ranges.len() > 1 => {
+                let s = Staged {
+                    first: start,
+                    last: start.wrapping_sub(1),
+                    last_hash: BlockHash::all_zeros(),
+                    ranges: self.plan_ranges(total, width) as u32,
+                    merged: 0,
+                    lengths: Vec::new(),
+                };
+                Stage::new(store.path(), width, s.ranges as usize).create()?;
+                Some(s)
+            }
+            None => None,
+        };
+        let stage = staged.as_ref().map(|s| Stage::new(store.path(), width, s.ranges as usize));
+        let lists = match (&staged, start) {
+            (Some(_), _) => Lists::Staged,
+            // Plain values are only right when no earlier batch stored lists to add to. (An
+            // unfinished earlier run's rows are of this same chain: a value written now replaces
+            // them whole.)
+            (None, 0) => Lists::Plain,
+            (None, _) => Lists::Merge,
+        };
+        info!(
+            blocks = todo.len(),
+            bytes = total,
+            batches = ranges.len(),
+            staged_ranges = stage.as_ref().map_or(0, |s| s.ranges()),
+            "indexing"
+        );
+        self.progress.start("indexing", total, todo.len() as u64, "blocks");
         let tmp = store.path().join("bulk-tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
+        let mut staged = staged;
         let (tx, rx) = crossbeam_channel::bounded::<Result<Batch>>(1);
         std::thread::scope(|s| -> Result<()> {
             s.spawn(move || {
                 let mut undo_index = UndoIndex::default();
-                for (a, b) in ranges {
+                for (i, &(a, b)) in ranges.iter().enumerate() {
                     let t = Instant::now();
                     let batch = self.make_batch(chain, a, b, first_txnums, fetched, &mut undo_index);
                     debug!(first = a, last = b, secs = t.elapsed().as_secs_f64(), "batch built");
                     let failed = batch.is_err();
                     let sent = tx.send(batch).is_ok();
-                    // While the writer ingests: the next batch's blocks are in other files, so
-                    // the pages of this one's maps (if the files are mapped) can leave the RSS.
-                    self.source.files.unmap_all();
+                    // While the writer ingests: the pages of this batch's maps (if the files are
+                    // mapped) can leave the RSS, but for the files the next batch reads too.
+                    let next = ranges.get(i + 1).map_or(&[][..], |&(a, b)| &chain[a as usize..=b as usize]);
+                    let keep: Vec<u32> = next.iter().filter_map(|b| b.entry.map(|e| e.file)).collect();
+                    self.source.files.unmap_except(&keep);
                     if !sent || failed {
                         break;
                     }
                 }
             });
+            let mut last_checkpoint = Instant::now();
+            // A staged load's header and txpos rows, held until its next checkpoint.
+            let mut held = Batch {
+                first: 0,
+                last: 0,
+                last_hash: BlockHash::all_zeros(),
+                headers: vec![],
+                txpos: vec![],
+                txid: vec![],
+                script: vec![],
+                bytes: 0,
+                txs: 0,
+                secs: [0.0; 3],
+            };
             for batch in rx {
                 let batch = batch?;
                 summary.blocks += (batch.last - batch.first + 1) as u64;
                 summary.txs += batch.txs;
                 summary.bytes += batch.bytes;
+                summary.batches += 1;
+                for (sum, secs) in summary.make_secs.iter_mut().zip(batch.secs) {
+                    *sum += secs;
+                }
                 let (t, first) = (Instant::now(), batch.first);
-                ingest::ingest(store, batch, &tmp, !single)?;
+                match (&stage, &mut staged) {
+                    (Some(stage), Some(staged)) => {
+                        let base = first_txnums[batch.first as usize];
+                        stage.append(0, &batch.txid, base)?;
+                        stage.append(1, &batch.script, base)?;
+                        (staged.last, staged.last_hash) = (batch.last, batch.last_hash);
+                        held.headers.extend(batch.headers);
+                        held.txpos.extend(batch.txpos);
+                        // A checkpoint (the held header and txpos rows ingested, the files synced,
+                        // then `meta/staged`) costs a few syncs per file: taken every few seconds,
+                        // not after every batch. A kill loses at most that much work.
+                        let first_or_last =
+                            staged.lengths.is_empty() || batch.last == chain.len() as Height - 1;
+                        if first_or_last || last_checkpoint.elapsed() >= STAGE_CHECKPOINT {
+                            held.first = held.headers.first().map_or(batch.first, |h| h.0);
+                            ingest::ingest(store, &held, &tmp, Lists::Staged)?;
+                            (held.headers, held.txpos) = Default::default();
+                            staged.lengths = stage.sync()?;
+                            store.put_meta(&[(meta::STAGED, Some(&staged.encode()))])?;
+                            last_checkpoint = Instant::now();
+                            failpoint("staged");
+                        }
+                    }
+                    _ => ingest::ingest(store, &batch, &tmp, lists)?,
+                }
+                summary.write_secs += t.elapsed().as_secs_f64();
                 debug!(first, secs = t.elapsed().as_secs_f64(), "batch written");
             }
             Ok(())
         })?;
         let _ = std::fs::remove_dir_all(&tmp);
         self.progress.finish();
-        Ok(single)
+        if let (Some(stage), Some(staged)) = (stage, staged) {
+            let t0 = Instant::now();
+            summary.ranges += staged.ranges as u64;
+            self.merge_stage(&stage, staged)?;
+            summary.merge_secs += t0.elapsed().as_secs_f64();
+        }
+        Ok(())
+    }
+
+    /// Merges a staged load's key ranges into the index, from the first not yet merged, a few at a
+    /// time (one per worker, each read whole, sorted, written as one SST file of final buckets),
+    /// then sets the tip to its last block. A range's staging file goes once its rows are in.
+    fn merge_stage(&self, stage: &Stage, mut staged: Staged) -> Result<()> {
+        let store = self.source.store;
+        let fresh = staged.first == 0;
+        let todo = staged.merged as usize..stage.ranges();
+        let bytes: u64 = todo
+            .clone()
+            .flat_map(|r| (0..FAMILIES.len()).map(move |f| (f, r)))
+            .map(|(f, r)| stage.range_bytes(f, r))
+            .sum();
+        info!(ranges = todo.len(), staged = %indicatif::HumanBytes(bytes), plain = fresh, "merging the staged rows");
+        self.progress.start("merging", bytes, todo.len() as u64, "ranges");
+        let tmp = store.path().join("merge-tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let step = rayon::current_num_threads().max(1);
+        for first in todo.clone().step_by(step) {
+            let chunk = first..(first + step).min(todo.end);
+            let jobs: Vec<(usize, usize)> =
+                chunk.clone().flat_map(|r| (0..FAMILIES.len()).map(move |f| (f, r))).collect();
+            let written: Vec<Option<(usize, std::path::PathBuf)>> = jobs
+                .into_par_iter()
+                .map(|(f, r)| -> Result<Option<(usize, std::path::PathBuf)>> {
+                    let staged_bytes = stage.range_bytes(f, r);
+                    let rows = rowsort::sort_dedup(stage.read_range(f, r)?);
+                    let path = tmp.join(format!("{}-{r}.sst", FAMILIES[f]));
+                    let any = ingest::write_lists(store, FAMILIES[f], &path, &rows, !fresh)?;
+                    self.progress.inc(staged_bytes, 0);
+                    Ok(any.then_some((f, path)))
+                })
+                .collect::<Result<_>>()?;
+            for (f, name) in FAMILIES.iter().enumerate() {
+                let files: Vec<_> =
+                    written.iter().flatten().filter(|(g, _)| *g == f).map(|(_, p)| p.clone()).collect();
+                if !files.is_empty() {
+                    ingest::ingest_files(store, name, files)
+                        .with_context(|| format!("ingesting merged {name} ranges {chunk:?}"))?;
+                }
+            }
+            staged.merged = chunk.end as u32;
+            store.put_meta(&[(meta::STAGED, Some(&staged.encode()))])?;
+            failpoint("merged");
+            for r in chunk.clone() {
+                for f in 0..FAMILIES.len() {
+                    stage.remove_range(f, r)?;
+                }
+            }
+            self.progress.inc(0, chunk.len() as u64);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        let tip = schema::encode_tip(staged.last, &staged.last_hash);
+        store.put_meta(&[(meta::TIP, Some(&tip)), (meta::STAGED, None)])?;
+        stage.remove()?;
+        self.progress.finish();
+        Ok(())
     }
 
     fn make_batch(
@@ -202,7 +382,7 @@ impl Bulk<'_> {
             .collect();
         let t = Instant::now();
         undo_index.match_files(self.source.files, self.source.net, chain, &nums)?;
-        debug!(first, last, secs = t.elapsed().as_secs_f64(), "rev records matched");
+        let rev_secs = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let undo_index = &*undo_index;
         let rows: Vec<BlockRows> = blocks
@@ -274,9 +454,9 @@ impl Bulk<'_> {
             txid.push(r.txid);
             script.push(r.script);
         }
-        debug!(first, last, secs = t.elapsed().as_secs_f64(), "rows made");
+        let rows_secs = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let batch = Batch {
+        let mut batch = Batch {
             first,
             last,
             last_hash: chain[last as usize].hash,
@@ -286,9 +466,26 @@ impl Bulk<'_> {
             script: rowsort::sort_dedup(script),
             bytes,
             txs,
+            secs: [0.0; 3],
         };
-        debug!(first, last, secs = t.elapsed().as_secs_f64(), "rows sorted");
+        batch.secs = [rev_secs, rows_secs, t.elapsed().as_secs_f64()];
+        debug!(first, last, secs = ?batch.secs, "batch made (undo matched, rows, sorted)");
         Ok(batch)
+    }
+}
+
+/// A kill at an exact point, for the crash tests: `BLKINDEX_FAILPOINT=<name>:<n>` aborts the
+/// process the n-th time point `name` is passed ("staged": a staged load's checkpoint; "merged":
+/// a chunk of staged ranges merged).
+fn failpoint(name: &str) {
+    static PASSED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Ok(v) = std::env::var("BLKINDEX_FAILPOINT") else { return };
+    let Some((point, n)) = v.split_once(':') else { return };
+    if point == name
+        && PASSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == n.parse().unwrap_or(0)
+    {
+        eprintln!("failpoint {name}:{n}: aborting");
+        std::process::abort();
     }
 }
 

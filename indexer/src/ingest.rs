@@ -1,6 +1,8 @@
 //! Writing a batch's rows: one SST file per column family (the bucket families cut into parts at
 //! bucket boundaries, written in parallel), then ingested, with `meta/pending` naming the batch
-//! before and `meta/tip` moving past it after, so a crash in between is redone by recovery.
+//! before and `meta/tip` moving past it after, so a crash in between is redone by recovery. In a
+//! staged load (`stage`) a batch ingests only its height-keyed rows here, and each merged key range
+//! of bucket rows comes through [`ingest_lists`] at the end.
 
 use std::path::{Path, PathBuf};
 
@@ -24,18 +26,35 @@ pub struct Batch {
     pub script: Vec<RowKey>,
     pub bytes: u64,
     pub txs: u64,
+    /// Seconds the batch took to make: undo records matched, rows made, rows sorted.
+    pub secs: [f64; 3],
 }
 
-/// Writes a batch's rows as SST files and ingests them; the bucket values as merge operands
-/// when `merge` (other batches add to the same buckets), else as plain values. The files are
-/// written in parallel: each family on its own, and the bucket families cut into parts at
-/// bucket boundaries (parts do not overlap, so they are ingested together).
-pub fn ingest(store: &Store, batch: Batch, tmp: &Path, merge: bool) -> Result<()> {
+/// How a batch's bucket rows are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lists {
+    /// Plain values: the first and only batch into an empty index.
+    Plain,
+    /// Merge operands: other batches, or the index, hold lists of the same buckets.
+    Merge,
+    /// Not here: the caller stages them, and records the batch itself (`meta/staged`).
+    Staged,
+}
+
+/// Writes a batch's rows as SST files and ingests them, the bucket rows as `lists` says. The
+/// files are written in parallel: each family on its own, and the bucket families cut into parts
+/// at bucket boundaries (parts do not overlap, so they are ingested together).
+pub fn ingest(store: &Store, batch: &Batch, tmp: &Path, lists: Lists) -> Result<()> {
     let path = |name: &str, part: usize| tmp.join(format!("{}-{name}-{part}.sst", batch.first));
     let parts = rayon::current_num_threads().max(1);
     let width = store.bucket_width()?;
+    let merge = lists == Lists::Merge;
     let mut jobs: Vec<(&str, usize, Job)> = vec![(cf::HEADERS, 0, Job::Headers), (cf::TXPOS, 0, Job::Txpos)];
-    for (name, rows) in [(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)] {
+    let bucket_rows = match lists {
+        Lists::Staged => vec![],
+        _ => vec![(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)],
+    };
+    for (name, rows) in bucket_rows {
         for (part, rows) in split_at_buckets(rows, parts, width).into_iter().enumerate() {
             jobs.push((name, part, Job::Lists(rows)));
         }
@@ -67,18 +86,33 @@ pub fn ingest(store: &Store, batch: Batch, tmp: &Path, merge: bool) -> Result<()
     }
 
     let pending = Pending { first: batch.first, last: batch.last, last_hash: batch.last_hash };
-    store.put_meta(&[(meta::PENDING, Some(&pending.encode()))])?;
-    let mut ingest = IngestExternalFileOptions::default();
-    ingest.set_move_files(true);
+    if lists != Lists::Staged {
+        store.put_meta(&[(meta::PENDING, Some(&pending.encode()))])?;
+    }
     for (name, files) in ssts {
-        store
-            .db()
-            .ingest_external_file_cf_opts(store.cf(name), &ingest, files)
+        ingest_files(store, name, files)
             .with_context(|| format!("ingesting {name} rows of heights {}..={}", batch.first, batch.last))?;
     }
-    let tip = schema::encode_tip(batch.last, &batch.last_hash);
-    store.put_meta(&[(meta::TIP, Some(&tip)), (meta::PENDING, None)])?;
+    if lists != Lists::Staged {
+        let tip = schema::encode_tip(batch.last, &batch.last_hash);
+        store.put_meta(&[(meta::TIP, Some(&tip)), (meta::PENDING, None)])?;
+    }
     Ok(())
+}
+
+/// Moves SST files of family `name` into the index (files that overlap nothing go straight to
+/// the bottom level).
+pub fn ingest_files(store: &Store, name: &str, files: Vec<PathBuf>) -> Result<()> {
+    let mut opts = IngestExternalFileOptions::default();
+    opts.set_move_files(true);
+    Ok(store.db().ingest_external_file_cf_opts(store.cf(name), &opts, files)?)
+}
+
+/// Writes the sorted, deduplicated rows of one key range of bucket family `name` as an SST file at
+/// `path` (plain values, or merge operands when `merge`); false when there were no rows. The
+/// caller ingests the files of several ranges together.
+pub fn write_lists(store: &Store, name: &str, path: &Path, rows: &[RowKey], merge: bool) -> Result<bool> {
+    write_bucket_sst(name, path, rows, store.bucket_width()?, merge)
 }
 
 /// One SST file to write.

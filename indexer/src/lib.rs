@@ -18,6 +18,7 @@ mod rows;
 mod rowsort;
 mod scan;
 mod source;
+mod stage;
 mod tail;
 #[cfg(test)]
 mod undo_redo;
@@ -164,6 +165,7 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         source: &source,
         progress: &progress,
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) * 3 / 5, |kb| kb << 10),
+        mem_budget: args.mem_budget_mb << 20,
         max_reorg: args.max_reorg,
     };
     if args.no_follow
@@ -277,6 +279,7 @@ fn bulk_pass(
     let t0 = Instant::now();
     service::status("bulk pass: scanning the block files");
     let map = scan::scan_blk_files(&scan_files, net, progress)?;
+    let scan_secs = t0.elapsed().as_secs_f64();
     drop(scan_files);
     // A node error midway leaves the store as a kill would, and a kill's rerun resumes: so the
     // chain is asked again and the pass resumes (the scan, which needs no node, is kept).
@@ -288,14 +291,20 @@ fn bulk_pass(
     })?;
     let sst: u64 = store.sst_bytes()?.iter().map(|(_, b)| b).sum();
     let (tip_height, tip_hash) = summary.tip.context("nothing indexed")?;
+    let [rev, rows, sort] = summary.make_secs;
     println!(
-        "indexed {} blocks ({} txs, {}) in {:.1}s (index {:.1}s, compaction {:.1}s); tip {} at height {}; index size {}",
+        "indexed {} blocks ({} txs, {}) in {:.1}s: scan {scan_secs:.1}s, indexing {:.1}s ({} batches; summed \
+         over batches: undo matched {rev:.1}s, rows {rows:.1}s, sorted {sort:.1}s, written {:.1}s), merge {:.1}s \
+         ({} staged ranges); tip {} at height {}; index size {}",
         summary.blocks,
         summary.txs,
         HumanBytes(summary.bytes),
         t0.elapsed().as_secs_f64(),
-        summary.index_secs,
-        summary.compact_secs,
+        (summary.index_secs - summary.merge_secs).max(0.0),
+        summary.batches,
+        summary.write_secs,
+        summary.merge_secs,
+        summary.ranges,
         tip_hash,
         tip_height,
         HumanBytes(sst),

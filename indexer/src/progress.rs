@@ -71,24 +71,6 @@ impl Progress {
         }
     }
 
-    /// A phase with no measurable size (compaction).
-    pub fn spinner(&self, phase: &str) {
-        *self.phase.lock().unwrap() = (phase.to_string(), String::new(), Instant::now(), Instant::now());
-        match self.mode {
-            ProgressMode::Bar => {
-                let bar = ProgressBar::new_spinner();
-                bar.set_style(
-                    ProgressStyle::with_template("{prefix:>18} {spinner} {elapsed} {msg}").unwrap(),
-                );
-                bar.set_prefix(phase.to_string());
-                bar.enable_steady_tick(Duration::from_millis(200));
-                *self.bar.lock().unwrap() = Some(bar);
-            }
-            ProgressMode::Log => info!(phase, "started"),
-            _ => {}
-        }
-    }
-
     pub fn inc(&self, bytes: u64, items: u64) {
         let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let n = self.items.fetch_add(items, Ordering::Relaxed) + items;

@@ -355,8 +355,14 @@ impl BlockFiles {
     /// Forgets the maps made so far (they are made again on demand), so that the pages they
     /// touched leave this process's resident set. The lock stays held.
     pub fn unmap_all(&self) {
+        self.unmap_except(&[]);
+    }
+
+    /// As [`BlockFiles::unmap_all`], but the maps of files `keep` stay (the next batch reads
+    /// them: mapping a file again costs its page faults again).
+    pub fn unmap_except(&self, keep: &[u32]) {
         if let Some(m) = &self.mapped {
-            m.maps.lock().unwrap().clear();
+            m.maps.lock().unwrap().retain(|num, _| keep.contains(num));
         }
     }
 

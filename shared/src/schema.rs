@@ -55,8 +55,10 @@ pub mod meta {
     pub const TIP: &[u8] = b"tip";
     /// first height ‖ last height ‖ last block hash of a bulk batch being ingested.
     pub const PENDING: &[u8] = b"pending";
-    /// Present once the full compaction after the bulk load finished.
+    /// Present once a bulk load finished (its staged rows merged); absent while one runs.
     pub const COMPACTED: &[u8] = b"compacted";
+    /// A load of many batches whose bucket rows are staged outside RocksDB (`Staged`).
+    pub const STAGED: &[u8] = b"staged";
     /// u8: bytes of a hash prefix in `txid` and `script` keys (the bucket width), fixed at creation.
     pub const BUCKET: &[u8] = b"bucket";
 }
@@ -356,8 +358,66 @@ impl Pending {
     }
 }
 
+/// `meta` staged value: a bulk load whose bucket rows wait in staging files (the indexer's
+/// `stage` module) until they are merged into the index at its end. Its heights have header and
+/// txpos rows already; `meta/tip` stays below `first` until the merge is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staged {
+    /// First height of the load (0: the bucket families were empty, merged values are plain).
+    pub first: Height,
+    /// Last height whose rows are all staged, and its block.
+    pub last: Height,
+    pub last_hash: BlockHash,
+    /// Key ranges per family (one staging file each).
+    pub ranges: u32,
+    /// Ranges already merged into the index (from the first on).
+    pub merged: u32,
+    /// Each staging file's length after the last staged batch (family-major).
+    pub lengths: Vec<u64>,
+}
+
+impl Staged {
+    /// first ‖ last ‖ last hash ‖ ranges ‖ merged ‖ lengths (u64 each), big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.first.to_be_bytes().to_vec();
+        v.extend_from_slice(&encode_tip(self.last, &self.last_hash));
+        v.extend_from_slice(&self.ranges.to_be_bytes());
+        v.extend_from_slice(&self.merged.to_be_bytes());
+        for l in &self.lengths {
+            v.extend_from_slice(&l.to_be_bytes());
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
+        let bad = DecodeError::Invalid { what: "staged of the wrong length", at: 0 };
+        if v.len() < 48 || !(v.len() - 48).is_multiple_of(8) {
+            return Err(bad);
+        }
+        let u32_at = |i: usize| u32::from_be_bytes(v[i..i + 4].try_into().unwrap());
+        let (last, last_hash) = decode_tip(&v[4..40])?;
+        let lengths = v[48..].chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        Ok(Staged { first: u32_at(0), last, last_hash, ranges: u32_at(40), merged: u32_at(44), lengths })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn staged_round_trips() {
+        use bitcoin::hashes::Hash;
+        let s = super::Staged {
+            first: 3,
+            last: 900,
+            last_hash: bitcoin::BlockHash::from_byte_array([7; 32]),
+            ranges: 2,
+            merged: 1,
+            lengths: vec![1, 2, 3, u64::MAX],
+        };
+        assert_eq!(super::Staged::decode(&s.encode()).unwrap(), s);
+        assert!(super::Staged::decode(&s.encode()[..50]).is_err());
+    }
+
     #[test]
     fn txpos_offsets_agree_with_locate() {
         let v = super::TxPos::encode(81, [200, 1, 300_000, 57]);

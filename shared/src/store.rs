@@ -222,6 +222,10 @@ impl Store {
         self.get_meta(meta::PENDING)?.map(|v| Ok(Pending::decode(&v)?)).transpose()
     }
 
+    pub fn staged(&self) -> Result<Option<schema::Staged>> {
+        self.get_meta(meta::STAGED)?.map(|v| Ok(schema::Staged::decode(&v)?)).transpose()
+    }
+
     pub fn header_row(&self, height: Height) -> Result<Option<HeaderRow>> {
         let v = self.db.get_cf(self.cf(cf::HEADERS), schema::height_key(height))?;
         v.map(|v| Ok(HeaderRow::decode(&v)?)).transpose()

@@ -273,9 +273,10 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
             break;
         }
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        // A resumed run has less left to do than a clean one: kill within its first eighth, so
-        // that twenty kills still leave work for the last ones.
-        let wait = (seed >> 33) % (clean_ms / 8);
+        // A staged load checkpoints after its first batch, then every few seconds: a resumed
+        // run has about as much left to do as a clean one, so a kill anywhere in that time lands
+        // inside it (or in the merge).
+        let wait = (seed >> 33) % clean_ms;
         let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
             .args(["--network", "regtest", "--no-follow", "--progress", "none"])
             .arg("--datadir")
@@ -291,22 +292,22 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
             child.kill()?; // SIGKILL
             killed += 1;
             child.wait()?;
-            // Did the kill land mid-batch, between `pending` and the tip's move?
+            // Did the kill land mid-load, with rows staged (`meta/staged`) but the tip not moved?
             // (A kill while the DB was being created leaves nothing a reader can open yet.)
             let secondary = tempfile::tempdir()?;
             if let Ok(store) = Store::open(&db, Mode::Secondary(secondary.path().to_path_buf())) {
-                mid_batch += store.pending().ok().flatten().is_some() as u32;
+                mid_batch += store.staged().ok().flatten().is_some() as u32;
             }
         }
         child.wait()?;
     }
-    eprintln!("{killed} kills, {mid_batch} of them mid-batch");
+    eprintln!("{killed} kills, {mid_batch} of them mid-load");
     assert!(killed >= 12, "only {killed} runs were killed before finishing");
-    assert!(mid_batch >= 1, "no kill landed mid-batch (with a pending batch): recovery went untested");
+    assert!(mid_batch >= 1, "no kill landed mid-load (with staged rows): recovery went untested");
     index_ok(&node, &db, &args);
     assert_eq!(digest(&db), digest(&clean), "a killed and resumed index differs from a clean one");
     check(&node, &open(&node, &db), &want)?;
-    // One batch (plain values, no compaction) holds the same as many (merge operands, compacted).
+    // One batch (plain values straight in) holds the same as many (staged, then merged).
     let single = dir.path().join("single");
     let out = indexer(&node, &single, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -458,8 +459,9 @@ fn a_pruned_node_is_refused_with_a_clear_message() -> Result<()> {
 }
 
 /// A reader (the server's secondary) catching up in a tight loop while a bulk pass of many
-/// batches lands never sees a tip before every row of its blocks: for each tip it sees, the tip
-/// block's coinbase is found by txid and in its script's history (the families ingested last).
+/// batches lands never sees a tip before every row of its blocks: a staged load shows no tip
+/// until its merge is done, then the last one, whose coinbase is found by txid and in its
+/// script's history (the families merged last).
 #[test]
 fn a_secondary_catching_up_while_batches_land_never_sees_a_tip_before_its_rows() -> Result<()> {
     let node = Node::start(NodeOptions::default())?;
@@ -476,7 +478,7 @@ fn a_secondary_catching_up_while_batches_land_never_sees_a_tip_before_its_rows()
     }
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
-    // About one block per batch: a hundred and more ingestions, then the final compaction.
+    // About one block per batch: a hundred and more batches staged, then merged range by range.
     let mut child = indexer_command(Path::new(env!("CARGO_BIN_EXE_blkindex-indexer")), &node, &db)
         .args(["--no-follow", "--progress", "none", "--batch-kb", "1"])
         .stderr(std::process::Stdio::null())
@@ -506,8 +508,71 @@ fn a_secondary_catching_up_while_batches_land_never_sees_a_tip_before_its_rows()
         assert!(history.iter().any(|i| i.txid == txid), "tip {h} visible before its script rows");
     }
     assert!(child.wait()?.success());
-    assert!(seen.len() >= 10, "too few batches seen to test anything: {seen:?}");
-    assert_eq!(seen.last().copied(), Some(tip as u32));
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![tip as u32], "a tip showed before the merge");
+    Ok(())
+}
+
+/// An indexer run with a failpoint (`BLKINDEX_FAILPOINT`), which aborts it there.
+fn aborted_at(node: &Node, db: &Path, point: &str, extra: &[&str]) {
+    let out = indexer_command(Path::new(env!("CARGO_BIN_EXE_blkindex-indexer")), node, db)
+        .args(["--no-follow", "--progress", "none"])
+        .args(extra)
+        .env("BLKINDEX_FAILPOINT", point)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("aborting"),
+        "the failpoint {point} was not reached: {err}"
+    );
+}
+
+fn staged(db: &Path) -> Option<blkindex_shared::schema::Staged> {
+    let secondary = tempfile::tempdir().unwrap();
+    Store::open(db, Mode::Secondary(secondary.path().to_path_buf())).unwrap().staged().unwrap()
+}
+
+/// A staged load killed halfway through its merge finishes the merge on the next run; one killed
+/// while staging, on a chain whose staged tip the node then abandons, drops its staged rows and
+/// starts again. Both end equal to a clean index.
+#[test]
+fn a_staged_load_killed_in_its_merge_or_before_a_reorg_ends_as_a_clean_one() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let dir = tempfile::tempdir()?;
+    let args = ["--batch-kb", "1", "--threads", "1"];
+    let clean = dir.path().join("clean");
+    index_ok(&node, &clean, &args);
+
+    let merging = dir.path().join("merging");
+    aborted_at(&node, &merging, "merged:2", &args);
+    let s = staged(&merging).expect("a staged load left behind");
+    assert!(s.merged > 0 && s.merged < s.ranges, "killed mid-merge: {s:?}");
+    let log = index_ok(&node, &merging, &args);
+    assert!(log.contains("finishing the merge"), "{log}");
+    assert!(staged(&merging).is_none());
+    assert_eq!(digest(&merging), digest(&clean), "a merge finished by a rerun differs from a clean one");
+
+    // Killed at its second checkpoint (the first is after the first batch; with one-block
+    // batches the second comes once a few seconds of them are staged).
+    let reorged = dir.path().join("reorged");
+    aborted_at(&node, &reorged, "staged:2", &args);
+    let s = staged(&reorged).expect("a staged load left behind");
+    assert_eq!(s.merged, 0);
+    let stale = node.call("getblockhash", json!([s.last]))?;
+    node.call("invalidateblock", json!([stale]))?;
+    let b = ChainBuilder::new(&node)?;
+    b.mine(3)?; // from the block below the abandoned one: a longer branch
+    let log = index_ok(&node, &reorged, &args);
+    assert!(log.contains("the chain changed since an unfinished load staged its rows"), "{log}");
+    let fresh = dir.path().join("fresh");
+    index_ok(&node, &fresh, &args);
+    assert_eq!(
+        digest(&reorged),
+        digest(&fresh),
+        "a load started again after a reorg differs from a clean one"
+    );
+    check(&node, &open(&node, &reorged), &expected(&node)?)?;
     Ok(())
 }
 
