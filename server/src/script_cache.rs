@@ -67,8 +67,17 @@ impl Confirmed {
     /// Roughly the bytes the entry holds.
     fn weight(&self) -> u64 {
         let s = &self.scan.state;
-        256 + (s.history.len() * std::mem::size_of::<HistoryItem>()) as u64
-            + (s.utxos.len() * std::mem::size_of::<blkindex_shared::query::Utxo>()) as u64
+        Self::weight_of(s.history.len(), s.utxos.len())
+    }
+
+    fn weight_of(history: usize, utxos: usize) -> u64 {
+        256 + (history * std::mem::size_of::<HistoryItem>()) as u64
+            + (utxos * std::mem::size_of::<blkindex_shared::query::Utxo>()) as u64
+    }
+
+    /// The weight of the largest entry a script of at most `max_rows` rows can have.
+    fn max_weight(max_rows: usize) -> u64 {
+        Self::weight_of(max_rows, max_rows)
     }
 }
 
@@ -103,7 +112,19 @@ impl ScriptCache {
     /// A cache holding up to about `bytes` of script states, of scripts with at most
     /// `max_rows` index rows (others are `TooManyRows`).
     pub fn new(bytes: u64, max_rows: usize, metrics: Arc<Metrics>) -> Self {
-        let cache = Cache::with_weighter((bytes / 4096).max(16) as usize, bytes.max(1), Weigh);
+        let bytes = bytes.max(1);
+        // The cache is split into shards, each with an equal part of the capacity, and an entry
+        // heavier than one shard is never kept: so there are only as many shards as leave room
+        // for the heaviest entry allowed (a script of `max_rows` rows, every one of them unspent).
+        let fit = (bytes / Confirmed::max_weight(max_rows)).max(1);
+        let shards = (1u64 << (63 - fit.leading_zeros())).min(64);
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity((bytes / 4096).max(16) as usize)
+            .weight_capacity(bytes)
+            .shards(shards as usize)
+            .build()
+            .expect("cache options are valid");
+        let cache = Cache::with_options(options, Weigh, Default::default(), Default::default());
         ScriptCache { cache, too_many: Cache::new(10_000), max_rows, metrics }
     }
 
@@ -170,6 +191,20 @@ mod tests {
 
     fn confirmed(history: Vec<HistoryItem>, earlier: Option<&Confirmed>) -> Confirmed {
         Confirmed::new(ScriptState { history, utxos: vec![] }.into(), earlier)
+    }
+
+    #[test]
+    fn the_heaviest_allowed_entry_is_kept() {
+        // 16 MiB with the default 80,000-row limit: quick_cache's default shard count (4 per
+        // core, 8 here) would leave 2 MiB shards, smaller than such an entry, never kept then.
+        let (bytes, max_rows) = (16 << 20, 80_000);
+        let cache = ScriptCache::new(bytes, max_rows, Arc::new(Metrics::new()));
+        let big = confirmed((0..max_rows).map(|n| item(n as u8, n as u32)).collect(), None);
+        let weight = big.weight();
+        assert!(weight > bytes / 8, "the test entry ({weight} bytes) is too light to test anything");
+        let sh = ScriptHash([7; 32]);
+        cache.cache.insert(sh, Arc::new(big));
+        assert!(cache.cache.get(&sh).is_some(), "an entry of {weight} bytes was refused");
     }
 
     #[test]
