@@ -26,7 +26,7 @@ use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height, Staged, TxNum};
 use blkindex_shared::undo::BlockUndo;
 
 use crate::bestchain::ChainBlock;
-use crate::ingest::{self, Batch, Lists};
+use crate::ingest::{self, Batch, Lists, LongSets};
 use crate::progress::Progress;
 use crate::recovery;
 use crate::revmatch::UndoIndex;
@@ -220,6 +220,8 @@ impl Bulk<'_> {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let mut staged = staged;
+        // Operands onto an index send the rows of its long lists there (a fresh index has none).
+        let long = if lists == Lists::Merge { LongSets::load(store)? } else { LongSets::default() };
         let (tx, rx) = crossbeam_channel::bounded::<Result<Batch>>(1);
         std::thread::scope(|s| -> Result<()> {
             s.spawn(move || {
@@ -279,7 +281,7 @@ impl Bulk<'_> {
                             staged.lengths.is_empty() || batch.last == chain.len() as Height - 1;
                         if first_or_last || last_checkpoint.elapsed() >= STAGE_CHECKPOINT {
                             held.first = held.headers.first().map_or(batch.first, |h| h.0);
-                            ingest::ingest(store, &held, &tmp, Lists::Staged)?;
+                            ingest::ingest(store, &held, &tmp, Lists::Staged, &long)?;
                             (held.headers, held.txpos) = Default::default();
                             staged.lengths = stage.sync()?;
                             store.put_meta(&[(meta::STAGED, Some(&staged.encode()))])?;
@@ -287,7 +289,7 @@ impl Bulk<'_> {
                             failpoint("staged");
                         }
                     }
-                    _ => ingest::ingest(store, &batch, &tmp, lists)?,
+                    _ => ingest::ingest(store, &batch, &tmp, lists, &long)?,
                 }
                 summary.write_secs += t.elapsed().as_secs_f64();
                 debug!(first, secs = t.elapsed().as_secs_f64(), "batch written");
@@ -311,6 +313,7 @@ impl Bulk<'_> {
     fn merge_stage(&self, stage: &Stage, mut staged: Staged) -> Result<()> {
         let store = self.source.store;
         let fresh = staged.first == 0;
+        let long = if fresh { LongSets::default() } else { LongSets::load(store)? };
         let todo = staged.merged as usize..stage.ranges();
         let bytes: u64 = todo
             .clone()
@@ -327,20 +330,22 @@ impl Bulk<'_> {
             let chunk = first..(first + step).min(todo.end);
             let jobs: Vec<(usize, usize)> =
                 chunk.clone().flat_map(|r| (0..FAMILIES.len()).map(move |f| (f, r))).collect();
-            let written: Vec<Option<(usize, std::path::PathBuf)>> = jobs
+            let written: Vec<Vec<(&str, std::path::PathBuf)>> = jobs
                 .into_par_iter()
-                .map(|(f, r)| -> Result<Option<(usize, std::path::PathBuf)>> {
+                .map(|(f, r)| -> Result<Vec<(&str, std::path::PathBuf)>> {
                     let staged_bytes = stage.range_bytes(f, r);
                     let rows = rowsort::sort_dedup(stage.read_range(f, r)?);
                     let path = tmp.join(format!("{}-{r}.sst", FAMILIES[f]));
-                    let any = ingest::write_lists(store, FAMILIES[f], &path, &rows, !fresh)?;
+                    let long_path = tmp.join(format!("{}-long-{r}.sst", FAMILIES[f]));
+                    let files =
+                        ingest::write_lists(store, FAMILIES[f], &path, &long_path, &rows, !fresh, &long)?;
                     self.progress.inc(staged_bytes, 0);
-                    Ok(any.then_some((f, path)))
+                    Ok(files)
                 })
                 .collect::<Result<_>>()?;
-            for (f, name) in FAMILIES.iter().enumerate() {
+            for name in FAMILIES.iter().chain([&cf::LONG]) {
                 let files: Vec<_> =
-                    written.iter().flatten().filter(|(g, _)| *g == f).map(|(_, p)| p.clone()).collect();
+                    written.iter().flatten().filter(|(g, _)| g == name).map(|(_, p)| p.clone()).collect();
                 if !files.is_empty() {
                     ingest::ingest_files(store, name, files)
                         .with_context(|| format!("ingesting merged {name} ranges {chunk:?}"))?;

@@ -27,6 +27,7 @@ use blkindex_shared::rpc::RpcError;
 use blkindex_shared::schema::{self, cf, meta, BlockLoc, Height};
 
 use crate::bestchain::ChainBlock;
+use crate::ingest::LongSets;
 use crate::rows::{block_rows, verify, BlockRows};
 use crate::scan::{BlockEntry, BlockMap};
 use crate::source::BlockSource;
@@ -54,6 +55,8 @@ pub struct Follower<'a> {
     tail: Tail,
     /// Why the follower is waiting for the node (logged when it starts, changes kind and ends).
     waiting: Option<ReorgRefusal>,
+    /// The prefixes whose lists are in the `long` family (their rows go there).
+    long: LongSets,
 }
 
 impl<'a> Follower<'a> {
@@ -80,6 +83,7 @@ impl<'a> Follower<'a> {
             chain,
             tail: Tail::new(blocks.net, file, offset),
             waiting: None,
+            long: LongSets::load(blocks.store)?,
         })
     }
 
@@ -190,6 +194,8 @@ impl<'a> Follower<'a> {
         while self.chain.len() as Height > fork + 1 {
             self.chain.pop();
         }
+        // A long list the undone blocks emptied went, with its marker.
+        self.long = LongSets::load(self.blocks.store)?;
         Ok(())
     }
 
@@ -219,6 +225,8 @@ impl<'a> Follower<'a> {
             bail!("block {hash} at height {height} takes the index past 2^32 transactions, which its format cannot number");
         }
         self.commit(&rows, raw.as_deref())?;
+        let commit_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let promoted = self.promote_long_lists(&rows)?;
         self.tail.forget(&hash);
         let ntx = rows.header.tx_count;
         self.chain.push(rows.header);
@@ -227,7 +235,8 @@ impl<'a> Follower<'a> {
             height,
             %hash,
             txs = ntx,
-            ms = %format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
+            ms = %format!("{commit_ms:.1}"),
+            promoted,
             committed_at_us = now_us as u64,
             "block committed"
         );
@@ -262,8 +271,12 @@ impl<'a> Follower<'a> {
             let mut keys = keys.clone();
             keys.sort_unstable();
             keys.dedup();
-            for (key, value) in bucket::group(&keys, width) {
+            let (buckets, long) = bucket::group(&keys, width, self.long.of(name));
+            for (key, value) in buckets {
                 batch.merge_cf(store.cf(name), key, value);
+            }
+            for (prefix, list) in long {
+                batch.merge_cf(store.cf(cf::LONG), schema::long_key(name, &prefix), list);
             }
         }
         let h = schema::height_key(rows.height);
@@ -274,6 +287,66 @@ impl<'a> Follower<'a> {
         }
         batch.put_cf(store.cf(cf::META), meta::TIP, schema::encode_tip(rows.height, &rows.header.hash()));
         store.write_sync(batch)
+    }
+}
+
+impl Follower<'_> {
+    /// After a block's commit: the inline lists it made longer than `meta/longlist` move to the
+    /// `long` family (their bucket rewritten with a marker, the list put whole, one synced write).
+    /// Off the commit's path, and safe to lose to a kill: the next block touching the bucket
+    /// checks again. Returns how many moved.
+    fn promote_long_lists(&mut self, rows: &BlockRows) -> Result<usize> {
+        let store = self.blocks.store;
+        let width = store.bucket_width()?;
+        let rest_len = schema::PREFIX_LEN - width;
+        let threshold = store.long_list_bytes()?;
+        let mut batch = WriteBatch::default();
+        let mut moved = Vec::new();
+        for (name, keys) in [(cf::TXID, &rows.txid), (cf::SCRIPT, &rows.script)] {
+            let known = self.long.of(name);
+            let mut buckets: Vec<&[u8]> = keys
+                .iter()
+                .filter(|k| !known.contains(&schema::key_prefix(k)))
+                .map(|k| &k[..width])
+                .collect();
+            buckets.sort_unstable();
+            buckets.dedup();
+            let values = store.db().batched_multi_get_cf(store.cf(name), &buckets, false);
+            for (key, value) in buckets.iter().zip(values) {
+                let Some(value) = value? else { continue };
+                if value.len() <= threshold {
+                    continue; // no list in it can be over the limit
+                }
+                let mut rewritten = Vec::with_capacity(value.len());
+                let mut any = false;
+                for entry in bucket::entries(&value, rest_len) {
+                    let (rest, list) = entry?;
+                    let mut prefix = [0u8; schema::PREFIX_LEN];
+                    prefix[..width].copy_from_slice(key);
+                    prefix[width..].copy_from_slice(rest);
+                    if list.len() > threshold {
+                        batch.put_cf(store.cf(cf::LONG), schema::long_key(name, &prefix), list);
+                        bucket::put_entry(&mut rewritten, rest, &[]);
+                        moved.push((name, prefix));
+                        any = true;
+                    } else {
+                        bucket::put_entry(&mut rewritten, rest, list);
+                    }
+                }
+                if any {
+                    batch.put_cf(store.cf(name), key, rewritten);
+                }
+            }
+        }
+        if moved.is_empty() {
+            return Ok(0);
+        }
+        store.write_sync(batch)?;
+        for (name, prefix) in &moved {
+            info!(family = name, prefix = %hex::encode(prefix), "a list moved to the long family");
+        }
+        self.long = LongSets::load(store)?;
+        Ok(moved.len())
     }
 }
 

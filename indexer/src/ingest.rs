@@ -11,8 +11,10 @@ use bitcoin::BlockHash;
 use rayon::prelude::*;
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
-use blkindex_shared::bucket;
-use blkindex_shared::schema::{self, cf, meta, Height, Pending, RowKey};
+use std::collections::HashSet;
+
+use blkindex_shared::bucket::{self, Long};
+use blkindex_shared::schema::{self, cf, meta, Height, Pending, Prefix, RowKey};
 use blkindex_shared::store::{cf_options, Store};
 
 /// The rows of consecutive blocks `first..=last`, sorted and deduplicated.
@@ -41,10 +43,40 @@ pub enum Lists {
     Staged,
 }
 
+/// The prefixes of each bucket family whose lists are in the `long` family, as the index holds
+/// them when a load starts (merge operands send those prefixes' rows there).
+#[derive(Default)]
+pub struct LongSets {
+    txid: HashSet<Prefix>,
+    script: HashSet<Prefix>,
+}
+
+impl LongSets {
+    pub fn load(store: &Store) -> Result<Self> {
+        Ok(LongSets { txid: store.long_prefixes(cf::TXID)?, script: store.long_prefixes(cf::SCRIPT)? })
+    }
+
+    pub fn of(&self, family: &str) -> &HashSet<Prefix> {
+        match family {
+            cf::TXID => &self.txid,
+            _ => &self.script,
+        }
+    }
+
+    /// How a writer of `family` sends lists to `long`: whole buckets promote lists over
+    /// `threshold` bytes, operands follow the known ones.
+    fn rule(&self, family: &str, merge: bool, threshold: usize) -> Long<'_> {
+        match merge {
+            true => Long::Known(self.of(family)),
+            false => Long::Promote(threshold),
+        }
+    }
+}
+
 /// Writes a batch's rows as SST files and ingests them, the bucket rows as `lists` says. The
 /// files are written in parallel: each family on its own, and the bucket families cut into parts
 /// at bucket boundaries (parts do not overlap, so they are ingested together).
-pub fn ingest(store: &Store, batch: &Batch, tmp: &Path, lists: Lists) -> Result<()> {
+pub fn ingest(store: &Store, batch: &Batch, tmp: &Path, lists: Lists, long: &LongSets) -> Result<()> {
     let path = |name: &str, part: usize| tmp.join(format!("{}-{name}-{part}.sst", batch.first));
     let parts = rayon::current_num_threads().max(1);
     let width = store.bucket_width()?;
@@ -59,9 +91,9 @@ pub fn ingest(store: &Store, batch: &Batch, tmp: &Path, lists: Lists) -> Result<
             jobs.push((name, part, Job::Lists(rows)));
         }
     }
-    let written: Vec<Option<(&str, PathBuf)>> = jobs
+    let written: Vec<Vec<(&str, PathBuf)>> = jobs
         .into_par_iter()
-        .map(|(name, part, job)| -> Result<Option<(&str, PathBuf)>> {
+        .map(|(name, part, job)| -> Result<Vec<(&str, PathBuf)>> {
             let file = path(name, part);
             let any = match job {
                 Job::Headers => {
@@ -72,9 +104,13 @@ pub fn ingest(store: &Store, batch: &Batch, tmp: &Path, lists: Lists) -> Result<
                     let rows = batch.txpos.iter().map(|(h, v)| (schema::height_key(*h), v));
                     write_sst(name, &file, rows)?
                 }
-                Job::Lists(rows) => write_bucket_sst(name, &file, rows, width, merge)?,
+                Job::Lists(rows) => {
+                    let long_file = path(&format!("{name}-long"), part);
+                    let rule = long.rule(name, merge, store.long_list_bytes()?);
+                    return write_bucket_sst(name, &file, &long_file, rows, width, merge, rule);
+                }
             };
-            Ok(any.then_some((name, file)))
+            Ok(if any { vec![(name, file)] } else { vec![] })
         })
         .collect::<Result<_>>()?;
     let mut ssts: Vec<(&str, Vec<PathBuf>)> = Vec::new();
@@ -109,10 +145,20 @@ pub fn ingest_files(store: &Store, name: &str, files: Vec<PathBuf>) -> Result<()
 }
 
 /// Writes the sorted, deduplicated rows of one key range of bucket family `name` as an SST file at
-/// `path` (plain values, or merge operands when `merge`); false when there were no rows. The
-/// caller ingests the files of several ranges together.
-pub fn write_lists(store: &Store, name: &str, path: &Path, rows: &[RowKey], merge: bool) -> Result<bool> {
-    write_bucket_sst(name, path, rows, store.bucket_width()?, merge)
+/// `path`, and its long lists at `long_path` (plain values that promote long lists into an empty
+/// index, or merge operands when `merge`): the files written, with their families. The caller
+/// ingests the files of several ranges together.
+pub fn write_lists<'a>(
+    store: &Store,
+    name: &'a str,
+    path: &Path,
+    long_path: &Path,
+    rows: &[RowKey],
+    merge: bool,
+    long: &LongSets,
+) -> Result<Vec<(&'a str, PathBuf)>> {
+    let rule = long.rule(name, merge, store.long_list_bytes()?);
+    write_bucket_sst(name, path, long_path, rows, store.bucket_width()?, merge, rule)
 }
 
 /// One SST file to write.
@@ -141,21 +187,64 @@ fn split_at_buckets(rows: &[RowKey], parts: usize, width: usize) -> Vec<&[RowKey
     out
 }
 
-/// Writes sorted, deduplicated rows of a bucket family as one bucket value per key (merge
-/// operands when `merge`); false when there were no rows.
-fn write_bucket_sst(name: &str, path: &Path, rows: &[RowKey], width: usize, merge: bool) -> Result<bool> {
+/// Writes sorted, deduplicated rows of bucket family `name` as one bucket value per key at
+/// `path` and the lists `long` sends out at `long_path` (merge operands when `merge`): the files
+/// that got entries, with their families.
+fn write_bucket_sst<'a>(
+    name: &'a str,
+    path: &Path,
+    long_path: &Path,
+    rows: &[RowKey],
+    width: usize,
+    merge: bool,
+    long: Long,
+) -> Result<Vec<(&'a str, PathBuf)>> {
     if rows.is_empty() {
-        return Ok(false);
+        return Ok(vec![]);
     }
     let opts = cf_options(name);
     let mut w = SstFileWriter::create(&opts);
     w.open(path)?;
-    bucket::for_each_bucket(rows, width, |key, value| match merge {
-        true => w.merge(key, value),
-        false => w.put(key, value),
-    })?;
-    w.finish()?;
-    Ok(true)
+    let long_opts = cf_options(cf::LONG);
+    let mut lw: Option<SstFileWriter> = None;
+    let mut any = false;
+    bucket::for_each_bucket(
+        rows,
+        width,
+        long,
+        |key, value| {
+            any = true;
+            match merge {
+                true => w.merge(key, value),
+                false => w.put(key, value),
+            }
+        },
+        |prefix, list| {
+            let lw = match &mut lw {
+                Some(lw) => lw,
+                None => {
+                    let new = SstFileWriter::create(&long_opts);
+                    new.open(long_path)?;
+                    lw.insert(new)
+                }
+            };
+            let key = schema::long_key(name, prefix);
+            match merge {
+                true => lw.merge(key, list),
+                false => lw.put(key, list),
+            }
+        },
+    )?;
+    let mut out = Vec::new();
+    if any {
+        w.finish()?;
+        out.push((name, path.to_path_buf()));
+    }
+    if let Some(mut lw) = lw {
+        lw.finish()?;
+        out.push((cf::LONG, long_path.to_path_buf()));
+    }
+    Ok(out)
 }
 
 /// Writes sorted rows into an SST file for family `name` (`headers`, `txpos`: plain values);

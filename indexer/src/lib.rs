@@ -96,6 +96,10 @@ pub struct Args {
     /// 2 on signet and regtest); a regtest chain of mainnet's size wants 3. Fixed at creation.
     #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_BUCKET_WIDTH")]
     bucket_width: Option<usize>,
+    /// Txnum lists longer than this many bytes (a hot script's) are kept apart from their bucket
+    /// in a new index (default 4096); fixed at creation. Tests make it small.
+    #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_LONG_LIST_BYTES")]
+    long_list_bytes: Option<usize>,
     /// Deepest reorg undone without asking: a deeper one (or a node whose chain has less work
     /// than the index, e.g. while it reindexes) makes the indexer wait and say why.
     #[arg(long, help_heading = "Following", env = "BLKINDEX_MAX_REORG", default_value_t = 100)]
@@ -153,6 +157,7 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     }
     let store = Store::open(&args.node.db, Mode::Bulk)?;
     store.check_identity(args.node.network, true, args.bucket_width)?;
+    store.check_long_list_bytes(args.long_list_bytes)?;
     // Ready once the index is open: a bulk pass may follow for hours, and a service manager must
     // not hold the boot (or the server, ordered after it) for that; `systemctl status` shows the
     // phase.

@@ -194,7 +194,15 @@ impl IndexReader {
 
     /// The txnums stored under this prefix, ascending, up to the indexed tip.
     fn scan(&self, family: &str, prefix: Prefix) -> Result<Vec<TxNum>> {
-        let mut out = self.store.txnums(family, &prefix)?;
+        self.scan_at_most(family, prefix, usize::MAX)
+    }
+
+    /// As `scan`, refusing a list of more than `max_rows` rows from its length alone.
+    fn scan_at_most(&self, family: &str, prefix: Prefix, max_rows: usize) -> Result<Vec<TxNum>> {
+        let mut out = match self.store.txnums_at_most(family, &prefix, max_rows)? {
+            Ok(txnums) => txnums,
+            Err(rows) => return Err(TooManyRows { rows, max: max_rows }.into()),
+        };
         // Txnums past the indexed tip belong to a batch not yet committed: not visible.
         let end = self.chain.next_txnum();
         out.truncate(out.partition_point(|&n| n < end));
@@ -227,7 +235,7 @@ impl IndexReader {
         earlier: Option<&ScriptScan>,
         max_rows: usize,
     ) -> Result<ScriptScan> {
-        let txnums = self.scan(cf::SCRIPT, schema::script_prefix(sh))?;
+        let txnums = self.scan_at_most(cf::SCRIPT, schema::script_prefix(sh), max_rows)?;
         if txnums.len() > max_rows {
             return Err(TooManyRows { rows: txnums.len(), max: max_rows }.into());
         }
@@ -322,7 +330,7 @@ impl IndexReader {
         sh: &ScriptHash,
         max_rows: usize,
     ) -> Result<Option<TxInfo>> {
-        let txnums = self.scan(cf::SCRIPT, schema::script_prefix(sh))?;
+        let txnums = self.scan_at_most(cf::SCRIPT, schema::script_prefix(sh), max_rows)?;
         if txnums.len() > max_rows {
             return Err(TooManyRows { rows: txnums.len(), max: max_rows }.into());
         }

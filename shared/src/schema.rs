@@ -21,7 +21,7 @@ use crate::network::Net;
 use crate::varint::{get_leb128, put_leb128, DecodeError, Reader};
 
 /// Checked at every open; a mismatch asks for a rebuild instead of misreading rows.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 pub type TxNum = u32;
 pub type Height = u32;
@@ -42,8 +42,11 @@ pub mod cf {
     pub const SCRIPT: &str = "script";
     /// block hash → raw block, for best-chain blocks that were not in the blk files when indexed.
     pub const RAWBLOCK: &str = "rawblock";
+    /// family tag ‖ whole 5-byte prefix → [`super::TxnumList`]: the lists too long to stay in
+    /// their bucket ([`super::long_key`]; the bucket holds a marker).
+    pub const LONG: &str = "long";
 
-    pub const ALL: [&str; 6] = [META, HEADERS, TXPOS, TXID, SCRIPT, RAWBLOCK];
+    pub const ALL: [&str; 7] = [META, HEADERS, TXPOS, TXID, SCRIPT, RAWBLOCK, LONG];
 }
 
 /// Keys of the `meta` column family.
@@ -61,6 +64,8 @@ pub mod meta {
     pub const STAGED: &[u8] = b"staged";
     /// u8: bytes of a hash prefix in `txid` and `script` keys (the bucket width), fixed at creation.
     pub const BUCKET: &[u8] = b"bucket";
+    /// u32: lists longer than this many bytes live in the `long` family, fixed at creation.
+    pub const LONG_LIST: &[u8] = b"longlist";
 }
 
 /// The bucket width a new index of this network gets: buckets should hold tens of prefixes, so
@@ -79,6 +84,22 @@ pub const PREFIX_LEN: usize = 5;
 pub const KEY_LEN: usize = PREFIX_LEN + 4;
 
 pub type Prefix = [u8; PREFIX_LEN];
+
+/// The `long` family's key of a bucket family's prefix: `t` (txid) or `s` (script) ‖ prefix.
+pub fn long_key(family: &str, prefix: &Prefix) -> [u8; PREFIX_LEN + 1] {
+    let mut k = [0u8; PREFIX_LEN + 1];
+    k[0] = long_tag(family);
+    k[1..].copy_from_slice(prefix);
+    k
+}
+
+pub fn long_tag(family: &str) -> u8 {
+    match family {
+        cf::TXID => b't',
+        cf::SCRIPT => b's',
+        other => panic!("{other} is not a bucket family"),
+    }
+}
 
 /// A logical row `prefix ‖ txnum`, the unit in which rows are made and sorted before they are
 /// grouped into [`TxnumList`] values under their prefix.
@@ -121,6 +142,12 @@ pub fn key_prefix(row: &RowKey) -> Prefix {
 pub struct TxnumList;
 
 impl TxnumList {
+    /// How many txnums a list holds, without decoding it: each LEB128 number ends in the one
+    /// byte of its encoding whose top bit is clear.
+    pub fn count(v: &[u8]) -> usize {
+        v.iter().filter(|&&b| b < 0x80).count()
+    }
+
     pub fn encode(txnums: &[TxNum]) -> Vec<u8> {
         let mut v = Vec::with_capacity(txnums.len() * 2 + 2);
         Self::encode_into(&mut v, txnums.iter().copied());

@@ -60,6 +60,19 @@ fn merge_buckets(key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeO
     bucket::merge(rest_len, existing.into_iter().chain(operands.iter())).ok()
 }
 
+/// Options of the `long` family: txnum lists merged by union, few keys (the hot scripts).
+fn long_cf_options() -> Options {
+    let mut o = Options::default();
+    o.set_merge_operator_associative("blkindex.list_union.v1", merge_lists);
+    o.set_compression_type(DBCompressionType::None);
+    o.set_bottommost_compression_type(DBCompressionType::None);
+    o
+}
+
+fn merge_lists(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
+    schema::TxnumList::merge(existing.into_iter().chain(operands.iter())).ok()
+}
+
 fn plain_cf_options() -> Options {
     let mut o = Options::default();
     o.set_compression_type(DBCompressionType::Lz4);
@@ -70,6 +83,7 @@ fn plain_cf_options() -> Options {
 pub fn cf_options(name: &str) -> Options {
     match name {
         cf::SCRIPT | cf::TXID => list_cf_options(),
+        cf::LONG => long_cf_options(),
         _ => plain_cf_options(),
     }
 }
@@ -252,6 +266,34 @@ impl Store {
         Ok(rows)
     }
 
+    /// Stamps a new index with the length over which lists move to the `long` family (`bytes`,
+    /// else the default); refuses another length for an index that has one.
+    pub fn check_long_list_bytes(&self, bytes: Option<usize>) -> Result<()> {
+        match (self.get_meta(meta::LONG_LIST)?, bytes) {
+            (None, _) => {
+                let n = bytes.unwrap_or(bucket::LONG_LIST_BYTES);
+                anyhow::ensure!((1..=1 << 30).contains(&n), "long list length {n}: must be 1 to 2^30 bytes");
+                self.put_meta(&[(meta::LONG_LIST, Some(&(n as u32).to_be_bytes()))])
+            }
+            (Some(_), Some(n)) if n != self.long_list_bytes()? => bail!(
+                "{}: index was created with long lists over {} bytes; that length is chosen only when an \
+                 index is created",
+                self.path.display(),
+                self.long_list_bytes()?
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Lists longer than this many bytes are in the `long` family (`meta/longlist`).
+    pub fn long_list_bytes(&self) -> Result<usize> {
+        match self.get_meta(meta::LONG_LIST)?.as_deref() {
+            Some(&[a, b, c, d]) => Ok(u32::from_be_bytes([a, b, c, d]) as usize),
+            Some(_) => bail!("{}: bad long-list length in the index's meta", self.path.display()),
+            None => Ok(bucket::LONG_LIST_BYTES),
+        }
+    }
+
     /// Bytes of a hash prefix in `txid` and `script` keys (`meta/bucket`, fixed when the index
     /// was created).
     pub fn bucket_width(&self) -> Result<usize> {
@@ -273,14 +315,51 @@ impl Store {
 
     /// The txnums stored for `prefix` in a bucket family (`script` or `txid`).
     pub fn txnums(&self, family: &str, prefix: &schema::Prefix) -> Result<Vec<schema::TxNum>> {
+        Ok(self.txnums_at_most(family, prefix, usize::MAX)?.unwrap_or_default())
+    }
+
+    /// As [`Store::txnums`], but a list of more than `max` txnums is only counted (its length
+    /// read from its bytes, nothing decoded or allocated): `Err(count)`. A hot script's list is
+    /// megabytes.
+    pub fn txnums_at_most(
+        &self,
+        family: &str,
+        prefix: &schema::Prefix,
+        max: usize,
+    ) -> Result<std::result::Result<Vec<schema::TxNum>, usize>> {
         let (key, rest) = prefix.split_at(self.bucket_width()?);
         let Some(v) = self.db.get_pinned_cf(self.cf(family), key)? else {
-            return Ok(Vec::new());
+            return Ok(Ok(Vec::new()));
+        };
+        let decode = |list: &[u8]| -> Result<std::result::Result<Vec<schema::TxNum>, usize>> {
+            match schema::TxnumList::count(list) {
+                n if n > max => Ok(Err(n)),
+                _ => Ok(Ok(schema::TxnumList::decode(list)?)),
+            }
         };
         match bucket::find(&v, rest)? {
-            Some(list) => Ok(schema::TxnumList::decode(list)?),
-            None => Ok(Vec::new()),
+            Some([]) => {
+                let long = self.db.get_pinned_cf(self.cf(cf::LONG), schema::long_key(family, prefix))?;
+                decode(&long.context("a bucket's marker has no list in the long family")?)
+            }
+            Some(list) => decode(list),
+            None => Ok(Ok(Vec::new())),
         }
+    }
+
+    /// The prefixes of a bucket family whose lists are in the `long` family.
+    pub fn long_prefixes(&self, family: &str) -> Result<std::collections::HashSet<schema::Prefix>> {
+        let tag = [schema::long_tag(family)];
+        let mut out = std::collections::HashSet::new();
+        let it = self.db.prefix_iterator_cf(self.cf(cf::LONG), tag);
+        for item in it {
+            let (k, _) = item?;
+            if k[0] != tag[0] {
+                break;
+            }
+            out.insert(k[1..].try_into().context("bad key in the long family")?);
+        }
+        Ok(out)
     }
 
     /// Adds to `batch` what removes every txnum ≥ `from` from the buckets of these prefixes of a
@@ -300,7 +379,35 @@ impl Store {
             let Some(v) = self.db.get_pinned_cf(handle, key)? else {
                 continue;
             };
-            let kept = bucket::truncate(&v, schema::PREFIX_LEN - width, from)?;
+            // Long lists of this bucket's touched prefixes: cut too; one left empty goes, with
+            // its marker.
+            let mut gone = Vec::new();
+            for entry in bucket::entries(&v, schema::PREFIX_LEN - width) {
+                let (rest, list) = entry?;
+                let mut prefix = [0u8; schema::PREFIX_LEN];
+                prefix[..width].copy_from_slice(key);
+                prefix[width..].copy_from_slice(rest);
+                if !list.is_empty() || !prefixes.contains(&prefix) {
+                    continue;
+                }
+                let lk = schema::long_key(family, &prefix);
+                let long = self
+                    .db
+                    .get_pinned_cf(self.cf(cf::LONG), lk)?
+                    .context("a marker without its long list")?;
+                let txnums = schema::TxnumList::decode(&long)?;
+                match txnums.partition_point(|&n| n < from) {
+                    0 => {
+                        batch.delete_cf(self.cf(cf::LONG), lk);
+                        gone.push(rest.to_vec());
+                    }
+                    k if k == txnums.len() => {}
+                    k => batch.put_cf(self.cf(cf::LONG), lk, schema::TxnumList::encode(&txnums[..k])),
+                }
+            }
+            let kept = bucket::truncate(&v, schema::PREFIX_LEN - width, from, |rest| {
+                gone.iter().any(|g| g == rest)
+            })?;
             if kept.len() == v.len() {
                 continue;
             }

@@ -12,7 +12,7 @@ use serde_json::json;
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::bucket;
 use blkindex_shared::query::IndexReader;
-use blkindex_shared::schema::{cf, HeaderRow, TxnumList};
+use blkindex_shared::schema::{self, cf, HeaderRow, TxnumList};
 use blkindex_shared::store::{Mode, Store};
 
 use crate::expect::Expected;
@@ -89,6 +89,16 @@ pub fn digest(db: &Path) -> Digest {
                 cf::TXID | cf::SCRIPT => {
                     for entry in bucket::entries(&v, bucket::rest_len(&k).unwrap()) {
                         let (rest, list) = entry.unwrap();
+                        // Where a list lives (inline or in `long`) is not part of what it holds.
+                        let long;
+                        let list = match list {
+                            [] => {
+                                let prefix: [u8; 5] = [&k[..], rest].concat().try_into().unwrap();
+                                long = store.db().get_cf(store.cf(cf::LONG), schema::long_key(name, &prefix));
+                                long.as_ref().unwrap().as_deref().expect("a marker without its long list")
+                            }
+                            list => list,
+                        };
                         for n in TxnumList::decode(list).unwrap() {
                             e.input(&k);
                             e.input(rest);

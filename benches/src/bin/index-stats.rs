@@ -48,18 +48,23 @@ fn main() -> Result<()> {
         let shown: Vec<String> =
             fields.iter().map(|f| format!("{f}={}", pick(f).unwrap_or_default())).collect();
         println!("{name}: {}", shown.join(", "));
-        let (mut hist, mut txnums, mut prefixes) = ([0u64; 6], 0u64, 0u64);
+        let (mut hist, mut txnums, mut prefixes, mut long) = ([0u64; 6], 0u64, 0u64, 0u64);
         for kv in store.db().iterator_cf(store.cf(name), rocksdb::IteratorMode::Start) {
             let (k, v) = kv?;
             for entry in bucket::entries(&v, bucket::rest_len(&k)?) {
-                let n = TxnumList::decode(entry?.1)?.len();
+                let list = entry?.1;
+                if list.is_empty() {
+                    long += 1; // a marker: the list is in the long family
+                    continue;
+                }
+                let n = TxnumList::decode(list)?.len();
                 txnums += n as u64;
                 prefixes += 1;
                 hist[[1, 2, 3, 5, 10].iter().position(|&b| n <= b).unwrap_or(5)] += 1;
             }
         }
         println!(
-            "{name}: {prefixes} prefixes, {txnums} txnums; prefixes with 1: {}, 2: {}, 3: {}, 4-5: {}, 6-10: {}, >10: {}",
+            "{name}: {prefixes} prefixes, {txnums} txnums (and {long} long lists); prefixes with 1: {}, 2: {}, 3: {}, 4-5: {}, 6-10: {}, >10: {}",
             hist[0], hist[1], hist[2], hist[3], hist[4], hist[5]
         );
     }

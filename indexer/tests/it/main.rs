@@ -4,3 +4,4 @@
 mod bulk;
 mod faults;
 mod follow;
+mod long_lists;
