@@ -28,18 +28,23 @@ fn status_kb(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Bytes allocated on disk to the files under `dir` (files that vanish meanwhile count as 0).
+/// Bytes allocated on disk to the files under `dir` (files that vanish meanwhile count as 0; a
+/// file with several names, as RocksDB's ingestion links them, counts once).
 fn disk_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
+    fn walk(dir: &std::path::Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        let mut sum = 0;
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => sum += walk(&e.path(), seen),
+                Ok(m) if seen.insert((m.dev(), m.ino())) => sum += m.blocks() * 512,
+                _ => {}
+            }
+        }
+        sum
+    }
+    walk(dir, &mut Default::default())
 }
 
 fn main() -> Result<()> {
