@@ -1,0 +1,42 @@
+//! Writes a mainnet-shaped regtest chain straight into `<datadir>/regtest/blocks/` (blk, rev and
+//! xor.dat files as Bitcoin Core writes them), with no node (see `blkindex_benches::blockgen`).
+//! Prints what it made as one JSON line, also written to `<datadir>/gen-blocks.json`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+use blkindex_benches::blockgen::{generate, Params, MAX_BLOCKFILE_SIZE};
+use blkindex_shared::config::run_main;
+
+#[derive(Parser)]
+#[command(about = "Writes a mainnet-shaped regtest chain into a data directory's block files")]
+struct Args {
+    /// The data directory (the chain goes into its regtest/blocks/, which must hold no blk files).
+    #[arg(long)]
+    datadir: PathBuf,
+    /// Bytes of best-chain blocks, in GB (10^9 bytes); fractions are fine (0.01).
+    #[arg(long)]
+    gb: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Size a blk file is cut before (Core's is 128 MiB).
+    #[arg(long, default_value_t = MAX_BLOCKFILE_SIZE)]
+    max_file_size: u64,
+}
+
+fn main() {
+    run_main(run)
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let gb = args.gb;
+    anyhow::ensure!(gb > 0.0 && gb.is_finite(), "--gb must be a positive number");
+    anyhow::ensure!(args.max_file_size >= 1 << 20, "--max-file-size must be at least 1 MiB");
+    let params = Params { max_file_size: args.max_file_size, ..Params::new(gb, args.seed) };
+    let report = generate(&args.datadir, &params)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
