@@ -13,7 +13,7 @@
 //! right, every input spends an existing earlier output of its branch once, coinbases only after
 //! 100 blocks, outputs never exceed inputs (a coinbase: subsidy plus fees), and each undo record
 //! holds exactly the spent outputs (height, coinbase flag, value, script) with its checksum.
-//! Same seed and size, same bytes.
+//! Same seed and size, same bytes. `verify` checks an index of the chain against the report.
 
 mod build;
 mod files;
@@ -22,6 +22,7 @@ mod pool;
 mod script;
 mod shape;
 mod undo;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +41,7 @@ use pool::Utxo;
 use script::{mix, stream, ScriptId, Scripts, Stream};
 
 pub use files::MAX_BLOCKFILE_SIZE;
+pub use verify::{check_index, Checked};
 
 /// What to make.
 #[derive(Clone, Debug)]
