@@ -38,7 +38,7 @@ use blkindex_shared::{Net, ScriptHash};
 use build::{assemble, build_txs, genesis, BuiltBlock};
 use plan::{BlockPlan, OutScript, Planner};
 use pool::Utxo;
-use script::{mix, stream, ScriptId, Scripts, Stream};
+use script::{mix, stream, Kind, ScriptId, Scripts, Stream};
 
 pub use files::MAX_BLOCKFILE_SIZE;
 pub use verify::{check_index, Checked};
@@ -92,6 +92,12 @@ pub struct Report {
     /// Best-chain outputs, OP_RETURN ones included.
     pub outputs: u64,
     pub op_return_outputs: u64,
+    /// Best-chain outputs paying each kind of script.
+    pub outputs_by_kind: BTreeMap<String, u64>,
+    /// Share of those paying a script paid before.
+    pub reused_share: f64,
+    /// Inputs spending a P2TR output by its script path with an inscription.
+    pub inscriptions: u64,
     /// Spendable outputs left unspent at the tip.
     pub utxos: u64,
     pub blk_files: u32,
@@ -189,6 +195,12 @@ pub fn generate(datadir: &Path, params: &Params) -> Result<Report> {
         inputs: totals.inputs,
         outputs: totals.outputs + genesis_tx,
         op_return_outputs: totals.op_returns,
+        outputs_by_kind: Kind::ALL
+            .iter()
+            .map(|k| (k.name().to_string(), totals.by_kind[*k as usize]))
+            .collect(),
+        reused_share: 1.0 - totals.fresh as f64 / totals.by_kind.iter().sum::<u64>().max(1) as f64,
+        inscriptions: totals.inscriptions,
         utxos: planner.pool.unspent(),
         blk_files: stats.blk_files,
         blk_bytes: stats.blk_bytes,

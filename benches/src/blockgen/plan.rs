@@ -15,7 +15,7 @@ const DUST: u64 = 546;
 /// one round of parallel building.
 const MAX_WAVE: u8 = 3;
 /// Share of outputs paying a script paid before (besides the hot head and change sent back).
-const REUSE: f64 = 0.30;
+const REUSE: f64 = 0.40;
 /// Share of transactions that send their change back to their first input's script.
 const CHANGE_BACK: f64 = 0.12;
 /// Popular scripts of the long tail (a slot is paid with weight 1/rank) and recently made ones.
@@ -111,6 +111,12 @@ pub struct Totals {
     pub inputs: u64,
     pub outputs: u64,
     pub op_returns: u64,
+    /// Outputs paying each kind of script (`Kind::ALL`'s order).
+    pub by_kind: [u64; 8],
+    /// Outputs paying a script no output paid before.
+    pub fresh: u64,
+    /// Inputs spending a P2TR output with an inscription.
+    pub inscriptions: u64,
 }
 
 /// An output of this block not yet spent in it.
@@ -138,6 +144,8 @@ pub struct Planner {
     pub tracked: HashMap<ScriptId, Stats>,
     pub totals: Totals,
     touched: Vec<ScriptId>,
+    /// The highest index of a fresh script paid so far.
+    last_fresh: u64,
 }
 
 /// Rounds down to two significant digits, more often than not.
@@ -208,6 +216,7 @@ impl Planner {
             tracked: HashMap::new(),
             totals: Totals::default(),
             touched: Vec::new(),
+            last_fresh: RESERVED,
         }
     }
 
@@ -368,10 +377,27 @@ impl Planner {
                 }
             }
             self.count_touched();
+            let coinbase = std::mem::take(&mut plan.coinbase);
+            self.count_outputs(&coinbase);
+            plan.coinbase = coinbase;
             self.totals.txs += 1;
             self.totals.outputs += plan.coinbase.len() as u64;
             self.totals.op_returns +=
                 plan.coinbase.iter().filter(|o| !matches!(o.script, OutScript::Pay(_))).count() as u64;
+        }
+    }
+
+    /// Counts the best chain's outputs by kind, and those paying a script for the first time
+    /// (fresh scripts are numbered in the order they are first paid).
+    fn count_outputs(&mut self, outs: &[Out]) {
+        for o in outs {
+            if let OutScript::Pay(id) = o.script {
+                self.totals.by_kind[id.kind() as usize] += 1;
+                if id.index() > self.last_fresh {
+                    self.last_fresh = id.index();
+                    self.totals.fresh += 1;
+                }
+            }
         }
     }
 
@@ -559,6 +585,11 @@ impl Planner {
                 }
             }
             self.count_touched();
+            let outs = std::mem::take(&mut plan.outs);
+            self.count_outputs(&outs[outputs.clone()]);
+            plan.outs = outs;
+            self.totals.inscriptions +=
+                plan.spends[inputs.clone()].iter().filter(|s| s.inscription > 0).count() as u64;
             self.totals.txs += 1;
             self.totals.inputs += inputs.len() as u64;
             self.totals.outputs += outputs.len() as u64;
