@@ -27,6 +27,10 @@ struct Args {
     /// Size a blk file is cut before (Core's is 128 MiB).
     #[arg(long, default_value_t = MAX_BLOCKFILE_SIZE)]
     max_file_size: u64,
+    /// Unspent outputs kept spendable (64 bytes each); beyond, the oldest small ones stay
+    /// unspent for ever.
+    #[arg(long, default_value_t = Params::new(1.0, 1).pool_cap)]
+    pool_cap: usize,
     /// Instead of generating: check the index DB of the chain in --datadir against its
     /// gen-blocks.json (tip, transactions, the followed scripts' histories and balances).
     #[arg(long, conflicts_with = "gb")]
@@ -56,7 +60,8 @@ fn run() -> Result<()> {
     let gb = args.gb.expect("clap requires --gb without --check");
     anyhow::ensure!(gb > 0.0 && gb.is_finite(), "--gb must be a positive number");
     anyhow::ensure!(args.max_file_size >= 1 << 20, "--max-file-size must be at least 1 MiB");
-    let params = Params { max_file_size: args.max_file_size, ..Params::new(gb, args.seed) };
+    let params =
+        Params { max_file_size: args.max_file_size, pool_cap: args.pool_cap, ..Params::new(gb, args.seed) };
     let report = generate(&args.datadir, &params)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

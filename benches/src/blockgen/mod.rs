@@ -100,6 +100,8 @@ pub struct Report {
     pub inscriptions: u64,
     /// Spendable outputs left unspent at the tip.
     pub utxos: u64,
+    /// Of those, the ones that left the full pool (never to be spent).
+    pub abandoned: u64,
     pub blk_files: u32,
     /// Bytes of blk and rev records (the last files' preallocated zero tails not counted).
     pub blk_bytes: u64,
@@ -202,6 +204,7 @@ pub fn generate(datadir: &Path, params: &Params) -> Result<Report> {
         reused_share: 1.0 - totals.fresh as f64 / totals.by_kind.iter().sum::<u64>().max(1) as f64,
         inscriptions: totals.inscriptions,
         utxos: planner.pool.unspent(),
+        abandoned: planner.pool.abandoned,
         blk_files: stats.blk_files,
         blk_bytes: stats.blk_bytes,
         rev_bytes: stats.rev_bytes,

@@ -26,7 +26,8 @@ const MAX_FILE: u64 = 1 << 20;
 fn a_generated_chain_is_valid_and_indexes_to_what_was_generated() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let datadir = dir.path().join("chain");
-    let params = Params { max_file_size: MAX_FILE, ..Params::new(0.008, 3) };
+    // A pool smaller than the chain's unspent outputs, so that some leave it for good.
+    let params = Params { max_file_size: MAX_FILE, pool_cap: 8_000, ..Params::new(0.008, 3) };
     let report = generate(&datadir, &params)?;
     eprintln!(
         "{} blocks ({} stale, {} before their parent), {} txs, {} blk bytes in {} files",
@@ -42,6 +43,12 @@ fn a_generated_chain_is_valid_and_indexes_to_what_was_generated() -> Result<()> 
     assert!(report.blk_files >= 5, "{} blk files", report.blk_files);
     assert!(report.stale_blocks >= 3, "{} stale blocks", report.stale_blocks);
     assert!(report.blocks_before_parent > 0);
+    assert!(
+        report.abandoned > 0 && report.utxos > report.abandoned,
+        "{} of {}",
+        report.abandoned,
+        report.utxos
+    );
     assert_eq!(report.hot.len(), 43);
     assert!(report.hot[0].txs > 100 && !report.sample.is_empty());
 
