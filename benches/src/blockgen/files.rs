@@ -6,11 +6,11 @@
 //!
 //! Arrival order: a node downloads from several peers at once, so blocks land a little out of
 //! height order. Blocks are taken in windows of 1 to 12, and some windows are shuffled locally
-//! (each block moves by up to three places): a child can sit before its parent, in the same file
-//! or the one before. Undo records follow connection order, which is height order (a stale block
+//! (each block moves by up to three places), and at half the file boundaries the blocks on
+//! either side swap: a child can sit before its parent, in the same file or the one before. Undo records follow connection order, which is height order (a stale block
 //! connects before the best-chain sibling that later replaces it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -37,8 +37,9 @@ pub struct FileStats {
     /// Bytes of records (the preallocated tails not counted).
     pub blk_bytes: u64,
     pub rev_bytes: u64,
-    /// Blocks stored before their parent.
+    /// Blocks stored before their parent; of those, in an earlier file than their parent's.
     pub before_parent: u64,
+    pub before_parent_file: u64,
 }
 
 struct Open {
@@ -57,7 +58,9 @@ pub struct Writer {
     blk_num: u32,
     blk: Open,
     revs: BTreeMap<u32, Open>,
-    stored: std::collections::HashSet<BlockHash>,
+    /// The blk file of every block stored, and (file, parent) of those stored before their parent.
+    stored: HashMap<BlockHash, u32>,
+    early: Vec<(u32, BlockHash)>,
     pub stats: FileStats,
 }
 
@@ -119,7 +122,8 @@ impl Writer {
             blk_num: 0,
             blk,
             revs: BTreeMap::new(),
-            stored: Default::default(),
+            stored: HashMap::new(),
+            early: Vec::new(),
             stats: FileStats { blk_files: 1, ..Default::default() },
         })
     }
@@ -140,6 +144,19 @@ impl Writer {
             let keys: Vec<f64> = (0..n).map(|i| i as f64 + 3.0 * self.rng.f64()).collect();
             order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
         }
+        // Where this window would start the next blk file: half the time, the two blocks on
+        // either side of that boundary arrived the other way round (a child in the file before
+        // its parent's, when they are consecutive).
+        let mut len = self.blk.len;
+        let boundary = order.iter().position(|&i| {
+            let add = self.window[i].bytes.len() as u64 + 8;
+            let next_file = len > 0 && len + add >= self.max_file_size;
+            len += add;
+            next_file
+        });
+        if let Some(k) = boundary.filter(|&k| k > 0 && self.rng.bool()) {
+            order.swap(k - 1, k);
+        }
         let mut files = vec![0u32; n];
         for &i in &order {
             let len = self.window[i].bytes.len() as u64 + 8;
@@ -152,10 +169,11 @@ impl Writer {
             }
             let b = &mut self.window[i];
             let prev = BlockHash::from_byte_array(b.bytes[4..36].try_into().expect("a header"));
-            if b.height > 0 && !self.stored.contains(&prev) {
+            if b.height > 0 && !self.stored.contains_key(&prev) {
                 self.stats.before_parent += 1;
+                self.early.push((self.blk_num, prev));
             }
-            self.stored.insert(b.hash);
+            self.stored.insert(b.hash, self.blk_num);
             files[i] = self.blk_num;
             self.stats.blk_bytes += len;
             self.blk.record(&self.key, self.magic, &mut b.bytes, 0)?;
@@ -182,6 +200,8 @@ impl Writer {
     /// Writes what is left; the files being written keep their preallocated tails.
     pub fn finish(mut self) -> Result<FileStats> {
         self.flush_window()?;
+        self.stats.before_parent_file =
+            self.early.iter().filter(|(file, parent)| self.stored[parent] > *file).count() as u64;
         self.blk.close(BLOCKFILE_CHUNK.min(self.max_file_size))?;
         for (_, rev) in std::mem::take(&mut self.revs) {
             rev.close(UNDOFILE_CHUNK)?;

@@ -106,8 +106,10 @@ pub struct Report {
     /// Bytes of blk and rev records (the last files' preallocated zero tails not counted).
     pub blk_bytes: u64,
     pub rev_bytes: u64,
-    /// Blocks stored before their parent (out of height order).
+    /// Blocks stored before their parent (out of height order); of those, in an earlier blk
+    /// file than their parent's.
     pub blocks_before_parent: u64,
+    pub blocks_in_file_before_parent: u64,
     pub seconds: f64,
     /// blk bytes per second, in 10^6.
     pub mb_per_s: f64,
@@ -209,6 +211,7 @@ pub fn generate(datadir: &Path, params: &Params) -> Result<Report> {
         blk_bytes: stats.blk_bytes,
         rev_bytes: stats.rev_bytes,
         blocks_before_parent: stats.before_parent,
+        blocks_in_file_before_parent: stats.before_parent_file,
         seconds,
         mb_per_s: stats.blk_bytes as f64 / 1e6 / seconds,
         hot,
