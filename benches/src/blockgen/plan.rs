@@ -117,6 +117,24 @@ pub struct Totals {
     pub fresh: u64,
     /// Inputs spending a P2TR output with an inscription.
     pub inscriptions: u64,
+    /// The highest index of a script paid so far.
+    last_paid: u64,
+}
+
+impl Totals {
+    /// Counts outputs by kind, and those paying a script for the first time (fresh scripts are
+    /// numbered in the order they are first paid; the reserved ones, a hundred, are not told).
+    fn count_outputs(&mut self, outs: &[Out]) {
+        for o in outs {
+            if let OutScript::Pay(id) = o.script {
+                self.by_kind[id.kind() as usize] += 1;
+                if id.index() > self.last_paid.max(RESERVED) {
+                    self.last_paid = id.index();
+                    self.fresh += 1;
+                }
+            }
+        }
+    }
 }
 
 /// An output of this block not yet spent in it.
@@ -144,8 +162,6 @@ pub struct Planner {
     pub tracked: HashMap<ScriptId, Stats>,
     pub totals: Totals,
     touched: Vec<ScriptId>,
-    /// The highest index of a fresh script paid so far.
-    last_fresh: u64,
 }
 
 /// Rounds down to two significant digits, more often than not.
@@ -216,7 +232,6 @@ impl Planner {
             tracked: HashMap::new(),
             totals: Totals::default(),
             touched: Vec::new(),
-            last_fresh: RESERVED,
         }
     }
 
@@ -377,27 +392,11 @@ impl Planner {
                 }
             }
             self.count_touched();
-            let coinbase = std::mem::take(&mut plan.coinbase);
-            self.count_outputs(&coinbase);
-            plan.coinbase = coinbase;
+            self.totals.count_outputs(&plan.coinbase);
             self.totals.txs += 1;
             self.totals.outputs += plan.coinbase.len() as u64;
             self.totals.op_returns +=
                 plan.coinbase.iter().filter(|o| !matches!(o.script, OutScript::Pay(_))).count() as u64;
-        }
-    }
-
-    /// Counts the best chain's outputs by kind, and those paying a script for the first time
-    /// (fresh scripts are numbered in the order they are first paid).
-    fn count_outputs(&mut self, outs: &[Out]) {
-        for o in outs {
-            if let OutScript::Pay(id) = o.script {
-                self.totals.by_kind[id.kind() as usize] += 1;
-                if id.index() > self.last_fresh {
-                    self.last_fresh = id.index();
-                    self.totals.fresh += 1;
-                }
-            }
         }
     }
 
@@ -585,9 +584,7 @@ impl Planner {
                 }
             }
             self.count_touched();
-            let outs = std::mem::take(&mut plan.outs);
-            self.count_outputs(&outs[outputs.clone()]);
-            plan.outs = outs;
+            self.totals.count_outputs(&plan.outs[outputs.clone()]);
             self.totals.inscriptions +=
                 plan.spends[inputs.clone()].iter().filter(|s| s.inscription > 0).count() as u64;
             self.totals.txs += 1;
