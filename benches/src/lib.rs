@@ -1,5 +1,7 @@
-//! Benchmark support: a generator of realistic regtest chains.
+//! Benchmark support: generators of realistic regtest chains, through a node (`chaingen`) or
+//! straight into block files (`blockgen`).
 
+pub mod blockgen;
 pub mod chaingen;
 
 /// The node the bench tools talk to.
