@@ -64,7 +64,7 @@ if gen:
         g = gen_info.get(r["name"])
         if g:
             md.append(f"- {r['name']}: generated {g.get('blocks', '?')} blocks, {g.get('txs', '?')} txs "
-                      f"at {g.get('mb_per_sec', g.get('MB/s', '?'))} MB/s")
+                      f"at {g.get('mb_per_s', '?')} MB/s")
     # Mainnet projection: arithmetic, not a measurement. The per-GB CPU cost of the largest run
     # (2 cores) scaled to more cores (the pass is parallel but for its writer thread, taken as 10 %
     # of the 2-core time), floored by reading ~750 GB of blk files at a disk's sequential rate.
