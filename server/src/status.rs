@@ -42,6 +42,9 @@ pub fn script_view(
     let confirmed = cache.confirmed(index, sh)?;
     let history = confirmed.history();
     let mempool = pool.with(|m| {
+        if !m.touches(sh) {
+            return ScriptMempool::default(); // most scripts (and every one without a node)
+        }
         // A transaction can be on both sides only if mined above the height through which the
         // mempool has let mined ones go: few entries, not the whole history.
         let above = m.cleared_through.map_or(0, |h| history.partition_point(|e| e.height <= h));

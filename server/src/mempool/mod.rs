@@ -280,6 +280,11 @@ impl Mempool {
         out
     }
 
+    /// Whether any mempool transaction funds or spends script `sh`.
+    pub fn touches(&self, sh: &ScriptHash) -> bool {
+        self.by_script.contains_key(sh)
+    }
+
     /// The unconfirmed side of a script, leaving out those `mined` says the index already has
     /// (mined since the mempool was last read).
     pub fn script(&self, sh: &ScriptHash, mined: impl Fn(&Txid) -> bool) -> ScriptMempool {
