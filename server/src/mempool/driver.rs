@@ -11,10 +11,10 @@ use anyhow::{Context, Result};
 use bitcoin::{BlockHash, Transaction, Txid};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use blkindex_shared::query::IndexReader;
-use blkindex_shared::rpc::{btc_to_sat, Rpc};
+use blkindex_shared::rpc::{btc_to_sat, Rpc, RpcError};
 use blkindex_shared::schema::Height;
 use blkindex_shared::ScriptHash;
 
@@ -26,9 +26,12 @@ type AppliedTip = Option<(Height, BlockHash)>;
 
 /// Keeps the mempool in step with the node's: applies the ZMQ events as they come, and reads the
 /// whole mempool again when the feed asks for it or `resync_every` has passed (or, without ZMQ
-/// events, every `every`); announces the script hashes whose unconfirmed side changed.
+/// events, every `every`); announces the script hashes whose unconfirmed side changed. A node
+/// that cannot be reached is asked again every round (logged once); the mempool meanwhile is the
+/// last one read.
 pub async fn run(
     state: Arc<State>,
+    rpc: Arc<Rpc>,
     mut events: mpsc::Receiver<Event>,
     every: Duration,
     resync_every: Duration,
@@ -55,7 +58,10 @@ pub async fn run(
         if !full && batch.is_empty() && applied == state.index().chain.tip() {
             continue;
         }
+        // Whether this round asks the node (a round that only lets mined transactions go does not).
+        let asks_node = full || !batch.is_empty();
         let s = state.clone();
+        let rpc = rpc.clone();
         let mut tip_done = applied;
         let result = tokio::task::spawn_blocking(move || -> Result<(HashSet<ScriptHash>, AppliedTip)> {
             let index = s.index();
@@ -78,7 +84,7 @@ pub async fn run(
             }
             if full {
                 s.feed().resync_started();
-                let synced = sync(s.mempool(), s.rpc(), &index).inspect_err(|_| s.feed().resync())?;
+                let synced = sync(s.mempool(), &rpc, &index).inspect_err(|_| s.feed().resync())?;
                 match synced.complete {
                     true => tip_done = tip,
                     false => s.feed().resync(),
@@ -87,7 +93,7 @@ pub async fn run(
                 // The events taken so far came before this read of the whole mempool: it has them.
                 changed.extend(synced.changed);
             } else {
-                let (more, placed) = apply(s.mempool(), s.rpc(), &index, &batch);
+                let (more, placed) = apply(s.mempool(), &rpc, &index, &batch);
                 s.metrics().mempool_updates.with_label_values(&["event"]).inc_by(batch.len() as u64);
                 if !placed {
                     s.feed().resync();
@@ -112,16 +118,27 @@ pub async fn run(
         }
         match result {
             Ok(Ok(changed)) => {
-                failing = false;
+                if asks_node {
+                    if failing {
+                        info!("reading the node's mempool again");
+                    }
+                    failing = false;
+                    state.node_answered(Ok(()));
+                }
                 if !changed.is_empty() {
                     state.announce_mempool(changed);
                 }
             }
-            Ok(Err(e)) if !failing => {
-                warn!("reading the node's mempool failed: {e:#}");
-                failing = true;
+            Ok(Err(e)) => {
+                if let Some(e) = e.downcast_ref::<RpcError>() {
+                    state.node_answered(Err(e));
+                }
+                if !failing {
+                    warn!("reading the node's mempool failed: {e:#}; serving the last one read meanwhile");
+                    failing = true;
+                }
             }
-            _ => {}
+            Err(_) => {}
         }
     }
 }

@@ -11,6 +11,7 @@ mod electrum_wallet;
 mod every_method;
 mod in_process;
 mod limits;
+mod no_node;
 mod node_faults;
 mod peers;
 mod reorg_notifications;
