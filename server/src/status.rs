@@ -137,8 +137,8 @@ pub fn outpoint_status(
     Ok(pool.with(|m| {
         let (funder_height, script) = match (confirmed, m.txs.get(&op.txid)) {
             (Some((height, _, Some(sh))), _) => (height as i64, sh),
-            (None, Some(e)) if (op.vout as usize) < e.tx.output.len() => {
-                (m.height(&op.txid).unwrap() as i64, e.funded[op.vout as usize])
+            (None, Some(e)) if (op.vout as usize) < e.outputs() => {
+                (m.height(&op.txid).unwrap() as i64, e.output(op.vout as usize).expect("checked").1)
             }
             _ => return OutpointState { status: json!({}), script: None, spent_in: None },
         };

@@ -6,6 +6,7 @@ mod common;
 mod admin;
 mod attacks;
 mod batches;
+mod big_mempool;
 mod electrum;
 mod electrum_wallet;
 mod every_method;
