@@ -1,6 +1,7 @@
-//! Benchmark support: a generator of realistic regtest chains.
+//! Benchmark support: a generator of realistic regtest chains, and a wallet's request mix.
 
 pub mod chaingen;
+pub mod wallet_mix;
 
 /// The node the bench tools talk to.
 #[derive(clap::Args, Debug)]
