@@ -1,8 +1,9 @@
 //! Benchmark support: generators of realistic regtest chains, through a node (`chaingen`) or
-//! straight into block files (`blockgen`).
+//! straight into block files (`blockgen`), and a wallet's request mix (`wallet_mix`).
 
 pub mod blockgen;
 pub mod chaingen;
+pub mod wallet_mix;
 
 /// The node the bench tools talk to.
 #[derive(clap::Args, Debug)]

@@ -269,6 +269,7 @@ fn getinfo(admin: &Admin) -> Value {
         "version": crate::protocol::software(),
         "network": state.settings().net.to_string(),
         "tip": s.tip.map(|t| json!({"height": t.height, "hash": t.header.block_hash().to_string()})),
+        "node": s.node.name(),
         "uptime_secs": admin.started.elapsed().as_secs(),
         "sessions": s.sessions,
         "requests": state.sessions().requests(),

@@ -137,6 +137,49 @@ pub enum Call {
 }
 
 impl Call {
+    /// Whether the answer needs the node: a call to it (broadcast, fees, mempool info), or its
+    /// mempool as the whole answer (what a server without a node cannot know). Confirmed data,
+    /// and answers whose unconfirmed side is only a part (history, balance, unspent, statuses),
+    /// do not. Every variant is named, so a new one must be placed.
+    pub fn needs_node(&self) -> bool {
+        match self {
+            Call::TransactionBroadcast { .. }
+            | Call::TransactionBroadcastPackage { .. }
+            | Call::TransactionTestMempoolAccept { .. }
+            | Call::EstimateFee { .. }
+            | Call::RelayFee
+            | Call::MempoolInfo
+            | Call::FeeHistogram
+            | Call::MempoolRecent
+            | Call::GetMempool(_) => true,
+            Call::ServerVersion { .. }
+            | Call::ServerBanner
+            | Call::ServerDonationAddress
+            | Call::ServerPeersSubscribe
+            | Call::ServerAddPeer { .. }
+            | Call::ServerFeatures
+            | Call::ServerPing { .. }
+            | Call::HeadersSubscribe { .. }
+            | Call::NumblocksSubscribe
+            | Call::BlockGetHeader { .. }
+            | Call::BlockGetChunk { .. }
+            | Call::BlockHeader { .. }
+            | Call::BlockHeaders { .. }
+            | Call::GetHistory(_)
+            | Call::GetBalance(_)
+            | Call::ListUnspent(_)
+            | Call::Subscribe(_)
+            | Call::Unsubscribe(_)
+            | Call::UtxoGetAddress { .. }
+            | Call::OutpointSubscribe { .. }
+            | Call::OutpointUnsubscribe { .. }
+            | Call::OutpointGetStatus { .. }
+            | Call::TransactionGet { .. }
+            | Call::TransactionGetMerkle { .. }
+            | Call::TransactionIdFromPos { .. } => false,
+        }
+    }
+
     /// `method` with `params` (an array or an object) as version `v` has it, on network `net`
     /// (addresses must be of it).
     pub fn parse(method: &str, params: &Value, v: Version, net: Net) -> Result<Call, ServerError> {

@@ -23,6 +23,11 @@ pub struct Args {
     /// Where this server keeps its secondary instances' files (default: <db>.server).
     #[arg(long, env = "BLKINDEX_SECONDARY_DIR", help_heading = "Node and index")]
     secondary_dir: Option<PathBuf>,
+    /// Serve the index without asking any node (no RPC, cookie or ZMQ): confirmed data only;
+    /// mempool, broadcast and fee calls answer an error. For an index whose node is down,
+    /// reindexing, or elsewhere; the blk files must still be readable.
+    #[arg(long, env = "BLKINDEX_NO_NODE", help_heading = "Node and index")]
+    no_node: bool,
     /// Address for Electrum clients over TCP ("off": no TCP listener).
     #[arg(
         long,
@@ -159,6 +164,8 @@ pub struct Config {
     pub node: NodeArgs,
     /// Where the secondary instances' files go.
     pub secondary_dir: PathBuf,
+    /// `--no-node`: no RPC, no ZMQ, no mempool.
+    pub no_node: bool,
     /// The Electrum listeners to bind, in this order: TCP, TLS, WebSocket, WSS; at least one.
     pub listen: Vec<(SocketAddr, Transport)>,
     /// TLS certificate chain and private key (PEM files), when given.
@@ -250,6 +257,7 @@ impl Config {
         Ok(Config {
             ban_file: a.ban_file.unwrap_or_else(|| secondary_dir.join("banned.json")),
             secondary_dir,
+            no_node: a.no_node,
             node: a.node,
             listen,
             tls,

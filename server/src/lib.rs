@@ -119,11 +119,13 @@ pub async fn run(
         IndexReader::new(store, blocks.clone())
     };
     let (index, standby) = (open("a")?, open("b")?);
-    let rpc = Rpc::new(&node.rpc_addr, node.auth.clone());
+    // Nothing here waits for the node: a node that is down (or a server without one) does not
+    // keep the confirmed data from being served.
+    let rpc = (!config.no_node).then(|| Arc::new(Rpc::new(&node.rpc_addr, node.auth.clone())));
     // A client waits for its node call; a node that takes the connection and never answers must
     // not hold it for the background tasks' two minutes.
-    let client_rpc = Rpc::with_timeout(&node.rpc_addr, node.auth.clone(), CLIENT_RPC_TIMEOUT);
-    let published = node.zmq_notifications(&rpc);
+    let client_rpc =
+        rpc.as_ref().map(|_| Rpc::with_timeout(&node.rpc_addr, node.auth.clone(), CLIENT_RPC_TIMEOUT));
 
     let metrics = Arc::new(metrics::Metrics::new());
     if let Some(addr) = config.metrics_addr {
@@ -146,18 +148,25 @@ pub async fn run(
     let peers = Arc::new(peers(&config, &settings.info)?);
     let scripts =
         script_cache::ScriptCache::new(config.script_cache_bytes, settings.info.max_history, metrics.clone());
-    let (state, events_rx) = state::State::new(index, rpc, client_rpc, settings, metrics, scripts, peers);
+    let (state, events_rx) = state::State::new(index, client_rpc, settings, metrics, scripts, peers);
     info!(tip = ?state.tip().map(|t| t.height), "index opened");
     let mut tasks = tasks::Tasks::default();
     if config.peer_discovery {
         tasks.spawn("peer discovery", state.peers().clone().run());
     }
-    zmq::spawn(&mut tasks, state.clone(), published);
     tasks.spawn("catch-up", catch_up::run(state.clone(), standby, config.catch_up_every));
-    tasks.spawn(
-        "mempool",
-        mempool::driver::run(state.clone(), events_rx, config.mempool_every, config.mempool_resync_every),
-    );
+    match rpc {
+        Some(rpc) => {
+            info!(rpc = %node.rpc_addr, "the node's mempool, fees and broadcast through its RPC");
+            tasks.spawn("ZMQ", zmq::run(state.clone(), rpc.clone(), node.zmq_configured()));
+            let (every, resync) = (config.mempool_every, config.mempool_resync_every);
+            tasks.spawn("mempool", mempool::driver::run(state.clone(), rpc, events_rx, every, resync));
+        }
+        None => info!(
+            "running without a node (--no-node): confirmed data only; mempool, broadcast and fee calls \
+             answer an error"
+        ),
+    }
     tasks.spawn("status line", stats::run(state.clone(), config.log_stats_every));
     if !listeners.admin.is_empty() {
         let admin = Arc::new(admin::Admin { state: state.clone(), bans, log_filter, started });

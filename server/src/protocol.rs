@@ -129,6 +129,9 @@ pub enum ServerError {
     BadRequest(String),
     /// The node's error.
     Daemon(String),
+    /// A call that needs the node (its mempool, fees, broadcast) on a server run with
+    /// `--no-node`: `DAEMON_ERROR`, as for a node that cannot be reached.
+    NoNode,
     /// A transaction neither in the index nor in the mempool: `DAEMON_ERROR`, as ElectrumX.
     UnknownTx(Txid),
     /// A history or unspent list longer than `--max-history` (the limit).
@@ -151,9 +154,13 @@ impl ServerError {
         ServerError::InvalidParams(message.into())
     }
 
-    /// A failed call to the node.
+    /// A failed call to the node (a `ServerError` raised on the way, such as `NoNode`, comes
+    /// back as itself).
     pub fn daemon(e: anyhow::Error) -> Self {
-        ServerError::Daemon(format!("daemon error: {e:#}"))
+        match e.downcast::<ServerError>() {
+            Ok(e) => e,
+            Err(e) => ServerError::Daemon(format!("daemon error: {e:#}")),
+        }
     }
 
     pub fn code(&self) -> i64 {
@@ -163,7 +170,7 @@ impl ServerError {
             ServerError::MethodNotFound(_) => METHOD_NOT_FOUND,
             ServerError::InvalidParams(_) => INVALID_PARAMS,
             ServerError::BadRequest(_) => BAD_REQUEST,
-            ServerError::Daemon(_) => DAEMON_ERROR,
+            ServerError::Daemon(_) | ServerError::NoNode => DAEMON_ERROR,
             // ElectrumX asks the node for it, so its clients get the node's error code.
             ServerError::UnknownTx(_) => DAEMON_ERROR,
             ServerError::HistoryTooLarge(_) => HISTORY_TOO_LARGE,
@@ -183,6 +190,7 @@ impl ServerError {
             | ServerError::Daemon(m)
             | ServerError::ExcessiveUsage(m)
             | ServerError::Closing(m) => m.clone(),
+            ServerError::NoNode => "no node: the server runs with --no-node".into(),
             ServerError::UnknownTx(txid) => format!("no transaction {txid}"),
             ServerError::HistoryTooLarge(max) => format!("history too large: more than {max} entries"),
             ServerError::Internal(_) => "internal error".into(),

@@ -1,5 +1,6 @@
 //! What every session shares: the index (a RocksDB secondary of the indexer's DB and the blk
-//! files), the tracked mempool, the node's RPC, the tip, the settings, and the shared parts
+//! files), the tracked mempool, the node's RPC for clients' calls (none with `--no-node`) and
+//! whether the node answers lately, the tip, the settings, and the shared parts
 //! (script cache, peers, sessions, metrics). Its fields are private: sessions and methods read
 //! through `read`, `tip`, `settings`…; the tasks above it (`catch_up`, `mempool::driver`, `zmq`)
 //! move it forward through `swap_index`, `announce_*`, `feed` and `wake`.
@@ -10,6 +11,7 @@
 //! So catching up never makes a request wait, and no request sees a half-applied block.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 
 use blkindex_shared::merkle::PrefixTree;
 use blkindex_shared::query::IndexReader;
-use blkindex_shared::rpc::Rpc;
+use blkindex_shared::rpc::{Rpc, RpcError};
 use blkindex_shared::schema::Height;
 use blkindex_shared::ScriptHash;
 
@@ -29,6 +31,7 @@ use crate::mempool::{Event, Feed, Mempool, Pool};
 use crate::metrics::Metrics;
 use crate::outbox::Budget;
 use crate::peers::Peers;
+use crate::protocol::ServerError;
 use crate::script_cache::ScriptCache;
 use crate::sessions::Sessions;
 
@@ -50,6 +53,30 @@ impl Tip {
     }
 }
 
+/// The node as the server last found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeLink {
+    /// `--no-node`: none is asked.
+    None,
+    /// Not asked yet.
+    Unknown,
+    /// Its last answer came (an error of its own is an answer).
+    Up,
+    /// The last call could not reach it (down, restarting, busy, warming up).
+    Down,
+}
+
+impl NodeLink {
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeLink::None => "none",
+            NodeLink::Unknown => "unknown",
+            NodeLink::Up => "up",
+            NodeLink::Down => "down",
+        }
+    }
+}
+
 /// A task that `wake` can hurry.
 #[derive(Clone, Copy, Debug)]
 pub enum Task {
@@ -64,9 +91,11 @@ pub struct State {
     /// The current index, swapped (never modified in place) by the catch-up task.
     index: RwLock<Arc<IndexReader>>,
     mempool: RwLock<Mempool>,
-    /// The node, for the tasks (the mempool driver), and for clients' calls (a shorter timeout).
-    rpc: Rpc,
-    client_rpc: Rpc,
+    /// The node, for clients' calls (a shorter timeout than the tasks' own `Rpc`); None with
+    /// `--no-node`.
+    node: Option<Rpc>,
+    /// `NodeLink::Unknown`, `Up` or `Down` as a number: what the last call to the node found.
+    node_link: AtomicU8,
     tip: watch::Sender<Option<Tip>>,
     /// Script hashes whose unconfirmed side changed.
     mempool_changes: broadcast::Sender<Arc<HashSet<ScriptHash>>>,
@@ -98,11 +127,11 @@ const NODE_CALL_WAIT: Duration = Duration::from_secs(10);
 const REUSED_MAX: usize = 1024;
 
 impl State {
-    /// The state, and the receiving end of the mempool events for `mempool::driver::run`.
+    /// The state, and the receiving end of the mempool events for `mempool::driver::run`;
+    /// `node` is None for a server without one (`--no-node`).
     pub fn new(
         index: IndexReader,
-        rpc: Rpc,
-        client_rpc: Rpc,
+        node: Option<Rpc>,
         settings: Settings,
         metrics: Arc<Metrics>,
         scripts: ScriptCache,
@@ -120,8 +149,8 @@ impl State {
             settings,
             index: RwLock::new(Arc::new(index)),
             mempool: RwLock::new(Mempool::default()),
-            rpc,
-            client_rpc,
+            node,
+            node_link: AtomicU8::new(NodeLink::Unknown as u8),
             tip: watch::Sender::new(tip),
             mempool_changes: broadcast::Sender::new(256),
             wake_catch_up: Notify::new(),
@@ -197,16 +226,52 @@ impl State {
 
     /// Calls the node on a blocking thread, for a client: at most `--max-node-calls` at once,
     /// a call that waits longer than `NODE_CALL_WAIT` for its turn fails as the node being busy.
+    /// Without a node: `ServerError::NoNode`.
     pub async fn node(
         self: &Arc<Self>,
         method: &'static str,
         params: serde_json::Value,
     ) -> Result<serde_json::Value> {
+        if self.node.is_none() {
+            return Err(ServerError::NoNode.into());
+        }
         let Ok(Ok(_turn)) = tokio::time::timeout(NODE_CALL_WAIT, self.node_calls.acquire()).await else {
             anyhow::bail!("the node is busy: too many calls waiting for it");
         };
         let state = self.clone();
-        Ok(tokio::task::spawn_blocking(move || state.client_rpc.call(method, params)).await??)
+        let answer = tokio::task::spawn_blocking(move || {
+            let rpc = state.node.as_ref().expect("checked above");
+            let answer = rpc.call(method, params);
+            state.node_answered(answer.as_ref().map(|_| ()));
+            answer
+        })
+        .await?;
+        Ok(answer?)
+    }
+
+    /// Whether a node is configured (false with `--no-node`).
+    pub fn has_node(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// Records what a call to the node found: an answer (or the node's own error), or a node
+    /// that could not be reached.
+    pub fn node_answered(&self, result: Result<(), &RpcError>) {
+        let link = match result {
+            Err(e) if e.is_transient() => NodeLink::Down,
+            _ => NodeLink::Up,
+        };
+        self.node_link.store(link as u8, Ordering::Relaxed);
+    }
+
+    /// The node as the last call to it found it.
+    pub fn node_link(&self) -> NodeLink {
+        match (&self.node, self.node_link.load(Ordering::Relaxed)) {
+            (None, _) => NodeLink::None,
+            (Some(_), n) if n == NodeLink::Up as u8 => NodeLink::Up,
+            (Some(_), n) if n == NodeLink::Down as u8 => NodeLink::Down,
+            (Some(_), _) => NodeLink::Unknown,
+        }
     }
 
     /// `node(method, params)`, its answer reused for `--fee-cache-secs`.
@@ -264,11 +329,6 @@ impl State {
     /// The bytes sessions may queue for their clients.
     pub fn send_budget(&self) -> &Budget {
         &self.send_budget
-    }
-
-    /// The node's RPC, for blocking callers.
-    pub fn rpc(&self) -> &Rpc {
-        &self.rpc
     }
 
     /// The tracked mempool, which `mempool::driver` writes.

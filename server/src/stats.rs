@@ -1,5 +1,5 @@
 //! The server at a glance: what the admin's `getinfo` reports and the status line logged every
-//! `--log-stats-secs` (sessions, requests per second, tip, mempool, script cache), so an
+//! `--log-stats-secs` (sessions, requests per second, tip, the node, mempool, script cache), so an
 //! operator sees the load without a line per client.
 
 use std::sync::Arc;
@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::state::{State, Tip};
+use crate::state::{NodeLink, State, Tip};
 
 /// The window `getinfo`'s requests per second are measured over.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 pub struct Summary {
     pub sessions: usize,
+    /// The node as the last call to it found it (`none` with `--no-node`).
+    pub node: NodeLink,
     pub tip: Option<Tip>,
     pub mempool_txs: usize,
     pub script_cache_entries: usize,
@@ -27,6 +29,7 @@ pub fn summary(state: &State) -> Summary {
     let (script_cache_entries, script_cache_bytes, script_cache_capacity) = state.scripts().usage();
     Summary {
         sessions: state.sessions().len(),
+        node: state.node_link(),
         tip: state.tip(),
         mempool_txs: state.mempool().read().unwrap().txs.len(),
         script_cache_entries,
@@ -64,6 +67,7 @@ pub async fn run(state: Arc<State>, log_every: Option<Duration>) {
                     sessions = s.sessions,
                     req_per_sec = %format!("{:.1}", per_sec(logged, now)),
                     height = s.tip.map(|t| t.height),
+                    node = s.node.name(),
                     mempool_txs = s.mempool_txs,
                     script_cache_entries = s.script_cache_entries,
                     script_cache_mib = %format!("{:.1}", s.script_cache_bytes as f64 / (1 << 20) as f64),

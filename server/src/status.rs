@@ -42,6 +42,9 @@ pub fn script_view(
     let confirmed = cache.confirmed(index, sh)?;
     let history = confirmed.history();
     let mempool = pool.with(|m| {
+        if !m.touches(sh) {
+            return ScriptMempool::default(); // most scripts (and every one without a node)
+        }
         // A transaction can be on both sides only if mined above the height through which the
         // mempool has let mined ones go: few entries, not the whole history.
         let above = m.cleared_through.map_or(0, |h| history.partition_point(|e| e.height <= h));
@@ -134,8 +137,8 @@ pub fn outpoint_status(
     Ok(pool.with(|m| {
         let (funder_height, script) = match (confirmed, m.txs.get(&op.txid)) {
             (Some((height, _, Some(sh))), _) => (height as i64, sh),
-            (None, Some(e)) if (op.vout as usize) < e.tx.output.len() => {
-                (m.height(&op.txid).unwrap() as i64, e.funded[op.vout as usize])
+            (None, Some(e)) if (op.vout as usize) < e.outputs() => {
+                (m.height(&op.txid).unwrap() as i64, e.output(op.vout as usize).expect("checked").1)
             }
             _ => return OutpointState { status: json!({}), script: None, spent_in: None },
         };

@@ -3,38 +3,92 @@
 //! has it. `sequence`'s mempool events (a transaction added or removed) go to the mempool task to
 //! apply. A lost message (a jump in its topic's counter) asks for a resync, as does a
 //! reconnection. Without `sequence`, other topics only wake the polling mempool task early.
+//! Where the node publishes is asked of the node itself, again and again while it cannot be
+//! reached (a node down at start-up is not a reason to poll for ever once it is back).
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use serde_json::json;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
 
+use blkindex_shared::config::zmq_published;
+use blkindex_shared::rpc::Rpc;
 use blkindex_shared::zmq::{self, Sequence};
 
 use crate::mempool::Event;
 use crate::state::{State, Task};
-use crate::tasks::Tasks;
 
 /// Topics we use.
 const TOPICS: &[&str] = &["hashblock", "sequence", "hashtx", "rawtx"];
 
-/// One listener task per endpoint the node publishes any of `TOPICS` on, in `tasks` (they run
-/// until the process ends).
-pub fn spawn(tasks: &mut Tasks, state: Arc<State>, published: Vec<(String, String)>) {
+/// The longest wait between two questions to a node that cannot be reached.
+const ASK_AGAIN_MAX: Duration = Duration::from_secs(30);
+
+/// Listens to the node's notifications until the process ends: at once on the endpoints
+/// `configured` (`bitcoin.conf`) names, then also on those the node reports
+/// (`getzmqnotifications`) once it answers, asked again (1 s, doubling up to 30 s) while it
+/// cannot be reached. Returns only if a listener does.
+pub async fn run(state: Arc<State>, rpc: Arc<Rpc>, configured: Vec<(String, String)>) {
+    let mut listeners = JoinSet::new();
+    let mut listening = HashSet::new();
+    start(&mut listeners, &mut listening, &state, configured);
+    let mut wait = Duration::from_secs(1);
+    let mut logged = false;
+    let published = loop {
+        let ask = rpc.clone();
+        let answer = tokio::task::spawn_blocking(move || ask.call("getzmqnotifications", json!([]))).await;
+        match answer {
+            Ok(Ok(v)) => break zmq_published(&v),
+            Ok(Err(e)) if e.is_transient() => {
+                if !logged {
+                    info!(
+                        "the node cannot be reached ({e}); asking it where it publishes ZMQ until it answers"
+                    );
+                    logged = true;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(ASK_AGAIN_MAX);
+            }
+            // A node without the call (no ZMQ support): bitcoin.conf's endpoints only.
+            _ => break Vec::new(),
+        }
+    };
+    start(&mut listeners, &mut listening, &state, published);
+    if listening.is_empty() {
+        info!("the node publishes no ZMQ notifications we use; polling only");
+    }
+    // Each listener runs until the process ends: one that ends (or panics) ends this task.
+    match listeners.join_next().await {
+        Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Some(_) => {}
+        None => std::future::pending().await,
+    }
+}
+
+/// Listeners for the (topic, endpoint) pairs of `found` we use and do not listen to yet, one
+/// per endpoint.
+fn start(
+    listeners: &mut JoinSet<()>,
+    listening: &mut HashSet<(String, String)>,
+    state: &Arc<State>,
+    found: Vec<(String, String)>,
+) {
     let mut by_endpoint: Vec<(String, Vec<String>)> = Vec::new();
-    for (topic, endpoint) in published.into_iter().filter(|(t, _)| TOPICS.contains(&t.as_str())) {
+    for (topic, endpoint) in found.into_iter().filter(|(t, _)| TOPICS.contains(&t.as_str())) {
+        if !listening.insert((topic.clone(), endpoint.clone())) {
+            continue;
+        }
         match by_endpoint.iter_mut().find(|(e, _)| *e == endpoint) {
-            Some((_, topics)) if !topics.contains(&topic) => topics.push(topic),
-            Some(_) => {}
+            Some((_, topics)) => topics.push(topic),
             None => by_endpoint.push((endpoint, vec![topic])),
         }
     }
-    if by_endpoint.is_empty() {
-        tracing::info!("the node publishes no ZMQ notifications we use; polling only");
-    }
     for (endpoint, topics) in by_endpoint {
-        tasks.spawn("ZMQ listener", listen(state.clone(), endpoint, topics));
+        listeners.spawn(listen(state.clone(), endpoint, topics));
     }
 }
 

@@ -27,17 +27,29 @@ impl NodeConfig {
     /// Where the node publishes ZMQ notifications, as (topic, endpoint): what the node itself
     /// says (`getzmqnotifications`), then `bitcoin.conf`.
     pub fn zmq_notifications(&self, rpc: &crate::rpc::Rpc) -> Vec<(String, String)> {
-        let mut found: Vec<(String, String)> = Vec::new();
-        if let Ok(v) = rpc.call("getzmqnotifications", serde_json::json!([])) {
-            for n in v.as_array().into_iter().flatten() {
-                if let (Some(t), Some(a)) = (n["type"].as_str(), n["address"].as_str()) {
-                    found.push((t.trim_start_matches("pub").to_string(), a.to_string()));
-                }
-            }
-        }
-        found.extend(self.zmq.iter().map(|(t, a)| (t.clone(), a.clone())));
+        let mut found = match rpc.call("getzmqnotifications", serde_json::json!([])) {
+            Ok(v) => zmq_published(&v),
+            Err(_) => Vec::new(),
+        };
+        found.extend(self.zmq_configured());
         found
     }
+
+    /// The ZMQ endpoints `bitcoin.conf` names, as (topic, endpoint).
+    pub fn zmq_configured(&self) -> Vec<(String, String)> {
+        self.zmq.iter().map(|(t, a)| (t.clone(), a.clone())).collect()
+    }
+}
+
+/// The node's answer to `getzmqnotifications` as (topic, endpoint).
+pub fn zmq_published(answer: &serde_json::Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for n in answer.as_array().into_iter().flatten() {
+        if let (Some(t), Some(a)) = (n["type"].as_str(), n["address"].as_str()) {
+            found.push((t.trim_start_matches("pub").to_string(), a.to_string()));
+        }
+    }
+    found
 }
 
 /// `bitcoin.conf` settings that apply to `net`: top-level ones, overridden by the network's section.

@@ -148,6 +148,29 @@ pub fn for_each_tx<'a, E: From<DecodeError>>(
     Ok(ntx)
 }
 
+/// The outpoints a serialized transaction's inputs spend, read without hashing or allocating
+/// (for transactions already checked by `parse_tx`: a malformed one ends the walk early).
+pub fn prevouts(raw: &[u8]) -> impl Iterator<Item = Input<'_>> + '_ {
+    let mut r = Reader::new(raw);
+    let count = (|| {
+        r.skip(4)?; // version
+        match r.length(r.remaining() / 41)? {
+            0 => {
+                r.skip(1)?; // segwit flag
+                r.length(r.remaining() / 41)
+            }
+            n => Ok(n),
+        }
+    })();
+    (0..count.unwrap_or(0)).map_while(move |_| {
+        let prev_txid: &[u8; 32] = r.take(32).ok()?.try_into().ok()?;
+        let prev_vout = r.u32_le().ok()?;
+        let script_len = r.length(r.remaining()).ok()?;
+        r.skip(script_len + 4).ok()?; // scriptSig, sequence
+        Some(Input { prev_txid, prev_vout })
+    })
+}
+
 /// Script classes the index treats specially.
 pub fn is_unspendable(script: &[u8]) -> bool {
     // Provably unspendable: OP_RETURN first, or longer than the consensus script limit.
@@ -198,6 +221,13 @@ mod tests {
         assert_eq!(tx.inputs.len(), 2);
         assert_eq!(tx.outputs.len(), 2);
         assert_eq!(tx.inputs[1].prev_vout, 1);
+        let walked: Vec<(Txid, u32)> = prevouts(&bytes).map(|i| (i.prev_txid(), i.prev_vout)).collect();
+        let want_prevouts: Vec<(Txid, u32)> =
+            want.input.iter().map(|i| (i.previous_output.txid, i.previous_output.vout)).collect();
+        assert_eq!(walked, want_prevouts);
+        let legacy = serialize(&bitcoin::Transaction { input: want.input[..1].to_vec(), ..want.clone() });
+        assert_eq!(prevouts(&legacy[..legacy.len() - 40]).count(), 1, "a cut one still has its inputs");
+        assert_eq!(prevouts(&bytes[..50]).count(), 0, "cut in its first input");
     }
 
     #[test]

@@ -97,12 +97,17 @@ impl Rpc {
 
     pub fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
         let body = json!({"jsonrpc": "1.0", "id": 1, "method": method, "params": params});
+        answer(&mut self.post(method, &body)?, method)
+    }
+
+    /// Posts `body` and reads the JSON reply (`what` names the call in errors).
+    fn post(&self, what: &str, body: &Value) -> Result<Value, RpcError> {
         let unreachable = |msg: String| RpcError::Unreachable { addr: self.addr.clone(), msg };
         let mut resp = self
             .agent
             .post(&self.url())
             .header("Authorization", &self.auth_header()?)
-            .send_json(&body)
+            .send_json(body)
             .map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
@@ -120,22 +125,45 @@ impl Rpc {
         let bytes = match resp.body_mut().with_config().limit(512 << 20).read_to_vec() {
             Ok(b) => b,
             Err(e @ ureq::Error::BodyExceedsLimit(_)) => {
-                return Err(RpcError::Protocol(format!("{method}: HTTP {status}: {e}")))
+                return Err(RpcError::Protocol(format!("{what}: HTTP {status}: {e}")))
             }
-            Err(e) => return Err(unreachable(format!("{method}: the reply was cut short: {e}"))),
+            Err(e) => return Err(unreachable(format!("{what}: the reply was cut short: {e}"))),
         };
-        let reply: Value = serde_json::from_slice(&bytes).map_err(|e| match e.is_eof() {
+        serde_json::from_slice(&bytes).map_err(|e| match e.is_eof() {
             // A reply without Content-Length that stops early.
-            true => unreachable(format!("{method}: the reply was cut short: {e}")),
-            false => RpcError::Protocol(format!("{method}: HTTP {status}: {e}")),
-        })?;
-        if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
-            return Err(RpcError::Rpc {
-                code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
-            });
+            true => unreachable(format!("{what}: the reply was cut short: {e}")),
+            false => RpcError::Protocol(format!("{what}: HTTP {status}: {e}")),
+        })
+    }
+
+    /// Many calls in one HTTP request (a JSON-RPC batch: one round trip, the node answering them
+    /// in turn): each call's own result or error, in the order of `calls`; an error for the
+    /// whole batch if the node cannot be reached or its reply is not a list of answers to them.
+    pub fn batch(&self, calls: &[(&str, Value)]) -> Result<Vec<Result<Value, RpcError>>, RpcError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
         }
-        reply.get("result").cloned().ok_or_else(|| RpcError::Protocol(format!("{method}: no result")))
+        let body: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(id, (method, params))| json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params}))
+            .collect();
+        let what = format!("a batch of {} calls ({}…)", calls.len(), calls[0].0);
+        let replies = self.post(&what, &Value::Array(body))?;
+        let Value::Array(replies) = replies else {
+            return Err(RpcError::Protocol(format!("{what}: the reply is not a list")));
+        };
+        let mut out: Vec<Option<Result<Value, RpcError>>> = (0..calls.len()).map(|_| None).collect();
+        for mut reply in replies {
+            let id = reply.get("id").and_then(Value::as_u64).map(|id| id as usize);
+            let Some(id) = id.filter(|id| *id < calls.len()) else {
+                return Err(RpcError::Protocol(format!("{what}: a reply with an id not asked for")));
+            };
+            out[id] = Some(answer(&mut reply, calls[id].0));
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| RpcError::Protocol(format!("{what}: a call without a reply"))))
+            .collect()
     }
 
     pub fn best_block_hash(&self) -> Result<bitcoin::BlockHash, RpcError> {
@@ -163,6 +191,17 @@ impl Rpc {
             .ok_or_else(|| RpcError::Protocol("getblockheader: bad header".into()))?;
         check_header(hash, header)
     }
+}
+
+/// The result of one call's `reply`, or the node's error.
+fn answer(reply: &mut Value, method: &str) -> Result<Value, RpcError> {
+    if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
+        return Err(RpcError::Rpc {
+            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+        });
+    }
+    reply.get_mut("result").map(Value::take).ok_or_else(|| RpcError::Protocol(format!("{method}: no result")))
 }
 
 /// `header` if it hashes to `hash`.
@@ -275,6 +314,66 @@ mod amount_tests {
         server.join().unwrap();
         assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(10), "{took:?}");
         assert!(err.is_transient(), "{err:?}");
+    }
+
+    /// A server answering one HTTP request with `reply` (a JSON text), and the body it was sent.
+    fn answer_once(reply: String) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            r.read_exact(&mut body).unwrap();
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", reply.len());
+            (&s).write_all(format!("{head}{reply}").as_bytes()).unwrap();
+            String::from_utf8(body).unwrap()
+        });
+        (addr, server)
+    }
+
+    /// A batch's answers come back in the order of the calls whatever order the node sends them
+    /// in, each with its own error; a reply missing a call is an error for the whole batch.
+    #[test]
+    fn a_batch_matches_answers_to_calls_by_id() {
+        let reply = json!([
+            {"id": 2, "result": null, "error": {"code": -5, "message": "No such mempool transaction"}},
+            {"id": 0, "result": "a", "error": null},
+            {"id": 1, "result": {"vsize": 141}, "error": null},
+        ]);
+        let (addr, server) = answer_once(reply.to_string());
+        let rpc = Rpc::new(&addr, Auth::UserPass("u".into(), "p".into()));
+        let calls = [("m0", json!([])), ("m1", json!([1])), ("m2", json!(["x"]))];
+        let answers = rpc.batch(&calls).unwrap();
+        let sent: Value = serde_json::from_str(&server.join().unwrap()).unwrap();
+        assert_eq!(sent.as_array().unwrap().len(), 3, "one request for the three: {sent}");
+        assert_eq!(sent[1]["method"], "m1");
+        assert_eq!(answers[0].as_ref().unwrap(), &json!("a"));
+        assert_eq!(answers[1].as_ref().unwrap()["vsize"], 141);
+        assert!(matches!(&answers[2], Err(RpcError::Rpc { code: -5, .. })), "{:?}", answers[2]);
+
+        let (addr, server) = answer_once(json!([{"id": 0, "result": 1, "error": null}]).to_string());
+        let rpc = Rpc::new(&addr, Auth::UserPass("u".into(), "p".into()));
+        let err = rpc.batch(&calls[..2]).unwrap_err();
+        server.join().unwrap();
+        assert!(err.to_string().contains("without a reply"), "{err}");
+        assert!(Rpc::new("127.0.0.1:1", Auth::UserPass("u".into(), "p".into()))
+            .batch(&[])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -14,9 +14,8 @@ use anyhow::{Context, Result};
 use bitcoin::hashes::{sha256, Hash};
 use clap::Parser;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
+use blkindex_benches::wallet_mix::{self, percentile, request, rss_mb, Conn, Workload};
 use blkindex_shared::rpc::{Auth, Rpc};
 
 #[derive(Parser)]
@@ -54,12 +53,6 @@ struct Args {
     sample_blocks: u64,
 }
 
-struct Workload {
-    scripthashes: Vec<String>,
-    txids: Vec<String>,
-    tip: u64,
-}
-
 fn sample(args: &Args) -> Result<Workload> {
     let rpc = Rpc::new(&args.rpc_addr, Auth::Cookie(args.cookie.clone()));
     let tip = rpc.call("getblockcount", json!([]))?.as_u64().context("height")?;
@@ -85,81 +78,6 @@ fn sample(args: &Args) -> Result<Workload> {
     scripthashes.sort();
     scripthashes.dedup();
     Ok(Workload { scripthashes, txids, tip })
-}
-
-/// One request of the mix.
-fn request(w: &Workload, rng: &mut fastrand::Rng, id: u64) -> String {
-    let sh = &w.scripthashes[rng.usize(..w.scripthashes.len())];
-    let (method, params) = match rng.u8(0..100) {
-        0..30 => ("blockchain.scripthash.get_history", json!([sh])),
-        30..50 => ("blockchain.scripthash.get_balance", json!([sh])),
-        50..70 => ("blockchain.scripthash.listunspent", json!([sh])),
-        70..80 => ("blockchain.scripthash.subscribe", json!([sh])),
-        80..95 => ("blockchain.transaction.get", json!([w.txids[rng.usize(..w.txids.len())]])),
-        _ => ("blockchain.block.header", json!([rng.u64(0..=w.tip)])),
-    };
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string() + "\n"
-}
-
-/// What the generator reads of a reply or notification; the rest is parsed and skipped.
-#[derive(serde::Deserialize)]
-struct ReplyShape {
-    /// Only notifications have one.
-    method: Option<serde::de::IgnoredAny>,
-    error: Option<serde::de::IgnoredAny>,
-}
-
-struct Conn {
-    write: tokio::net::tcp::OwnedWriteHalf,
-    read: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    line: String,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> Result<Conn> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
-        let mut c = Conn { write: w, read: BufReader::new(r), line: String::new() };
-        c.call(
-            &(json!({"jsonrpc": "2.0", "id": 0, "method": "server.version", "params": ["load", "1.4"]})
-                .to_string()
-                + "\n"),
-        )
-        .await?;
-        Ok(c)
-    }
-
-    /// Sends one request and reads lines up to its reply (skipping notifications); true when the
-    /// reply is not an error.
-    async fn call(&mut self, req: &str) -> Result<bool> {
-        self.write.write_all(req.as_bytes()).await?;
-        loop {
-            self.line.clear();
-            anyhow::ensure!(
-                self.read.read_line(&mut self.line).await? > 0,
-                "the server closed the connection"
-            );
-            // Checked, not kept: building a tree of a long reply would cost this process (which
-            // shares the cores with the server) more than the server spent on it.
-            let r: ReplyShape = serde_json::from_str(&self.line)?;
-            if r.method.is_none() {
-                return Ok(r.error.is_none());
-            }
-        }
-    }
-}
-
-/// A process's resident memory (`VmRSS`, or its anonymous part `RssAnon`, which leaves out
-/// file-backed pages such as memory-mapped block files), in MiB.
-fn rss_mb(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
 }
 
 #[tokio::main]
@@ -263,45 +181,23 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// The `p` quantile of sorted latencies (µs), in ms.
-fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
-    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().checked_sub(1)?);
-    Some(sorted[i] as f64 / 1000.0)
-}
-
-/// The paced phase: the same connections and mix at a fixed total rate, each request sent at its
-/// scheduled time; latency counts from that time, so a server that falls behind is charged for
-/// the wait too (no coordinated omission). Sorted latencies in µs.
+/// The paced phase: the same connections and mix at a fixed total rate for `paced_seconds`
+/// (`wallet_mix::paced`). Sorted latencies in µs.
 async fn paced(args: &Args, w: &Arc<Workload>) -> Result<Vec<u64>> {
     if args.paced_rate == 0 {
         return Ok(Vec::new());
     }
-    let conns = args.connections as u64;
-    let every = Duration::from_secs_f64(conns as f64 / args.paced_rate as f64);
-    let start = tokio::time::Instant::now() + Duration::from_millis(200);
-    let count = args.paced_seconds * args.paced_rate / conns;
-    let mut tasks = Vec::new();
-    for c in 0..conns {
-        let (w, addr) = (w.clone(), args.server.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&addr).await?;
-            let mut rng = fastrand::Rng::with_seed(1000 + c);
-            let mut latencies = Vec::new();
-            // Staggered so the connections do not all send at once.
-            let first = start + every.mul_f64(c as f64 / conns as f64);
-            for k in 0..count {
-                let at = first + every * k as u32;
-                tokio::time::sleep_until(at).await;
-                conn.call(&request(&w, &mut rng, k + 1)).await?;
-                latencies.push(at.elapsed().as_micros() as u64);
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
+    let until = Instant::now() + Duration::from_millis(200) + Duration::from_secs(args.paced_seconds);
+    let timed = wallet_mix::paced(
+        args.server.clone(),
+        w.clone(),
+        args.connections as u64,
+        args.paced_rate,
+        1000,
+        until,
+    )
+    .await?;
+    let mut latencies: Vec<u64> = timed.iter().map(|t| t.micros).collect();
     latencies.sort_unstable();
     Ok(latencies)
 }

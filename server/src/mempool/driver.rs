@@ -1,21 +1,26 @@
-//! The mempool driver: reads the node's mempool (whole, or one announced transaction at a time)
-//! into the tracked `Mempool`, and the task that decides when, and announces what changed. The
+//! The mempool driver: reads the node's mempool (whole, or the transactions its events announce)
+//! into the tracked `Mempool`, and the task that decides when, and announces what changed. New
+//! transactions are asked of the node in batches (`BATCH` to one HTTP request), never one round
+//! trip each, and the confirmed outputs they spend are read from the index once per parent. The
 //! node and the index are asked without holding the mempool's lock; only applying the changes
-//! takes the write lock, so requests never wait for RPC round trips.
+//! takes the write lock, a batch at a time, so requests never wait for RPC round trips or for a
+//! whole mempool to be placed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bitcoin::{BlockHash, Transaction, Txid};
+use bitcoin::{BlockHash, OutPoint, Txid};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
+use blkindex_shared::parse::{is_unspendable, parse_tx, Tx};
 use blkindex_shared::query::IndexReader;
-use blkindex_shared::rpc::{btc_to_sat, Rpc};
+use blkindex_shared::rpc::{btc_to_sat, Rpc, RpcError};
 use blkindex_shared::schema::Height;
+use blkindex_shared::varint::Reader;
 use blkindex_shared::ScriptHash;
 
 use crate::mempool::{Event, Mempool, NewTx};
@@ -24,11 +29,28 @@ use crate::state::{State, Task};
 /// An index tip (height, hash) up to which blocks' transactions have left the tracked mempool.
 type AppliedTip = Option<(Height, BlockHash)>;
 
+/// Mined transactions taken out of the mempool under one write lock.
+const REMOVE_AT_ONCE: usize = 256;
+
+/// What one round of the driver did.
+struct Round {
+    /// Script hashes whose unconfirmed side changed.
+    changed: HashSet<ScriptHash>,
+    applied: AppliedTip,
+    /// A whole read that was complete (no removal held back for a block the index lacks).
+    complete: bool,
+    /// Blocks whose transactions left: (their heights, how many left, how long it took).
+    mined: Option<(std::ops::RangeInclusive<Height>, usize, Duration)>,
+}
+
 /// Keeps the mempool in step with the node's: applies the ZMQ events as they come, and reads the
 /// whole mempool again when the feed asks for it or `resync_every` has passed (or, without ZMQ
-/// events, every `every`); announces the script hashes whose unconfirmed side changed.
+/// events, every `every`); announces the script hashes whose unconfirmed side changed. A node
+/// that cannot be reached is asked again every round (logged once); the mempool meanwhile is the
+/// last one read.
 pub async fn run(
     state: Arc<State>,
+    rpc: Arc<Rpc>,
     mut events: mpsc::Receiver<Event>,
     every: Duration,
     resync_every: Duration,
@@ -36,6 +58,8 @@ pub async fn run(
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failing = false;
+    let started = std::time::Instant::now();
+    let mut completed = false;
     let mut last_full: Option<std::time::Instant> = None;
     // The index tip whose blocks' transactions the tracked mempool no longer holds.
     let mut applied: AppliedTip = None;
@@ -55,22 +79,36 @@ pub async fn run(
         if !full && batch.is_empty() && applied == state.index().chain.tip() {
             continue;
         }
+        // Whether this round asks the node (a round that only lets mined transactions go does not).
+        let asks_node = full || !batch.is_empty();
         let s = state.clone();
+        let rpc = rpc.clone();
         let mut tip_done = applied;
-        let result = tokio::task::spawn_blocking(move || -> Result<(HashSet<ScriptHash>, AppliedTip)> {
+        let result = tokio::task::spawn_blocking(move || -> Result<Round> {
             let index = s.index();
             let tip = index.chain.tip();
             let mut changed = HashSet::new();
             let mut full = full;
+            let (mut complete, mut mined_out) = (false, None);
             // Blocks the index has gained: their transactions leave now (the node announces none
             // of them, and not before, so no status flickers). Below a reorg: a whole read.
             if !full && tip_done != tip {
                 match tip_done {
                     Some((h, hash)) if index.chain.hash(h) == Some(hash) => {
-                        for height in h + 1..=tip.map_or(0, |t| t.0) {
-                            let mined = index.block_txids(height)?;
-                            s.mempool().write().unwrap().remove_all(&mined, &mut changed);
+                        let t = std::time::Instant::now();
+                        let heights = h + 1..=tip.map_or(0, |t| t.0);
+                        let mut left = 0;
+                        for height in heights.clone() {
+                            // A few hundred at a time, so that requests wait at most for those:
+                            // a transaction on both sides already counts as confirmed only.
+                            for mined in index.block_txids(height)?.chunks(REMOVE_AT_ONCE) {
+                                let mut pool = s.mempool().write().unwrap();
+                                let before = pool.txs.len();
+                                pool.remove_all(mined, &mut changed);
+                                left += before - pool.txs.len();
+                            }
                         }
+                        mined_out = Some((heights, left, t.elapsed()));
                         tip_done = tip;
                     }
                     _ => full = true,
@@ -78,16 +116,18 @@ pub async fn run(
             }
             if full {
                 s.feed().resync_started();
-                let synced = sync(s.mempool(), s.rpc(), &index).inspect_err(|_| s.feed().resync())?;
+                let synced = sync(s.mempool(), &rpc, &index).inspect_err(|_| s.feed().resync())?;
                 match synced.complete {
                     true => tip_done = tip,
                     false => s.feed().resync(),
                 }
+                complete = synced.complete;
                 s.metrics().mempool_updates.with_label_values(&["resync"]).inc();
                 // The events taken so far came before this read of the whole mempool: it has them.
                 changed.extend(synced.changed);
             } else {
-                let (more, placed) = apply(s.mempool(), s.rpc(), &index, &batch);
+                let (more, placed) =
+                    apply(s.mempool(), &rpc, &index, &batch).inspect_err(|_| s.feed().resync())?;
                 s.metrics().mempool_updates.with_label_values(&["event"]).inc_by(batch.len() as u64);
                 if !placed {
                     s.feed().resync();
@@ -98,119 +138,147 @@ pub async fn run(
             pool.cleared_through = tip_done.map(|t| t.0);
             s.metrics().mempool_txs.set(pool.txs.len() as i64);
             drop(pool);
-            Ok((changed, tip_done))
+            Ok(Round { changed, applied: tip_done, complete, mined: mined_out })
         })
         .await;
-        let result = result.map(|r| {
-            r.map(|(changed, done)| {
-                applied = done;
-                changed
-            })
-        });
         if full && matches!(result, Ok(Ok(_))) {
             last_full = Some(std::time::Instant::now());
         }
         match result {
-            Ok(Ok(changed)) => {
-                failing = false;
+            Ok(Ok(Round { changed, applied: done, complete, mined })) => {
+                applied = done;
+                if complete && !completed {
+                    completed = true;
+                    let txs = state.mempool().read().unwrap().txs.len();
+                    let secs = started.elapsed().as_secs_f64();
+                    info!(txs, secs = %format!("{secs:.1}"), "mempool view complete: {txs} txs in {secs:.1} s");
+                }
+                if let Some((heights, left, took)) = mined.filter(|m| m.1 > 0) {
+                    let ms = took.as_secs_f64() * 1000.0;
+                    let (height, blocks) = (*heights.end(), heights.count());
+                    info!(height, blocks, left, "mined transactions left the mempool: {left} in {ms:.1} ms");
+                }
+                if asks_node {
+                    if failing {
+                        info!("reading the node's mempool again");
+                    }
+                    failing = false;
+                    state.node_answered(Ok(()));
+                }
                 if !changed.is_empty() {
                     state.announce_mempool(changed);
                 }
             }
-            Ok(Err(e)) if !failing => {
-                warn!("reading the node's mempool failed: {e:#}");
-                failing = true;
+            Ok(Err(e)) => {
+                if let Some(e) = e.downcast_ref::<RpcError>() {
+                    state.node_answered(Err(e));
+                }
+                if !failing {
+                    warn!("reading the node's mempool failed: {e:#}; serving the last one read meanwhile");
+                    failing = true;
+                }
             }
-            _ => {}
+            Err(_) => {}
         }
     }
 }
 
+/// Transactions asked of the node in one batch (one HTTP request holding a `getmempoolentry`
+/// and a `getrawtransaction` for each): about half a megabyte of reply, so memory stays bounded
+/// whatever the mempool's size, and a round trip is paid per 500 transactions, not per one.
+const BATCH: usize = 500;
+
 /// Brings the mempool up to date; returns the script hashes whose mempool side changed. The node
-/// and the index are asked without holding the lock; only applying the changes takes the write
-/// lock, so requests never wait for RPC round trips.
+/// is listed (`getrawmempool`, txids only), then the transactions not tracked yet are fetched in
+/// batches, the next batch asked of the node while the last one is placed. The node and the
+/// index are asked without holding the lock; only applying the changes takes the write lock
+/// (once per batch), so requests never wait for RPC round trips.
 pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &IndexReader) -> Result<SyncOutcome> {
-    let listed = list(lock, rpc)?;
+    // In the node's order: by ancestor count, so parents come before their children.
+    let ids = rpc.call("getrawmempool", json!([false]))?;
+    let ids: Vec<Txid> = serde_json::from_value(ids).context("getrawmempool: not a list of txids")?;
     // Transactions that left the node's mempool because a block the index does not have yet
     // mined them must stay until it has: dropped now, a script would seem to lose them and get
     // them back a moment later (a status flicker a wallet would show). So removals wait until the
     // node's tip, read after its mempool, is the index's.
     let best: bitcoin::BlockHash = serde_json::from_value(rpc.call("getbestblockhash", json!([]))?)?;
     let removals = index.chain.tip().map(|t| t.1) == Some(best);
-    let (gone, mut new) = {
+    let (gone, new) = {
         let m = lock.read().unwrap();
         let gone: Vec<Txid> = match removals {
-            true => m.txs.keys().filter(|t| !listed.contains_key(&t.to_string())).copied().collect(),
+            true => {
+                let listed: HashSet<&Txid> = ids.iter().collect();
+                m.txs.keys().filter(|t| !listed.contains(t)).copied().collect()
+            }
             false => Vec::new(),
         };
-        let new: Vec<(Txid, &Value)> = listed
-            .iter()
-            .filter_map(|(k, v)| k.parse::<Txid>().ok().map(|t| (t, v)))
-            .filter(|(t, _)| !m.txs.contains_key(t))
-            .collect();
+        let new: Vec<Txid> = ids.iter().filter(|t| !m.txs.contains_key(*t)).copied().collect();
         (gone, new)
     };
-    // Parents before children, so that a child finds its parent's outputs when applied.
-    new.sort_by_key(|(_, v)| v["ancestorcount"].as_u64().unwrap_or(1));
-    let new_ids: HashSet<Txid> = new.iter().map(|(t, _)| *t).collect();
-    let fetched: Vec<NewTx> = new
-        .into_iter()
-        .filter_map(|(txid, info)| match fetch(lock, rpc, index, &new_ids, txid, info) {
-            Ok(f) => Some(f),
-            // Mined or replaced since getrawmempool: the next sync settles it.
-            Err(e) => {
-                tracing::debug!(%txid, "mempool tx skipped: {e:#}");
-                None
-            }
-        })
-        .collect();
-    let mut m = lock.write().unwrap();
+    drop(ids);
     let mut changed = HashSet::new();
-    for txid in gone {
-        m.remove(&txid, &mut changed);
+    if !gone.is_empty() {
+        let mut m = lock.write().unwrap();
+        for txid in gone {
+            m.remove(&txid, &mut changed);
+        }
     }
-    for f in fetched {
+    let new_ids: HashSet<Txid> = new.iter().copied().collect();
+    let mut parents = Parents::default();
+    let mut waiting = Vec::new();
+    std::thread::scope(|s| -> Result<()> {
+        // One batch being asked of the node while the one before is placed: at most two (and
+        // the one being handed over) in memory.
+        let (batches, fetched) = std::sync::mpsc::sync_channel(0);
+        s.spawn(move || {
+            for chunk in new.chunks(BATCH) {
+                let batch = fetch(rpc, chunk);
+                let failed = batch.is_err();
+                if batches.send(batch).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for batch in fetched {
+            let ready = resolve(lock, index, &new_ids, &mut parents, batch?)?;
+            place(lock, ready, &mut waiting, &mut changed);
+        }
+        Ok(())
+    })?;
+    // Children listed before their parents, placed once these are (rare: the node lists
+    // ancestors first); any still waiting spend a transaction that has left.
+    while !waiting.is_empty() {
+        let before = waiting.len();
+        place(lock, std::mem::take(&mut waiting), &mut waiting, &mut changed);
+        if waiting.len() == before {
+            for f in &waiting {
+                tracing::debug!(txid = %f.txid, "mempool tx skipped: a parent has left");
+            }
+            break;
+        }
+    }
+    Ok(SyncOutcome { changed, complete: removals })
+}
+
+/// Adds each of `txs` whose inputs are all found; the others go to `waiting`.
+fn place(
+    lock: &RwLock<Mempool>,
+    txs: Vec<NewTx>,
+    waiting: &mut Vec<NewTx>,
+    changed: &mut HashSet<ScriptHash>,
+) {
+    let mut m = lock.write().unwrap();
+    for f in txs {
+        if !m.can_place(&f) {
+            waiting.push(f);
+            continue;
+        }
         let txid = f.txid;
         match m.add(f) {
             Ok(scripts) => changed.extend(scripts),
             Err(e) => tracing::debug!(%txid, "mempool tx skipped: {e:#}"),
         }
     }
-    Ok(SyncOutcome { changed, complete: removals })
-}
-
-/// The node's mempool: txid → entry (fees, vsize, ancestor count). The first read takes every
-/// entry in one call; later ones list txids only and ask for the entries of those not yet
-/// tracked (Null for the others): events keep those few, and a verbose list of a mainnet
-/// mempool is tens of megabytes.
-fn list(lock: &RwLock<Mempool>, rpc: &Rpc) -> Result<serde_json::Map<String, Value>> {
-    if lock.read().unwrap().txs.is_empty() {
-        let listed = rpc.call("getrawmempool", json!([true]))?;
-        return match listed {
-            Value::Object(m) => Ok(m),
-            _ => anyhow::bail!("getrawmempool: not an object"),
-        };
-    }
-    let ids = rpc.call("getrawmempool", json!([false]))?;
-    let ids: Vec<Txid> = serde_json::from_value(ids).context("getrawmempool: not a list of txids")?;
-    let unknown: Vec<Txid> = {
-        let m = lock.read().unwrap();
-        ids.iter().filter(|t| !m.txs.contains_key(*t)).copied().collect()
-    };
-    let mut listed: serde_json::Map<String, Value> =
-        ids.iter().map(|t| (t.to_string(), Value::Null)).collect();
-    for txid in unknown {
-        match rpc.call("getmempoolentry", json!([txid.to_string()])) {
-            Ok(entry) => {
-                listed.insert(txid.to_string(), entry);
-            }
-            // Gone since the list was read.
-            Err(_) => {
-                listed.remove(&txid.to_string());
-            }
-        }
-    }
-    Ok(listed)
 }
 
 /// What a full resync did.
@@ -221,64 +289,221 @@ pub struct SyncOutcome {
     pub complete: bool,
 }
 
-/// Applies `events` in order: an added transaction is fetched from the node (gone again by now:
-/// skipped), a removed one dropped. Returns the changed script hashes, and false when an
-/// addition could not be placed (its parent unknown: a resync settles it).
+/// Applies `events` in order: the added transactions are fetched from the node in batches (gone
+/// again by now: skipped), the removed ones dropped. Returns the changed script hashes, and
+/// false when an addition could not be placed (its parent unknown: a resync settles it).
 pub fn apply(
     lock: &RwLock<Mempool>,
     rpc: &Rpc,
     index: &IndexReader,
     events: &[Event],
-) -> (HashSet<ScriptHash>, bool) {
-    let mut changed = HashSet::new();
-    let mut placed = true;
-    for event in events {
-        match *event {
-            Event::Removed(txid) => lock.write().unwrap().remove(&txid, &mut changed),
-            Event::Added(txid) => {
-                if lock.read().unwrap().txs.contains_key(&txid) {
-                    continue;
-                }
-                // Fees and size as getrawmempool gives them; an error means it already left.
-                let Ok(info) = rpc.call("getmempoolentry", json!([txid.to_string()])) else { continue };
-                let added = fetch(lock, rpc, index, &HashSet::new(), txid, &info)
-                    .and_then(|f| lock.write().unwrap().add(f));
-                match added {
-                    Ok(scripts) => changed.extend(scripts),
-                    Err(e) => {
-                        tracing::debug!(%txid, "mempool tx not placed: {e:#}");
+) -> Result<(HashSet<ScriptHash>, bool)> {
+    let added: Vec<Txid> = {
+        let m = lock.read().unwrap();
+        let mut seen = HashSet::new();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Added(txid) if !m.txs.contains_key(txid) && seen.insert(*txid) => Some(*txid),
+                _ => None,
+            })
+            .collect()
+    };
+    let new_ids: HashSet<Txid> = added.iter().copied().collect();
+    let mut parents = Parents::default();
+    let mut ready: HashMap<Txid, NewTx> = HashMap::new();
+    for chunk in added.chunks(BATCH) {
+        let fetched = fetch(rpc, chunk)?;
+        ready.extend(resolve(lock, index, &new_ids, &mut parents, fetched)?.into_iter().map(|f| (f.txid, f)));
+    }
+    let (mut changed, mut placed) = (HashSet::new(), true);
+    // A thousand events per write lock: requests wait at most for those.
+    for part in events.chunks(1000) {
+        let mut m = lock.write().unwrap();
+        for event in part {
+            match event {
+                Event::Removed(txid) => m.remove(txid, &mut changed),
+                Event::Added(txid) => {
+                    let Some(f) = ready.remove(txid) else { continue }; // tracked, or left already
+                    if !m.can_place(&f) {
+                        tracing::debug!(%txid, "mempool tx not placed: a parent is not here");
                         placed = false;
+                        continue;
+                    }
+                    match m.add(f) {
+                        Ok(scripts) => changed.extend(scripts),
+                        Err(e) => {
+                            tracing::debug!(%txid, "mempool tx not placed: {e:#}");
+                            placed = false;
+                        }
                     }
                 }
             }
         }
     }
-    (changed, placed)
+    Ok((changed, placed))
 }
 
-fn fetch(
+/// A transaction as the node gave it: its fee and vsize (from its entry) and its bytes.
+struct Fetched {
+    txid: Txid,
+    fee: u64,
+    vsize: u64,
+    raw: Vec<u8>,
+}
+
+/// Asks the node for the entries and bytes of `txids` in one batch; those that left since they
+/// were listed are left out.
+fn fetch(rpc: &Rpc, txids: &[Txid]) -> Result<Vec<Fetched>> {
+    let calls: Vec<(&str, Value)> = txids
+        .iter()
+        .flat_map(|t| {
+            let t = t.to_string();
+            [("getmempoolentry", json!([t])), ("getrawtransaction", json!([t, false]))]
+        })
+        .collect();
+    let answers = rpc.batch(&calls)?;
+    let mut out = Vec::with_capacity(txids.len());
+    for (txid, pair) in txids.iter().zip(answers.chunks(2)) {
+        // Mined or replaced since it was listed: the next read settles it.
+        let (Ok(entry), Ok(raw)) = (&pair[0], &pair[1]) else { continue };
+        let fee = btc_to_sat(&entry["fees"]["base"]).context("fees.base")?;
+        let vsize = entry["vsize"].as_u64().context("vsize")?.max(1);
+        let raw = hex::decode(raw.as_str().context("getrawtransaction: not hex")?)?;
+        out.push(Fetched { txid: *txid, fee, vsize, raw });
+    }
+    Ok(out)
+}
+
+/// `fetched` as new mempool transactions: decoded, outputs hashed, and the confirmed outputs
+/// they spend looked up (a parent that is tracked, or among `new_ids`, is read when placed).
+/// One that cannot be decoded, or whose parent is neither confirmed nor in the mempool, is
+/// left out (the next read settles it).
+fn resolve(
     lock: &RwLock<Mempool>,
-    rpc: &Rpc,
     index: &IndexReader,
     new_ids: &HashSet<Txid>,
-    txid: Txid,
-    info: &Value,
-) -> Result<NewTx> {
-    let raw = rpc.call("getrawtransaction", json!([txid.to_string(), false]))?;
-    let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(raw.as_str().context("hex")?)?;
-    let fee = btc_to_sat(&info["fees"]["base"]).context("fees.base")?;
-    let vsize = info["vsize"].as_u64().context("vsize")?.max(1);
-    let mut confirmed = HashMap::new();
-    for input in &tx.input {
-        let op = input.previous_output;
-        if new_ids.contains(&op.txid) || lock.read().unwrap().txs.contains_key(&op.txid) {
-            continue; // a mempool parent: read when applied
+    parents: &mut Parents,
+    fetched: Vec<Fetched>,
+) -> Result<Vec<NewTx>> {
+    let mut decoded = Vec::with_capacity(fetched.len());
+    for f in fetched {
+        let mut tx = Tx::default();
+        match parse_tx(&mut Reader::new(&f.raw), &f.raw, &mut tx) {
+            Ok(()) if tx.txid == f.txid && tx.raw.len() == f.raw.len() => {}
+            other => {
+                tracing::debug!(txid = %f.txid, "mempool tx skipped: not the transaction asked for ({other:?})");
+                continue;
+            }
         }
-        let funding =
-            index.txs_by_txid(&op.txid)?.pop().context("parent neither confirmed nor in the mempool")?;
-        let parent: Transaction = bitcoin::consensus::deserialize(&funding.raw)?;
-        let out = parent.output.get(op.vout as usize).context("no such output")?;
-        confirmed.insert(op, (out.value.to_sat(), ScriptHash::of(out.script_pubkey.as_bytes())));
+        let inputs: Vec<OutPoint> =
+            tx.inputs.iter().map(|i| OutPoint { txid: i.prev_txid(), vout: i.prev_vout }).collect();
+        let outputs = tx
+            .outputs
+            .iter()
+            .map(|o| (o.value, ScriptHash::of(o.script), !is_unspendable(o.script)))
+            .collect();
+        decoded.push((f, inputs, outputs));
     }
-    Ok(NewTx { txid, tx, fee, vsize, confirmed })
+    let confirmed_parents: Vec<Txid> = {
+        let m = lock.read().unwrap();
+        let in_mempool = |t: &Txid| new_ids.contains(t) || m.txs.contains_key(t);
+        decoded
+            .iter()
+            .flat_map(|(_, inputs, _)| inputs.iter().map(|op| op.txid))
+            .filter(|t| !in_mempool(t))
+            .collect()
+    };
+    parents.read(index, confirmed_parents)?;
+    let mut out = Vec::with_capacity(decoded.len());
+    for (f, inputs, outputs) in decoded {
+        let mut confirmed = HashMap::new();
+        let mut found = true;
+        for op in &inputs {
+            match parents.output(op) {
+                Some(Some(out)) => {
+                    confirmed.insert(*op, out);
+                }
+                Some(None) => found = false, // neither confirmed nor in the mempool
+                None => {}                   // a mempool parent
+            }
+        }
+        if !found {
+            tracing::debug!(txid = %f.txid, "mempool tx skipped: a parent neither confirmed nor in the mempool");
+            continue;
+        }
+        let Fetched { txid, fee, vsize, raw } = f;
+        out.push(NewTx { txid, raw: raw.into(), fee, vsize, inputs, outputs, confirmed });
+    }
+    Ok(out)
+}
+
+/// The confirmed parents of new transactions, read from the index once each (a parent paying
+/// thousands of mempool transactions, an exchange's payout, is read and hashed once, not once
+/// per child) and kept for one read of the mempool or one round of events; at most
+/// `PARENT_OUTPUTS` outputs are held (then it starts over).
+#[derive(Default)]
+struct Parents {
+    /// Each parent's outputs (value, script hash); None: not in the index.
+    outputs: HashMap<Txid, Option<Outputs>>,
+    held: usize,
+}
+
+/// A transaction's outputs: value and script hash.
+type Outputs = Box<[(u64, ScriptHash)]>;
+
+/// Outputs `Parents` holds at most (about 40 bytes each).
+const PARENT_OUTPUTS: usize = 1 << 18;
+
+impl Parents {
+    /// Reads those of `txids` not held yet, spread over the cores (each a bucket read and a
+    /// positional read of the blk file).
+    fn read(&mut self, index: &IndexReader, mut txids: Vec<Txid>) -> Result<()> {
+        txids.sort_unstable();
+        txids.dedup();
+        txids.retain(|t| !self.outputs.contains_key(t));
+        if txids.is_empty() {
+            return Ok(());
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(txids.len());
+        let parts: Vec<&[Txid]> = txids.chunks(txids.len().div_ceil(threads)).collect();
+        type Read = Vec<(Txid, Option<Outputs>)>;
+        let read: Vec<Result<Read>> = std::thread::scope(|s| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    s.spawn(move || part.iter().map(|t| Ok((*t, parent_outputs(index, t)?))).collect())
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().expect("a parent reader")).collect()
+        });
+        for part in read {
+            for (txid, outputs) in part? {
+                let n = outputs.as_ref().map_or(1, |o| o.len());
+                if self.held + n > PARENT_OUTPUTS {
+                    self.outputs.clear();
+                    self.held = 0;
+                }
+                self.held += n;
+                self.outputs.insert(txid, outputs);
+            }
+        }
+        Ok(())
+    }
+
+    /// The value and script hash of confirmed output `op`: None if its transaction was not read
+    /// (a mempool parent), Some(None) if it is not in the index or has no such output.
+    fn output(&self, op: &OutPoint) -> Option<Option<(u64, ScriptHash)>> {
+        let outputs = self.outputs.get(&op.txid)?;
+        Some(outputs.as_ref().and_then(|o| o.get(op.vout as usize).copied()))
+    }
+}
+
+/// The outputs of confirmed transaction `txid` (None: not in the index).
+fn parent_outputs(index: &IndexReader, txid: &Txid) -> Result<Option<Outputs>> {
+    let Some(funding) = index.txs_by_txid(txid)?.pop() else { return Ok(None) };
+    let mut tx = Tx::default();
+    parse_tx(&mut Reader::new(&funding.raw), &funding.raw, &mut tx)
+        .map_err(|e| anyhow::anyhow!("transaction {txid} in the index: {e}"))?;
+    Ok(Some(tx.outputs.iter().map(|o| (o.value, ScriptHash::of(o.script))).collect()))
 }

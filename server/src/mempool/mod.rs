@@ -4,30 +4,105 @@
 //!
 //! This half is data, below `state`; `driver` (above `state`) keeps it in step: by the node's
 //! ZMQ `sequence` events (a transaction added or removed), by dropping a block's transactions
-//! once the index has the block, and by full resyncs against `getrawmempool true` (at start,
+//! once the index has the block, and by full resyncs against `getrawmempool` (at start,
 //! after a reorg, when a ZMQ message was missed, and periodically; or on every poll when the
-//! node publishes no `sequence`). New transactions come from `getrawtransaction` and the scripts
-//! they spend from their mempool parent or the index.
+//! node publishes no `sequence`). New transactions come from `getmempoolentry` and
+//! `getrawtransaction` (batched) and the scripts they spend from their mempool parent or the
+//! index.
+//!
+//! Kept small, since a mainnet mempool holds up to 300,000 transactions: each transaction's bytes
+//! (decoded only when a method needs more than what is kept), the value and script hash of each
+//! output and spent output, and one entry per (script, transaction) and per spent outpoint, with
+//! no allocation of their own.
 
 pub mod driver;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use bitcoin::{OutPoint, Transaction, Txid};
+use bitcoin::hashes::Hash;
+use bitcoin::{OutPoint, Txid};
 use tokio::sync::mpsc;
 
+use blkindex_shared::parse::prevouts;
 use blkindex_shared::ScriptHash;
 
+/// A mempool transaction, in one allocation: its bytes as the node serialized them, then the
+/// value and script hash of each output it spends and of each of its own outputs (hashed once, on
+/// arrival), 40 bytes each. What it spends is read from its bytes when asked.
 pub struct MempoolTx {
-    pub tx: Transaction,
+    data: Box<[u8]>,
+    /// The length of the transaction's bytes, and its number of inputs.
+    raw_len: u32,
+    inputs: u32,
     pub fee: u64,
     pub vsize: u64,
-    /// (outpoint, value, script hash) of every output it spends.
-    pub spent: Vec<(OutPoint, u64, ScriptHash)>,
-    /// The script hash of each of its outputs, by output index (hashed once, on arrival).
-    pub funded: Vec<ScriptHash>,
+}
+
+/// An output a mempool transaction spends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spent {
+    pub outpoint: OutPoint,
+    pub value: u64,
+    pub script: ScriptHash,
+}
+
+/// The bytes of a (value, script hash) in `MempoolTx::data`.
+const ENTRY: usize = 40;
+
+impl MempoolTx {
+    fn new(
+        raw: &[u8],
+        fee: u64,
+        vsize: u64,
+        spent: &[(u64, ScriptHash)],
+        outputs: &[(u64, ScriptHash)],
+    ) -> Self {
+        let mut data = Vec::with_capacity(raw.len() + ENTRY * (spent.len() + outputs.len()));
+        data.extend_from_slice(raw);
+        for (value, sh) in spent.iter().chain(outputs) {
+            data.extend_from_slice(&value.to_le_bytes());
+            data.extend_from_slice(&sh.0);
+        }
+        debug_assert_eq!(prevouts(raw).count(), spent.len(), "an entry for each input");
+        MempoolTx { data: data.into(), raw_len: raw.len() as u32, inputs: spent.len() as u32, fee, vsize }
+    }
+
+    /// The transaction as the node serialized it.
+    pub fn raw(&self) -> &[u8] {
+        &self.data[..self.raw_len as usize]
+    }
+
+    fn entry(&self, i: usize) -> (u64, ScriptHash) {
+        let at = self.raw_len as usize + ENTRY * i;
+        let e = &self.data[at..at + ENTRY];
+        let value = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
+        (value, ScriptHash(e[8..].try_into().expect("32 bytes")))
+    }
+
+    /// Every output it spends.
+    pub fn spent(&self) -> impl Iterator<Item = Spent> + '_ {
+        prevouts(self.raw()).enumerate().map(|(i, input)| {
+            let (value, script) = self.entry(i);
+            Spent { outpoint: OutPoint { txid: input.prev_txid(), vout: input.prev_vout }, value, script }
+        })
+    }
+
+    /// Its number of outputs.
+    pub fn outputs(&self) -> usize {
+        (self.data.len() - self.raw_len as usize) / ENTRY - self.inputs as usize
+    }
+
+    /// The value and script hash of output `vout`.
+    pub fn output(&self, vout: usize) -> Option<(u64, ScriptHash)> {
+        (vout < self.outputs()).then(|| self.entry(self.inputs as usize + vout))
+    }
+
+    /// The script hashes of what it spends and of its outputs.
+    fn scripts(&self) -> impl Iterator<Item = ScriptHash> + '_ {
+        (0..self.inputs as usize + self.outputs()).map(|i| self.entry(i).1)
+    }
 }
 
 /// The tracked mempool as requests see it: looked at briefly through `with`. Never hold it
@@ -48,7 +123,11 @@ pub struct Mempool {
     /// only a script's confirmed entries above it can be in the mempool still.
     pub cleared_through: Option<blkindex_shared::schema::Height>,
     pub txs: HashMap<Txid, MempoolTx>,
-    by_script: HashMap<ScriptHash, HashSet<Txid>>,
+    /// Which transactions fund or spend each script, as one ordered set of (the script hash's
+    /// first 8 bytes, txid): no set per script (most scripts have one transaction), no script's
+    /// set so large that taking one transaction out of it is slow, and 40 bytes a pair. Two
+    /// scripts sharing a prefix share candidates; `script` keeps a script's own.
+    by_script: BTreeSet<(u64, Txid)>,
     /// Which mempool transaction spends each outpoint.
     pub spenders: HashMap<OutPoint, Txid>,
     /// Arrivals, newest last (some may have left since).
@@ -82,12 +161,16 @@ pub enum Event {
 /// A new mempool transaction, fetched from the node without holding the mempool's lock, with
 /// the confirmed outputs it spends already looked up in the index.
 pub struct NewTx {
-    txid: Txid,
-    tx: Transaction,
-    fee: u64,
-    vsize: u64,
+    pub txid: Txid,
+    pub raw: Box<[u8]>,
+    pub fee: u64,
+    pub vsize: u64,
+    /// What it spends, in input order.
+    pub inputs: Vec<OutPoint>,
+    /// Each output's value and script hash, and whether it can be spent (not OP_RETURN).
+    pub outputs: Vec<(u64, ScriptHash, bool)>,
     /// Spent outputs of confirmed parents: (value, script hash).
-    confirmed: HashMap<OutPoint, (u64, ScriptHash)>,
+    pub confirmed: HashMap<OutPoint, (u64, ScriptHash)>,
 }
 
 /// What tells the mempool driver to look: the node's ZMQ `sequence` events, whether they are
@@ -144,43 +227,44 @@ impl Feed {
 }
 
 impl Mempool {
-    fn add(&mut self, f: NewTx) -> Result<Vec<ScriptHash>> {
-        let NewTx { txid, tx, fee, vsize, confirmed } = f;
-        let mut spent = Vec::with_capacity(tx.input.len());
-        for input in &tx.input {
-            let op = input.previous_output;
-            let (value, sh) = match confirmed.get(&op) {
+    /// Whether `f` can be added now: every output it spends is confirmed or of a transaction
+    /// here (a child listed before its parent waits for it).
+    pub fn can_place(&self, f: &NewTx) -> bool {
+        f.inputs.iter().all(|op| f.confirmed.contains_key(op) || self.txs.contains_key(&op.txid))
+    }
+
+    /// Adds `f`; the scripts whose unconfirmed side changed.
+    pub fn add(&mut self, f: NewTx) -> Result<Vec<ScriptHash>> {
+        let NewTx { txid, raw, fee, vsize, inputs, outputs, confirmed } = f;
+        let mut spent = Vec::with_capacity(inputs.len());
+        for op in &inputs {
+            spent.push(match confirmed.get(op) {
                 Some(found) => *found,
                 None => {
                     let parent = self.txs.get(&op.txid).context("the mempool parent has left")?;
-                    let out = parent.tx.output.get(op.vout as usize).context("no such parent output")?;
-                    (out.value.to_sat(), parent.funded[op.vout as usize])
+                    parent.output(op.vout as usize).context("no such parent output")?
                 }
-            };
-            spent.push((op, value, sh));
+            });
         }
-        let funded: Vec<ScriptHash> =
-            tx.output.iter().map(|o| ScriptHash::of(o.script_pubkey.as_bytes())).collect();
-        let mut scripts: Vec<ScriptHash> = spent.iter().map(|s| s.2).collect();
-        scripts.extend(
-            tx.output.iter().zip(&funded).filter(|(o, _)| !o.script_pubkey.is_op_return()).map(|(_, sh)| *sh),
-        );
+        let mut scripts: Vec<ScriptHash> = spent.iter().map(|s| s.1).collect();
+        scripts.extend(outputs.iter().filter(|o| o.2).map(|o| o.1));
         scripts.sort();
         scripts.dedup();
         for sh in &scripts {
-            self.by_script.entry(*sh).or_default().insert(txid);
+            self.by_script.insert((prefix(sh), txid));
         }
         // Children already here (a parent back from a reorged block) are at height -1 now:
         // their scripts changed too (they are not this transaction's).
-        self.children_scripts(&txid, funded.len(), &mut scripts);
-        for (op, ..) in &spent {
-            self.spenders.insert(*op, txid);
+        self.children_scripts(&txid, outputs.len(), &mut scripts);
+        for op in inputs {
+            self.spenders.insert(op, txid);
         }
         if self.arrivals.len() == ARRIVALS {
             self.arrivals.pop_front();
         }
         self.arrivals.push_back(txid);
-        self.txs.insert(txid, MempoolTx { tx, fee, vsize, spent, funded });
+        let outputs: Vec<(u64, ScriptHash)> = outputs.into_iter().map(|(value, sh, _)| (value, sh)).collect();
+        self.txs.insert(txid, MempoolTx::new(&raw, fee, vsize, &spent, &outputs));
         Ok(scripts)
     }
 
@@ -195,20 +279,15 @@ impl Mempool {
         let Some(entry) = self.txs.remove(txid) else { return };
         // Its children (left by the block that mined it) may be at height 0 now.
         let mut children = Vec::new();
-        self.children_scripts(txid, entry.funded.len(), &mut children);
+        self.children_scripts(txid, entry.outputs(), &mut children);
         changed.extend(children);
-        for (op, ..) in &entry.spent {
-            if self.spenders.get(op) == Some(txid) {
-                self.spenders.remove(op);
+        for s in entry.spent() {
+            if self.spenders.get(&s.outpoint) == Some(txid) {
+                self.spenders.remove(&s.outpoint);
             }
         }
-        for sh in entry.spent.iter().map(|s| s.2).chain(entry.funded.iter().copied()) {
-            if let Some(set) = self.by_script.get_mut(&sh) {
-                set.remove(txid);
-                if set.is_empty() {
-                    self.by_script.remove(&sh);
-                }
-            }
+        for sh in entry.scripts() {
+            self.by_script.remove(&(prefix(&sh), *txid));
             changed.insert(sh);
         }
     }
@@ -233,7 +312,7 @@ impl Mempool {
     }
 
     fn height_of(&self, e: &MempoolTx) -> i32 {
-        match e.spent.iter().any(|(op, ..)| self.txs.contains_key(&op.txid)) {
+        match prevouts(e.raw()).any(|i| self.txs.contains_key(&i.prev_txid())) {
             true => -1,
             false => 0,
         }
@@ -245,7 +324,7 @@ impl Mempool {
         for vout in 0..outputs as u32 {
             let Some(child) = self.spenders.get(&OutPoint { txid: *txid, vout }) else { continue };
             if let Some(c) = self.txs.get(child) {
-                scripts.extend(c.spent.iter().map(|s| s.2).chain(c.funded.iter().copied()));
+                scripts.extend(c.scripts());
             }
         }
     }
@@ -280,25 +359,37 @@ impl Mempool {
         out
     }
 
+    /// Whether any mempool transaction funds or spends script `sh`.
+    pub fn touches(&self, sh: &ScriptHash) -> bool {
+        self.txids_of(sh).next().is_some()
+    }
+
+    /// The transactions that fund or spend script `sh`.
+    fn txids_of<'a>(&'a self, sh: &'a ScriptHash) -> impl Iterator<Item = (&'a Txid, &'a MempoolTx)> {
+        let p = prefix(sh);
+        let (first, last) = ((p, Txid::from_byte_array([0; 32])), (p, Txid::from_byte_array([0xff; 32])));
+        self.by_script.range(first..=last).filter_map(move |(_, t)| {
+            let e = &self.txs[t];
+            e.scripts().any(|s| s == *sh).then_some((t, e))
+        })
+    }
+
     /// The unconfirmed side of a script, leaving out those `mined` says the index already has
     /// (mined since the mempool was last read).
     pub fn script(&self, sh: &ScriptHash, mined: impl Fn(&Txid) -> bool) -> ScriptMempool {
         let mut out = ScriptMempool::default();
-        let Some(txids) = self.by_script.get(sh) else { return out };
         let mut funded: Vec<(OutPoint, u64)> = Vec::new();
-        for txid in txids.iter().filter(|t| !mined(t)) {
-            let e = &self.txs[txid];
+        for (txid, e) in self.txids_of(sh).filter(|(t, _)| !mined(t)) {
             out.history.push((*txid, self.height_of(e), e.fee));
-            for (op, value, spent_sh) in &e.spent {
-                if spent_sh == sh {
-                    out.spent.insert(*op);
-                    out.delta -= *value as i64;
-                }
+            for s in e.spent().filter(|s| s.script == *sh) {
+                out.spent.insert(s.outpoint);
+                out.delta -= s.value as i64;
             }
-            for (vout, (o, out_sh)) in e.tx.output.iter().zip(&e.funded).enumerate() {
-                if out_sh == sh {
-                    funded.push((OutPoint { txid: *txid, vout: vout as u32 }, o.value.to_sat()));
-                    out.delta += o.value.to_sat() as i64;
+            for vout in 0..e.outputs() {
+                let (value, out_sh) = e.output(vout).expect("an output");
+                if out_sh == *sh {
+                    funded.push((OutPoint { txid: *txid, vout: vout as u32 }, value));
+                    out.delta += value as i64;
                 }
             }
         }
@@ -307,6 +398,11 @@ impl Mempool {
         out.unspent.sort();
         out
     }
+}
+
+/// The part of a script hash `Mempool::by_script` is ordered by.
+fn prefix(sh: &ScriptHash) -> u64 {
+    u64::from_be_bytes(sh.0[..8].try_into().expect("8 of 32 bytes"))
 }
 
 /// Electrum 1.6's order of unconfirmed entries: -height ascending (0 before -1), then the txid
@@ -318,16 +414,9 @@ pub fn electrum_order(history: &mut [(Txid, i32, u64)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bitcoin::hashes::Hash;
 
     fn tx_paying(fee: u64, vsize: u64) -> MempoolTx {
-        let tx = Transaction {
-            version: bitcoin::transaction::Version::TWO,
-            lock_time: bitcoin::absolute::LockTime::ZERO,
-            input: vec![],
-            output: vec![],
-        };
-        MempoolTx { tx, fee, vsize, spent: vec![], funded: vec![] }
+        MempoolTx::new(&[], fee, vsize, &[], &[])
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! a `call::Call` (what `protocol::METHODS` has in that version, its arguments checked), then one
 //! exhaustive match on it; the handlers shape their replies by version where the protocol changed them.
 //! Confirmed data comes from the index, unconfirmed data from the tracked mempool, fees and
-//! broadcast from the node. A client that never sends `server.version` is served as 1.4.2.
+//! broadcast from the node; without one (`--no-node`), the calls that need it are refused
+//! before they start (`Call::needs_node`). A client that never sends `server.version` is served as 1.4.2.
 
 mod fees;
 mod headers;
@@ -112,7 +113,11 @@ pub async fn call(
     params: &Value,
 ) -> Result<Answer, ServerError> {
     let v = s.version();
-    let value = match Call::parse(method, params, v, state.settings().net)? {
+    let call = Call::parse(method, params, v, state.settings().net)?;
+    if call.needs_node() && !state.has_node() {
+        return Err(ServerError::NoNode);
+    }
+    let value = match call {
         Call::ServerVersion { client_name, min, max } => server_info::version(s, client_name, min, max),
         Call::ServerBanner => Ok(json!(state.settings().info.banner)),
         Call::ServerDonationAddress => Ok(json!(state.settings().info.donation_address)),

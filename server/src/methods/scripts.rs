@@ -159,7 +159,10 @@ pub async fn utxo_address(state: &Arc<State>, outpoint: OutPoint) -> Reply {
         .read(move |i, m| {
             let tx: Option<Transaction> = match i.txs_by_txid(&txid)?.pop() {
                 Some(t) => Some(deserialize(&t.raw)?),
-                None => m.with(|m| m.txs.get(&txid).map(|e| e.tx.clone())),
+                None => match m.with(|m| m.txs.get(&txid).map(|e| e.raw().to_vec())) {
+                    Some(raw) => Some(deserialize(&raw)?),
+                    None => None,
+                },
             };
             let address = tx
                 .and_then(|tx| tx.output.get(vout).cloned())

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bitcoin::consensus::{deserialize, serialize};
+use bitcoin::consensus::deserialize;
 use bitcoin::Transaction;
 use serde_json::{json, Value};
 
@@ -25,7 +25,7 @@ pub async fn get(state: &Arc<State>, txid: Txid, verbose: bool) -> Reply {
                     let confirmations = i.chain.len() as u32 - t.height;
                     (t.raw, Some(verbose::Place { hash, time, confirmations }))
                 }
-                None => match m.with(|m| m.txs.get(&txid).map(|e| serialize(&e.tx))) {
+                None => match m.with(|m| m.txs.get(&txid).map(|e| e.raw().to_vec())) {
                     Some(raw) => (raw, None),
                     None => return Err(ServerError::UnknownTx(txid).into()),
                 },

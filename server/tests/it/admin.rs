@@ -175,6 +175,7 @@ fn getinfo_sessions_disconnect_and_loglevel() -> Result<()> {
     assert_eq!(info["network"], "regtest");
     assert!(info["version"].as_str().unwrap().starts_with("blkindex "));
     assert!(info["mempool_txs"].is_u64() && info["requests_per_sec"].is_number());
+    assert_eq!(info["node"], "up", "the mempool task reads the node");
     assert!(info["script_cache"]["capacity_bytes"].as_u64().unwrap() > 0);
 
     let sessions = admin_ok(&admin_addr, "sessions", json!([]));

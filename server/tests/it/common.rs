@@ -58,14 +58,25 @@ impl Server {
 
     /// As `start_with`, logging what `filter` (`BLKINDEX_LOG`) lets through.
     pub fn start_logged(node: &Node, db: &Path, extra: &[&str], filter: &str) -> Result<Self> {
+        let rpc = node.rpc_addr();
+        Self::spawn(node, db, &[&["--daemon-rpc-addr", rpc.as_str()], extra].concat(), filter)
+    }
+
+    /// A server with `--no-node` on `node`'s data dir (the node may be stopped): no RPC address
+    /// or cookie given.
+    pub fn start_no_node(node: &Node, db: &Path, extra: &[&str]) -> Result<Self> {
+        Self::spawn(node, db, &[&["--no-node"], extra].concat(), "info,blkindex_server=debug")
+    }
+
+    fn spawn(node: &Node, db: &Path, args: &[&str], filter: &str) -> Result<Self> {
         let log = db.with_extension(format!("server{}.log", std::process::id() ^ rand_suffix()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
             .args(["--network", "regtest", "--datadir"])
             .arg(&node.datadir)
             .arg("--db")
             .arg(db)
-            .args(["--daemon-rpc-addr", &node.rpc_addr(), "--electrum-addr", "127.0.0.1:0"])
-            .args(extra)
+            .args(["--electrum-addr", "127.0.0.1:0"])
+            .args(args)
             .env("BLKINDEX_LOG", filter)
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;

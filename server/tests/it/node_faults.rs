@@ -129,3 +129,94 @@ fn a_blk_file_truncated_under_the_server_is_an_error_for_that_request() -> Resul
     assert!(server.log().contains("cannot read"), "the log names the short read: {}", server.log());
     Ok(())
 }
+
+/// The confirmed answers a wallet needs, checked: the tip, a script's history, a transaction.
+fn confirmed_served(addr: &str, tip: u64, script_hash: &str, paid: &str, raw: &Value) {
+    let replies = session(
+        addr,
+        &[
+            req(1, "server.version", json!(["test", "1.4"])),
+            req(2, "blockchain.headers.subscribe", json!([])),
+            req(3, "blockchain.scripthash.get_balance", json!([script_hash])),
+            req(4, "blockchain.transaction.get", json!([paid])),
+        ],
+    );
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert_eq!(replies[1]["result"]["height"], json!(tip), "{replies:?}");
+    assert_eq!(replies[2]["result"]["confirmed"], json!(10_000_000), "{replies:?}");
+    assert_eq!(&replies[3]["result"], raw, "{replies:?}");
+}
+
+/// Each node call answers the node's absence, clearly and soon.
+fn node_calls_fail(addr: &str, tx: &str) {
+    let t0 = Instant::now();
+    let replies = ask_node(addr, tx);
+    assert!(t0.elapsed() < Duration::from_secs(10), "answered after {:?}", t0.elapsed());
+    for r in &replies[1..4] {
+        assert_eq!(r["error"]["code"], 2, "{r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("cannot reach bitcoind"), "{r}");
+    }
+}
+
+/// A node down when the server starts (its cookie gone), back later, then stopped under the
+/// running server: the server starts and serves confirmed data throughout; the calls that need
+/// the node say it cannot be reached while it is away and work once it is back, when ZMQ is
+/// found too; the status line says whether the node is up.
+#[test]
+fn a_node_away_at_start_or_stopped_under_the_server_leaves_confirmed_data_served() -> Result<()> {
+    let mut node = Node::start(NodeOptions::default())?;
+    let b = ChainBuilder::new(&node)?;
+    b.mine(110)?;
+    let address = node.new_address("bech32")?;
+    let paid = node.send(&address, bitcoin::Amount::from_btc(0.1)?)?.to_string();
+    let block = b.mine(1)?[0];
+    let raw = node.call("getrawtransaction", json!([paid, false, block.to_string()]))?;
+    let (tx, _) = unsent_tx(&node)?;
+    let tip = node.height()?;
+    let (dir, _indexer) = indexed(&node)?;
+    let db = dir.path().join("db");
+    node.stop()?;
+    let script_hash = blkindex_shared::ScriptHash::of(address.script_pubkey().as_bytes()).to_string();
+
+    let flags = ["--log-stats-secs", "1", "--fee-cache-secs", "0"];
+    let server = Server::start_with(&node, &db, &flags)?;
+    confirmed_served(&server.addr, tip, &script_hash, &paid, &raw);
+    node_calls_fail(&server.addr, &tx);
+    let wait_log = |what: &str, after: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = server.log();
+            if let Some(at) = log[after.min(log.len())..].find(what) {
+                return after + at;
+            }
+            assert!(Instant::now() < deadline, "no {what:?} in the log: {log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let at = wait_log(r#"node="down""#, 0);
+
+    node.restart()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let replies = loop {
+        let replies = ask_node(&server.addr, &tx);
+        if replies[2]["result"].is_number() || Instant::now() > deadline {
+            break replies;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(replies[1]["result"].is_number() && replies[2]["result"].is_number(), "{replies:?}");
+    assert!(replies[3]["result"].is_string(), "broadcast once the node is back: {replies:?}");
+    // ZMQ was asked for again until the node answered, and is listened to.
+    wait_log("listening to ZMQ notifications", 0);
+    let at = wait_log(r#"node="up""#, at);
+    confirmed_served(&server.addr, tip, &script_hash, &paid, &raw);
+
+    // Stopped under the running server: confirmed data still served, node calls refused.
+    node.stop()?;
+    confirmed_served(&server.addr, tip, &script_hash, &paid, &raw);
+    node_calls_fail(&server.addr, &tx);
+    wait_log(r#"node="down""#, at);
+    confirmed_served(&server.addr, tip, &script_hash, &paid, &raw);
+    assert!(!server.log().contains("ERROR"), "{}", server.log());
+    Ok(())
+}
