@@ -65,7 +65,7 @@ if [ "${BENCH_SCALE_NODE_CHAIN:-1}" != 0 ]; then
     for round in 1 2; do
         index_run "node-1batch-$round" "$chain" "$BENCH_DIR/db-scale"
         index_run "node-4500kb-$round" "$chain" "$BENCH_DIR/db-scale" --batch-kb 4500
-        index_run "node-2000kb-$round" "$chain" "$BENCH_DIR/db-scale" --batch-kb 2000
+        index_run "node-1500kb-$round" "$chain" "$BENCH_DIR/db-scale" --batch-kb 1500
     done
     rm -rf "$BENCH_DIR/db-scale"
 fi
