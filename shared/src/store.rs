@@ -432,36 +432,6 @@ impl Store {
         Ok(self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?)
     }
 
-    /// One full manual compaction of every family. Bottom-level files are rewritten too: ingested
-    /// SSTs that landed there are merged with the rest and get their final compression.
-    pub fn compact_all(&self) -> Result<()> {
-        let mut opts = rocksdb::CompactOptions::default();
-        // Rewrite bottom-level files, but not the ones this compaction has just written.
-        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
-        // Families are independent: compact them side by side.
-        std::thread::scope(|s| {
-            for name in cf::ALL {
-                let opts = &opts;
-                s.spawn(move || {
-                    self.db.compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, opts)
-                });
-            }
-        });
-        // The crate's compact_range reports nothing: check what a finished one leaves (no
-        // background error, nothing left in level 0) before the caller records it as done.
-        let errors = self.db.property_int_value("rocksdb.background-errors")?.unwrap_or(0);
-        anyhow::ensure!(errors == 0, "the compaction failed: RocksDB reports {errors} background error(s)");
-        for name in cf::ALL {
-            let l0 =
-                self.db.property_int_value_cf(self.cf(name), "rocksdb.num-files-at-level0")?.unwrap_or(0);
-            anyhow::ensure!(
-                l0 == 0,
-                "the compaction did not finish: {l0} file(s) of {name} still in level 0"
-            );
-        }
-        Ok(())
-    }
-
     pub fn catch_up(&self) -> Result<()> {
         Ok(self.db.try_catch_up_with_primary()?)
     }
