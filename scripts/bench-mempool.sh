@@ -124,6 +124,10 @@ worst = max(start["during"]["p99_ms"] or 0, mine["mix_around_block"]["p99_ms"] o
 print(f"| wallet mix p99 during start-up / around the block / the whole block run | "
       f"{ms(start['during']['p99_ms'])} / {ms(mine['mix_around_block']['p99_ms'])} / {ms(mine['mix_all']['p99_ms'])} | "
       f"≤ 50 ms | {ok(worst <= 50)} |")
+sub = start["subscribed_at_start"]
+print(f"| start-up: {sub['scripts']} scripts subscribed {sub['subscribed_after_ms']:.0f} ms after the server "
+      f"listened, at their final status after p50 / max | {ms(sub['final_status_p50_ms'])} / "
+      f"{ms(sub['final_status_max_ms'])} ({sub['notified']} notified, {sub['behind']} behind) | | |")
 print(f"| following the node while the {n:,} arrive (ZMQ events) | view complete {fill['server_followed_secs']:.1f} s "
       f"after the first was sent | | |")
 print()

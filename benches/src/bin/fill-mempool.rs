@@ -425,6 +425,16 @@ async fn startup(c: &Common, mix: &Mix, log: &Path, metrics: Option<&str>) -> Re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let listening = t0.elapsed().as_secs_f64();
+    // A wallet subscribed as soon as the server listens, to scripts whose coins the mempool
+    // spends: notified as the read places them.
+    let secp = Secp256k1::new();
+    let n = expect;
+    let mut rng = fastrand::Rng::with_seed(13);
+    let scripts: Vec<String> = (0..1000).map(|_| script_hash(&key(&secp, 1, rng.u64(..n)).spk)).collect();
+    let wallet = Wallet::open(&mix.server, &scripts).await?;
+    let (subscribed, initial) = (wallet.subscribed, wallet.statuses.clone());
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::spawn(wallet.record(heard.clone()));
     let until = Instant::now() + Duration::from_secs(600);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(until);
     let (addr, ww, (conns, rate)) = (mix.server.clone(), w.clone(), (mix.connections, mix.rate));
@@ -461,9 +471,30 @@ async fn startup(c: &Common, mix: &Mix, log: &Path, metrics: Option<&str>) -> Re
     let rss = (rss_mb(mix.pid, "VmRSS:"), rss_mb(mix.pid, "RssAnon:"));
     stop_tx.send(complete + Duration::from_secs(1))?;
     let timed = load.await??;
+    // Each subscription's last status heard, against its status now (asked afresh): when the
+    // one it ended at came (0: it was the first answer).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    listener.abort();
+    let now = Wallet::open(&mix.server, &scripts).await?.statuses;
+    let heard = heard.lock().unwrap().clone();
+    let mut caught_up = Vec::new();
+    let mut behind = 0;
+    for (i, sh) in scripts.iter().enumerate() {
+        let last = heard.iter().rev().find(|(s, ..)| s == sh);
+        let (status, at) = last.map_or((&initial[i], subscribed), |(_, st, at)| (st, *at));
+        match *status == now[i] {
+            true => caught_up.push(at.duration_since(subscribed).as_micros() as u64),
+            false => behind += 1,
+        }
+    }
+    caught_up.sort_unstable();
+    let notified = scripts.iter().filter(|sh| heard.iter().any(|(s, ..)| s == *sh)).count();
     Ok(json!({"listening_secs": listening, "complete_secs_seen": complete.duration_since(t0).as_secs_f64(),
         "log": line, "rss_mb": rss.0, "anon_mb": rss.1,
-        "during": figures(&timed, t0, complete), "all": figures(&timed, t0, Instant::now())}))
+        "during": figures(&timed, t0, complete), "all": figures(&timed, t0, Instant::now()),
+        "subscribed_at_start": {"scripts": scripts.len(), "notified": notified, "behind": behind,
+            "final_status_p50_ms": percentile(&caught_up, 0.5), "final_status_max_ms": percentile(&caught_up, 1.0),
+            "subscribed_after_ms": subscribed.duration_since(t0).as_secs_f64() * 1000.0}}))
 }
 
 /// A subscribing wallet: one connection, its scripts subscribed; notifications as they come,
@@ -471,6 +502,11 @@ async fn startup(c: &Common, mix: &Mix, log: &Path, metrics: Option<&str>) -> Re
 struct Wallet {
     write: tokio::net::tcp::OwnedWriteHalf,
     read: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    /// When it subscribed, and each script's status then.
+    subscribed: Instant,
+    statuses: Vec<Value>,
+    /// Notifications that came among the replies: (script hash, status, when).
+    early: Vec<(String, Value, Instant)>,
 }
 
 impl Wallet {
@@ -478,7 +514,8 @@ impl Wallet {
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let (r, w) = s.into_split();
-        let mut wallet = Wallet { write: w, read: BufReader::new(r) };
+        let (subscribed, statuses, early) = (Instant::now(), vec![Value::Null; scripts.len()], Vec::new());
+        let mut wallet = Wallet { write: w, read: BufReader::new(r), subscribed, statuses, early };
         let mut lines =
             json!({"id": 0, "method": "server.version", "params": ["mempool-bench", "1.4"]}).to_string();
         lines.push('\n');
@@ -489,18 +526,44 @@ impl Wallet {
         }
         wallet.write.write_all(lines.as_bytes()).await?;
         let mut line = String::new();
-        for _ in 0..=scripts.len() {
+        let mut answered = 0;
+        while answered <= scripts.len() {
             line.clear();
             anyhow::ensure!(wallet.read.read_line(&mut line).await? > 0, "the server closed");
             let v: Value = serde_json::from_str(&line)?;
+            if v["method"] == "blockchain.scripthash.subscribe" {
+                let sh = v["params"][0].as_str().unwrap_or("").to_string();
+                wallet.early.push((sh, v["params"][1].clone(), Instant::now()));
+                continue;
+            }
             anyhow::ensure!(v.get("error").is_none_or(Value::is_null), "subscribing: {v}");
+            if let Some(i) = v["id"].as_u64().filter(|i| *i > 0) {
+                wallet.statuses[i as usize - 1] = v["result"].clone();
+            }
+            answered += 1;
         }
         Ok(wallet)
     }
 
-    /// Notifications (script hash → when) until `until`.
-    async fn notifications(mut self, until: Instant) -> Result<Vec<(String, Instant)>> {
-        let mut out = Vec::new();
+    /// Records notifications (script hash, status, when) into `sink`, those among the replies
+    /// first, until the connection ends (or the task is aborted).
+    async fn record(mut self, sink: Arc<std::sync::Mutex<Vec<(String, Value, Instant)>>>) -> Result<()> {
+        sink.lock().unwrap().append(&mut self.early);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            anyhow::ensure!(self.read.read_line(&mut line).await? > 0, "the server closed");
+            let v: Value = serde_json::from_str(&line)?;
+            if v["method"] == "blockchain.scripthash.subscribe" {
+                let sh = v["params"][0].as_str().unwrap_or("").to_string();
+                sink.lock().unwrap().push((sh, v["params"][1].clone(), Instant::now()));
+            }
+        }
+    }
+
+    /// Notifications (script hash, status, when) until `until`, those among the replies first.
+    async fn notifications(mut self, until: Instant) -> Result<Vec<(String, Value, Instant)>> {
+        let mut out = std::mem::take(&mut self.early);
         let mut line = String::new();
         let until = tokio::time::Instant::from_std(until);
         loop {
@@ -511,7 +574,8 @@ impl Wallet {
             }
             let v: Value = serde_json::from_str(&line)?;
             if v["method"] == "blockchain.scripthash.subscribe" {
-                out.push((v["params"][0].as_str().unwrap_or("").to_string(), Instant::now()));
+                let sh = v["params"][0].as_str().unwrap_or("").to_string();
+                out.push((sh, v["params"][1].clone(), Instant::now()));
             }
         }
     }
@@ -574,7 +638,7 @@ async fn mine(
     let timed = load.await??;
     let mut notified: HashMap<String, Instant> = HashMap::new();
     for l in listening {
-        for (sh, at) in l.await?? {
+        for (sh, _, at) in l.await?? {
             notified.entry(sh).or_insert(at);
         }
     }

@@ -116,7 +116,8 @@ pub async fn run(
             }
             if full {
                 s.feed().resync_started();
-                let synced = sync(s.mempool(), &rpc, &index).inspect_err(|_| s.feed().resync())?;
+                let announce = |changed| s.announce_mempool(changed);
+                let synced = sync(s.mempool(), &rpc, &index, &announce).inspect_err(|_| s.feed().resync())?;
                 match synced.complete {
                     true => tip_done = tip,
                     false => s.feed().resync(),
@@ -188,12 +189,22 @@ pub async fn run(
 /// whatever the mempool's size, and a round trip is paid per 500 transactions, not per one.
 const BATCH: usize = 500;
 
+/// How often a long read of the whole mempool announces what it has placed so far.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+
 /// Brings the mempool up to date; returns the script hashes whose mempool side changed. The node
 /// is listed (`getrawmempool`, txids only), then the transactions not tracked yet are fetched in
 /// batches, the next batch asked of the node while the last one is placed. The node and the
 /// index are asked without holding the lock; only applying the changes takes the write lock
-/// (once per batch), so requests never wait for RPC round trips.
-pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &IndexReader) -> Result<SyncOutcome> {
+/// (once per batch), so requests never wait for RPC round trips. A long read hands what it has
+/// changed so far to `announce` every `ANNOUNCE_EVERY`, so subscribers hear of the transactions
+/// placed without waiting for the whole mempool.
+pub fn sync(
+    lock: &RwLock<Mempool>,
+    rpc: &Rpc,
+    index: &IndexReader,
+    announce: &dyn Fn(HashSet<ScriptHash>),
+) -> Result<SyncOutcome> {
     // In the node's order: by ancestor count, so parents come before their children.
     let ids = rpc.call("getrawmempool", json!([false]))?;
     let ids: Vec<Txid> = serde_json::from_value(ids).context("getrawmempool: not a list of txids")?;
@@ -239,9 +250,14 @@ pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &IndexReader) -> Result<Sy
                 }
             }
         });
+        let mut announced = std::time::Instant::now();
         for batch in fetched {
             let ready = resolve(lock, index, &new_ids, &mut parents, batch?)?;
             place(lock, ready, &mut waiting, &mut changed);
+            if announced.elapsed() >= ANNOUNCE_EVERY {
+                announce(std::mem::take(&mut changed));
+                announced = std::time::Instant::now();
+            }
         }
         Ok(())
     })?;
@@ -249,7 +265,11 @@ pub fn sync(lock: &RwLock<Mempool>, rpc: &Rpc, index: &IndexReader) -> Result<Sy
     // ancestors first); any still waiting spend a transaction that has left.
     while !waiting.is_empty() {
         let before = waiting.len();
-        place(lock, std::mem::take(&mut waiting), &mut waiting, &mut changed);
+        let mut retry = std::mem::take(&mut waiting);
+        while !retry.is_empty() {
+            let rest = retry.split_off(retry.len().min(BATCH));
+            place(lock, std::mem::replace(&mut retry, rest), &mut waiting, &mut changed);
+        }
         if waiting.len() == before {
             for f in &waiting {
                 tracing::debug!(txid = %f.txid, "mempool tx skipped: a parent has left");
@@ -405,33 +425,24 @@ fn resolve(
             .collect();
         decoded.push((f, inputs, outputs));
     }
-    let confirmed_parents: Vec<Txid> = {
+    // The inputs whose parent is not in the mempool (nor about to be): confirmed, or nowhere.
+    let confirmed_inputs: Vec<Vec<OutPoint>> = {
         let m = lock.read().unwrap();
         let in_mempool = |t: &Txid| new_ids.contains(t) || m.txs.contains_key(t);
         decoded
             .iter()
-            .flat_map(|(_, inputs, _)| inputs.iter().map(|op| op.txid))
-            .filter(|t| !in_mempool(t))
+            .map(|(_, inputs, _)| inputs.iter().filter(|op| !in_mempool(&op.txid)).copied().collect())
             .collect()
     };
-    parents.read(index, confirmed_parents)?;
+    parents.read(index, confirmed_inputs.iter().flatten().map(|op| op.txid).collect())?;
     let mut out = Vec::with_capacity(decoded.len());
-    for (f, inputs, outputs) in decoded {
-        let mut confirmed = HashMap::new();
-        let mut found = true;
-        for op in &inputs {
-            match parents.output(op) {
-                Some(Some(out)) => {
-                    confirmed.insert(*op, out);
-                }
-                Some(None) => found = false, // neither confirmed nor in the mempool
-                None => {}                   // a mempool parent
-            }
-        }
-        if !found {
+    for ((f, inputs, outputs), from_chain) in decoded.into_iter().zip(confirmed_inputs) {
+        let confirmed: Option<HashMap<OutPoint, (u64, ScriptHash)>> =
+            from_chain.iter().map(|op| Some((*op, parents.output(op)?))).collect();
+        let Some(confirmed) = confirmed else {
             tracing::debug!(txid = %f.txid, "mempool tx skipped: a parent neither confirmed nor in the mempool");
             continue;
-        }
+        };
         let Fetched { txid, fee, vsize, raw } = f;
         out.push(NewTx { txid, raw: raw.into(), fee, vsize, inputs, outputs, confirmed });
     }
@@ -456,11 +467,13 @@ type Outputs = Box<[(u64, ScriptHash)]>;
 const PARENT_OUTPUTS: usize = 1 << 18;
 
 impl Parents {
-    /// Reads those of `txids` not held yet, spread over the cores (each a bucket read and a
-    /// positional read of the blk file).
+    /// Makes sure every one of `txids` is held: reads those not held yet, spread over the cores
+    /// (each a bucket read and a positional read of the blk file). Over the bound, the others
+    /// are let go first.
     fn read(&mut self, index: &IndexReader, mut txids: Vec<Txid>) -> Result<()> {
         txids.sort_unstable();
         txids.dedup();
+        let needed: HashSet<Txid> = txids.iter().copied().collect();
         txids.retain(|t| !self.outputs.contains_key(t));
         if txids.is_empty() {
             return Ok(());
@@ -477,25 +490,28 @@ impl Parents {
                 .collect();
             workers.into_iter().map(|w| w.join().expect("a parent reader")).collect()
         });
-        for part in read {
-            for (txid, outputs) in part? {
-                let n = outputs.as_ref().map_or(1, |o| o.len());
-                if self.held + n > PARENT_OUTPUTS {
-                    self.outputs.clear();
-                    self.held = 0;
-                }
-                self.held += n;
-                self.outputs.insert(txid, outputs);
-            }
-        }
+        let read = read.into_iter().collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
+        self.keep(&needed, read, PARENT_OUTPUTS);
         Ok(())
     }
 
-    /// The value and script hash of confirmed output `op`: None if its transaction was not read
-    /// (a mempool parent), Some(None) if it is not in the index or has no such output.
-    fn output(&self, op: &OutPoint) -> Option<Option<(u64, ScriptHash)>> {
-        let outputs = self.outputs.get(&op.txid)?;
-        Some(outputs.as_ref().and_then(|o| o.get(op.vout as usize).copied()))
+    /// Holds `read`; if that makes more than `bound` outputs, lets go first of those held that
+    /// are not `needed`.
+    fn keep(&mut self, needed: &HashSet<Txid>, read: Vec<(Txid, Option<Outputs>)>, bound: usize) {
+        let size = |o: &Option<Outputs>| o.as_ref().map_or(1, |o| o.len());
+        let adding: usize = read.iter().map(|(_, o)| size(o)).sum();
+        if self.held + adding > bound {
+            self.outputs.retain(|t, _| needed.contains(t));
+            self.held = self.outputs.values().map(size).sum();
+        }
+        self.held += adding;
+        self.outputs.extend(read);
+    }
+
+    /// The value and script hash of output `op` of a parent `read` was asked for: None if the
+    /// index does not have it.
+    fn output(&self, op: &OutPoint) -> Option<(u64, ScriptHash)> {
+        self.outputs.get(&op.txid)?.as_ref()?.get(op.vout as usize).copied()
     }
 }
 
@@ -506,4 +522,32 @@ fn parent_outputs(index: &IndexReader, txid: &Txid) -> Result<Option<Outputs>> {
     parse_tx(&mut Reader::new(&funding.raw), &funding.raw, &mut tx)
         .map_err(|e| anyhow::anyhow!("transaction {txid} in the index: {e}"))?;
     Ok(Some(tx.outputs.iter().map(|o| (o.value, ScriptHash::of(o.script))).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+
+    /// Over its bound, the parents' cache lets go of those no transaction being resolved needs,
+    /// never of one it does (they were read for a batch over two calls, say).
+    #[test]
+    fn the_parents_cache_keeps_what_is_needed_over_its_bound() {
+        let txid = |i: u8| Txid::from_byte_array([i; 32]);
+        let outputs = |n: usize| Some((0..n).map(|v| (v as u64, ScriptHash([0; 32]))).collect::<Outputs>());
+        let mut parents = Parents::default();
+        let needed: HashSet<Txid> = [txid(1), txid(3)].into();
+        parents.keep(&needed, vec![(txid(1), outputs(4)), (txid(2), outputs(4))], 10);
+        assert_eq!(parents.held, 8);
+        parents.keep(&needed, vec![(txid(3), outputs(4)), (txid(4), None)], 10);
+        assert!(parents.output(&OutPoint { txid: txid(1), vout: 3 }).is_some(), "needed: kept");
+        assert!(parents.output(&OutPoint { txid: txid(3), vout: 0 }).is_some());
+        assert!(!parents.outputs.contains_key(&txid(2)), "not needed: let go");
+        assert!(
+            parents.outputs.contains_key(&txid(4))
+                && parents.output(&OutPoint { txid: txid(4), vout: 0 }).is_none()
+        );
+        assert_eq!(parents.held, 9);
+        assert!(parents.output(&OutPoint { txid: txid(1), vout: 4 }).is_none(), "no such output");
+    }
 }
