@@ -18,7 +18,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::BlockHash;
 use crossbeam_channel::Receiver;
 use rocksdb::WriteBatch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use blkindex_shared::blkfile::{list_files, FileKind};
 use blkindex_shared::bucket;
@@ -57,7 +57,12 @@ pub struct Follower<'a> {
     waiting: Option<ReorgRefusal>,
     /// The prefixes whose lists are in the `long` family (their rows go there).
     long: LongSets,
+    /// Bucket keys (family, key) that applied blocks touched, not yet checked for long lists.
+    touched: std::collections::BTreeSet<(&'static str, Vec<u8>)>,
 }
+
+/// Bucket keys held for the long-list check before it runs anyway (a catch-up of many blocks).
+const MAX_TOUCHED: usize = 1 << 20;
 
 impl<'a> Follower<'a> {
     pub fn new(
@@ -84,6 +89,7 @@ impl<'a> Follower<'a> {
             tail: Tail::new(blocks.net, file, offset),
             waiting: None,
             long: LongSets::load(blocks.store)?,
+            touched: Default::default(),
         })
     }
 
@@ -171,7 +177,13 @@ impl<'a> Follower<'a> {
             }
             self.apply(hash, header)?;
             applied += 1;
+            if self.touched.len() >= MAX_TOUCHED {
+                self.promote_long_lists()?;
+            }
         }
+        // Once caught up (not after every block of a long catch-up, whose blocks would wait
+        // for it): the buckets the new blocks touched are checked for lists grown too long.
+        self.promote_long_lists()?;
         Ok(applied)
     }
 
@@ -226,7 +238,7 @@ impl<'a> Follower<'a> {
         }
         self.commit(&rows, raw.as_deref())?;
         let commit_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let promoted = self.promote_long_lists(&rows)?;
+        self.note_touched(&rows)?;
         self.tail.forget(&hash);
         let ntx = rows.header.tx_count;
         self.chain.push(rows.header);
@@ -236,7 +248,6 @@ impl<'a> Follower<'a> {
             %hash,
             txs = ntx,
             ms = %format!("{commit_ms:.1}"),
-            promoted,
             committed_at_us = now_us as u64,
             "block committed"
         );
@@ -291,26 +302,37 @@ impl<'a> Follower<'a> {
 }
 
 impl Follower<'_> {
-    /// After a block's commit: the inline lists it made longer than `meta/longlist` move to the
-    /// `long` family (their bucket rewritten with a marker, the list put whole, one synced write).
-    /// Off the commit's path, and safe to lose to a kill: the next block touching the bucket
-    /// checks again. Returns how many moved.
-    fn promote_long_lists(&mut self, rows: &BlockRows) -> Result<usize> {
+    /// Remembers the buckets a committed block touched outside the known long lists.
+    fn note_touched(&mut self, rows: &BlockRows) -> Result<()> {
+        let width = self.blocks.store.bucket_width()?;
+        for (name, keys) in [(cf::TXID, &rows.txid), (cf::SCRIPT, &rows.script)] {
+            let known = self.long.of(name);
+            for k in keys.iter().filter(|k| !known.contains(&schema::key_prefix(k))) {
+                self.touched.insert((name, k[..width].to_vec()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The inline lists that applied blocks made longer than `meta/longlist` move to the `long`
+    /// family (their bucket rewritten with a marker, the list put whole, one synced write). Run
+    /// once the follower is caught up, off the blocks' commits, and safe to lose to a kill: the
+    /// next block touching the bucket checks again. Returns how many moved.
+    fn promote_long_lists(&mut self) -> Result<usize> {
+        if self.touched.is_empty() {
+            return Ok(0);
+        }
+        let t0 = Instant::now();
+        let touched = std::mem::take(&mut self.touched);
         let store = self.blocks.store;
         let width = store.bucket_width()?;
         let rest_len = schema::PREFIX_LEN - width;
         let threshold = store.long_list_bytes()?;
         let mut batch = WriteBatch::default();
         let mut moved = Vec::new();
-        for (name, keys) in [(cf::TXID, &rows.txid), (cf::SCRIPT, &rows.script)] {
-            let known = self.long.of(name);
-            let mut buckets: Vec<&[u8]> = keys
-                .iter()
-                .filter(|k| !known.contains(&schema::key_prefix(k)))
-                .map(|k| &k[..width])
-                .collect();
-            buckets.sort_unstable();
-            buckets.dedup();
+        for name in [cf::TXID, cf::SCRIPT] {
+            let buckets: Vec<&[u8]> =
+                touched.iter().filter(|(n, _)| *n == name).map(|(_, k)| &k[..]).collect();
             let values = store.db().batched_multi_get_cf(store.cf(name), &buckets, false);
             for (key, value) in buckets.iter().zip(values) {
                 let Some(value) = value? else { continue };
@@ -338,13 +360,21 @@ impl Follower<'_> {
                 }
             }
         }
+        let checked = touched.len();
         if moved.is_empty() {
+            debug!(buckets = checked, ms = t0.elapsed().as_millis() as u64, "no list grew too long");
             return Ok(0);
         }
         store.write_sync(batch)?;
         for (name, prefix) in &moved {
             info!(family = name, prefix = %hex::encode(prefix), "a list moved to the long family");
         }
+        info!(
+            buckets = checked,
+            moved = moved.len(),
+            ms = t0.elapsed().as_millis() as u64,
+            "long lists checked"
+        );
         self.long = LongSets::load(store)?;
         Ok(moved.len())
     }
