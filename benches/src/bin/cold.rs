@@ -100,9 +100,6 @@ struct PickArgs {
     /// as neighbours.
     #[arg(long, default_value_t = 1_000_000)]
     hot_min: u64,
-    /// Rounds of neighbours (each round gets controls of its own).
-    #[arg(long, default_value_t = 4)]
-    rounds: usize,
     /// Blocks the wallet mix's workload is drawn from, and one output (and txid) in how many.
     #[arg(long, default_value_t = 2000)]
     mix_blocks: u64,
@@ -125,6 +122,10 @@ struct Script {
     long: bool,
     /// Bytes of its bucket's value.
     bucket_bytes: u64,
+    /// For a hot script's neighbour: its place among the bucket's neighbours (round `rank` asks
+    /// the `rank`-th neighbour of every hot bucket, so no two share a bucket in one round).
+    #[serde(default)]
+    rank: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -146,8 +147,10 @@ struct Picked {
     classes: BTreeMap<u64, Vec<Script>>,
     hot: Vec<HotBucket>,
     neighbours: Vec<Script>,
-    /// For each round, one small script of a neighbour's length from anywhere else, per neighbour.
-    controls: Vec<Vec<Script>>,
+    /// For each neighbour, a small script of the same length from another bucket.
+    controls: Vec<Script>,
+    /// The wallet mix's script hashes by history length: (lowest length of the bin, scripts).
+    mix_histogram: Vec<(u64, u64)>,
     scripthashes: Vec<String>,
     txids: Vec<String>,
 }
@@ -226,8 +229,9 @@ fn pick(a: &PickArgs) -> Result<()> {
         .collect();
 
     let mut classes: Vec<Reservoir> = CLASSES.iter().map(|_| Reservoir::new(a.per_class * 2)).collect();
-    let mut by_length: Vec<Reservoir> = (0..=SMALL).map(|_| Reservoir::new(a.rounds * 64)).collect();
-    let mut neighbours: Vec<Seen> = Vec::new();
+    let mut by_length: Vec<Reservoir> = (0..=SMALL).map(|_| Reservoir::new(64)).collect();
+    // Per hot bucket, its small neighbours.
+    let mut neighbours: Vec<Vec<Seen>> = vec![Vec::new(); hot.len()];
     let mut histogram: BTreeMap<u64, u64> = BTreeMap::new();
     let mut opts = rocksdb::ReadOptions::default();
     opts.fill_cache(false);
@@ -263,7 +267,7 @@ fn pick(a: &PickArgs) -> Result<()> {
                     hb.others += 1;
                     if txnums <= SMALL {
                         hb.small += 1;
-                        neighbours.push(s);
+                        neighbours[h].push(s);
                     }
                 }
             } else if txnums <= SMALL {
@@ -289,15 +293,15 @@ fn pick(a: &PickArgs) -> Result<()> {
     for (c, r) in CLASSES.iter().zip(&classes) {
         picked_classes.insert(*c, resolve_all(&r.items, a.per_class)?);
     }
-    let neighbours = resolve_all(&neighbours, usize::MAX)?;
-    // Controls: for each round, a script of each neighbour's length from elsewhere, never twice.
-    let mut controls = vec![Vec::new(); a.rounds];
-    for n in &neighbours {
-        let pool = &mut by_length[n.txnums as usize].items;
-        for round in &mut controls {
+    // Each neighbour with a control: a script of its length from another bucket, never twice.
+    let (mut picked_neighbours, mut controls) = (Vec::new(), Vec::new());
+    for in_bucket in &neighbours {
+        for (rank, n) in resolve_all(in_bucket, usize::MAX)?.into_iter().enumerate() {
+            let pool = &mut by_length[n.txnums as usize].items;
             while let Some(s) = pool.pop() {
-                if let Some(script) = resolve(&index, &s)? {
-                    round.push(script);
+                if let Some(control) = resolve(&index, &s)? {
+                    picked_neighbours.push(Script { rank, ..n });
+                    controls.push(control);
                     break;
                 }
             }
@@ -305,6 +309,15 @@ fn pick(a: &PickArgs) -> Result<()> {
     }
 
     let (scripthashes, txids) = mix_workload(&index, a, &mut rng)?;
+    let mut mix_histogram: BTreeMap<u64, u64> = BTreeMap::new();
+    for sh in &scripthashes {
+        let sh: ScriptHash = sh.parse().map_err(anyhow::Error::msg)?;
+        let n = match store.txnums_at_most(cf::SCRIPT, &schema::script_prefix(&sh), 0)? {
+            Ok(_) => 0,
+            Err(n) => n as u64,
+        };
+        *mix_histogram.entry(bin(n.max(1))).or_default() += 1;
+    }
     let (tip, _) = index.chain.tip().context("empty index")?;
     let picked = Picked {
         tip,
@@ -312,8 +325,9 @@ fn pick(a: &PickArgs) -> Result<()> {
         histogram: histogram.into_iter().collect(),
         classes: picked_classes,
         hot: hot_buckets,
-        neighbours,
+        neighbours: picked_neighbours,
         controls,
+        mix_histogram: mix_histogram.into_iter().collect(),
         scripthashes,
         txids,
     };
@@ -323,7 +337,8 @@ fn pick(a: &PickArgs) -> Result<()> {
         json!({
             "buckets": buckets, "scan_seconds": scanned_secs, "seconds": t0.elapsed().as_secs_f64(),
             "classes": picked.classes.iter().map(|(c, v)| (c.to_string(), v.len())).collect::<BTreeMap<_, _>>(),
-            "neighbours": picked.neighbours.len(), "controls": picked.controls.iter().map(Vec::len).collect::<Vec<_>>(),
+            "neighbours": picked.neighbours.len(), "controls": picked.controls.len(),
+            "rounds": picked.neighbours.iter().map(|n| n.rank + 1).max().unwrap_or(0), "mix_histogram": picked.mix_histogram,
             "hot": picked.hot, "histogram": picked.histogram,
             "mix_scripthashes": picked.scripthashes.len(), "mix_txids": picked.txids.len(),
         })
@@ -377,6 +392,7 @@ fn resolve(index: &IndexReader, s: &Seen) -> Result<Option<Script>> {
         blocks,
         long: s.long,
         bucket_bytes: s.bucket_bytes,
+        rank: 0,
     }))
 }
 
@@ -424,7 +440,8 @@ struct HistoryArgs {
     /// The size class to ask for.
     #[arg(long, required_unless_present = "neighbours")]
     class: Option<u64>,
-    /// Instead: the hot scripts' neighbours and this round's controls, one of each in turn.
+    /// Instead: this round's neighbours of the hot scripts (one per hot bucket), each followed by
+    /// its control.
     #[arg(long, requires = "round")]
     neighbours: bool,
     #[arg(long)]
@@ -602,13 +619,10 @@ fn history(a: &HistoryArgs) -> Result<()> {
     let t0 = Instant::now();
     if a.neighbours {
         let round = a.round.expect("clap requires --round");
-        let controls = picked.controls.get(round).with_context(|| format!("no round {round}"))?;
         // In turn, so that both sets meet the same state of the caches.
-        for (i, n) in picked.neighbours.iter().enumerate() {
+        for (n, c) in picked.neighbours.iter().zip(&picked.controls).filter(|(n, _)| n.rank == round) {
             asked.push(ask(&mut line, a.pid, &disk, "neighbour", n)?);
-            if let Some(c) = controls.get(i) {
-                asked.push(ask(&mut line, a.pid, &disk, "control", c)?);
-            }
+            asked.push(ask(&mut line, a.pid, &disk, "control", c)?);
         }
     } else {
         let class = a.class.expect("clap requires --class");
@@ -648,6 +662,9 @@ struct MixArgs {
     pid: u32,
     #[arg(long)]
     scripts: PathBuf,
+    /// A file (or directory) on the disk whose counters are read: its device's.
+    #[arg(long)]
+    disk_of: PathBuf,
     #[arg(long, value_parser = ["saturated", "paced"])]
     phase: String,
     #[arg(long, default_value_t = 64)]
@@ -669,6 +686,8 @@ async fn mix(a: &MixArgs) -> Result<()> {
     let picked: Picked = serde_json::from_str(&std::fs::read_to_string(&a.scripts)?)?;
     let w =
         Arc::new(Workload { scripthashes: picked.scripthashes, txids: picked.txids, tip: picked.tip as u64 });
+    let disk = Disk::of(&a.disk_of)?;
+    let (io0, d0) = (proc_io(a.pid)?, disk.read()?);
     let out = match a.phase.as_str() {
         "saturated" => {
             let (mut all, mut errors, mut windows) = (Vec::new(), 0, Vec::new());
@@ -704,7 +723,15 @@ async fn mix(a: &MixArgs) -> Result<()> {
                 "max_ms": lat.last().map(|&v| v as f64 / 1000.0), "errors": timed.iter().filter(|t| !t.ok).count()})
         }
     };
+    let (io1, d1) = (proc_io(a.pid)?, disk.read()?);
+    let requests = out["requests"].as_u64().unwrap_or(0).max(1) as f64;
     let mut out = out;
+    out["per_request"] = json!({
+        "syscr": (io1.syscr - io0.syscr) as f64 / requests,
+        "read_kib": (io1.read_bytes - io0.read_bytes) as f64 / 1024.0 / requests,
+        "disk_reads": (d1.reads - d0.reads) as f64 / requests,
+        "disk_ms_per_read": (d1.read_ms - d0.read_ms) as f64 / (d1.reads - d0.reads).max(1) as f64,
+    });
     out["workload"] =
         json!({"scripthashes": w.scripthashes.len(), "txids": w.txids.len(), "connections": a.connections});
     out["rss_mb"] = json!(rss_mb(a.pid, "VmRSS:"));
