@@ -1,7 +1,8 @@
 //! A wallet's mix of Electrum requests (history, balance, unspent, subscribe, transaction,
 //! header) over a workload of script hashes and txids, on plain TCP connections; and its paced
 //! form, each request sent at its scheduled time, for latency below saturation. Shared by `load`
-//! (`scripts/bench-query.sh`) and `fill-mempool` (`scripts/bench-mempool.sh`).
+//! (`scripts/bench-query.sh`), `fill-mempool` (`scripts/bench-mempool.sh`) and `cold`
+//! (`scripts/bench-cold.sh`).
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,48 @@ pub fn rss_mb(pid: u32, field: &str) -> f64 {
 pub fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
     let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().checked_sub(1)?);
     Some(sorted[i] as f64 / 1000.0)
+}
+
+/// The saturating mix: `connections` connections, each sending its next request as soon as the
+/// reply to the last one is in, from now to `end`; latencies (µs) of the requests sent from
+/// `measure_from` on, and how many of those were errors. `seed` picks the requests (connection
+/// `c` uses `seed + c`).
+pub async fn saturate(
+    addr: &str,
+    w: std::sync::Arc<Workload>,
+    connections: u64,
+    seed: u64,
+    measure_from: Instant,
+    end: Instant,
+) -> Result<(Vec<u64>, u64)> {
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (w, addr) = (w.clone(), addr.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            let mut rng = fastrand::Rng::with_seed(seed + c);
+            let (mut latencies, mut errors) = (Vec::new(), 0u64);
+            let mut id = 1;
+            while Instant::now() < end {
+                let req = request(&w, &mut rng, id);
+                id += 1;
+                let t = Instant::now();
+                let ok = conn.call(&req).await?;
+                if t >= measure_from {
+                    latencies.push(t.elapsed().as_micros() as u64);
+                    errors += !ok as u64;
+                }
+            }
+            anyhow::Ok((latencies, errors))
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await??;
+        latencies.extend(l);
+        errors += e;
+    }
+    Ok((latencies, errors))
 }
 
 /// One request of the paced mix: when it was due, and how long after that its reply came (µs).

@@ -1,7 +1,9 @@
 //! Writes a mainnet-shaped regtest chain straight into `<datadir>/regtest/blocks/` (blk, rev and
 //! xor.dat files as Bitcoin Core writes them), with no node (see `blkindex_benches::blockgen`).
 //! Prints what it made as one JSON line, also written to `<datadir>/gen-blocks.json`.
-//! With `--check DB`, compares an index of that chain with the JSON instead.
+//! With `--check DB`, compares an index of that chain with the JSON instead; with `--extend N
+//! --extend-out FILE`, builds the chain again in memory (from the JSON's seed and size) and writes
+//! the N blocks that follow its tip to FILE (for a follower; `blockgen::extend`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::json;
 
-use blkindex_benches::blockgen::{check_index, generate, Params, Report, MAX_BLOCKFILE_SIZE};
+use blkindex_benches::blockgen::{check_index, extend, generate, Params, Report, MAX_BLOCKFILE_SIZE};
 use blkindex_shared::config::run_main;
 
 #[derive(Parser)]
@@ -20,7 +22,7 @@ struct Args {
     #[arg(long)]
     datadir: PathBuf,
     /// Bytes of best-chain blocks, in GB (10^9 bytes); fractions are fine (0.01).
-    #[arg(long, required_unless_present = "check")]
+    #[arg(long, required_unless_present_any = ["check", "extend"])]
     gb: Option<f64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -35,6 +37,13 @@ struct Args {
     /// gen-blocks.json (tip, transactions, the followed scripts' histories and balances).
     #[arg(long, conflicts_with = "gb")]
     check: Option<PathBuf>,
+    /// Instead of generating: build the chain in --datadir again (its gen-blocks.json's seed and
+    /// size, default --pool-cap and --max-file-size) and write this many more blocks after its
+    /// tip to --extend-out.
+    #[arg(long, conflicts_with_all = ["gb", "check"], requires = "extend_out")]
+    extend: Option<u32>,
+    #[arg(long)]
+    extend_out: Option<PathBuf>,
 }
 
 fn main() {
@@ -43,11 +52,19 @@ fn main() {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    if let Some(db) = &args.check {
+    let read_report = || -> Result<Report> {
         let path = args.datadir.join("gen-blocks.json");
         let text =
             std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let report: Report = serde_json::from_str(&text)?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    if let (Some(count), Some(out)) = (args.extend, &args.extend_out) {
+        let ext = extend(&read_report()?, count, out)?;
+        println!("{}", serde_json::to_string(&ext)?);
+        return Ok(());
+    }
+    if let Some(db) = &args.check {
+        let report = read_report()?;
         let t0 = Instant::now();
         let c = check_index(&args.datadir, db, &report)?;
         let secs = t0.elapsed().as_secs_f64();

@@ -6,7 +6,6 @@
 //! The workload (script hashes, txids, heights) is sampled from the node with a fixed seed, so
 //! every server gets the same requests.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use bitcoin::hashes::{sha256, Hash};
 use clap::Parser;
 use serde_json::json;
 
-use blkindex_benches::wallet_mix::{self, percentile, request, rss_mb, Conn, Workload};
+use blkindex_benches::wallet_mix::{self, percentile, rss_mb, Conn, Workload};
 use blkindex_shared::rpc::{Auth, Rpc};
 
 #[derive(Parser)]
@@ -88,34 +87,8 @@ async fn main() -> Result<()> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.seconds);
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for c in 0..args.connections {
-        let (w, addr, errors) = (w.clone(), args.server.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&addr).await?;
-            let mut rng = fastrand::Rng::with_seed(c as u64);
-            let mut latencies = Vec::new();
-            let mut id = 1;
-            while Instant::now() < end {
-                let req = request(&w, &mut rng, id);
-                id += 1;
-                let t = Instant::now();
-                let ok = conn.call(&req).await?;
-                if t >= measure_from {
-                    latencies.push(t.elapsed().as_micros() as u64);
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
+    let (mut latencies, errors) =
+        wallet_mix::saturate(&args.server, w.clone(), args.connections as u64, 0, measure_from, end).await?;
     let (rss_loaded, anon_loaded) = (rss_mb(args.pid, "VmRSS:"), rss_mb(args.pid, "RssAnon:"));
     latencies.sort_unstable();
     let n = latencies.len();
@@ -168,7 +141,7 @@ async fn main() -> Result<()> {
             "paced_rate": args.paced_rate,
             "paced_p50_ms": paced_p50,
             "paced_p99_ms": paced_p99,
-            "errors": errors.load(Ordering::Relaxed),
+            "errors": errors,
             "rss_loaded_mb": rss_loaded,
             "idle_open": idle.len(),
             "idle_failed": idle_failed,

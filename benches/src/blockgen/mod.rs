@@ -13,9 +13,11 @@
 //! right, every input spends an existing earlier output of its branch once, coinbases only after
 //! 100 blocks, outputs never exceed inputs (a coinbase: subsidy plus fees), and each undo record
 //! holds exactly the spent outputs (height, coinbase flag, value, script) with its checksum.
-//! Same seed and size, same bytes. `verify` checks an index of the chain against the report.
+//! Same seed and size, same bytes. `verify` checks an index of the chain against the report;
+//! `extend` builds a chain again in memory and makes the blocks that would follow its tip.
 
 mod build;
+mod extend;
 mod files;
 mod plan;
 mod pool;
@@ -40,6 +42,7 @@ use plan::{BlockPlan, OutScript, Planner};
 use pool::Utxo;
 use script::{mix, stream, Kind, ScriptId, Scripts, Stream};
 
+pub use extend::{extend, read_extension, Appender, Extension, ExtraBlock};
 pub use files::MAX_BLOCKFILE_SIZE;
 pub use verify::{check_index, Checked};
 
@@ -150,35 +153,9 @@ pub fn generate(datadir: &Path, params: &Params) -> Result<Report> {
     // False once the writer has stopped (on an error, which its join returns).
     let send = |b: BuiltBlock| to_writer.send(b).is_ok();
 
-    let g = genesis();
-    let mut prev = g.hash;
-    let mut sent = send(g);
-    let (mut stale_blocks, mut stale_txids) = (0u64, Vec::new());
-    // Block h is built while block h+1 is planned, so h's outputs join the pool only for h+2
-    // (h+1 may spend outputs of its own block, and of h-1 and before).
-    let n = timeline.len() as u32;
-    let mut step = plan_step(&mut planner, 1, &timeline, &forks);
-    for h in 1..n {
-        if !sent {
-            break;
-        }
-        let (next, (stale, block)) = rayon::join(
-            || (h + 1 < n).then(|| plan_step(&mut planner, h + 1, &timeline, &forks)),
-            || build_step(&step, prev, &scripts),
-        );
-        register(&mut planner, &step.best, &block.txids);
-        for b in stale {
-            stale_blocks += 1;
-            stale_txids.extend(b.txids.iter().take(2).map(|t| bitcoin::Txid::from_byte_array(*t)));
-            sent &= send(b);
-        }
-        prev = block.hash;
-        sent &= send(block);
-        match next {
-            Some(next) => step = next,
-            None => break,
-        }
-    }
+    let chained = chain_blocks(&mut planner, &scripts, &timeline, &forks, send);
+    let (prev, stale_blocks, stale_txids) = (chained.tip, chained.stale_blocks, chained.stale_txids);
+    let sent = chained.complete;
     drop(to_writer);
     let stats = writing.join().expect("the writer does not panic")?;
     anyhow::ensure!(sent, "the writer stopped early");
@@ -222,6 +199,58 @@ pub fn generate(datadir: &Path, params: &Params) -> Result<Report> {
     std::fs::write(&path, serde_json::to_string(&report)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(report)
+}
+
+/// What `chain_blocks` made.
+struct Chained {
+    tip: bitcoin::BlockHash,
+    stale_blocks: u64,
+    /// The first two transactions of each stale block.
+    stale_txids: Vec<bitcoin::Txid>,
+    /// False if `sink` asked to stop before the end.
+    complete: bool,
+}
+
+/// Plans and builds the chain of `timeline`, genesis first, handing each block to `sink` in
+/// connection order (a stale branch's blocks before their best-chain sibling) until it returns
+/// false. The planner is left as the chain's tip leaves it, so more blocks can follow.
+fn chain_blocks(
+    planner: &mut Planner,
+    scripts: &Scripts,
+    timeline: &[f64],
+    forks: &BTreeMap<u32, u32>,
+    mut sink: impl FnMut(BuiltBlock) -> bool,
+) -> Chained {
+    let g = genesis();
+    let mut prev = g.hash;
+    let mut sent = sink(g);
+    let (mut stale_blocks, mut stale_txids) = (0u64, Vec::new());
+    // Block h is built while block h+1 is planned, so h's outputs join the pool only for h+2
+    // (h+1 may spend outputs of its own block, and of h-1 and before).
+    let n = timeline.len() as u32;
+    let mut step = plan_step(planner, 1, timeline, forks);
+    for h in 1..n {
+        if !sent {
+            break;
+        }
+        let (next, (stale, block)) = rayon::join(
+            || (h + 1 < n).then(|| plan_step(planner, h + 1, timeline, forks)),
+            || build_step(&step, prev, scripts),
+        );
+        register(planner, &step.best, &block.txids);
+        for b in stale {
+            stale_blocks += 1;
+            stale_txids.extend(b.txids.iter().take(2).map(|t| bitcoin::Txid::from_byte_array(*t)));
+            sent &= sink(b);
+        }
+        prev = block.hash;
+        sent &= sink(block);
+        match next {
+            Some(next) => step = next,
+            None => break,
+        }
+    }
+    Chained { tip: prev, stale_blocks, stale_txids, complete: sent }
 }
 
 /// The plans of one height: a stale branch forking there, if any, and the best chain's block.

@@ -13,10 +13,11 @@ use anyhow::{bail, ensure, Context, Result};
 use bitcoin::hashes::Hash;
 use bitcoin::{Block, BlockHash, OutPoint, Target};
 
-use blkindex_benches::blockgen::{check_index, generate, Params, Report};
+use blkindex_benches::blockgen::{check_index, extend, generate, read_extension, Appender, Params, Report};
 use blkindex_indexer::{Args, Shutdown};
 use blkindex_shared::blkfile::{list_files, scan_records, FileKind, XorKey, UNDO_CHECKSUM_LEN};
 use blkindex_shared::parse::is_unspendable;
+use blkindex_shared::store::{Mode, Store};
 use blkindex_shared::undo::{checksum, BlockUndo};
 use blkindex_shared::Net;
 
@@ -84,6 +85,60 @@ fn a_generated_chain_is_valid_and_indexes_to_what_was_generated() -> Result<()> 
     let other = dir.path().join("other");
     generate(&other, &Params { seed: 4, ..params })?;
     assert!(file_digests(&other)? != first, "another seed made the same bytes");
+    Ok(())
+}
+
+/// The blocks `extend` makes after a chain's tip, appended as a node appends them, continue it:
+/// the whole passes the validator, and an offline index of it ends at the last of them.
+#[test]
+fn blocks_made_after_a_generated_chain_continue_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let datadir = dir.path().join("chain");
+    // `extend` replays the default pool; the file size does not change what is planned.
+    let params = Params { max_file_size: MAX_FILE, ..Params::new(0.004, 5) };
+    let report = generate(&datadir, &params)?;
+    let out = dir.path().join("extension");
+    let ext = extend(&report, 3, &out)?;
+    assert_eq!(ext.blocks, 3);
+    assert!(ext.txs > 3 * 1000, "{} txs", ext.txs);
+    assert!(ext.blocks_touching_top3 == 3 && ext.top3_outputs > 0, "{ext:?}");
+    let blocks_dir = datadir.join("regtest/blocks");
+    let net: Net = "regtest".parse().unwrap();
+    let mut appender = Appender::open(&blocks_dir, net.magic(), MAX_FILE)?;
+    let files_before = list_files(&blocks_dir, FileKind::Blk)?.len();
+    for b in read_extension(&out)? {
+        appender.append(&b)?;
+    }
+    // Blocks of 1.5 MB take a file each at this file size.
+    assert_eq!(list_files(&blocks_dir, FileKind::Blk)?.len(), files_before + 3);
+    let grown = Report {
+        best_hash: ext.tip.clone(),
+        best_height: report.best_height + 3,
+        blocks: report.blocks + 3,
+        txs: report.txs + ext.txs,
+        utxos: ext.utxos,
+        ..report.clone()
+    };
+    validate(&blocks_dir, &grown)?;
+
+    let db = dir.path().join("db");
+    let args = Args::from_args([
+        "blkindex-indexer".as_ref(),
+        "--network".as_ref(),
+        "regtest".as_ref(),
+        "--datadir".as_ref(),
+        datadir.as_os_str(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--offline".as_ref(),
+        "--no-follow".as_ref(),
+        "--progress".as_ref(),
+        "none".as_ref(),
+    ])?;
+    blkindex_indexer::run(args, Shutdown::Flag(Arc::new(AtomicBool::new(false))))?;
+    let store = Store::open(&db, Mode::Secondary(dir.path().join("secondary")))?;
+    let (height, hash) = store.tip()?.context("an empty index")?;
+    assert_eq!((height, hash.to_string()), (grown.best_height, grown.best_hash));
     Ok(())
 }
 
