@@ -24,6 +24,7 @@ NEEDS=(
     "build|python3|the scripts' free-port picker and the demo's client|have_cmd python3"
     "test|electrum|Debian's Electrum wallet, a real client in the tests|have_cmd electrum"
     "test|systemd|systemd-analyze, which checks the package's units|have_cmd systemd-analyze"
+    "test|haproxy|Debian's HAProxy, the balancer in front of two servers in the tests|have_cmd haproxy || [ -x /usr/sbin/haproxy ]"
     "test|cargo:cargo-deb@3.8.0|builds the Debian package the package test installs (crates.io)|have_cmd cargo-deb"
 )
 

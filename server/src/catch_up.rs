@@ -66,6 +66,9 @@ pub async fn run(state: Arc<State>, standby: IndexReader, every: Duration) {
             Err(e) => panic!("catch-up task failed: {e}"),
         };
         standby = back;
+        if result.is_ok() {
+            state.caught_up();
+        }
         match result {
             Ok(Progress::New(tip)) => {
                 lower_since = None;

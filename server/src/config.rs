@@ -51,9 +51,21 @@ pub struct Args {
     /// TLS private key, PEM.
     #[arg(long, env = "BLKINDEX_TLS_KEY", help_heading = "Listeners")]
     tls_key: Option<PathBuf>,
-    /// Address for Prometheus metrics over HTTP.
+    /// Address for Prometheus metrics over HTTP (`/metrics`), and `/health` for a balancer.
     #[arg(long, env = "BLKINDEX_METRICS_ADDR", help_heading = "Listeners")]
     metrics_addr: Option<SocketAddr>,
+    /// Listen with SO_REUSEPORT, so that several servers on one host share the Electrum ports
+    /// (the kernel spreads new connections among them).
+    #[arg(long, env = "BLKINDEX_REUSE_PORT", help_heading = "Listeners")]
+    reuse_port: bool,
+    /// Listeners (tcp, tls, ws, wss; comma-separated) whose connections come from a balancer
+    /// and start with a PROXY protocol v2 header naming the client; one without is refused.
+    #[arg(long, env = "BLKINDEX_PROXY_PROTOCOL", value_delimiter = ',', help_heading = "Listeners")]
+    proxy_protocol: Vec<String>,
+    /// `/health` answers 503 once the server has not caught up with the indexer for this
+    /// many seconds.
+    #[arg(long, env = "BLKINDEX_HEALTH_MAX_LAG_SECS", default_value_t = 10, help_heading = "Listeners")]
+    health_max_lag_secs: u64,
     /// Most connections open at once.
     #[arg(long, env = "BLKINDEX_MAX_CONNECTIONS", default_value_t = 20_000, help_heading = "Limits")]
     max_connections: usize,
@@ -171,6 +183,12 @@ pub struct Config {
     /// TLS certificate chain and private key (PEM files), when given.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub metrics_addr: Option<SocketAddr>,
+    /// `--reuse-port`: SO_REUSEPORT on the Electrum listeners.
+    pub reuse_port: bool,
+    /// The listeners whose connections start with a PROXY protocol v2 header.
+    pub proxy_protocol: Vec<Transport>,
+    /// Longest time since the last catch-up with the indexer for `/health` to answer 200.
+    pub health_max_lag: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub limit_loopback: bool,
@@ -233,6 +251,19 @@ impl Config {
         .filter_map(|(addr, t)| Some((addr?, t)))
         .collect();
         anyhow::ensure!(!listen.is_empty(), "no listener: give at least one of the listen addresses");
+        let mut proxy_protocol = Vec::new();
+        for name in &a.proxy_protocol {
+            let t = [Transport::Tcp, Transport::Tls, Transport::Ws, Transport::Wss]
+                .into_iter()
+                .find(|t| t.name() == name)
+                .with_context(|| format!("--proxy-protocol {name:?}: name tcp, tls, ws or wss"))?;
+            anyhow::ensure!(
+                listen.iter().any(|(_, l)| *l == t),
+                "--proxy-protocol {name}: there is no {name} listener"
+            );
+            proxy_protocol.push(t);
+        }
+        anyhow::ensure!(a.health_max_lag_secs > 0, "--health-max-lag-secs must be at least 1");
         anyhow::ensure!(a.peer_check_secs > 0, "--peer-check-secs must be at least 1");
         // The longest entry of a list reply (an unspent output) is about 134 bytes.
         let list_reply = a.max_history.saturating_mul(LIST_ENTRY_BYTES).saturating_add(1024);
@@ -262,6 +293,9 @@ impl Config {
             listen,
             tls,
             metrics_addr: a.metrics_addr,
+            reuse_port: a.reuse_port,
+            proxy_protocol,
+            health_max_lag: Duration::from_secs(a.health_max_lag_secs),
             max_connections: a.max_connections,
             max_connections_per_ip: a.max_connections_per_ip,
             limit_loopback: a.limit_loopback,

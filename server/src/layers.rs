@@ -34,8 +34,8 @@ const LAYERS: &[&[&str]] = &[
     &["metrics", "bans", "outbox", "cost"],
     // Configuration, and the protocol's vocabulary.
     &["protocol", "config"],
-    // TLS material, checked at start-up.
-    &["tls"],
+    // TLS material, checked at start-up; the PROXY protocol's header.
+    &["tls", "proxy"],
 ];
 
 /// The layer of `module` (a path such as `mempool::driver::run`): that of its longest listed

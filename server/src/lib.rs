@@ -31,6 +31,7 @@ mod metrics;
 mod outbox;
 mod peers;
 pub mod protocol;
+mod proxy;
 mod script_cache;
 mod session;
 mod sessions;
@@ -80,7 +81,7 @@ impl Listeners {
         };
         let mut electrum = Vec::new();
         for &(addr, transport) in &config.listen {
-            electrum.push((listen::bind(addr, transport).await?, transport));
+            electrum.push((listen::bind(addr, transport, config.reuse_port)?, transport));
         }
         let mut admin = Vec::new();
         if let Some(addr) = config.admin_addr {
@@ -128,10 +129,6 @@ pub async fn run(
         rpc.as_ref().map(|_| Rpc::with_timeout(&node.rpc_addr, node.auth.clone(), CLIENT_RPC_TIMEOUT));
 
     let metrics = Arc::new(metrics::Metrics::new());
-    if let Some(addr) = config.metrics_addr {
-        let bound = metrics::serve(metrics.clone(), addr)?;
-        info!(addr = %bound, "serving metrics over HTTP");
-    }
     let bans = Arc::new(bans::Bans::load(&config.ban_file)?);
     if !bans.list().is_empty() {
         info!(file = %config.ban_file.display(), subnets = bans.list().len(), "banned subnets loaded");
@@ -148,8 +145,13 @@ pub async fn run(
     let peers = Arc::new(peers(&config, &settings.info)?);
     let scripts =
         script_cache::ScriptCache::new(config.script_cache_bytes, settings.info.max_history, metrics.clone());
-    let (state, events_rx) = state::State::new(index, client_rpc, settings, metrics, scripts, peers);
+    let (state, events_rx) = state::State::new(index, client_rpc, settings, metrics.clone(), scripts, peers);
     info!(tip = ?state.tip().map(|t| t.height), "index opened");
+    if let Some(addr) = config.metrics_addr {
+        let (s, max_lag) = (state.clone(), config.health_max_lag);
+        let bound = metrics::serve(metrics, addr, Box::new(move || stats::health_of(&s, max_lag)))?;
+        info!(addr = %bound, "serving metrics over HTTP");
+    }
     let mut tasks = tasks::Tasks::default();
     if config.peer_discovery {
         tasks.spawn("peer discovery", state.peers().clone().run());
@@ -178,7 +180,12 @@ pub async fn run(
         info!(addr = %listener.local_addr()?, transport = transport.name(), "serving Electrum over {}", transport.name().to_uppercase());
         let acceptor =
             matches!(transport, Transport::Tls | Transport::Wss).then(|| listeners.tls.clone().unwrap());
-        let accept = listen::accept_loop(listener, transport, acceptor, state.clone(), admission.clone());
+        let proxy = config.proxy_protocol.contains(&transport);
+        if proxy {
+            info!(transport = transport.name(), "its connections must start with a PROXY protocol v2 header");
+        }
+        let accept =
+            listen::accept_loop(listener, transport, proxy, acceptor, state.clone(), admission.clone());
         tasks.spawn("Electrum listener", accept);
     }
     service::ready("serving Electrum");

@@ -1,6 +1,7 @@
 //! Listeners and transports: TCP and TLS carry newline-framed JSON, WebSocket (ws, and wss over
 //! TLS) carries one JSON message per frame. Each accepted connection is admitted against the
-//! connection limits, then handed to `session::run` with a writer task that owns the socket.
+//! connection limits, then handed to `session::run` with a writer task that owns the socket. A
+//! listener told to (`--proxy-protocol`) first reads each connection's PROXY v2 header (`proxy`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -21,6 +22,7 @@ use crate::bans::Bans;
 use crate::config::Transport;
 use crate::outbox::{Inbox, Queued};
 use crate::protocol::ServerError;
+use crate::proxy;
 use crate::session::{self, error_reply, Incoming};
 use crate::state::State;
 
@@ -96,20 +98,36 @@ impl Drop for Admitted {
     }
 }
 
-pub async fn bind(addr: SocketAddr, transport: Transport) -> Result<TcpListener> {
-    let l = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {} ({})", addr, transport.name()))?;
-    Ok(l)
+/// A listener on `addr`; with `reuse_port` (SO_REUSEPORT), other processes that ask for the
+/// same may listen on the same port, and the kernel spreads new connections among them.
+pub fn bind(addr: SocketAddr, transport: Transport, reuse_port: bool) -> Result<TcpListener> {
+    let bind = || {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        // As `TcpListener::bind` does: a restarted server can listen while old connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(reuse_port)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    bind().with_context(|| format!("cannot listen on {} ({})", addr, transport.name()))
 }
 
+/// Longest a connection on a PROXY protocol listener may take to send its header.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections on `listener`. With `proxy`, each must start with a PROXY protocol v2
+/// header (from the balancer in front), and its client is the one the header names: the
+/// connection limits and bans apply to that address. Connections still sending their header
+/// are bounded in number (the total limit) and in time (`PROXY_HEADER_TIMEOUT`).
 pub async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
+    proxy: bool,
     tls: Option<TlsAcceptor>,
     state: Arc<State>,
     admission: Arc<Admission>,
 ) {
+    let headers_pending = Arc::new(tokio::sync::Semaphore::new(admission.max_total));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -121,15 +139,67 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        match admission.admit(peer.ip()) {
-            Ok(admitted) => {
-                tokio::spawn(connection(stream, peer, transport, tls.clone(), state.clone(), admitted));
+        if !proxy {
+            admit(stream, peer, transport, tls.clone(), state.clone(), &admission);
+            continue;
+        }
+        let Ok(permit) = headers_pending.clone().try_acquire_owned() else {
+            state.metrics().rejected.with_label_values(&["too many PROXY headers pending"]).inc();
+            continue; // dropped: closed
+        };
+        let (tls, state, admission) = (tls.clone(), state.clone(), admission.clone());
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let header = tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut stream)).await;
+            drop(permit);
+            match header {
+                Ok(Ok(client)) => {
+                    let client = client.unwrap_or(peer);
+                    debug!(%client, proxy = %peer, "PROXY header read");
+                    admit(stream, client, transport, tls, state, &admission);
+                }
+                Ok(Err(e)) => {
+                    debug!(%peer, "refused: {e:#}");
+                    state.metrics().rejected.with_label_values(&["bad PROXY header"]).inc();
+                }
+                Err(_) => {
+                    debug!(%peer, "refused: no PROXY header within {PROXY_HEADER_TIMEOUT:?}");
+                    state.metrics().rejected.with_label_values(&["bad PROXY header"]).inc();
+                }
             }
-            Err(reason) => {
-                debug!(%peer, "refused: {reason}");
-                state.metrics().rejected.with_label_values(&[reason]).inc();
-                tokio::spawn(refuse(stream, transport, reason));
-            }
+        });
+    }
+}
+
+/// Reads a PROXY protocol v2 header, no byte beyond it: the prefix, checked (the length capped)
+/// before the rest is read. Its client: None when the balancer speaks for itself (LOCAL).
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>> {
+    let mut prefix = [0; proxy::PREFIX_LEN];
+    stream.read_exact(&mut prefix).await.context("reading the PROXY header")?;
+    let len = proxy::body_len(&prefix)?;
+    let mut body = [0; proxy::MAX_BODY];
+    stream.read_exact(&mut body[..len]).await.context("reading the PROXY header")?;
+    Ok(proxy::source(&prefix, &body[..len])?)
+}
+
+/// Admits the connection of `peer` (the client's address) against the limits and serves it, or
+/// refuses it.
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    admission: &Arc<Admission>,
+) {
+    match admission.admit(peer.ip()) {
+        Ok(admitted) => {
+            tokio::spawn(connection(stream, peer, transport, tls, state, admitted));
+        }
+        Err(reason) => {
+            debug!(%peer, "refused: {reason}");
+            state.metrics().rejected.with_label_values(&[reason]).inc();
+            tokio::spawn(refuse(stream, transport, reason));
         }
     }
 }

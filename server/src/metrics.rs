@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests and latency by method, connections, index tip, mempool size;
-//! served as text on `--metrics-addr` by a small HTTP server on its own thread.
+//! served as text on `--metrics-addr` by a small HTTP server on its own thread, with `/health`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -112,14 +112,26 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `addr`; returns the bound address.
-pub fn serve(metrics: std::sync::Arc<Metrics>, addr: SocketAddr) -> Result<SocketAddr> {
+/// What `/health` answers: Ok (200) or the reason not (503), as a line of text.
+pub type Health = Box<dyn Fn() -> Result<String, String> + Send>;
+
+/// Serves `GET /health` (for a balancer: `health`'s answer) and the metrics on any other path,
+/// on `addr`; returns the bound address.
+pub fn serve(metrics: std::sync::Arc<Metrics>, addr: SocketAddr, health: Health) -> Result<SocketAddr> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
     let bound = server.server_addr().to_ip().context("metrics address")?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for request in server.incoming_requests() {
+            if request.url() == "/health" {
+                let (code, body) = match health() {
+                    Ok(ok) => (200, ok),
+                    Err(reason) => (503, reason),
+                };
+                let _ = request.respond(tiny_http::Response::from_string(body + "\n").with_status_code(code));
+                continue;
+            }
             let header = tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4").unwrap();
             let _ = request.respond(tiny_http::Response::from_string(metrics.render()).with_header(header));
         }

@@ -119,6 +119,8 @@ pub struct State {
     reused: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
     /// The block hashes' merkle tree, for checkpoint proofs.
     header_tree: Mutex<PrefixTree>,
+    /// When the catch-up task last found the index served level with the indexer's.
+    caught_up_at: Mutex<Instant>,
 }
 
 /// How long a client's node call waits for its turn before it is told the node is busy.
@@ -164,6 +166,8 @@ impl State {
             node_calls,
             reused: Mutex::default(),
             header_tree: Mutex::default(),
+            // Just opened: as caught up as it gets.
+            caught_up_at: Mutex::new(Instant::now()),
         });
         (state, events)
     }
@@ -247,6 +251,17 @@ impl State {
         })
         .await?;
         Ok(answer?)
+    }
+
+    /// The catch-up task found the index level with the indexer's (a new tip swapped in, or
+    /// none to take).
+    pub fn caught_up(&self) {
+        *self.caught_up_at.lock().unwrap() = Instant::now();
+    }
+
+    /// How long since the index was last found level with the indexer's.
+    pub fn since_caught_up(&self) -> Duration {
+        self.caught_up_at.lock().unwrap().elapsed()
     }
 
     /// Whether a node is configured (false with `--no-node`).

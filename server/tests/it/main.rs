@@ -10,6 +10,7 @@ mod big_mempool;
 mod electrum;
 mod electrum_wallet;
 mod every_method;
+mod haproxy;
 mod in_process;
 mod limits;
 mod no_node;

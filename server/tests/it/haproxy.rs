@@ -1,0 +1,334 @@
+//! More than one server on one index: two servers (each its own secondary directory, PROXY
+//! protocol v2 on their TCP listeners) behind Debian's HAProxy, which checks their `/health`; a
+//! client syncs histories through it while the server it is on is killed, reconnects and ends
+//! with the node's answers; the dead server is taken out and, restarted, put back in (by the
+//! `/health` check and by the alternative, a TCP check of `server.ping`). And
+//! `--reuse-port`: two listeners on one port with it, not without.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use blkindex_server::{Config, Listeners};
+use blkindex_testkit::chain::build_rich_chain;
+use blkindex_testkit::expect::expected;
+use blkindex_testkit::{Node, NodeOptions};
+
+use crate::common::{indexed, req, Server};
+
+/// Debian's haproxy (in /usr/sbin, which a user's PATH may lack).
+fn haproxy_bin() -> &'static str {
+    if Path::new("/usr/sbin/haproxy").exists() {
+        "/usr/sbin/haproxy"
+    } else {
+        "haproxy"
+    }
+}
+
+/// A haproxy process in the foreground, and its stats socket.
+struct Haproxy {
+    child: Child,
+    socket: PathBuf,
+    pub addr: String,
+}
+
+impl Haproxy {
+    /// Balances a frontend on a free loopback port over `servers` (name, Electrum address,
+    /// metrics address), checking each one's `/health` every 100 ms.
+    fn start(dir: &Path, servers: &[(&str, &str, &str)]) -> Result<Haproxy> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let socket = dir.join("haproxy.sock");
+        let mut config = format!(
+            "global\n    stats socket {} level admin\n\
+             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    timeout check 500ms\n\
+             frontend electrum\n    bind 127.0.0.1:{port}\n    default_backend blkindex\n\
+             backend blkindex\n    balance leastconn\n    option httpchk GET /health\n    http-check expect status 200\n\
+             \x20   default-server inter 100ms fall 2 rise 2 send-proxy-v2\n",
+            socket.display()
+        );
+        for (name, addr, metrics) in servers {
+            let metrics_port = metrics.rsplit(':').next().unwrap();
+            config += &format!("    server {name} {addr} check port {metrics_port}\n");
+        }
+        // contrib/haproxy/haproxy.cfg's alternative: server.ping on the Electrum port, checked
+        // only (no frontend uses it).
+        config += r#"backend ping
+    option tcp-check
+    tcp-check send "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"server.ping\",\"params\":[]}\n"
+    tcp-check expect string result
+    default-server inter 100ms fall 2 rise 2 send-proxy-v2 check-send-proxy
+"#;
+        for (name, addr, _) in servers {
+            config += &format!("    server {name} {addr} check\n");
+        }
+        let file = dir.join("haproxy.cfg");
+        std::fs::write(&file, config)?;
+        let child = Command::new(haproxy_bin())
+            .arg("-db")
+            .arg("-f")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("haproxy.log"))?)
+            .spawn()
+            .context("starting haproxy (scripts/install-deps.sh --tests installs it)")?;
+        let h = Haproxy { child, socket, addr: format!("127.0.0.1:{port}") };
+        h.wait_for("the stats socket", |h| Ok(h.states().is_ok()))?;
+        Ok(h)
+    }
+
+    /// `show stat`: each server's backend, name, status (UP, DOWN, …) and last check's status
+    /// (L7OK for a passed HTTP check, L4CON for a refused connection, …).
+    fn states(&self) -> Result<Vec<[String; 4]>> {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)?;
+        s.write_all(b"show stat\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let mut lines = text.lines();
+        let names: Vec<&str> =
+            lines.next().context("no header")?.trim_start_matches("# ").split(',').collect();
+        let col = |name: &str| names.iter().position(|n| *n == name).context("no such column");
+        let cols = [col("pxname")?, col("svname")?, col("status")?, col("check_status")?];
+        Ok(lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.len() > cols[3] && !["FRONTEND", "BACKEND"].contains(&f[cols[1]]))
+            .map(|f| cols.map(|c| f[c].to_string()))
+            .collect())
+    }
+
+    /// Whether `server` is up in both backends (its last checks passed: `/health` and
+    /// `server.ping`), down in both, or neither yet.
+    fn state_of(&self, server: &str) -> Result<Option<bool>> {
+        let states: Vec<_> = self.states()?.into_iter().filter(|s| s[1] == server).collect();
+        anyhow::ensure!(states.len() == 2, "{server} is not in both backends");
+        let up = |s: &[String; 4]| s[2] == "UP" && s[3].ends_with("OK");
+        let down = |s: &[String; 4]| s[2] == "DOWN";
+        Ok(if states.iter().all(up) {
+            Some(true)
+        } else if states.iter().all(down) {
+            Some(false)
+        } else {
+            None
+        })
+    }
+
+    fn wait_for(&self, what: &str, done: impl Fn(&Haproxy) -> Result<bool>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(self).unwrap_or(false) {
+            anyhow::ensure!(Instant::now() < deadline, "haproxy: no {what} in 10 s: {:?}", self.states());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A line client that reports a closed connection as an error (the tests' `Conn` panics).
+struct Line {
+    s: BufReader<TcpStream>,
+    id: u32,
+}
+
+impl Line {
+    fn open(addr: &str) -> Result<Line> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut l = Line { s: BufReader::new(s), id: 0 };
+        l.call("server.version", json!(["haproxy-test", "1.4"]))?;
+        Ok(l)
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Result<Value> {
+        self.id += 1;
+        self.s.get_mut().write_all(format!("{}\n", req(self.id, method, params)).as_bytes())?;
+        let mut line = String::new();
+        anyhow::ensure!(self.s.read_line(&mut line)? > 0, "closed");
+        let reply: Value = serde_json::from_str(&line)?;
+        anyhow::ensure!(reply["id"] == json!(self.id), "not the reply: {reply}");
+        reply.get("result").cloned().context("no result")
+    }
+
+    fn local_port(&self) -> u16 {
+        self.s.get_ref().local_addr().unwrap().port()
+    }
+}
+
+/// `GET path` at `addr`: the status code and body.
+fn http(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out.split_whitespace().nth(1).context("no status")?.parse()?;
+    Ok((code, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+}
+
+fn start_server(node: &Node, db: &Path, dir: &Path, name: &str, tcp: &str, metrics: &str) -> Result<Server> {
+    let secondary = dir.join(format!("secondary-{name}"));
+    let secondary = secondary.to_str().unwrap();
+    let flags = [
+        "--electrum-addr",
+        tcp,
+        "--metrics-addr",
+        metrics,
+        "--secondary-dir",
+        secondary,
+        "--proxy-protocol",
+        "tcp",
+    ];
+    Server::start_with(node, db, &flags)
+}
+
+#[test]
+fn two_servers_behind_haproxy_survive_one_killed() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let (dir, _indexer) = indexed(&node)?;
+    let db = dir.path().join("db");
+    let mut servers = vec![];
+    for name in ["a", "b"] {
+        servers.push(Some(start_server(&node, &db, dir.path(), name, "127.0.0.1:0", "127.0.0.1:0")?));
+    }
+    let addrs: Vec<(String, String)> = servers
+        .iter()
+        .map(|s| (s.as_ref().unwrap().addr.clone(), s.as_ref().unwrap().addr_of("serving metrics")))
+        .collect();
+    // 503 ("node unknown") until the node first answers, then 200.
+    for (_, metrics) in &addrs {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (code, body) = loop {
+            let (code, body) = http(metrics, "/health")?;
+            if code == 200 || Instant::now() > deadline {
+                break (code, body);
+            }
+            assert!(body.starts_with("node unknown"), "{body}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(code, 200, "{body}");
+        assert!(body.starts_with("ok: caught up"), "{body}");
+    }
+    // Without the balancer's header, a PROXY listener takes nothing.
+    let mut direct = TcpStream::connect(&addrs[0].0)?;
+    direct.write_all(format!("{}\n", req(1, "server.ping", json!([]))).as_bytes())?;
+    direct.set_read_timeout(Some(Duration::from_secs(10)))?;
+    assert_eq!(direct.read(&mut [0; 64]).unwrap_or(0), 0, "answered without a PROXY header");
+
+    let haproxy =
+        Haproxy::start(dir.path(), &[("a", &addrs[0].0, &addrs[0].1), ("b", &addrs[1].0, &addrs[1].1)])?;
+    haproxy.wait_for("both servers up", |h| {
+        Ok(h.state_of("a")? == Some(true) && h.state_of("b")? == Some(true))
+    })?;
+
+    let want = expected(&node)?;
+    let mut scripts: Vec<_> = want.history.iter().collect();
+    scripts.sort();
+    scripts.truncate(40);
+    let mut client = Line::open(&haproxy.addr)?;
+    let mut got = vec![];
+    for (sh, _) in &scripts[..20] {
+        got.push(client.call("blockchain.scripthash.get_history", json!([sh.to_string()]))?);
+    }
+    // Kill the server the client is on: the one that logged its address (from the PROXY
+    // header; HAProxy's own connections come from other ports).
+    let peer = format!("peer=127.0.0.1:{}", client.local_port());
+    let on = (0..2)
+        .find(|&i| servers[i].as_ref().unwrap().log().contains(&peer))
+        .with_context(|| format!("no server logged {peer}"))?;
+    let name = ["a", "b"][on];
+    Command::new("kill").args(["-KILL", &servers[on].as_ref().unwrap().pid().to_string()]).status()?;
+    drop(servers[on].take());
+    let mut reconnects = 0;
+    for (sh, _) in &scripts[20..] {
+        let answer = loop {
+            match client.call("blockchain.scripthash.get_history", json!([sh.to_string()])) {
+                Ok(a) => break a,
+                Err(_) => {
+                    reconnects += 1;
+                    anyhow::ensure!(reconnects < 50, "no server took the client back");
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Ok(c) = Line::open(&haproxy.addr) {
+                        client = c;
+                    }
+                }
+            }
+        };
+        got.push(answer);
+    }
+    assert!(reconnects > 0, "the client's connection outlived its server");
+    for ((sh, history), answer) in scripts.iter().zip(&got) {
+        let answer: Vec<(String, u64)> = answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["tx_hash"].as_str().unwrap().to_string(), e["height"].as_u64().unwrap()))
+            .collect();
+        let history: Vec<(String, u64)> = history.iter().map(|(t, h)| (t.to_string(), *h as u64)).collect();
+        assert_eq!(answer, history, "{sh}");
+    }
+    haproxy.wait_for("the killed server down", |h| Ok(h.state_of(name)? == Some(false)))?;
+    // The survivor too saw the client's own address.
+    let survivor = servers[1 - on].as_ref().unwrap();
+    let peer = format!("peer=127.0.0.1:{}", client.local_port());
+    assert!(survivor.log().contains(&peer), "no {peer} in the log of {}", ["a", "b"][1 - on]);
+
+    // Restarted on its addresses, it is put back in.
+    let (tcp, metrics) = &addrs[on];
+    servers[on] = Some(start_server(&node, &db, dir.path(), name, tcp, metrics)?);
+    haproxy.wait_for("the restarted server up", |h| Ok(h.state_of(name)? == Some(true)))?;
+    Ok(())
+}
+
+#[test]
+fn health_is_503_while_the_node_is_unreachable() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let (dir, _indexer) = indexed(&node)?;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let flags = ["--daemon-rpc-addr", &closed, "--metrics-addr", "127.0.0.1:0"];
+    let server = Server::start_with(&node, &dir.path().join("db"), &flags)?;
+    let metrics = server.addr_of("serving metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = http(&metrics, "/health")?;
+        if code == 503 {
+            assert!(body.starts_with("node down"), "{body}");
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "still {code} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn reuse_port_lets_two_listeners_share_a_port() -> Result<()> {
+    let config = |addr: &str, reuse: bool| {
+        let mut args = vec!["blkindex-server", "--network", "regtest", "--datadir", "/nonexistent"];
+        args.extend(["--db", "/nonexistent/db", "--electrum-addr", addr]);
+        if reuse {
+            args.push("--reuse-port");
+        }
+        Config::from_args(args)
+    };
+    let first = Listeners::bind(&config("127.0.0.1:0", true)?).await?;
+    let addr = first.addrs()?[0].0.to_string();
+    let second = Listeners::bind(&config(&addr, true)?).await?;
+    assert_eq!(second.addrs()?[0].0.to_string(), addr);
+    let refused =
+        Listeners::bind(&config(&addr, false)?).await.err().context("bound without --reuse-port")?;
+    assert!(format!("{refused:#}").contains("cannot listen on"), "{refused:#}");
+    // Nor does one without it let others in.
+    let alone = Listeners::bind(&config("127.0.0.1:0", false)?).await?;
+    let addr = alone.addrs()?[0].0.to_string();
+    assert!(Listeners::bind(&config(&addr, true)?).await.is_err());
+    Ok(())
+}
