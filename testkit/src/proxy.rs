@@ -39,8 +39,9 @@ struct Plan {
     injected: [u64; 4],
     /// Calls of this method wait until it is cleared.
     hold: Option<String>,
-    /// Calls waiting on `hold`.
-    held: usize,
+    /// Calls waiting on `hold`, by method: a call held for an earlier method still counts
+    /// until it has gone on, which must not look like a call of the new one being held.
+    held: std::collections::HashMap<String, usize>,
 }
 
 struct Shared {
@@ -133,8 +134,9 @@ impl Proxy {
     /// Waits until a call is held, for at most `within`.
     pub fn wait_held(&self, within: Duration) -> Result<()> {
         let p = self.shared.plan.lock().unwrap();
-        let (p, _) = self.shared.changed.wait_timeout_while(p, within, |p| p.held == 0).unwrap();
-        if p.held == 0 {
+        let none = |p: &Plan| p.hold.as_ref().is_none_or(|m| p.held.get(m).copied().unwrap_or(0) == 0);
+        let (p, _) = self.shared.changed.wait_timeout_while(p, within, |p| none(p)).unwrap();
+        if none(&p) {
             bail!("no {:?} call reached the proxy within {within:?}", p.hold);
         }
         Ok(())
@@ -249,10 +251,11 @@ fn wait_if_held(shared: &Shared, body: &[u8]) {
     if !is_held(&p) {
         return;
     }
-    p.held += 1;
+    let name = method.clone().unwrap_or_default();
+    *p.held.entry(name.clone()).or_default() += 1;
     shared.changed.notify_all();
     let mut p = shared.changed.wait_while(p, |p| is_held(p)).unwrap();
-    p.held -= 1;
+    *p.held.entry(name).or_default() -= 1;
 }
 
 /// Serves one client connection, request after request (keep-alive), until it closes.
