@@ -343,9 +343,7 @@ impl Follower<'_> {
                 let mut any = false;
                 for entry in bucket::entries(&value, rest_len) {
                     let (rest, list) = entry?;
-                    let mut prefix = [0u8; schema::PREFIX_LEN];
-                    prefix[..width].copy_from_slice(key);
-                    prefix[width..].copy_from_slice(rest);
+                    let prefix = bucket::prefix(key, rest);
                     if list.len() > threshold {
                         batch.put_cf(store.cf(cf::LONG), schema::long_key(name, &prefix), list);
                         bucket::put_entry(&mut rewritten, rest, &[]);

@@ -85,6 +85,14 @@ pub fn find<'a>(value: &'a [u8], rest: &[u8]) -> Result<Option<&'a [u8]>, Decode
     Ok(None)
 }
 
+/// The whole 5-byte prefix of an entry: its bucket's key, then its rest.
+pub fn prefix(key: &[u8], rest: &[u8]) -> Prefix {
+    let mut p = [0u8; PREFIX_LEN];
+    p[..key.len()].copy_from_slice(key);
+    p[key.len()..].copy_from_slice(rest);
+    p
+}
+
 /// Appends an entry (an empty `list`: a long list's marker).
 pub fn put_entry(out: &mut Vec<u8>, rest: &[u8], list: &[u8]) {
     out.extend_from_slice(rest);

@@ -384,9 +384,7 @@ impl Store {
             let mut gone = Vec::new();
             for entry in bucket::entries(&v, schema::PREFIX_LEN - width) {
                 let (rest, list) = entry?;
-                let mut prefix = [0u8; schema::PREFIX_LEN];
-                prefix[..width].copy_from_slice(key);
-                prefix[width..].copy_from_slice(rest);
+                let prefix = bucket::prefix(key, rest);
                 if !list.is_empty() || !prefixes.contains(&prefix) {
                     continue;
                 }

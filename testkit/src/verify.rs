@@ -93,7 +93,7 @@ pub fn digest(db: &Path) -> Digest {
                         let long;
                         let list = match list {
                             [] => {
-                                let prefix: [u8; 5] = [&k[..], rest].concat().try_into().unwrap();
+                                let prefix = bucket::prefix(&k, rest);
                                 long = store.db().get_cf(store.cf(cf::LONG), schema::long_key(name, &prefix));
                                 long.as_ref().unwrap().as_deref().expect("a marker without its long list")
                             }

@@ -257,6 +257,24 @@ fn wrong_network_and_foreign_db_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// An indexer run (no following) on index `db`, returned once its staging directory exists (or it
+/// has exited, or 10 s have passed).
+fn staging_started(node: &Node, db: &Path, args: &[&str]) -> Result<std::process::Child> {
+    let mut child = indexer_command(Path::new(env!("CARGO_BIN_EXE_blkindex-indexer")), node, db)
+        .args(["--no-follow", "--progress", "none"])
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let started = std::time::Instant::now();
+    while !db.join("bulk-stage").exists()
+        && child.try_wait()?.is_none()
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(child)
+}
+
 /// Sixteen times: the indexer killed with SIGKILL at a pseudo-random moment of its load, then run to
 /// completion; each time the index equals a clean one.
 #[test]
@@ -271,19 +289,7 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
     let args = ["--batch-kb", "1"];
     let clean = dir.path().join("clean");
     // How long a clean run stages and merges: from its staging directory's creation to its exit.
-    let mut probe = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
-        .args(["--network", "regtest", "--no-follow", "--progress", "none"])
-        .arg("--datadir")
-        .arg(&node.datadir)
-        .arg("--db")
-        .arg(&clean)
-        .args(["--daemon-rpc-addr", &node.rpc_addr()])
-        .args(args)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    while !clean.join("bulk-stage").exists() && probe.try_wait()?.is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    let mut probe = staging_started(&node, &clean, &args)?;
     let t0 = std::time::Instant::now();
     assert!(probe.wait()?.success());
     let clean_ms = t0.elapsed().as_millis().max(20) as u64;
@@ -300,23 +306,7 @@ fn killed_at_random_moments_resumes_to_the_same_index() -> Result<()> {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let wait = (seed >> 33) % clean_ms;
         let _ = std::fs::remove_dir_all(&db);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-indexer"))
-            .args(["--network", "regtest", "--no-follow", "--progress", "none"])
-            .arg("--datadir")
-            .arg(&node.datadir)
-            .arg("--db")
-            .arg(&db)
-            .args(["--daemon-rpc-addr", &node.rpc_addr()])
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let started = std::time::Instant::now();
-        while !db.join("bulk-stage").exists()
-            && child.try_wait()?.is_none()
-            && started.elapsed() < std::time::Duration::from_secs(10)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let mut child = staging_started(&node, &db, &args)?;
         std::thread::sleep(std::time::Duration::from_millis(wait));
         if child.try_wait()?.is_none() {
             child.kill()?; // SIGKILL
