@@ -303,14 +303,46 @@ fn walk_records(
 }
 
 /// Reads records out of the blocks directory by (file, offset, length), de-obfuscated, with
-/// positional reads; or, for a `mapped` one, out of memory maps of the blk files. Files are opened
-/// per read, not kept open: mainnet has thousands of them, more than a process's usual descriptor
-/// limit (a map needs no descriptor once made).
+/// positional reads; or, for a `mapped` one, out of memory maps of the blk files. Positional reads
+/// go through the [`OPEN_FILES`] most recently read files kept open, shared by the clones: not all
+/// of them, since mainnet has thousands, more than a process's usual descriptor limit (a map needs
+/// no descriptor once made); and not one open per read, which costs a path walk each, for every
+/// transaction of a long history.
 #[derive(Clone)]
 pub struct BlockFiles {
     dir: PathBuf,
     key: XorKey,
     mapped: Option<Arc<Mapped>>,
+    open: Arc<Mutex<OpenFiles>>,
+}
+
+/// How many files positional reads keep open.
+pub const OPEN_FILES: usize = 64;
+
+/// Open files by (kind, number), each with the tick of its last use: the least recent goes first.
+#[derive(Default)]
+struct OpenFiles {
+    files: HashMap<(FileKind, u32), (Arc<File>, u64)>,
+    tick: u64,
+}
+
+impl OpenFiles {
+    fn get(&mut self, kind: FileKind, num: u32) -> Option<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.files.get_mut(&(kind, num)).map(|(f, used)| {
+            *used = tick;
+            f.clone()
+        })
+    }
+
+    fn insert(&mut self, kind: FileKind, num: u32, file: Arc<File>) {
+        if self.files.len() >= OPEN_FILES {
+            let oldest = self.files.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k);
+            oldest.map(|k| self.files.remove(&k));
+        }
+        self.files.insert((kind, num), (file, self.tick));
+    }
 }
 
 /// The maps of blk files, and the node's lock that makes them safe. Fields drop in order: every
@@ -335,7 +367,7 @@ impl BlockFiles {
         if !blocks_dir.is_dir() {
             bail!("blocks directory {} does not exist", blocks_dir.display());
         }
-        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, mapped: None })
+        Ok(BlockFiles { dir: blocks_dir.to_path_buf(), key, mapped: None, open: Arc::default() })
     }
 
     /// These files with the blk files memory-mapped (the scan walks the maps, reads copy out of
@@ -344,7 +376,12 @@ impl BlockFiles {
     /// still read positionally.
     pub fn mapped(&self, lock: NodeLock) -> BlockFiles {
         let mapped = Mapped { maps: Mutex::default(), lock };
-        BlockFiles { dir: self.dir.clone(), key: self.key, mapped: Some(Arc::new(mapped)) }
+        BlockFiles {
+            dir: self.dir.clone(),
+            key: self.key,
+            mapped: Some(Arc::new(mapped)),
+            open: self.open.clone(),
+        }
     }
 
     /// Whether blk files are read through maps.
@@ -411,13 +448,26 @@ impl BlockFiles {
             };
             return Ok(self.key.copy(&map[offset as usize..end as usize], offset));
         }
-        let path = self.path(kind, num);
-        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = self.open_file(kind, num)?;
         let mut v = vec![0u8; len];
-        file.read_exact_at(&mut v, offset)
-            .with_context(|| format!("{}: cannot read {len} bytes at {offset}", path.display()))?;
+        file.read_exact_at(&mut v, offset).with_context(|| {
+            format!("{}: cannot read {len} bytes at {offset}", self.path(kind, num).display())
+        })?;
         self.key.apply(&mut v, offset);
         Ok(v)
+    }
+
+    /// File `num`, opened once while it stays among the most recently read. The node only
+    /// appends to its files (and truncates a finished one's preallocated tail, the same inode), so
+    /// a descriptor kept open reads what a new one would.
+    fn open_file(&self, kind: FileKind, num: u32) -> Result<Arc<File>> {
+        if let Some(f) = self.open.lock().unwrap().get(kind, num) {
+            return Ok(f);
+        }
+        let path = self.path(kind, num);
+        let file = Arc::new(File::open(&path).with_context(|| format!("cannot open {}", path.display()))?);
+        self.open.lock().unwrap().insert(kind, num, file.clone());
+        Ok(file)
     }
 
     /// Whole-file bytes, still obfuscated.

@@ -84,6 +84,44 @@ pub use crate::bucket::TooManyRows;
 /// A transaction read by number: (txnum, bytes, height, position in its block).
 type NumberedTx = (TxNum, Vec<u8>, Height, u32);
 
+/// Where a transaction's bytes are: its block, its position and byte range in it.
+struct Place {
+    txnum: TxNum,
+    height: Height,
+    pos: u32,
+    offset: u32,
+    len: u32,
+}
+
+/// Threads that make the reads of long scans, shared by all of them: the reads in flight at
+/// once, whatever the number of requests. Reads block their thread, so there are more of them
+/// than cores: an SSD serves tens of reads at once in about the time of one.
+const READERS: usize = 32;
+/// Reads one thread makes of a fan-out (a block's transactions, or bytes), one after another.
+const PER_READER: usize = 8;
+/// The first window of a scan, in transactions; each next is twice the last, up to `MAX_WINDOW`.
+const FIRST_WINDOW: usize = 8;
+const MAX_WINDOW: usize = 512;
+/// Bytes of transactions a window holds at most (one larger transaction is read alone).
+const WINDOW_BYTES: u64 = 4 << 20;
+
+/// `f` over `items`, in order, on the read threads when there is more than one item.
+fn fan_out<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<Vec<R>> + Sync) -> Result<Vec<Vec<R>>> {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    if items.len() <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let pool = POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(READERS)
+            .thread_name(|i| format!("blkindex-read-{i}"))
+            .build()
+            .expect("cannot start the read threads")
+    });
+    use rayon::prelude::*;
+    pool.install(|| items.par_iter().map(&f).collect())
+}
+
 /// A reader of the index: a store (the server's secondary instance, or a test's), the node's blk
 /// files for transaction bytes, and the indexed chain in memory, up to the tip the reader has
 /// caught up to.
@@ -172,24 +210,78 @@ impl IndexReader {
         Ok((raw, height, pos))
     }
 
-    /// Transactions by number (ascending), read lazily, each block's `txpos` row once, which
-    /// matters for long histories: (txnum, bytes, height, position).
+    /// Transactions by number (ascending), read in windows: the first small (a spender is often
+    /// found early, and a short history needs no fan-out), each next one twice the last, up to
+    /// [`MAX_WINDOW`] transactions and [`WINDOW_BYTES`]: (txnum, bytes, height, position).
     fn txs_by_nums<'a>(&'a self, txnums: &'a [TxNum]) -> impl Iterator<Item = Result<NumberedTx>> + 'a {
-        let mut block: Option<(Height, TxNum, Vec<u32>)> = None;
-        txnums.iter().map(move |&txnum| {
-            let height = self.height_of(txnum)?;
-            if block.as_ref().map(|b| b.0) != Some(height) {
-                let offsets = TxPos::offsets(&self.txpos_row(height)?)?;
-                block = Some((height, self.row(height)?.first_txnum, offsets));
+        let mut rest = txnums;
+        let mut window = FIRST_WINDOW;
+        let mut read = Vec::new().into_iter();
+        std::iter::from_fn(move || loop {
+            if let Some(tx) = read.next() {
+                return Some(Ok(tx));
             }
-            let (height, first, offsets) = block.as_ref().unwrap();
-            let pos = (txnum - first) as usize;
-            if pos + 1 >= offsets.len() {
-                bail!("txnum {txnum} is past the {} transactions of block {height}", offsets.len() - 1);
+            if rest.is_empty() {
+                return None;
             }
-            let raw = self.block_range(*height, offsets[pos], offsets[pos + 1] - offsets[pos])?;
-            Ok((txnum, raw, *height, pos as u32))
+            match self.fetch(&rest[..window.min(rest.len())]) {
+                Ok(txs) => {
+                    rest = &rest[txs.len()..];
+                    read = txs.into_iter();
+                }
+                Err(e) => {
+                    rest = &[];
+                    return Some(Err(e));
+                }
+            }
+            window = (window * 2).min(MAX_WINDOW);
         })
+    }
+
+    /// A first part (at least one) of these transactions, no more than [`WINDOW_BYTES`] of them
+    /// but for a single larger one. Their places (each block's `txpos` row) and then their bytes
+    /// are read [`READERS`] at a time: cold, each is a disk read, and a disk serves many at once
+    /// in about the time of one.
+    fn fetch(&self, txnums: &[TxNum]) -> Result<Vec<NumberedTx>> {
+        let mut blocks = Vec::new();
+        let mut rest = txnums;
+        while let Some(&first) = rest.first() {
+            let height = self.height_of(first)?;
+            let end = self.row(height)?.first_txnum + self.row(height)?.tx_count;
+            let n = rest.partition_point(|&t| t < end).clamp(1, PER_READER);
+            blocks.push((height, &rest[..n]));
+            rest = &rest[n..];
+        }
+        let places: Vec<Vec<Place>> = fan_out(&blocks, |&(height, txnums)| self.places(height, txnums))?;
+        let mut places: Vec<Place> = places.into_iter().flatten().collect();
+        let mut bytes = 0u64;
+        let fits = places.iter().take_while(|p| {
+            bytes += p.len as u64;
+            bytes <= WINDOW_BYTES
+        });
+        places.truncate(fits.count().max(1));
+        let chunks: Vec<&[Place]> = places.chunks(PER_READER).collect();
+        let txs = fan_out(&chunks, |chunk| {
+            chunk.iter().map(|p| Ok((p.txnum, self.block_range(p.height, p.offset, p.len)?, p.height, p.pos))).collect()
+        })?;
+        Ok(txs.into_iter().flatten().collect())
+    }
+
+    /// Where transactions `txnums`, all of the block at `height`, sit in it.
+    fn places(&self, height: Height, txnums: &[TxNum]) -> Result<Vec<Place>> {
+        let offsets = TxPos::offsets(&self.txpos_row(height)?)?;
+        let first = self.row(height)?.first_txnum;
+        txnums
+            .iter()
+            .map(|&txnum| {
+                let pos = (txnum - first) as usize;
+                if pos + 1 >= offsets.len() {
+                    bail!("txnum {txnum} is past the {} transactions of block {height}", offsets.len() - 1);
+                }
+                let (offset, len) = (offsets[pos], offsets[pos + 1] - offsets[pos]);
+                Ok(Place { txnum, height, pos: pos as u32, offset, len })
+            })
+            .collect()
     }
 
     /// The txnums stored under this prefix, ascending, up to the indexed tip.
