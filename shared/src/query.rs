@@ -105,6 +105,17 @@ const MAX_WINDOW: usize = 512;
 /// Bytes of transactions a window holds at most (one larger transaction is read alone).
 const WINDOW_BYTES: u64 = 4 << 20;
 
+/// How many of these lengths, from the first, fit in `budget` bytes; at least one.
+fn fitting(lens: impl Iterator<Item = u32>, budget: u64) -> usize {
+    let mut bytes = 0u64;
+    lens.take_while(|&len| {
+        bytes += len as u64;
+        bytes <= budget
+    })
+    .count()
+    .max(1)
+}
+
 /// `f` over `items`, in order, on the read threads when there is more than one item.
 fn fan_out<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<Vec<R>> + Sync) -> Result<Vec<Vec<R>>> {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
@@ -254,15 +265,13 @@ impl IndexReader {
         }
         let places: Vec<Vec<Place>> = fan_out(&blocks, |&(height, txnums)| self.places(height, txnums))?;
         let mut places: Vec<Place> = places.into_iter().flatten().collect();
-        let mut bytes = 0u64;
-        let fits = places.iter().take_while(|p| {
-            bytes += p.len as u64;
-            bytes <= WINDOW_BYTES
-        });
-        places.truncate(fits.count().max(1));
+        places.truncate(fitting(places.iter().map(|p| p.len), WINDOW_BYTES));
         let chunks: Vec<&[Place]> = places.chunks(PER_READER).collect();
         let txs = fan_out(&chunks, |chunk| {
-            chunk.iter().map(|p| Ok((p.txnum, self.block_range(p.height, p.offset, p.len)?, p.height, p.pos))).collect()
+            chunk
+                .iter()
+                .map(|p| Ok((p.txnum, self.block_range(p.height, p.offset, p.len)?, p.height, p.pos)))
+                .collect()
         })?;
         Ok(txs.into_iter().flatten().collect())
     }
@@ -462,6 +471,14 @@ pub fn compute_txid(raw: &[u8]) -> Result<Txid> {
 mod tests {
     use super::*;
     use bitcoin::consensus::deserialize;
+
+    #[test]
+    fn a_window_holds_what_fits_its_bytes_and_at_least_one_transaction() {
+        assert_eq!(fitting([10, 20, 30].into_iter(), 30), 2);
+        assert_eq!(fitting([10, 20, 30].into_iter(), 60), 3);
+        assert_eq!(fitting([100, 1].into_iter(), 30), 1);
+        assert_eq!(fitting(std::iter::empty(), 30), 1);
+    }
 
     #[test]
     fn compute_txid_matches_bitcoin_crate() {

@@ -117,6 +117,18 @@ impl Store {
                 })?
             }
             Mode::Secondary(secondary) => {
+                // A secondary cannot create families: an index from a build before one was added
+                // would fail with RocksDB's bare "Column family not found".
+                if let Ok(present) = DB::list_cf(&opts, path) {
+                    if let Some(missing) = cf::ALL.iter().find(|name| !present.iter().any(|p| p == *name)) {
+                        bail!(
+                            "{}: index has no `{missing}` column family: an older build made it (this build \
+                             reads format {}); delete it and re-index",
+                            path.display(),
+                            schema::FORMAT_VERSION
+                        );
+                    }
+                }
                 opts.set_max_open_files(-1);
                 std::fs::create_dir_all(secondary)?;
                 DB::open_cf_descriptors_as_secondary(&opts, path, secondary, cfs(false))
@@ -450,5 +462,31 @@ impl Store {
             out.push((name, v));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server (secondary) on an index made before a family was added gets told what to do,
+    /// not RocksDB's "Column family not found".
+    #[test]
+    fn a_secondary_on_an_index_missing_a_family_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let old: Vec<&str> = cf::ALL.iter().copied().filter(|n| *n != cf::LONG).collect();
+            DB::open_cf(&opts, &db, old).unwrap();
+        }
+        let err = Store::open(&db, Mode::Secondary(dir.path().join("secondary"))).err().unwrap();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("has no `long` column family") && msg.contains("re-index"), "{msg}");
+        // With every family there, it opens.
+        drop(Store::open(&db, Mode::Follow).unwrap());
+        Store::open(&db, Mode::Secondary(dir.path().join("secondary"))).unwrap();
     }
 }
