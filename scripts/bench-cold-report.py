@@ -107,6 +107,23 @@ if hist:
           f"{r['read_kib']:,.0f} | {r['disk_ms_per_read']:.2f} | {peak(h)} |")
     p("")
 
+threads = {t: [phases.get(f"threads-{t}-{x}") for x in ("history-1000", "history-10000", "mix-paced")] for t in (1, 32)}
+if all(all(v) for v in threads.values()):
+    p("### Reads in flight: `--read-threads 1` against 32, one run\n")
+    p("The same phases, one after the other in one run, each on a restarted server with the files evicted: a "
+      "scan's reads made one after another (1 read thread, as before windows) and 32 at once (the default).\n")
+    p("| read threads | ~1,000 p50 | p99 | disk ms / read | ~10,000 p50 | p99 | disk ms / read | mix paced p50 | p99 | max |")
+    p("|---|---|---|---|---|---|---|---|---|---|")
+    for t, (h1, h2, m) in threads.items():
+        a, b = h1["class"], h2["class"]
+        p(f"| {t} | {ms(a['p50_ms'])} | {ms(a['p99_ms'])} | {a['disk_ms_per_read']:.2f} | {ms(b['p50_ms'])} | "
+          f"{ms(b['p99_ms'])} | {b['disk_ms_per_read']:.2f} | {ms(m['p50_ms'])} | {ms(m['p99_ms'])} | {ms(m['max_ms'])} |")
+    (s1, s2, s3), (f1, f2, f3) = threads[1], threads[32]
+    ratio = lambda x, y: x / y if y else float("nan")
+    p(f"\n32 threads against 1: ~1,000 p50 {ratio(s1['class']['p50_ms'], f1['class']['p50_ms']):.2f}× faster, "
+      f"~10,000 p50 {ratio(s2['class']['p50_ms'], f2['class']['p50_ms']):.2f}×, mix p99 "
+      f"{ratio(s3['p99_ms'], f3['p99_ms']):.2f}×.\n")
+
 detail = os.path.join(os.path.dirname(sys.argv[1]), "history-detail.jsonl")
 pairs = [j["request"] for j in map(json.loads, open(detail)) if j["request"]["set"] in ("neighbour", "control")] \
     if os.path.exists(detail) else []

@@ -18,6 +18,9 @@
 #   4. the wallet mix (benches/src/wallet_mix.rs) over script hashes and txids of 2,000 random
 #      blocks: 64 connections saturating for 20 s, then (server restarted, files evicted) paced
 #      at 200 requests/s for 10 s
+#   threads (not in the default set): the reads in flight, side by side in one run: the ~1,000 and
+#      ~10,000 histories and the paced mix with `--read-threads 1` (a scan's reads one after
+#      another, as before) and the default 32
 #   5. the follower at the tip: `gen-blocks --extend` builds the chain again in memory and writes
 #      the BENCH_COLD_BLOCKS (60) blocks after its tip; `fake-node` (a stand-in node: no real one
 #      can validate generated blocks) appends them one every 2 s to a copy of the blocks
@@ -114,6 +117,7 @@ fi
 
 tip=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_height"])' "$chain/gen-blocks.json")
 eport=$(port)
+read_threads=""
 # Starts a server (in the memory cgroup) and waits until it serves the tip.
 start_server() {
     stop_server
@@ -121,7 +125,7 @@ start_server() {
         [ -n "$server_cg" ] && echo "$BASHPID" >"$server_cg/cgroup.procs"
         exec "$bin/blkindex-server" --network regtest --no-node --datadir "$chain" --db "$db" \
             --secondary-dir "$work/secondary" --electrum-addr "127.0.0.1:$eport" \
-            --max-connections-per-ip 100000 --log-stats-secs 0
+            --max-connections-per-ip 100000 --log-stats-secs 0 ${read_threads:+--read-threads "$read_threads"}
     ) 2>>"$work/server.log" &
     server_pid=$!
     pids+=("$server_pid")
@@ -200,6 +204,22 @@ for phase in $phases; do
             after_phase "mix-$p" "$("$bin/cold" mix --server "127.0.0.1:$eport" --pid "$server_pid" \
                 --scripts "$scripts" --disk-of "$blocks" --phase "$p")"
         done
+        ;;
+    threads)
+        for t in 1 32; do
+            read_threads=$t
+            for class in 1000 10000; do
+                echo "bench-cold: get_history, scripts of ~$class transactions, $t read threads" >&2
+                cold_start
+                after_phase "threads-$t-history-$class" "$("$bin/cold" history --server "127.0.0.1:$eport" \
+                    --pid "$server_pid" --scripts "$scripts" --disk-of "$blocks" --class "$class")"
+            done
+            echo "bench-cold: wallet mix, paced, $t read threads" >&2
+            cold_start
+            after_phase "threads-$t-mix-paced" "$("$bin/cold" mix --server "127.0.0.1:$eport" --pid "$server_pid" \
+                --scripts "$scripts" --disk-of "$blocks" --phase paced)"
+        done
+        read_threads=""
         ;;
     follow)
         stop_server

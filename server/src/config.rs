@@ -28,6 +28,11 @@ pub struct Args {
     /// reindexing, or elsewhere; the blk files must still be readable.
     #[arg(long, env = "BLKINDEX_NO_NODE", help_heading = "Node and index")]
     no_node: bool,
+    /// Threads that read transactions for long histories, so many reads in flight at once across
+    /// all requests (an SSD serves tens at once in the time of one; 1: one after another).
+    #[arg(long, env = "BLKINDEX_READ_THREADS", default_value_t = blkindex_shared::query::DEFAULT_READERS,
+          value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "Node and index")]
+    read_threads: u16,
     /// Address for Electrum clients over TCP ("off": no TCP listener).
     #[arg(
         long,
@@ -176,6 +181,7 @@ pub struct Config {
     pub node: NodeArgs,
     /// Where the secondary instances' files go.
     pub secondary_dir: PathBuf,
+    pub read_threads: usize,
     /// `--no-node`: no RPC, no ZMQ, no mempool.
     pub no_node: bool,
     /// The Electrum listeners to bind, in this order: TCP, TLS, WebSocket, WSS; at least one.
@@ -288,6 +294,7 @@ impl Config {
         Ok(Config {
             ban_file: a.ban_file.unwrap_or_else(|| secondary_dir.join("banned.json")),
             secondary_dir,
+            read_threads: a.read_threads as usize,
             no_node: a.no_node,
             node: a.node,
             listen,

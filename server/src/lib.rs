@@ -110,6 +110,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let node = config.node.node()?;
     let secondary = &config.secondary_dir;
+    blkindex_shared::query::set_readers(config.read_threads);
     // Two secondary instances that take turns (see `state`), sharing the blk files' maps.
     let blocks = BlockFiles::open(&node.blocks_dir)?;
     let open = |which: &str| -> Result<IndexReader> {

@@ -8,6 +8,8 @@
 //! wrong answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::{BlockHash, OutPoint, Txid};
@@ -96,7 +98,14 @@ struct Place {
 /// Threads that make the reads of long scans, shared by all of them: the reads in flight at
 /// once, whatever the number of requests. Reads block their thread, so there are more of them
 /// than cores: an SSD serves tens of reads at once in about the time of one.
-const READERS: usize = 32;
+pub const DEFAULT_READERS: u16 = 32;
+static READERS: AtomicUsize = AtomicUsize::new(DEFAULT_READERS as usize);
+static READ_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+
+/// Sets the number of read threads; effective only before the first long scan starts them.
+pub fn set_readers(n: usize) {
+    READERS.store(n.max(1), Ordering::Relaxed);
+}
 /// Reads one thread makes of a fan-out (a block's transactions, or bytes), one after another.
 const PER_READER: usize = 8;
 /// The first window of a scan, in transactions; each next is twice the last, up to `MAX_WINDOW`.
@@ -118,13 +127,12 @@ fn fitting(lens: impl Iterator<Item = u32>, budget: u64) -> usize {
 
 /// `f` over `items`, in order, on the read threads when there is more than one item.
 fn fan_out<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<Vec<R>> + Sync) -> Result<Vec<Vec<R>>> {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     if items.len() <= 1 {
         return items.iter().map(f).collect();
     }
-    let pool = POOL.get_or_init(|| {
+    let pool = READ_POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(READERS)
+            .num_threads(READERS.load(Ordering::Relaxed))
             .thread_name(|i| format!("blkindex-read-{i}"))
             .build()
             .expect("cannot start the read threads")
@@ -251,7 +259,7 @@ impl IndexReader {
 
     /// A first part (at least one) of these transactions, no more than [`WINDOW_BYTES`] of them
     /// but for a single larger one. Their places (each block's `txpos` row) and then their bytes
-    /// are read [`READERS`] at a time: cold, each is a disk read, and a disk serves many at once
+    /// are read as many at a time as there are read threads ([`set_readers`]): cold, each is a disk read, and a disk serves many at once
     /// in about the time of one.
     fn fetch(&self, txnums: &[TxNum]) -> Result<Vec<NumberedTx>> {
         let mut blocks = Vec::new();
