@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::{BlockHash, OutPoint, Txid};
@@ -87,9 +87,11 @@ pub use crate::bucket::TooManyRows;
 type NumberedTx = (TxNum, Vec<u8>, Height, u32);
 
 /// Where a transaction's bytes are: its block, its position and byte range in it.
+#[derive(Clone)]
 struct Place {
     txnum: TxNum,
     height: Height,
+    row: HeaderRow,
     pos: u32,
     offset: u32,
     len: u32,
@@ -100,12 +102,6 @@ struct Place {
 /// than cores: an SSD serves tens of reads at once in about the time of one.
 pub const DEFAULT_READERS: u16 = 32;
 static READERS: AtomicUsize = AtomicUsize::new(DEFAULT_READERS as usize);
-static READ_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
-
-/// Sets the number of read threads; effective only before the first long scan starts them.
-pub fn set_readers(n: usize) {
-    READERS.store(n.max(1), Ordering::Relaxed);
-}
 /// Reads one thread makes of a fan-out (a block's transactions, or bytes), one after another.
 const PER_READER: usize = 8;
 /// The first window of a scan, in transactions; each next is twice the last, up to `MAX_WINDOW`.
@@ -113,6 +109,11 @@ const FIRST_WINDOW: usize = 8;
 const MAX_WINDOW: usize = 512;
 /// Bytes of transactions a window holds at most (one larger transaction is read alone).
 const WINDOW_BYTES: u64 = 4 << 20;
+
+/// Sets the number of read threads; effective only before the first long scan starts them.
+pub fn set_readers(n: usize) {
+    READERS.store(n.max(1), Ordering::Relaxed);
+}
 
 /// How many of these lengths, from the first, fit in `budget` bytes; at least one.
 fn fitting(lens: impl Iterator<Item = u32>, budget: u64) -> usize {
@@ -125,27 +126,65 @@ fn fitting(lens: impl Iterator<Item = u32>, budget: u64) -> usize {
     .max(1)
 }
 
-/// `f` over `items`, in order, on the read threads when there is more than one item.
-fn fan_out<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<Vec<R>> + Sync) -> Result<Vec<Vec<R>>> {
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The read threads' queue. They block on it when idle: threads that spin looking for work (as
+/// rayon's do) would take the two cores from the requests whose reads they wait for.
+fn read_threads() -> &'static crossbeam_channel::Sender<Job> {
+    static QUEUE: OnceLock<crossbeam_channel::Sender<Job>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..READERS.load(Ordering::Relaxed) {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("blkindex-read-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        // A panicking job loses its answer (its caller sees that), not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .expect("cannot start a read thread");
+        }
+        queue
+    })
+}
+
+/// `f` over `items`, answers in order; on the read threads when there is more than one item.
+fn fan_out<T, R>(items: Vec<T>, f: impl Fn(T) -> Result<R> + Send + Sync + 'static) -> Result<Vec<R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
     if items.len() <= 1 {
-        return items.iter().map(f).collect();
+        return items.into_iter().map(f).collect();
     }
-    let pool = READ_POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(READERS.load(Ordering::Relaxed))
-            .thread_name(|i| format!("blkindex-read-{i}"))
-            .build()
-            .expect("cannot start the read threads")
-    });
-    use rayon::prelude::*;
-    pool.install(|| items.par_iter().map(&f).collect())
+    let n = items.len();
+    let f = Arc::new(f);
+    // Room for every answer: a job never blocks on an answer nobody waits for any more.
+    let (answer, answers) = crossbeam_channel::bounded(n);
+    for (i, item) in items.into_iter().enumerate() {
+        let (f, answer) = (f.clone(), answer.clone());
+        let job: Job = Box::new(move || {
+            let _ = answer.send((i, f(item)));
+        });
+        read_threads().send(job).expect("the read threads never stop");
+    }
+    drop(answer);
+    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        let (i, r) = answers.recv().map_err(|_| anyhow!("a read thread panicked"))?;
+        out[i] = Some(r?);
+    }
+    Ok(out.into_iter().map(|r| r.expect("every answer arrived")).collect())
 }
 
 /// A reader of the index: a store (the server's secondary instance, or a test's), the node's blk
 /// files for transaction bytes, and the indexed chain in memory, up to the tip the reader has
 /// caught up to.
 pub struct IndexReader {
-    pub store: Store,
+    /// Shared with the read threads' jobs.
+    pub store: Arc<Store>,
     pub blocks: BlockFiles,
     pub chain: Chain,
 }
@@ -153,7 +192,7 @@ pub struct IndexReader {
 impl IndexReader {
     pub fn new(store: Store, blocks: BlockFiles) -> Result<Self> {
         let chain = Chain::load(&store)?;
-        Ok(IndexReader { store, blocks, chain })
+        Ok(IndexReader { store: Arc::new(store), blocks, chain })
     }
 
     /// Catches a secondary up with the indexer, to a tip all of whose rows it sees; true when the
@@ -172,7 +211,7 @@ impl IndexReader {
         if let Err(e) = self.store.catch_up() {
             // The primary deleted a file (after a compaction) this instance had not caught up to.
             tracing::debug!("catch-up failed ({e:#}); reopening the secondary");
-            self.store = self.store.reopen()?;
+            self.store = Arc::new(self.store.reopen()?);
         }
         Ok(())
     }
@@ -183,23 +222,7 @@ impl IndexReader {
 
     /// Bytes `offset..offset+len` of the block at `height`.
     fn block_range(&self, height: Height, offset: u32, len: u32) -> Result<Vec<u8>> {
-        let row = self.row(height)?;
-        if offset as u64 + len as u64 > row.loc.size() as u64 {
-            bail!("range {offset}+{len} is outside block {height}");
-        }
-        match row.loc {
-            BlockLoc::File { file, offset: at, .. } => {
-                self.blocks.read(FileKind::Blk, file, at as u64 + offset as u64, len as usize)
-            }
-            BlockLoc::Db { .. } => {
-                let raw = self
-                    .store
-                    .db()
-                    .get_cf(self.store.cf(cf::RAWBLOCK), row.hash())?
-                    .ok_or_else(|| anyhow!("block {height} missing from the rawblock family"))?;
-                Ok(raw[offset as usize..(offset + len) as usize].to_vec())
-            }
-        }
+        block_range(&self.store, &self.blocks, self.row(height)?, height, offset, len)
     }
 
     pub fn block_bytes(&self, height: Height) -> Result<Vec<u8>> {
@@ -214,10 +237,7 @@ impl IndexReader {
 
     /// The `txpos` row (where each transaction sits) of the block at `height`.
     fn txpos_row(&self, height: Height) -> Result<Vec<u8>> {
-        self.store
-            .db()
-            .get_cf(self.store.cf(cf::TXPOS), schema::height_key(height))?
-            .ok_or_else(|| anyhow!("no txpos row at height {height}"))
+        txpos_row(&self.store, height)
     }
 
     /// The raw transaction with number `txnum`, with its height and position.
@@ -266,39 +286,27 @@ impl IndexReader {
         let mut rest = txnums;
         while let Some(&first) = rest.first() {
             let height = self.height_of(first)?;
-            let end = self.row(height)?.first_txnum + self.row(height)?.tx_count;
-            let n = rest.partition_point(|&t| t < end).clamp(1, PER_READER);
-            blocks.push((height, &rest[..n]));
+            let row = *self.row(height)?;
+            let n = rest.partition_point(|&t| t < row.first_txnum + row.tx_count).clamp(1, PER_READER);
+            blocks.push((height, row, rest[..n].to_vec()));
             rest = &rest[n..];
         }
-        let places: Vec<Vec<Place>> = fan_out(&blocks, |&(height, txnums)| self.places(height, txnums))?;
+        let store = self.store.clone();
+        let places = fan_out(blocks, move |(height, row, txnums)| places(&store, height, &row, &txnums))?;
         let mut places: Vec<Place> = places.into_iter().flatten().collect();
         places.truncate(fitting(places.iter().map(|p| p.len), WINDOW_BYTES));
-        let chunks: Vec<&[Place]> = places.chunks(PER_READER).collect();
-        let txs = fan_out(&chunks, |chunk| {
+        let chunks: Vec<Vec<Place>> = places.chunks(PER_READER).map(<[Place]>::to_vec).collect();
+        let (store, blocks) = (self.store.clone(), self.blocks.clone());
+        let txs = fan_out(chunks, move |chunk| {
             chunk
                 .iter()
-                .map(|p| Ok((p.txnum, self.block_range(p.height, p.offset, p.len)?, p.height, p.pos)))
-                .collect()
+                .map(|p| {
+                    let raw = block_range(&store, &blocks, &p.row, p.height, p.offset, p.len)?;
+                    Ok((p.txnum, raw, p.height, p.pos))
+                })
+                .collect::<Result<Vec<_>>>()
         })?;
         Ok(txs.into_iter().flatten().collect())
-    }
-
-    /// Where transactions `txnums`, all of the block at `height`, sit in it.
-    fn places(&self, height: Height, txnums: &[TxNum]) -> Result<Vec<Place>> {
-        let offsets = TxPos::offsets(&self.txpos_row(height)?)?;
-        let first = self.row(height)?.first_txnum;
-        txnums
-            .iter()
-            .map(|&txnum| {
-                let pos = (txnum - first) as usize;
-                if pos + 1 >= offsets.len() {
-                    bail!("txnum {txnum} is past the {} transactions of block {height}", offsets.len() - 1);
-                }
-                let (offset, len) = (offsets[pos], offsets[pos + 1] - offsets[pos]);
-                Ok(Place { txnum, height, pos: pos as u32, offset, len })
-            })
-            .collect()
     }
 
     /// The txnums stored under this prefix, ascending, up to the indexed tip.
@@ -466,6 +474,56 @@ impl IndexReader {
         })?;
         Ok(txids)
     }
+}
+
+/// Bytes `offset..offset+len` of the block at `height`, whose header row is `row`.
+fn block_range(
+    store: &Store,
+    blocks: &BlockFiles,
+    row: &HeaderRow,
+    height: Height,
+    offset: u32,
+    len: u32,
+) -> Result<Vec<u8>> {
+    if offset as u64 + len as u64 > row.loc.size() as u64 {
+        bail!("range {offset}+{len} is outside block {height}");
+    }
+    match row.loc {
+        BlockLoc::File { file, offset: at, .. } => {
+            blocks.read(FileKind::Blk, file, at as u64 + offset as u64, len as usize)
+        }
+        BlockLoc::Db { .. } => {
+            let raw = store
+                .db()
+                .get_cf(store.cf(cf::RAWBLOCK), row.hash())?
+                .ok_or_else(|| anyhow!("block {height} missing from the rawblock family"))?;
+            Ok(raw[offset as usize..(offset + len) as usize].to_vec())
+        }
+    }
+}
+
+/// The `txpos` row (where each transaction sits) of the block at `height`.
+fn txpos_row(store: &Store, height: Height) -> Result<Vec<u8>> {
+    store
+        .db()
+        .get_cf(store.cf(cf::TXPOS), schema::height_key(height))?
+        .ok_or_else(|| anyhow!("no txpos row at height {height}"))
+}
+
+/// Where transactions `txnums`, all of the block at `height` (header row `row`), sit in it.
+fn places(store: &Store, height: Height, row: &HeaderRow, txnums: &[TxNum]) -> Result<Vec<Place>> {
+    let offsets = TxPos::offsets(&txpos_row(store, height)?)?;
+    txnums
+        .iter()
+        .map(|&txnum| {
+            let pos = (txnum - row.first_txnum) as usize;
+            if pos + 1 >= offsets.len() {
+                bail!("txnum {txnum} is past the {} transactions of block {height}", offsets.len() - 1);
+            }
+            let (offset, len) = (offsets[pos], offsets[pos + 1] - offsets[pos]);
+            Ok(Place { txnum, height, row: *row, pos: pos as u32, offset, len })
+        })
+        .collect()
 }
 
 pub fn compute_txid(raw: &[u8]) -> Result<Txid> {
