@@ -36,14 +36,9 @@ fn checkpoint_ok(node: &Node, db: &Path, dir: &Path) -> (u32, String) {
     (h.parse().unwrap(), hash.to_string())
 }
 
-/// A copy of a checkpoint as an operator makes one to another host: `rsync -a` where it is
-/// installed (scripts/install-deps.sh installs it), else `cp -a`.
+/// A copy of a checkpoint, as to another host (`cp -a`; across hosts, `rsync -a` or `scp -rp`).
 fn copy_dir(from: &Path, to: &Path) {
-    let rsync = Command::new("rsync").arg("--version").output().is_ok_and(|o| o.status.success());
-    let status = match rsync {
-        true => Command::new("rsync").arg("-a").arg(format!("{}/", from.display())).arg(to).status(),
-        false => Command::new("cp").arg("-a").arg(from).arg(to).status(),
-    };
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status();
     assert!(status.unwrap().success(), "copying {}", from.display());
 }
 
