@@ -539,3 +539,108 @@ fn two_hosts_in_network_namespaces_behind_haproxy_survive_a_cut_link() -> Result
     drop(servers);
     Ok(())
 }
+
+/// PROXY v2 before TLS: HAProxy passes TLS through (TCP mode, `send-proxy-v2`) to a TLS listener
+/// with `--proxy-protocol tls`; the server reads the header, then the handshake, and logs the
+/// client's own address. Without the header the same listener takes nothing.
+#[test]
+fn proxy_v2_before_tls_passed_through_haproxy() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    blkindex_testkit::chain::ChainBuilder::new(&node)?.mine(3)?;
+    let (dir, _indexer) = indexed(&node)?;
+    let client_tls = crate::transports::certificate(dir.path())?;
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let flags = [
+        "--tls-addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--proxy-protocol",
+        "tls",
+    ];
+    let server = Server::start_logged(&node, &dir.path().join("db"), &flags, "info,blkindex_server=debug")?;
+    let tls_addr = server.addr_of("serving Electrum over TLS");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = format!(
+        "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend electrum_tls\n    bind 127.0.0.1:{port}\n    default_backend blkindex_tls\n\
+         backend blkindex_tls\n    server s1 {tls_addr} send-proxy-v2\n"
+    );
+    std::fs::write(dir.path().join("haproxy-tls.cfg"), config)?;
+    let mut haproxy = Command::new(haproxy_bin())
+        .arg("-db")
+        .arg("-f")
+        .arg(dir.path().join("haproxy-tls.cfg"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("haproxy-tls.log"))?)
+        .spawn()?;
+    let front = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tcp = loop {
+        match TcpStream::connect(&front) {
+            Ok(s) => break s,
+            Err(e) => anyhow::ensure!(Instant::now() < deadline, "haproxy did not listen: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let local_port = tcp.local_addr()?.port();
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")?;
+    let conn = tokio_rustls::rustls::ClientConnection::new(client_tls.clone(), name.clone())?;
+    let mut tls = tokio_rustls::rustls::StreamOwned::new(conn, tcp);
+    writeln!(tls, "{}", req(1, "server.version", json!(["t", "1.4"])))?;
+    writeln!(tls, "{}", req(2, "blockchain.headers.subscribe", json!([])))?;
+    let mut lines = BufReader::new(tls).lines();
+    let _version = lines.next().context("no version reply")??;
+    let tip: Value = serde_json::from_str(&lines.next().context("no tip")??)?;
+    assert_eq!(tip["result"]["height"].as_u64(), Some(node.height()?), "{tip}");
+    let peer = format!("peer=127.0.0.1:{local_port}");
+    assert!(server.log().contains(&peer), "the TLS listener did not take the client's address {peer}");
+    // Straight to the listener, no header: the handshake gets nowhere.
+    let direct = TcpStream::connect(&tls_addr)?;
+    direct.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let conn = tokio_rustls::rustls::ClientConnection::new(client_tls, name)?;
+    let mut tls = tokio_rustls::rustls::StreamOwned::new(conn, direct);
+    let refused = writeln!(tls, "{}", req(1, "server.ping", json!([]))).and_then(|_| tls.flush()).is_err()
+        || BufReader::new(tls).lines().next().is_none_or(|l| l.is_err());
+    assert!(refused, "a TLS client without a PROXY header was served");
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    Ok(())
+}
+
+/// `/health` holds the server to `--health-max-lag-secs`: a server whose last catch-up with the
+/// indexer is older than that answers 503 with the reason, and 200 again once it catches up.
+/// Catch-ups 3 s apart (`--catch-up-ms`, no node so no ZMQ wake-ups) against a 1 s bound show both.
+#[test]
+fn health_is_503_once_the_last_catch_up_is_older_than_the_lag_bound() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    blkindex_testkit::chain::ChainBuilder::new(&node)?.mine(3)?;
+    let (dir, _indexer) = indexed(&node)?;
+    let flags = ["--metrics-addr", "127.0.0.1:0", "--catch-up-ms", "3000", "--health-max-lag-secs", "1"];
+    let server = Server::start_no_node(&node, &dir.path().join("db"), &flags)?;
+    let metrics = server.addr_of("serving metrics");
+    let (mut ok, mut behind, mut ok_after) = (None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while ok_after.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "seen: {ok:?} then {behind:?}, never 200 again");
+        let (code, body) = http(&metrics, "/health")?;
+        match (code, behind.is_some()) {
+            (200, false) => ok = Some(body),
+            (503, _) => behind = Some(body),
+            (200, true) => ok_after = Some(body),
+            _ => anyhow::bail!("/health {code}: {body}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok.is_some_and(|b| b.starts_with("ok: caught up")), "no 200 before the lag");
+    let behind = behind.unwrap();
+    assert!(
+        behind.starts_with("behind the index: not caught up for ") && behind.contains("(at most 1 s)"),
+        "{behind}"
+    );
+    assert!(ok_after.unwrap().starts_with("ok: caught up"));
+    Ok(())
+}
