@@ -39,7 +39,8 @@ struct Haproxy {
 
 impl Haproxy {
     /// Balances a frontend on a free loopback port over `servers` (name, Electrum address,
-    /// metrics address), checking each one's `/health` every 100 ms.
+    /// metrics address), checking each one's `/health` every 100 ms; sticky by client address,
+    /// sessions closed when their server is marked down (contrib/haproxy/haproxy.cfg's backend).
     fn start(dir: &Path, servers: &[(&str, &str, &str)]) -> Result<Haproxy> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let socket = dir.join("haproxy.sock");
@@ -47,7 +48,7 @@ impl Haproxy {
             "global\n    stats socket {} level admin\n\
              defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    timeout check 500ms\n\
              frontend electrum\n    bind 127.0.0.1:{port}\n    default_backend blkindex\n\
-             backend blkindex\n    balance leastconn\n    option httpchk GET /health\n    http-check expect status 200\n\
+             backend blkindex\n    balance leastconn\n    stick-table type ip size 1m expire 1h\n    stick on src\n    option redispatch\n    option httpchk GET /health\n    http-check expect status 200\n\
              \x20   default-server inter 100ms fall 2 rise 2 send-proxy-v2 on-marked-down shutdown-sessions\n",
             socket.display()
         );
