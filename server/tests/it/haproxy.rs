@@ -456,6 +456,8 @@ fn two_hosts_in_network_namespaces_behind_haproxy_survive_a_cut_link() -> Result
     anyhow::ensure!(Command::new("cp").arg("-a").arg(&cp).arg(&replica).status()?.success());
     let mut replica_indexer =
         blkindex_testkit::verify::Indexer::follow(&crate::common::indexer_bin(), &node, &replica, &[])?;
+    // Its block places checked (a server refuses the copy before that), and at the tip.
+    replica_indexer.wait_logged("block places now this node's")?;
     replica_indexer.wait_synced(&node, &replica)?;
 
     let mut servers = vec![];
@@ -643,5 +645,30 @@ fn health_is_503_once_the_last_catch_up_is_older_than_the_lag_bound() -> Result<
         "{behind}"
     );
     assert!(ok_after.unwrap().starts_with("ok: caught up"));
+    Ok(())
+}
+
+/// A server refuses a checkpoint no indexer has started on (its block places are the source
+/// node's), saying what to do; once an indexer has started on the copy, it serves it.
+#[test]
+fn a_server_refuses_a_checkpoint_until_an_indexer_has_started_on_it() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    blkindex_testkit::chain::ChainBuilder::new(&node)?.mine(3)?;
+    let (dir, indexer) = indexed(&node)?;
+    drop(indexer);
+    let db = dir.path().join("db");
+    let cp = dir.path().join("checkpoint");
+    let out = blkindex_testkit::verify::indexer_command(&crate::common::indexer_bin(), &node, &db)
+        .arg("checkpoint")
+        .arg(&cp)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "checkpoint: {}", String::from_utf8_lossy(&out.stderr));
+    let err = Server::start(&node, &cp).err().context("a server served a fresh checkpoint")?;
+    assert!(format!("{err:#}").contains("is a checkpoint no indexer has started on yet"), "{err:#}");
+    let mut f = blkindex_testkit::verify::Indexer::follow(&crate::common::indexer_bin(), &node, &cp, &[])?;
+    f.wait_logged("block places now this node's")?;
+    let server = Server::start(&node, &cp)?;
+    let tip = crate::common::session(&server.addr, &[req(1, "blockchain.headers.subscribe", json!([]))]);
+    assert_eq!(tip[0]["result"]["height"].as_u64(), Some(node.height()?));
     Ok(())
 }
