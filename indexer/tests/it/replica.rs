@@ -175,6 +175,18 @@ fn replicas_are_refused_for_another_chain_a_deep_fork_or_missing_blocks_and_unwi
         stderr_of(&out)
     );
     assert!(!d.join("cp-loading").exists());
+    // An indexer in its bulk pass holds the index and does not take requests yet: said so.
+    let mut running =
+        crate::bulk::staging_started(&node1, &d.join("running"), &["--batch-kb", "1", "--threads", "1"])?;
+    let out = checkpoint(&node1, &d.join("running"), &d.join("cp-running"));
+    let _ = running.kill();
+    let _ = running.wait();
+    assert!(
+        !out.status.success()
+            && stderr_of(&out).contains("takes checkpoint requests only once it follows the node"),
+        "{}",
+        stderr_of(&out)
+    );
 
     // No indexer running: the command opens the index itself.
     let db1 = d.join("db1");
