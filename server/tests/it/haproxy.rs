@@ -572,13 +572,23 @@ fn proxy_v2_before_tls_passed_through_haproxy() -> Result<()> {
          backend blkindex_tls\n    server s1 {tls_addr} send-proxy-v2\n"
     );
     std::fs::write(dir.path().join("haproxy-tls.cfg"), config)?;
-    let mut haproxy = Command::new(haproxy_bin())
-        .arg("-db")
-        .arg("-f")
-        .arg(dir.path().join("haproxy-tls.cfg"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("haproxy-tls.log"))?)
-        .spawn()?;
+    // Killed on drop, so also when an assertion below fails.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _haproxy = Killed(
+        Command::new(haproxy_bin())
+            .arg("-db")
+            .arg("-f")
+            .arg(dir.path().join("haproxy-tls.cfg"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("haproxy-tls.log"))?)
+            .spawn()?,
+    );
     let front = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let tcp = loop {
@@ -609,8 +619,6 @@ fn proxy_v2_before_tls_passed_through_haproxy() -> Result<()> {
     let refused = writeln!(tls, "{}", req(1, "server.ping", json!([]))).and_then(|_| tls.flush()).is_err()
         || BufReader::new(tls).lines().next().is_none_or(|l| l.is_err());
     assert!(refused, "a TLS client without a PROXY header was served");
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
     Ok(())
 }
 
