@@ -16,7 +16,8 @@ use serde_json::json;
 use blkindex_shared::schema::meta;
 use blkindex_shared::store::{Mode, Store};
 use blkindex_testkit::chain::{build_rich_chain, hash_of, ChainBuilder};
-use blkindex_testkit::verify::{indexer_command, Indexer};
+use blkindex_testkit::expect::expected;
+use blkindex_testkit::verify::{check, digest, indexer_command, open_index, Indexer};
 use blkindex_testkit::{Node, NodeOptions};
 
 use crate::follow::{assert_matches_node, bin};
@@ -132,6 +133,21 @@ fn a_checkpoint_of_a_running_indexer_starts_a_replica_that_follows_another_node(
     let db2 = host2.join("db");
     copy_dir(&cp, &db2);
     drop(f1);
+
+    // A copy brought up by the bulk path instead (as when the node is more than --follow-gap
+    // ahead): the same places rewritten, then a load on top of the copy.
+    let bulk_copy = host2.join("bulk-copy");
+    copy_dir(&cp, &bulk_copy);
+    let out =
+        indexer_command(&bin(), &node2, &bulk_copy).args(["--no-follow", "--progress", "none"]).output()?;
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("block places now this node's"), "{}", stderr_of(&out));
+    assert_eq!(
+        digest(&bulk_copy),
+        crate::follow::fresh_digest(&node2, dir.path()),
+        "a bulk pass on the copy"
+    );
+    check(&node2, &open_index(&node2, &bulk_copy), &expected(&node2)?)?;
 
     let mut f2 = Indexer::follow(&bin(), &node2, &db2, &[])?;
     assert_matches_node(&mut f2, &node2, &db2, dir.path())?;
