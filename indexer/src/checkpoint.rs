@@ -112,7 +112,7 @@ pub fn command(db: &Path, dir: &Path) -> Result<(Height, BlockHash)> {
             let _ = std::fs::remove_dir_all(&secondary);
             bail!(
                 "{}: a running indexer holds the index and takes checkpoint requests only once it follows the \
-                 node{}; try again then",
+                 node (this one is in its bulk pass, or runs with --no-follow){}; try again then",
                 db.display(),
                 why.map_or(String::new(), |w| format!(" (now: {w})"))
             );
