@@ -25,6 +25,8 @@ NEEDS=(
     "test|electrum|Debian's Electrum wallet, a real client in the tests|have_cmd electrum"
     "test|systemd|systemd-analyze, which checks the package's units|have_cmd systemd-analyze"
     "test|haproxy|Debian's HAProxy, the balancer in front of two servers in the tests|have_cmd haproxy || [ -x /usr/sbin/haproxy ]"
+    "test|iproute2|ip netns and veth pairs: the two-host test's network namespaces (run as root)|have_cmd ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]"
+    "test|coreutils|cp -a, which copies a checkpoint to a replica's directory in the tests|have_cmd cp"
     "test|cargo:cargo-deb@3.8.0|builds the Debian package the package test installs (crates.io)|have_cmd cargo-deb"
 )
 

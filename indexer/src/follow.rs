@@ -59,6 +59,8 @@ pub struct Follower<'a> {
     long: LongSets,
     /// Bucket keys (family, key) that applied blocks touched, not yet checked for long lists.
     touched: std::collections::BTreeSet<(&'static str, Vec<u8>)>,
+    /// Checkpoint requests (`blkindex-indexer checkpoint`), answered between syncs.
+    pub checkpoints: Option<Receiver<crate::checkpoint::Request>>,
 }
 
 /// Bucket keys held for the long-list check before it runs anyway (a catch-up of many blocks).
@@ -90,6 +92,7 @@ impl<'a> Follower<'a> {
             waiting: None,
             long: LongSets::load(blocks.store)?,
             touched: Default::default(),
+            checkpoints: None,
         })
     }
 
@@ -98,6 +101,11 @@ impl<'a> Follower<'a> {
         let mut backoff = Duration::from_secs(1);
         let mut node_down = false;
         while !self.stop.load(Ordering::Relaxed) {
+            // Between syncs this thread, the only writer, has committed whole blocks only (and
+            // the long-list moves of the last sync): a checkpoint now is at a block boundary.
+            if let Some(requests) = &self.checkpoints {
+                crate::checkpoint::answer(self.blocks.store, requests);
+            }
             match self.sync() {
                 Ok(_) => {
                     if node_down {

@@ -9,10 +9,12 @@
 
 mod bestchain;
 mod bulk;
+pub mod checkpoint;
 mod follow;
 mod ingest;
 mod progress;
 mod recovery;
+mod replica;
 mod revmatch;
 mod rows;
 mod rowsort;
@@ -107,9 +109,24 @@ pub struct Args {
     /// Progress display.
     #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_PROGRESS", value_enum, default_value = "auto")]
     progress: ProgressMode,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// A checkpoint of the index in DIR (a directory it creates; hard links on the same file
+    /// system), at a block boundary, to start a replica from: asked of the indexer following on
+    /// --db, or taken directly when none runs. Flags go before the word `checkpoint`.
+    Checkpoint { dir: std::path::PathBuf },
 }
 
 impl Args {
+    /// The index (`--db`).
+    pub fn db(&self) -> &std::path::Path {
+        &self.node.db
+    }
+
     /// The command line's flags, with the config file's settings behind them.
     pub fn from_command_line() -> Result<Args> {
         Ok(Args::parse_from(args_with_config_file(std::env::args_os().collect())?))
@@ -166,6 +183,11 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     let progress = Progress::new(args.progress);
     let source =
         source::BlockSource { files: &files, store: &store, net: args.node.network, rpc: rpc.as_ref() };
+    // A copied index (a checkpoint from another host) gets this node's block places first, and is
+    // refused here if it cannot follow this node.
+    retry.run("checking a copied index against the node", || {
+        replica::prepare(&source, &progress, args.max_reorg)
+    })?;
     let bulk = bulk::Bulk {
         source: &source,
         progress: &progress,
@@ -212,6 +234,7 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     let mut follower = Follower::new(&source, args.follow_source, poll, args.max_reorg, stop.clone())?;
     service::status(&format!("following the node from height {}", store.tip()?.map_or(0, |(h, _)| h)));
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+    follower.checkpoints = Some(checkpoint::listen(&args.node.db, wake_tx.clone(), stop.clone())?);
     match zmq_config(&args, &node, rpc.as_ref().unwrap()) {
         Some(cfg) => {
             info!(endpoint = %cfg.endpoint, topic = %cfg.topic, poll_secs = args.poll_secs, source = ?args.follow_source, "following: ZMQ notifications, and polling");

@@ -118,6 +118,15 @@ pub async fn run(
             .with_context(|| format!("creating {}", secondary.join(which).display()))?;
         let store = Store::open(&config.node.db, Mode::Secondary(secondary.join(which)))?;
         store.check_identity(config.node.network, false, None)?;
+        // A checkpoint's block places are the source node's blk files until an indexer has
+        // started on it here: served now, transactions would be read from the wrong bytes.
+        if store.get_meta(blkindex_shared::schema::meta::CHECKPOINT)?.is_some() {
+            anyhow::bail!(
+                "{} is a checkpoint no indexer has started on yet: its block places are another node's \
+                 blk files. Start blkindex-indexer on it first (it rewrites them for this node), then the server",
+                config.node.db.display()
+            );
+        }
         IndexReader::new(store, blocks.clone())
     };
     let (index, standby) = (open("a")?, open("b")?);

@@ -66,6 +66,10 @@ pub mod meta {
     pub const BUCKET: &[u8] = b"bucket";
     /// u32: lists longer than this many bytes live in the `long` family, fixed at creation.
     pub const LONG_LIST: &[u8] = b"longlist";
+    /// height ‖ block hash: this index is a checkpoint (`blkindex-indexer checkpoint`) whose
+    /// block locations are the source node's blk files; the next indexer start checks every
+    /// location against its own node's files, rewrites those that differ, then deletes the key.
+    pub const CHECKPOINT: &[u8] = b"checkpoint";
 }
 
 /// The bucket width a new index of this network gets: buckets should hold tens of prefixes, so

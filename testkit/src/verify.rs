@@ -189,6 +189,21 @@ impl Indexer {
         }
     }
 
+    /// Waits until the indexer's log has `needle` (it exits or 60 s pass: an error with the log).
+    pub fn wait_logged(&mut self, needle: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains(needle) {
+                return Ok(());
+            }
+            if self.child.try_wait()?.is_some() || Instant::now() > deadline {
+                bail!("no {needle:?} in the indexer's log: {log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn kill9(&mut self) -> Result<()> {
         self.child.kill()?;
         self.child.wait()?;

@@ -259,7 +259,7 @@ fn wrong_network_and_foreign_db_are_refused() -> Result<()> {
 
 /// An indexer run (no following) on index `db`, returned once its staging directory exists (or it
 /// has exited, or 10 s have passed).
-fn staging_started(node: &Node, db: &Path, args: &[&str]) -> Result<std::process::Child> {
+pub(crate) fn staging_started(node: &Node, db: &Path, args: &[&str]) -> Result<std::process::Child> {
     let mut child = indexer_command(Path::new(env!("CARGO_BIN_EXE_blkindex-indexer")), node, db)
         .args(["--no-follow", "--progress", "none"])
         .args(args)

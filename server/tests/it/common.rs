@@ -68,9 +68,27 @@ impl Server {
         Self::spawn(node, db, &[&["--no-node"], extra].concat(), "info,blkindex_server=debug")
     }
 
+    /// A `--no-node` server run inside network namespace `netns` (`ip netns exec`, which execs
+    /// the server itself, so its pid is the server's); `extra` gives its addresses there.
+    pub fn start_no_node_in(netns: &str, node: &Node, db: &Path, extra: &[&str]) -> Result<Self> {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_blkindex-server")]);
+        Self::spawn_command(c, node, db, &[&["--no-node"], extra].concat(), "info,blkindex_server=debug")
+    }
+
     fn spawn(node: &Node, db: &Path, args: &[&str], filter: &str) -> Result<Self> {
+        Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_blkindex-server")), node, db, args, filter)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        node: &Node,
+        db: &Path,
+        args: &[&str],
+        filter: &str,
+    ) -> Result<Self> {
         let log = db.with_extension(format!("server{}.log", std::process::id() ^ rand_suffix()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blkindex-server"))
+        let mut child = command
             .args(["--network", "regtest", "--datadir"])
             .arg(&node.datadir)
             .arg("--db")

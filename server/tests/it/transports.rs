@@ -33,7 +33,7 @@ fn indexed_node() -> Result<(Node, tempfile::TempDir, Indexer)> {
 
 /// A self-signed certificate for localhost, written as PEM files; returns the client config that
 /// trusts it.
-fn certificate(dir: &Path) -> Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn certificate(dir: &Path) -> Result<Arc<rustls::ClientConfig>> {
     let key = rcgen::KeyPair::generate()?;
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
     std::fs::write(dir.join("cert.pem"), cert.pem())?;
