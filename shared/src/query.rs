@@ -359,6 +359,26 @@ impl IndexReader {
     }
 }
 
+/// The silent-payment index (BIP352 tweaks, `cf::TWEAK`), read through an [`IndexReader`]: like
+/// every other answer, only blocks of the reader's chain (at or below its tip) are seen.
+impl IndexReader {
+    /// Heights from which the index holds tweaks (None: the silent-payment index is off).
+    pub fn tweak_start(&self) -> Result<Option<Height>> {
+        todo!()
+    }
+
+    /// The eligible transactions of each block in `heights` that has any, in height order.
+    /// Caller bounds the range; blocks with none are omitted, and so are heights above the
+    /// reader's tip.
+    pub fn tweaks(
+        &self,
+        heights: std::ops::RangeInclusive<Height>,
+    ) -> Result<Vec<(Height, Vec<crate::silent::TweakedTx>)>> {
+        let _ = heights;
+        todo!()
+    }
+}
+
 pub fn compute_txid(raw: &[u8]) -> Result<Txid> {
     let mut tx = Tx::default();
     let mut r = Reader::new(raw);
