@@ -15,7 +15,7 @@
 use std::sync::LazyLock;
 
 use bitcoin::hashes::{hash160, Hash};
-use bitcoin::secp256k1::{PublicKey, Scalar, Secp256k1, SecretKey, VerifyOnly, XOnlyPublicKey};
+use bitcoin::secp256k1::{PublicKey, Scalar, Secp256k1, SecretKey, VerifyOnly};
 use bitcoin::{Script, Transaction};
 use sha2::{Digest, Sha256};
 
@@ -132,9 +132,12 @@ fn input_key(tx: &Transaction, i: usize, spent: &Script) -> Option<PublicKey> {
             }
         }
         // Key path or script path alike, the output key (x-only, even Y) is the input's key.
-        return XOnlyPublicKey::from_slice(&spk[2..34])
-            .ok()
-            .map(|x| x.public_key(bitcoin::secp256k1::Parity::Even));
+        // Parsed as the compressed key 02 ‖ x: one square root (`XOnlyPublicKey::from_slice`
+        // then `public_key(Even)` lifts the point twice; a square root is a fifth of the bulk
+        // pass's tweak time, measured with perf).
+        let mut even = [0x02u8; 33];
+        even[1..].copy_from_slice(&spk[2..34]);
+        return PublicKey::from_slice(&even).ok();
     }
     None
 }
