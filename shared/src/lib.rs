@@ -22,6 +22,7 @@ pub mod query;
 pub mod rpc;
 pub mod schema;
 pub mod service;
+pub mod silent;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod undo;

@@ -6,3 +6,4 @@ mod faults;
 mod follow;
 mod long_lists;
 mod replica;
+mod silent;
