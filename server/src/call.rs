@@ -384,11 +384,9 @@ impl Call {
             "mempool.get_info" => Call::MempoolInfo,
             "mempool.recent" => Call::MempoolRecent,
 
-            "blockchain.silentpayments.subscribe" => Call::SilentSubscribe {
-                keys: sp_keys(p)?,
-                start: sp_start(p)?,
-                labels: sp_labels(p)?,
-            },
+            "blockchain.silentpayments.subscribe" => {
+                Call::SilentSubscribe { keys: sp_keys(p)?, start: sp_start(p)?, labels: sp_labels(p)? }
+            }
             "blockchain.silentpayments.unsubscribe" => Call::SilentUnsubscribe { keys: sp_keys(p)? },
             "blockchain.silentpayments.tweaks" => Call::SilentTweaks {
                 start: u32_arg(p, 0, "start_height", None)?,
@@ -570,10 +568,9 @@ fn sp_labels(params: &Value) -> Result<Vec<u32>, ServerError> {
     let bad = || ServerError::bad_request("labels must be a list of integers from 0 to 2^31 - 1");
     match arg(params, 3, "labels") {
         None => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|l| l.as_u64().filter(|l| *l < 1 << 31).map(|l| l as u32).ok_or_else(bad))
-            .collect(),
+        Some(Value::Array(a)) => {
+            a.iter().map(|l| l.as_u64().filter(|l| *l < 1 << 31).map(|l| l as u32).ok_or_else(bad)).collect()
+        }
         Some(_) => Err(bad()),
     }
 }

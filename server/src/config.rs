@@ -128,7 +128,12 @@ pub struct Args {
     #[arg(long, env = "BLKINDEX_SCRIPT_CACHE_MB", default_value_t = 256, help_heading = "Limits")]
     script_cache_mb: u64,
     /// Most silent-payment subscriptions (blockchain.silentpayments.subscribe) of one session.
-    #[arg(long, env = "BLKINDEX_SP_MAX_SUBSCRIPTIONS", default_value_t = 100, help_heading = "Silent payments")]
+    #[arg(
+        long,
+        env = "BLKINDEX_SP_MAX_SUBSCRIPTIONS",
+        default_value_t = 100,
+        help_heading = "Silent payments"
+    )]
     sp_max_subscriptions: usize,
     /// Most labels of one silent-payment subscription, besides change (label 0).
     #[arg(long, env = "BLKINDEX_SP_MAX_LABELS", default_value_t = 10, help_heading = "Silent payments")]
@@ -143,7 +148,12 @@ pub struct Args {
     sp_scan_threads: usize,
     /// CPU seconds one silent-payment scan of past blocks may use; a scan over it ends its
     /// session with an error (-101).
-    #[arg(long, env = "BLKINDEX_SP_SCAN_CPU_SECS", default_value_t = 600.0, help_heading = "Silent payments")]
+    #[arg(
+        long,
+        env = "BLKINDEX_SP_SCAN_CPU_SECS",
+        default_value_t = 600.0,
+        help_heading = "Silent payments"
+    )]
     sp_scan_cpu_secs: f64,
     /// Text for server.banner.
     #[arg(long, env = "BLKINDEX_BANNER", help_heading = "Public server")]

@@ -460,7 +460,9 @@ fn scan_blocks(
 /// `subscription` (the object the reply had, byte for byte), `progress`, `history`.
 fn notification(subscription: &str, progress: f64, history: &[Hit]) -> String {
     let mut out = String::with_capacity(256 + history.len() * 180);
-    out.push_str(r#"{"jsonrpc":"2.0","method":"blockchain.silentpayments.subscribe","params":{"subscription":"#);
+    out.push_str(
+        r#"{"jsonrpc":"2.0","method":"blockchain.silentpayments.subscribe","params":{"subscription":"#,
+    );
     out.push_str(subscription);
     out.push_str(r#","progress":"#);
     out.push_str(&json!(progress).to_string());
@@ -510,7 +512,10 @@ pub async fn track_mempool(state: Arc<State>) {
             Err(e) => warn!("silent payments: mempool transactions not looked at: {e:#}"),
         }
         if !logged {
-            info!(eligible = state.tweaks().mempool_snapshot().len(), "silent payments: the mempool's tweaks");
+            info!(
+                eligible = state.tweaks().mempool_snapshot().len(),
+                "silent payments: the mempool's tweaks"
+            );
             logged = true;
         }
         // Woken by a change (a lagged receiver means changes too), and every few seconds anyway:

@@ -78,7 +78,9 @@ impl Tweaks {
     /// A slot for a scan of past blocks, if fewer than `--sp-max-scans` are in flight.
     pub fn try_scan(&self) -> Option<ScanSlot> {
         self.scans
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.limits.max_scans).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limits.max_scans).then_some(n + 1)
+            })
             .ok()
             .map(|_| ScanSlot(self.scans.clone()))
     }

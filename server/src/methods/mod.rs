@@ -127,7 +127,8 @@ pub async fn call(
         Call::ServerPeersSubscribe => Ok(state.peers().list()),
         Call::ServerAddPeer { features } => Ok(server_info::add_peer(state, s, features.as_ref())),
         Call::ServerFeatures => {
-            let (genesis, hosts) = (state.settings().net.genesis_hash().to_string(), &state.settings().info.hosts);
+            let (genesis, hosts) =
+                (state.settings().net.genesis_hash().to_string(), &state.settings().info.hosts);
             Ok(features(&genesis, hosts, v, state.tweaks().start().is_some()))
         }
         Call::ServerPing { pong_len: None } => Ok(Value::Null),
@@ -174,7 +175,9 @@ pub async fn call(
         Call::MempoolInfo => fees::mempool_info(state).await,
         Call::MempoolRecent => fees::recent(state).await,
 
-        Call::SilentSubscribe { keys, start, labels } => return silent::subscribe(state, s, keys, start, labels).await,
+        Call::SilentSubscribe { keys, start, labels } => {
+            return silent::subscribe(state, s, keys, start, labels).await
+        }
         Call::SilentUnsubscribe { keys } => silent::unsubscribe(state, s, keys),
         Call::SilentTweaks { start, count } => return silent::tweaks(state, start, count).await,
     };

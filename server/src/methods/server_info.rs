@@ -17,7 +17,12 @@ pub fn add_peer(state: &Arc<State>, s: &mut Session, features: Option<&Value>) -
 
 /// `server.features` as version `v` shows it (also what we announce to peers); `silent`: the
 /// index has silent-payment tweaks, so the silent-payments methods are served.
-pub fn features(genesis_hash: &str, hosts: &serde_json::Map<String, Value>, v: Version, silent: bool) -> Value {
+pub fn features(
+    genesis_hash: &str,
+    hosts: &serde_json::Map<String, Value>,
+    v: Version,
+    silent: bool,
+) -> Value {
     let mut f = json!({
         "genesis_hash": genesis_hash,
         "hosts": hosts,
