@@ -6,6 +6,18 @@
 //! computes `P_0` (and `P_0` plus each label) from the tweak and its scan key and looks for its
 //! prefix among the outputs ([`Receiver::matches`]); a candidate is then checked on the
 //! transaction itself ([`Receiver::paid_outputs`]).
+//!
+//! Curve arithmetic is libsecp256k1's (the `secp256k1` crate `bitcoin` re-exports):
+//! `PublicKey::mul_tweak` for a point times a scalar (libsecp256k1's `ecmult`, variable time) and
+//! `PublicKey::add_exp_tweak` for `P + t·G` (the same `ecmult`, whose `t·G` half uses the
+//! precomputed generator tables).
+
+use std::sync::LazyLock;
+
+use bitcoin::hashes::{hash160, Hash};
+use bitcoin::secp256k1::{PublicKey, Scalar, Secp256k1, SecretKey, VerifyOnly, XOnlyPublicKey};
+use bitcoin::{Script, Transaction};
+use sha2::{Digest, Sha256};
 
 use crate::network::Net;
 use crate::schema::TxNum;
@@ -23,52 +35,313 @@ pub struct TweakedTx {
     pub outputs: Vec<OutputPrefix>,
 }
 
+/// Only verification-side operations are used (point tweaks, additions): no signing tables.
+static SECP: LazyLock<Secp256k1<VerifyOnly>> = LazyLock::new(Secp256k1::verification_only);
+
+/// BIP341's NUMS point H, the x-only internal key of a taproot output with no key path: a
+/// script-path spend from it proves no key, so it contributes nothing to `A`.
+const NUMS_H: [u8; 32] = [
+    0x50, 0x92, 0x9b, 0x74, 0xc1, 0xa0, 0x49, 0x54, 0xb7, 0x8b, 0x4b, 0x60, 0x35, 0xe9, 0x7a, 0x5e, 0x07,
+    0x8a, 0x5a, 0x0f, 0x28, 0xec, 0x96, 0xd5, 0x47, 0xbf, 0xee, 0x9a, 0xce, 0x80, 0x3a, 0xc0,
+];
+
+/// A receiver stops looking for further outputs of one transaction after this many (BIP352's
+/// per-group recipient limit in its reference code).
+const K_MAX: u32 = 1000;
+
+/// The three BIP340-style tagged hashes BIP352 uses; each hasher starts from the state after
+/// `sha256(tag) ‖ sha256(tag)` (one block), computed once.
+#[derive(Clone, Copy)]
+enum Tag {
+    Inputs,
+    SharedSecret,
+    Label,
+}
+
+fn tagged(tag: Tag, parts: &[&[u8]]) -> [u8; 32] {
+    static STATES: LazyLock<[Sha256; 3]> = LazyLock::new(|| {
+        ["BIP0352/Inputs", "BIP0352/SharedSecret", "BIP0352/Label"].map(|t| {
+            let h = Sha256::digest(t.as_bytes());
+            let mut s = Sha256::new();
+            s.update(h);
+            s.update(h);
+            s
+        })
+    });
+    let mut s = STATES[tag as usize].clone();
+    for p in parts {
+        s.update(p);
+    }
+    s.finalize().into()
+}
+
+/// Witness programs of version 2 to 16 (OP_2..OP_16, then a 2–40-byte push): BIP352 skips a
+/// transaction spending one, since a future version's keys cannot be known.
+fn is_future_witness(script: &[u8]) -> bool {
+    let n = script.len();
+    (4..=42).contains(&n) && (0x52..=0x60).contains(&script[0]) && script[1] as usize == n - 2
+}
+
+/// A compressed public key, or nothing (uncompressed keys are not used by BIP352).
+fn compressed(bytes: &[u8]) -> Option<PublicKey> {
+    if bytes.len() != 33 {
+        return None;
+    }
+    PublicKey::from_slice(bytes).ok()
+}
+
+/// The public key input `i` contributes to `A`, if its type is one BIP352 reads one from.
+fn input_key(tx: &Transaction, i: usize, spent: &Script) -> Option<PublicKey> {
+    let input = &tx.input[i];
+    let spk = spent.as_bytes();
+    let witness = &input.witness;
+    if spent.is_p2pkh() {
+        // The key is the last push of a standard scriptSig, but a malleated one can hold it
+        // anywhere: any 33 bytes of the scriptSig that hash to the spent hash, from the end.
+        let sig = input.script_sig.as_bytes();
+        let want = &spk[3..23];
+        return (33..=sig.len())
+            .rev()
+            .map(|end| &sig[end - 33..end])
+            .find(|w| hash160::Hash::hash(w).as_byte_array() == want)
+            .and_then(compressed);
+    }
+    if spent.is_p2sh() {
+        // P2SH-P2WPKH: the scriptSig is one push of the 22-byte v0 key-hash program.
+        let sig = input.script_sig.as_bytes();
+        let wrapped_p2wpkh = sig.len() == 23 && sig[0] == 22 && sig[1] == 0x00 && sig[2] == 0x14;
+        return if wrapped_p2wpkh { witness.last().and_then(compressed) } else { None };
+    }
+    if spent.is_p2wpkh() {
+        return witness.last().and_then(compressed);
+    }
+    if spent.is_p2tr() {
+        let mut items: Vec<&[u8]> = witness.iter().collect();
+        if items.is_empty() {
+            return None;
+        }
+        if items.len() > 1 && items.last().is_some_and(|a| a.first() == Some(&0x50)) {
+            items.pop(); // the annex
+        }
+        if items.len() > 1 {
+            // A script-path spend: the last item is the control block, whose bytes 1..33 are
+            // the internal key.
+            let control = items[items.len() - 1];
+            if control.get(1..33) == Some(&NUMS_H[..]) {
+                return None;
+            }
+        }
+        // Key path or script path alike, the output key (x-only, even Y) is the input's key.
+        return XOnlyPublicKey::from_slice(&spk[2..34])
+            .ok()
+            .map(|x| x.public_key(bitcoin::secp256k1::Parity::Even));
+    }
+    None
+}
+
+/// The smallest outpoint by its serialization (txid as stored, then vout little-endian).
+fn smallest_outpoint(tx: &Transaction) -> [u8; 36] {
+    tx.input
+        .iter()
+        .map(|i| {
+            let mut o = [0u8; 36];
+            o[..32].copy_from_slice(i.previous_output.txid.as_byte_array());
+            o[32..].copy_from_slice(&i.previous_output.vout.to_le_bytes());
+            o
+        })
+        .min()
+        .expect("a transaction has inputs")
+}
+
 /// BIP352's tweak of `tx`, or None if it is not eligible. `spent[i]` is the scriptPubKey input i
-/// spends.
-pub fn tweak(tx: &bitcoin::Transaction, spent: &[&bitcoin::Script]) -> Option<Tweak> {
-    let _ = (tx, spent);
-    todo!()
+/// spends (a coinbase, or a `spent` of the wrong length, is not eligible).
+pub fn tweak(tx: &Transaction, spent: &[&Script]) -> Option<Tweak> {
+    if tx.is_coinbase()
+        || spent.len() != tx.input.len()
+        || !tx.output.iter().any(|o| o.script_pubkey.is_p2tr())
+    {
+        return None;
+    }
+    if spent.iter().any(|s| is_future_witness(s.as_bytes())) {
+        return None;
+    }
+    let keys: Vec<PublicKey> = (0..tx.input.len()).filter_map(|i| input_key(tx, i, spent[i])).collect();
+    if keys.is_empty() {
+        return None;
+    }
+    let refs: Vec<&PublicKey> = keys.iter().collect();
+    // The sum is the point at infinity: no shared secret exists, the transaction is skipped.
+    let a = PublicKey::combine_keys(&refs).ok()?;
+    let input_hash = tagged(Tag::Inputs, &[&smallest_outpoint(tx), &a.serialize()]);
+    // A hash at or above the curve order (probability ~2^-128) is no scalar: not eligible.
+    let scalar = Scalar::from_be_bytes(input_hash).ok()?;
+    Some(a.mul_tweak(&SECP, &scalar).ok()?.serialize())
 }
 
 /// Prefixes of the tx's taproot output keys, in output order.
-pub fn output_prefixes(tx: &bitcoin::Transaction) -> Vec<OutputPrefix> {
-    let _ = tx;
-    todo!()
+pub fn output_prefixes(tx: &Transaction) -> Vec<OutputPrefix> {
+    tx.output
+        .iter()
+        .filter(|o| o.script_pubkey.is_p2tr())
+        .map(|o| o.script_pubkey.as_bytes()[2..10].try_into().unwrap())
+        .collect()
+}
+
+/// `t_k`: the tagged hash of the shared secret and k, as a scalar (None: out of range, ~2^-128).
+fn output_tweak(shared: &[u8; 33], k: u32) -> Option<Scalar> {
+    Scalar::from_be_bytes(tagged(Tag::SharedSecret, &[shared, &k.to_be_bytes()])).ok()
+}
+
+/// `B_m + t_k·G`, the output key a sender makes for the k-th output to the (labelled) spend key
+/// `b_m`. Shared with the tests' sending side.
+pub(crate) fn output_key(b_m: &PublicKey, shared: &[u8; 33], k: u32) -> Option<PublicKey> {
+    b_m.add_exp_tweak(&SECP, &output_tweak(shared, k)?).ok()
+}
+
+fn prefix_of(p: &PublicKey) -> OutputPrefix {
+    p.serialize()[1..9].try_into().unwrap()
+}
+
+/// One label: m, its tweak `hash(b_scan ‖ m)` and its point `tweak·G`.
+struct Label {
+    point: PublicKey,
 }
 
 /// A receiver's keys, held in memory only (no `Debug`: it would print the scan key).
 pub struct Receiver {
-    _private: (),
+    scan: SecretKey,
+    /// The scan key as a scalar, for `b_scan·tweak`.
+    scan_scalar: Scalar,
+    spend: PublicKey,
+    labels: Vec<Label>,
 }
 
 impl Receiver {
     /// Label 0 (change) is always included; `labels` are extra m values.
-    pub fn new(
-        scan: bitcoin::secp256k1::SecretKey,
-        spend: bitcoin::secp256k1::PublicKey,
-        labels: &[u32],
-    ) -> Self {
-        let _ = (scan, spend, labels);
-        todo!()
+    pub fn new(scan: SecretKey, spend: PublicKey, labels: &[u32]) -> Self {
+        let mut ms = vec![0u32];
+        for &m in labels {
+            if !ms.contains(&m) {
+                ms.push(m);
+            }
+        }
+        let labels = ms
+            .into_iter()
+            .filter_map(|m| {
+                let t = tagged(Tag::Label, &[&scan.secret_bytes(), &m.to_be_bytes()]);
+                let t = SecretKey::from_slice(&t).ok()?;
+                Some(Label { point: t.public_key(&Secp256k1::signing_only()) })
+            })
+            .collect();
+        Receiver { scan_scalar: Scalar::from(scan), scan, spend, labels }
     }
 
     /// The silent-payment address (sp1q… on mainnet, tsp1q… on test networks and regtest;
     /// version 0, bech32m), without labels.
     pub fn address(&self, net: Net) -> String {
-        let _ = net;
-        todo!()
+        let hrp = if net.0 == bitcoin::Network::Bitcoin { "sp" } else { "tsp" };
+        address(hrp, &self.scan.public_key(&Secp256k1::signing_only()), &self.spend)
+    }
+
+    /// `b_scan·tweak`, compressed: the input to every `t_k`. None for a tweak that is no point.
+    fn shared_secret(&self, tweak: &Tweak) -> Option<[u8; 33]> {
+        let t = PublicKey::from_slice(tweak).ok()?;
+        Some(t.mul_tweak(&SECP, &self.scan_scalar).ok()?.serialize())
     }
 
     /// Whether P_0 (or P_0 plus any label point) has its prefix among `outputs`: a candidate hit.
     pub fn matches(&self, tweak: &Tweak, outputs: &[OutputPrefix]) -> bool {
-        let _ = (tweak, outputs);
-        todo!()
+        let Some(shared) = self.shared_secret(tweak) else { return false };
+        let Some(p0) = output_key(&self.spend, &shared, 0) else { return false };
+        if outputs.contains(&prefix_of(&p0)) {
+            return true;
+        }
+        // x-only comparison covers an output of either parity: x(P_0 + L) = x(-(P_0 + L)).
+        self.labels.iter().any(|l| p0.combine(&l.point).is_ok_and(|p| outputs.contains(&prefix_of(&p))))
     }
 
     /// The full check on the transaction itself, k = 0, 1, … as BIP352 scans: the output indexes
     /// that pay this receiver.
-    pub fn paid_outputs(&self, tweak: &Tweak, tx: &bitcoin::Transaction) -> Vec<u32> {
-        let _ = (tweak, tx);
-        todo!()
+    pub fn paid_outputs(&self, tweak: &Tweak, tx: &Transaction) -> Vec<u32> {
+        let Some(shared) = self.shared_secret(tweak) else { return Vec::new() };
+        let mut left: Vec<(u32, [u8; 32])> = tx
+            .output
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.script_pubkey.is_p2tr())
+            .map(|(i, o)| (i as u32, o.script_pubkey.as_bytes()[2..34].try_into().unwrap()))
+            .collect();
+        let mut paid = Vec::new();
+        for k in 0..K_MAX {
+            let Some(pk) = output_key(&self.spend, &shared, k) else { break };
+            let x = |p: &PublicKey| -> [u8; 32] { p.serialize()[1..].try_into().unwrap() };
+            let mut candidates = vec![x(&pk)];
+            candidates.extend(self.labels.iter().filter_map(|l| pk.combine(&l.point).ok()).map(|p| x(&p)));
+            match left.iter().position(|(_, key)| candidates.contains(key)) {
+                Some(at) => paid.push(left.swap_remove(at).0),
+                None => break,
+            }
+        }
+        paid.sort_unstable();
+        paid
     }
 }
+
+/// A silent-payment address: bech32m of version 0 then `B_scan ‖ B_spend`, compressed.
+pub(crate) fn address(hrp: &str, scan: &PublicKey, spend: &PublicKey) -> String {
+    let mut bytes = scan.serialize().to_vec();
+    bytes.extend_from_slice(&spend.serialize());
+    let mut data = vec![0u8]; // version 0, one 5-bit symbol
+    data.extend(to_5bit(&bytes));
+    bech32m(hrp, &data)
+}
+
+fn to_5bit(bytes: &[u8]) -> Vec<u8> {
+    let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for &b in bytes {
+        acc = (acc << 8) | b as u32;
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(((acc >> bits) & 31) as u8);
+        }
+    }
+    if bits > 0 {
+        out.push(((acc << (5 - bits)) & 31) as u8);
+    }
+    out
+}
+
+/// BIP350's bech32m over 5-bit `data`, without bech32's 90-character limit (BIP352 lifts it).
+fn bech32m(hrp: &str, data: &[u8]) -> String {
+    const CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    fn polymod(values: impl Iterator<Item = u8>) -> u32 {
+        const GEN: [u32; 5] = [0x3b6a57b2, 0x26508e6d, 0x1ea119fa, 0x3d4233dd, 0x2a1462b3];
+        let mut chk = 1u32;
+        for v in values {
+            let top = chk >> 25;
+            chk = ((chk & 0x1ffffff) << 5) ^ v as u32;
+            for (i, g) in GEN.iter().enumerate() {
+                if (top >> i) & 1 == 1 {
+                    chk ^= g;
+                }
+            }
+        }
+        chk
+    }
+    let hrp_expanded = hrp.bytes().map(|c| c >> 5).chain([0]).chain(hrp.bytes().map(|c| c & 31));
+    let check = polymod(hrp_expanded.chain(data.iter().copied()).chain([0; 6])) ^ 0x2bc830a3;
+    let mut s = String::with_capacity(hrp.len() + 1 + data.len() + 6);
+    s.push_str(hrp);
+    s.push('1');
+    for &d in data {
+        s.push(CHARSET[d as usize] as char);
+    }
+    for i in 0..6 {
+        s.push(CHARSET[((check >> (5 * (5 - i))) & 31) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;
