@@ -44,6 +44,9 @@ const CHUNK: Height = 8;
 /// A scan of past blocks that found nothing sends its progress this often (Frigate: "every 5
 /// seconds").
 const PULSE: Duration = Duration::from_secs(5);
+/// Blocks by height and hash, as a scan saw them.
+type Seen = Vec<(Height, BlockHash)>;
+
 /// Block hashes a scan remembers to find the fork after a reorg: the indexer follows reorgs of
 /// up to 100 blocks.
 const MAX_SEEN: usize = 101;
@@ -438,7 +441,7 @@ fn scan_blocks(
     receiver: &Receiver,
     from: Height,
     to: Height,
-) -> Result<(Vec<Hit>, Vec<(Height, BlockHash)>)> {
+) -> Result<(Vec<Hit>, Seen)> {
     let top = index.chain.len() as i64 - 1;
     let to = (to as i64).min(top);
     if (from as i64) > to {

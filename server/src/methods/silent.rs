@@ -110,7 +110,7 @@ pub async fn tweaks(state: &Arc<State>, start: Height, count: u32) -> Result<Ans
                     }
                     out.push_str("]}");
                     if out.len() > max {
-                        next = (height as i64 + 1 <= tip).then_some(height as i64 + 1);
+                        next = ((height as i64) < tip).then_some(height as i64 + 1);
                         break 'blocks;
                     }
                 }

@@ -334,10 +334,10 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
 
     // Mined: to the wallet (P2WPKH input), to its label 1 (P2TR input), to its change and the
     // other wallet (both kinds of input), to the other wallet only.
-    let to_w = sp_payment(&coins[0..1], &[w.code()], &[plain.clone()])?;
+    let to_w = sp_payment(&coins[0..1], &[w.code()], std::slice::from_ref(&plain))?;
     let to_label = sp_payment(&coins[1..2], &[w.labeled()], &[])?;
     let to_change = sp_payment(&coins[2..4], &[w.change(), other.code()], &[])?;
-    let to_other = sp_payment(&coins[4..5], &[other.code()], &[plain.clone()])?;
+    let to_other = sp_payment(&coins[4..5], &[other.code()], std::slice::from_ref(&plain))?;
     let mut expected: BTreeSet<(String, i64)> = BTreeSet::new();
     for tx in [&to_w, &to_label, &to_change, &to_other] {
         block_with(&node, &[tx])?;
@@ -349,12 +349,12 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     let reorged = sp_payment(&coins[5..6], &[w.code()], &[])?;
     let stale = block_with(&node, &[&reorged])?;
     node.call("invalidateblock", json!([stale.to_string()]))?;
-    let conflict = sp_payment(&coins[5..6], &[], &[plain.clone()])?;
+    let conflict = sp_payment(&coins[5..6], &[], std::slice::from_ref(&plain))?;
     block_with(&node, &[&conflict])?;
     block_with(&node, &[])?;
     // Left in the mempool: to the wallet, and to its label with a plain output beside.
     let pending = sp_payment(&coins[6..7], &[w.code()], &[])?;
-    let pending_label = sp_payment(&coins[7..8], &[w.labeled(), w.code()], &[plain.clone()])?;
+    let pending_label = sp_payment(&coins[7..8], &[w.labeled(), w.code()], std::slice::from_ref(&plain))?;
     for tx in [&pending, &pending_label] {
         broadcast(&node, tx)?;
         expected.insert((tx.compute_txid().to_string(), 0));
