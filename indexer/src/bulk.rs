@@ -250,6 +250,7 @@ impl Bulk<'_> {
                 last_hash: BlockHash::all_zeros(),
                 headers: vec![],
                 txpos: vec![],
+                tweak: vec![],
                 txid: vec![],
                 script: vec![],
                 bytes: 0,
@@ -274,6 +275,7 @@ impl Bulk<'_> {
                         (staged.last, staged.last_hash) = (batch.last, batch.last_hash);
                         held.headers.extend(batch.headers);
                         held.txpos.extend(batch.txpos);
+                        held.tweak.extend(batch.tweak);
                         // A checkpoint (the held header and txpos rows ingested, the files synced,
                         // then `meta/staged`) costs a few syncs per file: taken every few seconds,
                         // not after every batch. A kill loses at most that much work.
@@ -282,7 +284,7 @@ impl Bulk<'_> {
                         if first_or_last || last_checkpoint.elapsed() >= STAGE_CHECKPOINT {
                             held.first = held.headers.first().map_or(batch.first, |h| h.0);
                             ingest::ingest(store, &held, &tmp, Lists::Staged, &long)?;
-                            (held.headers, held.txpos) = Default::default();
+                            (held.headers, held.txpos, held.tweak) = Default::default();
                             staged.lengths = stage.sync()?;
                             store.put_meta(&[(meta::STAGED, Some(&staged.encode()))])?;
                             last_checkpoint = Instant::now();
@@ -416,7 +418,7 @@ impl Bulk<'_> {
                                     );
                                 }
                                 let undo = self.source.undo_from(undo_index.get(&b.hash), b, height, &checked)?;
-                                block_rows(height, &checked, txnum, loc, undo.as_ref())?
+                                block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), self.source.tweaks)?
                             }
                             // A record still being written, or damaged: the node has the block.
                             (Err(err), Some(_)) => {
@@ -437,7 +439,7 @@ impl Bulk<'_> {
                     (None, Some(f)) => {
                         let loc = BlockLoc::Db { len: f.bytes.len() as u32 };
                         let checked = verify(&f.bytes).with_context(|| format!("block {} from the node", b.hash))?;
-                        block_rows(height, &checked, txnum, loc, f.undo.as_ref())?
+                        block_rows(height, &f.bytes, &checked, txnum, loc, f.undo.as_ref(), self.source.tweaks)?
                     }
                     (None, None) => unreachable!("missing blocks were fetched"),
                 };
@@ -449,6 +451,7 @@ impl Bulk<'_> {
             })
             .collect::<Result<_>>()?;
         let (mut headers, mut txpos) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        let mut tweak = Vec::new();
         let (mut txid, mut script) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
         let (mut bytes, mut txs) = (0, 0);
         for r in rows {
@@ -456,6 +459,9 @@ impl Bulk<'_> {
             txs += r.header.tx_count as u64;
             headers.push((r.height, r.header.encode()));
             txpos.push((r.height, r.txpos));
+            if let Some(t) = r.tweak {
+                tweak.push((r.height, t));
+            }
             txid.push(r.txid);
             script.push(r.script);
         }
@@ -467,6 +473,7 @@ impl Bulk<'_> {
             last_hash: chain[last as usize].hash,
             headers,
             txpos,
+            tweak,
             txid: rowsort::sort_dedup(txid),
             script: rowsort::sort_dedup(script),
             bytes,

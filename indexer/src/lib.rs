@@ -38,7 +38,7 @@ use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::{args_with_config_file, NodeArgs, NodeConfig};
 use blkindex_shared::nodelock::{NodeLock, NotTaken};
 use blkindex_shared::rpc::Rpc;
-use blkindex_shared::schema::meta;
+use blkindex_shared::schema::{self, meta};
 use blkindex_shared::service;
 use blkindex_shared::store::{Mode, Store};
 use blkindex_shared::Net;
@@ -100,6 +100,15 @@ pub struct Args {
     /// in a new index (default 4096); fixed at creation. Tests make it small.
     #[arg(long, help_heading = "Bulk pass", env = "BLKINDEX_LONG_LIST_BYTES")]
     long_list_bytes: Option<usize>,
+
+    /// First height whose silent-payment (BIP352) eligible transactions get tweak rows [default:
+    /// 709632, taproot's activation, on mainnet; 0 elsewhere]. Fixed when the index is created.
+    #[arg(long, help_heading = "Silent payments", env = "BLKINDEX_SP_START", conflicts_with = "no_sp_index")]
+    sp_start: Option<u32>,
+
+    /// No silent-payment index: no tweak rows, no tweak computed. Fixed when the index is created.
+    #[arg(long, help_heading = "Silent payments", env = "BLKINDEX_NO_SP_INDEX")]
+    no_sp_index: bool,
     /// Deepest reorg undone without asking: a deeper one (or a node whose chain has less work
     /// than the index, e.g. while it reindexes) makes the indexer wait and say why.
     #[arg(long, help_heading = "Following", env = "BLKINDEX_MAX_REORG", default_value_t = 100)]
@@ -118,6 +127,16 @@ impl Args {
     /// As the command line `args` (the program's name first) would set them; no config file.
     pub fn from_args<I: Into<std::ffi::OsString> + Clone>(args: impl IntoIterator<Item = I>) -> Result<Args> {
         Ok(Args::try_parse_from(args)?)
+    }
+
+    /// The silent-payment setting the flags ask for (None: the network's default for a new index,
+    /// whatever an existing one has).
+    fn tweak_start(&self) -> Option<schema::TweakStart> {
+        match (self.no_sp_index, self.sp_start) {
+            (true, _) => Some(schema::TweakStart(None)),
+            (false, Some(h)) => Some(schema::TweakStart(Some(h))),
+            (false, None) => None,
+        }
     }
 }
 
@@ -158,14 +177,24 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     let store = Store::open(&args.node.db, Mode::Bulk)?;
     store.check_identity(args.node.network, true, args.bucket_width)?;
     store.check_long_list_bytes(args.long_list_bytes)?;
+    let tweaks = store.check_tweak_start(args.node.network, args.tweak_start())?;
+    match tweaks.0 {
+        Some(h) => info!(from = h, "silent-payment index on"),
+        None => info!("silent-payment index off"),
+    }
     // Ready once the index is open: a bulk pass may follow for hours, and a service manager must
     // not hold the boot (or the server, ordered after it) for that; `systemctl status` shows the
     // phase.
     service::ready("index open");
 
     let progress = Progress::new(args.progress);
-    let source =
-        source::BlockSource { files: &files, store: &store, net: args.node.network, rpc: rpc.as_ref() };
+    let source = source::BlockSource {
+        files: &files,
+        store: &store,
+        net: args.node.network,
+        rpc: rpc.as_ref(),
+        tweaks,
+    };
     let bulk = bulk::Bulk {
         source: &source,
         progress: &progress,

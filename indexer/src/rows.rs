@@ -4,11 +4,14 @@
 
 use anyhow::{bail, Context, Result};
 use bitcoin::block::Header;
-use bitcoin::Txid;
+use bitcoin::{Script, Transaction, Txid};
 
 use blkindex_shared::merkle;
 use blkindex_shared::parse::{self, is_unspendable};
-use blkindex_shared::schema::{self, BlockLoc, HeaderRow, Height, RowKey, TxNum, TxPos};
+use blkindex_shared::schema::{
+    self, BlockLoc, HeaderRow, Height, RowKey, TweakRow, TweakStart, TxNum, TxPos,
+};
+use blkindex_shared::silent::{self, TweakedTx};
 use blkindex_shared::undo::BlockUndo;
 use blkindex_shared::ScriptHash;
 
@@ -18,6 +21,9 @@ pub struct BlockRows {
     pub txpos: Vec<u8>,
     pub txid: Vec<RowKey>,
     pub script: Vec<RowKey>,
+    /// The block's `tweak` row ([`schema::TweakRow`]): None when it has no eligible transaction
+    /// or the silent-payment index does not cover it.
+    pub tweak: Option<Vec<u8>>,
 }
 
 /// A block checked against its header (every byte parses and the txids hash to the merkle root),
@@ -34,6 +40,9 @@ pub struct CheckedBlock {
     /// end at `output_ends[i]`.
     outputs: Vec<schema::Prefix>,
     output_ends: Vec<u32>,
+    /// Transactions with a P2TR output (by position), the only ones that can be silent-payment
+    /// eligible: found in the same walk by the script's shape, at no cost to the others.
+    p2tr: Vec<u32>,
 }
 
 /// Parses a block and checks its merkle root, so that a damaged block is an error here, never
@@ -49,6 +58,7 @@ pub fn verify(block: &[u8]) -> Result<CheckedBlock> {
         sizes: Vec::with_capacity(ntx),
         outputs: Vec::with_capacity(ntx * 2),
         output_ends: Vec::with_capacity(ntx),
+        p2tr: Vec::new(),
     };
     parse::for_each_tx::<anyhow::Error>(block, |_, tx| {
         v.txids.push(tx.txid);
@@ -58,6 +68,9 @@ pub fn verify(block: &[u8]) -> Result<CheckedBlock> {
         let spendable = tx.outputs.iter().filter(|o| !is_unspendable(o.script));
         v.outputs.extend(spendable.map(|o| schema::script_prefix(&ScriptHash::of(o.script))));
         v.output_ends.push(v.outputs.len() as u32);
+        if tx.outputs.iter().any(|o| is_p2tr(o.script)) {
+            v.p2tr.push(v.txids.len() as u32 - 1);
+        }
         Ok(())
     })?;
     if merkle::tx_root(&v.txids) != header.merkle_root {
@@ -72,20 +85,27 @@ pub fn undo_fits(block: &CheckedBlock, undo: &BlockUndo) -> bool {
     block.inputs.get(1..) == Some(undo.tx_inputs.as_slice())
 }
 
-/// The rows of the verified block at `height`, whose first transaction is `first_txnum`. `undo`
-/// is required for every block but genesis, whose coinbase is unspendable and not indexed.
+fn is_p2tr(script: &[u8]) -> bool {
+    script.len() == 34 && script[0] == 0x51 && script[1] == 0x20
+}
+
+/// The rows of the verified block at `height` (`bytes`), whose first transaction is
+/// `first_txnum`. `undo` is required for every block but genesis, whose coinbase is unspendable
+/// and not indexed. `tweaks` says whether the block gets a silent-payment row.
 pub fn block_rows(
     height: Height,
+    bytes: &[u8],
     block: &CheckedBlock,
     first_txnum: TxNum,
     loc: BlockLoc,
     undo: Option<&BlockUndo>,
+    tweaks: TweakStart,
 ) -> Result<BlockRows> {
     let ntx = block.txids.len();
     let header = HeaderRow { header: block.header, first_txnum, tx_count: ntx as u32, loc };
     let txpos = TxPos::encode(block.first_offset, block.sizes.iter().copied());
     if height == 0 {
-        return Ok(BlockRows { height, header, txpos, txid: Vec::new(), script: Vec::new() });
+        return Ok(BlockRows { height, header, txpos, txid: Vec::new(), script: Vec::new(), tweak: None });
     }
     let undo = undo.context("undo data needed")?;
     if !undo_fits(block, undo) {
@@ -96,21 +116,57 @@ pub fn block_rows(
     let mut coins = undo.coins.iter();
     let mut tx_scripts: Vec<schema::Prefix> = Vec::new();
     let mut outputs_from = 0;
+    let sp = tweaks.covers(height);
+    let mut p2tr = block.p2tr.iter().peekable();
+    let mut tweaked = Vec::new();
+    let mut at = block.first_offset as usize;
     for (i, (id, &output_end)) in block.txids.iter().zip(&block.output_ends).enumerate() {
+        let tx_at = at;
+        at += block.sizes[i] as usize;
         let txnum = first_txnum + i as u32;
         txid.push(schema::txid_key(id, txnum));
         tx_scripts.clear();
         tx_scripts.extend_from_slice(&block.outputs[outputs_from..output_end as usize]);
         outputs_from = output_end as usize;
+        let spent_from = coins.as_slice();
         if i > 0 {
             for _ in 0..block.inputs[i] {
                 let coin = coins.next().context("undo data too short")?;
                 tx_scripts.push(schema::script_prefix(&ScriptHash::of(undo.script(coin))));
             }
         }
+        let has_p2tr = p2tr.next_if_eq(&&(i as u32)).is_some();
+        if sp && i > 0 && has_p2tr {
+            let spent: Vec<&[u8]> =
+                spent_from[..block.inputs[i] as usize].iter().map(|c| undo.script(c)).collect();
+            if let Some(t) = tweaked_tx(&bytes[tx_at..at], &spent, txnum)? {
+                tweaked.push(t);
+            }
+        }
         tx_scripts.sort_unstable();
         tx_scripts.dedup();
         script.extend(tx_scripts.iter().map(|p| schema::row_key(*p, txnum)));
     }
-    Ok(BlockRows { height, header, txpos, txid, script })
+    let tweak = (!tweaked.is_empty()).then(|| TweakRow::encode(&tweaked));
+    Ok(BlockRows { height, header, txpos, txid, script, tweak })
+}
+
+/// A transaction with a P2TR output, as the index keeps it if it is eligible. Only such
+/// transactions are deserialized (rust-bitcoin), and only when an input could carry a key.
+fn tweaked_tx(raw: &[u8], spent: &[&[u8]], txnum: TxNum) -> Result<Option<TweakedTx>> {
+    let keyed = |s: &&[u8]| {
+        let s = Script::from_bytes(s);
+        s.is_p2tr() || s.is_p2wpkh() || s.is_p2sh() || s.is_p2pkh()
+    };
+    if !spent.iter().any(keyed) {
+        return Ok(None);
+    }
+    let tx: Transaction =
+        bitcoin::consensus::deserialize(raw).context("a transaction rust-bitcoin cannot read")?;
+    let spent: Vec<&Script> = spent.iter().map(|s| Script::from_bytes(s)).collect();
+    Ok(silent::tweak(&tx, &spent).map(|tweak| TweakedTx {
+        txnum,
+        tweak,
+        outputs: silent::output_prefixes(&tx),
+    }))
 }

@@ -111,7 +111,13 @@ fn unwinding_blocks_and_applying_them_again_gives_the_straight_index() {
             let straight = digest(&straight_db);
 
             let store = Store::open(&db, Mode::Follow).unwrap();
-            let source = BlockSource { files: &files, store: &store, net, rpc: Some(node.rpc()) };
+            let source = BlockSource {
+                files: &files,
+                store: &store,
+                net,
+                rpc: Some(node.rpc()),
+                tweaks: store.tweak_start().unwrap(),
+            };
             prop_assert_eq!(sync(&source), k as usize);
             prop_assert_eq!(&digest(&db), &straight, "the followed index differs from a bulk one");
             // Undo the k blocks, top first, as a reorg does.

@@ -364,18 +364,40 @@ impl IndexReader {
 impl IndexReader {
     /// Heights from which the index holds tweaks (None: the silent-payment index is off).
     pub fn tweak_start(&self) -> Result<Option<Height>> {
-        todo!()
+        Ok(self.store.tweak_start()?.0)
     }
 
     /// The eligible transactions of each block in `heights` that has any, in height order.
     /// Caller bounds the range; blocks with none are omitted, and so are heights above the
-    /// reader's tip.
+    /// reader's tip (rows of a block not yet committed, or of one being undone, are not seen).
     pub fn tweaks(
         &self,
         heights: std::ops::RangeInclusive<Height>,
     ) -> Result<Vec<(Height, Vec<crate::silent::TweakedTx>)>> {
-        let _ = heights;
-        todo!()
+        let Some((tip, _)) = self.chain.tip() else { return Ok(Vec::new()) };
+        let (from, to) = (*heights.start(), (*heights.end()).min(tip));
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        let mut ro = rocksdb::ReadOptions::default();
+        // Keys are 4 bytes: `to ‖ 0` sorts after `to` and before `to + 1`.
+        let mut upper = schema::height_key(to).to_vec();
+        upper.push(0);
+        ro.set_iterate_upper_bound(upper);
+        let from_key = schema::height_key(from);
+        let it = self.store.db().iterator_cf_opt(
+            self.store.cf(cf::TWEAK),
+            ro,
+            rocksdb::IteratorMode::From(&from_key, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            let h = Height::from_be_bytes(k.as_ref().try_into().context("bad tweak key")?);
+            let txs = schema::TweakRow::decode(&v).with_context(|| format!("tweak row of block {h}"))?;
+            out.push((h, txs));
+        }
+        Ok(out)
     }
 }
 

@@ -18,10 +18,11 @@ use bitcoin::{BlockHash, Txid};
 
 use crate::hashes::ScriptHash;
 use crate::network::Net;
+use crate::silent::{OutputPrefix, Tweak, TweakedTx};
 use crate::varint::{get_leb128, put_leb128, DecodeError, Reader};
 
 /// Checked at every open; a mismatch asks for a rebuild instead of misreading rows.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 pub type TxNum = u32;
 pub type Height = u32;
@@ -45,8 +46,11 @@ pub mod cf {
     /// family tag ‖ whole 5-byte prefix → [`super::TxnumList`]: the lists too long to stay in
     /// their bucket ([`super::long_key`]; the bucket holds a marker).
     pub const LONG: &str = "long";
+    /// height → the block's silent-payment eligible transactions ([`super::TweakRow`]); only
+    /// blocks that have any, and only from `meta/tweakstart` on.
+    pub const TWEAK: &str = "tweak";
 
-    pub const ALL: [&str; 7] = [META, HEADERS, TXPOS, TXID, SCRIPT, RAWBLOCK, LONG];
+    pub const ALL: [&str; 8] = [META, HEADERS, TXPOS, TXID, SCRIPT, RAWBLOCK, LONG, TWEAK];
 }
 
 /// Keys of the `meta` column family.
@@ -66,6 +70,91 @@ pub mod meta {
     pub const BUCKET: &[u8] = b"bucket";
     /// u32: lists longer than this many bytes live in the `long` family, fixed at creation.
     pub const LONG_LIST: &[u8] = b"longlist";
+    /// The silent-payment index, fixed at creation: `[0]` off, or `[1] ‖ u32` the first height
+    /// whose eligible transactions have `tweak` rows ([`super::TweakStart`]).
+    pub const TWEAK_START: &[u8] = b"tweakstart";
+}
+
+/// Whether the index keeps silent-payment tweaks, and from which height (`meta/tweakstart`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TweakStart(pub Option<Height>);
+
+impl TweakStart {
+    /// Mainnet's default: taproot's activation height, below which no output is P2TR (so no
+    /// transaction is eligible); the test networks and regtest start at 0.
+    pub const MAINNET: Height = 709_632;
+
+    pub fn default_for(net: Net) -> Self {
+        TweakStart(Some(match net.0 {
+            bitcoin::Network::Bitcoin => Self::MAINNET,
+            _ => 0,
+        }))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        match self.0 {
+            None => vec![0],
+            Some(h) => [&[1u8][..], &h.to_be_bytes()].concat(),
+        }
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Self, DecodeError> {
+        match v {
+            [0] => Ok(TweakStart(None)),
+            [1, a, b, c, d] => Ok(TweakStart(Some(u32::from_be_bytes([*a, *b, *c, *d])))),
+            _ => Err(DecodeError::Invalid { what: "bad tweakstart", at: 0 }),
+        }
+    }
+
+    /// Does the block at `height` get a `tweak` row (if it has eligible transactions)?
+    pub fn covers(&self, height: Height) -> bool {
+        self.0.is_some_and(|s| height >= s)
+    }
+}
+
+/// Value of a `tweak` row: a block's eligible transactions in order, each
+/// `LEB128(txnum, the first absolute, later ones as the difference from the one before) ‖
+/// tweak (33) ‖ LEB128(taproot output count) ‖ 8-byte prefix of each taproot output key`.
+pub struct TweakRow;
+
+impl TweakRow {
+    pub fn encode(txs: &[TweakedTx]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(txs.iter().map(|t| 40 + 8 * t.outputs.len()).sum());
+        let mut last = 0;
+        for (i, t) in txs.iter().enumerate() {
+            put_leb128(&mut v, if i == 0 { t.txnum } else { t.txnum - last } as u64);
+            last = t.txnum;
+            v.extend_from_slice(&t.tweak);
+            put_leb128(&mut v, t.outputs.len() as u64);
+            for o in &t.outputs {
+                v.extend_from_slice(o);
+            }
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Vec<TweakedTx>, DecodeError> {
+        let mut r = Reader::new(v);
+        let mut out = Vec::new();
+        let mut txnum: u64 = 0;
+        while r.remaining() > 0 {
+            let d = get_leb128(&mut r)?;
+            txnum =
+                if out.is_empty() { d } else { txnum.checked_add(d).ok_or(DecodeError::BadInt(r.pos()))? };
+            let txnum = u32::try_from(txnum).map_err(|_| DecodeError::BadInt(r.pos()))?;
+            let tweak: Tweak = r.take(33)?.try_into().unwrap();
+            // Bounded by what is left before anything is allocated: a corrupt count fails here.
+            let n = get_leb128(&mut r)?;
+            if n > (r.remaining() / 8) as u64 {
+                return Err(DecodeError::Invalid { what: "tweak row output count", at: r.pos() });
+            }
+            let outputs = (0..n)
+                .map(|_| r.take(8).map(|b| OutputPrefix::try_from(b).unwrap()))
+                .collect::<Result<_, _>>()?;
+            out.push(TweakedTx { txnum, tweak, outputs });
+        }
+        Ok(out)
+    }
 }
 
 /// The bucket width a new index of this network gets: buckets should hold tens of prefixes, so
@@ -515,6 +604,27 @@ mod tests {
         assert_eq!(TxPos::locate(&v, 1).unwrap(), (281, 70_000));
         assert_eq!(TxPos::locate(&v, 2).unwrap(), (70_281, 5));
         assert!(TxPos::locate(&v, 3).is_err());
+    }
+
+    #[test]
+    fn tweak_rows_round_trip() {
+        let txs = vec![
+            TweakedTx { txnum: 1_000_000, tweak: [2; 33], outputs: vec![[1; 8]] },
+            TweakedTx { txnum: 1_000_007, tweak: [3; 33], outputs: vec![[4; 8], [5; 8], [6; 8]] },
+        ];
+        let v = TweakRow::encode(&txs);
+        assert_eq!(v.len(), 3 + 33 + 1 + 8 + 1 + 33 + 1 + 24);
+        assert_eq!(TweakRow::decode(&v).unwrap(), txs);
+        assert!(TweakRow::decode(&v[..v.len() - 1]).is_err());
+        let mut huge = TweakRow::encode(&txs[..1]);
+        huge[3 + 33] = 0x7f; // 127 outputs claimed, 8 bytes left
+        assert!(TweakRow::decode(&huge).is_err());
+        for t in [TweakStart(None), TweakStart(Some(709_632))] {
+            assert_eq!(TweakStart::decode(&t.encode()).unwrap(), t);
+        }
+        assert!(
+            TweakStart(Some(5)).covers(5) && !TweakStart(Some(5)).covers(4) && !TweakStart(None).covers(9)
+        );
     }
 
     #[test]

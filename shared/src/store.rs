@@ -119,7 +119,11 @@ impl Store {
             Mode::Secondary(secondary) => {
                 opts.set_max_open_files(-1);
                 std::fs::create_dir_all(secondary)?;
-                DB::open_cf_descriptors_as_secondary(&opts, path, secondary, cfs(false))
+                // Only the families the index has: an index of an older format lacks newer ones,
+                // and must reach the format check (a clear refusal), not fail to open.
+                let present = DB::list_cf(&opts, path).unwrap_or_default();
+                let cfs = cfs(false).filter(|d| present.is_empty() || present.iter().any(|p| p == d.name()));
+                DB::open_cf_descriptors_as_secondary(&opts, path, secondary, cfs)
                     .with_context(|| format!("cannot open index {} as secondary", path.display()))?
             }
         };
@@ -282,6 +286,41 @@ impl Store {
                 self.long_list_bytes()?
             ),
             _ => Ok(()),
+        }
+    }
+
+    /// Stamps a new index with its silent-payment setting (`wanted`, else the network's default:
+    /// on from taproot's activation on mainnet, from 0 elsewhere); refuses another setting for an
+    /// index that has one. Returns the index's setting.
+    pub fn check_tweak_start(
+        &self,
+        net: Net,
+        wanted: Option<schema::TweakStart>,
+    ) -> Result<schema::TweakStart> {
+        match (self.get_meta(meta::TWEAK_START)?, wanted) {
+            (None, _) => {
+                let t = wanted.unwrap_or(schema::TweakStart::default_for(net));
+                self.put_meta(&[(meta::TWEAK_START, Some(&t.encode()))])?;
+                Ok(t)
+            }
+            (Some(_), Some(w)) if w != self.tweak_start()? => bail!(
+                "{}: index was created with the silent-payment index {}; it is chosen only when an index \
+                 is created",
+                self.path.display(),
+                match self.tweak_start()?.0 {
+                    None => "off".to_string(),
+                    Some(h) => format!("from height {h}"),
+                }
+            ),
+            _ => self.tweak_start(),
+        }
+    }
+
+    /// The index's silent-payment setting (`meta/tweakstart`; an index without one has none).
+    pub fn tweak_start(&self) -> Result<schema::TweakStart> {
+        match self.get_meta(meta::TWEAK_START)? {
+            Some(v) => Ok(schema::TweakStart::decode(&v)?),
+            None => Ok(schema::TweakStart(None)),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use blkindex_shared::bucket;
-use blkindex_shared::schema::{cf, TxnumList};
+use blkindex_shared::schema::{cf, TweakRow, TxnumList};
 use blkindex_shared::store::{Mode, Store};
 
 fn main() -> Result<()> {
@@ -68,6 +68,22 @@ fn main() -> Result<()> {
             hist[0], hist[1], hist[2], hist[3], hist[4], hist[5]
         );
     }
+    // The silent-payment family: blocks with eligible transactions, those transactions, their
+    // taproot outputs, and bytes per transaction.
+    let (mut blocks, mut txs, mut outputs, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    for kv in store.db().iterator_cf(store.cf(cf::TWEAK), rocksdb::IteratorMode::Start) {
+        let (_, v) = kv?;
+        let row = TweakRow::decode(&v)?;
+        blocks += 1;
+        txs += row.len() as u64;
+        outputs += row.iter().map(|t| t.outputs.len() as u64).sum::<u64>();
+        bytes += v.len() as u64;
+    }
+    let per = if txs > 0 { bytes as f64 / txs as f64 } else { 0.0 };
+    println!(
+        "tweak: start {:?}, {blocks} blocks, {txs} eligible txs, {outputs} taproot outputs, {per:.1} value bytes/tx",
+        store.tweak_start()?.0
+    );
     if let Some(b) = blk_bytes {
         println!("index / blk bytes = {:.2} %", 100.0 * total as f64 / b as f64);
     }
