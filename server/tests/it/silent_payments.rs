@@ -291,6 +291,13 @@ fn entries(ns: &[&Value]) -> Vec<(String, i64, String)> {
         .collect()
 }
 
+/// The entries of the silent-payment notifications among `ns` after the first `skip` of them.
+fn sp_after(ns: &[Value], skip: usize) -> Vec<(String, i64, String)> {
+    let sp: Vec<&Value> =
+        ns.iter().filter(|n| n["method"] == "blockchain.silentpayments.subscribe").collect();
+    entries(&sp[skip.min(sp.len())..])
+}
+
 /// Waits until the server's tip is at `height`.
 fn wait_tip(c: &mut Conn, height: u64) {
     let deadline = std::time::Instant::now() + WAIT;
@@ -406,7 +413,7 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     block_with(&node, &[&in_block, &pending, &pending_label])?;
     let h = node.height()? as i64;
     let want = in_block.compute_txid().to_string();
-    let newest = |ns: &[Value]| entries(&ns.iter().skip(seen_before).collect::<Vec<_>>());
+    let newest = |ns: &[Value]| sp_after(ns, seen_before);
     assert!(c.wait_until(WAIT, |ns| !newest(ns).is_empty()), "no notification for the new block");
     wait_tip(&mut c, h as u64);
     std::thread::sleep(Duration::from_secs(1));
@@ -422,7 +429,7 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     let seen_before = sp_notifications(&c).len();
     let mempool_tx = sp_payment(&coins[9..10], &[w.code()], &[])?;
     broadcast(&node, &mempool_tx)?;
-    let newest = |ns: &[Value]| entries(&ns.iter().skip(seen_before).collect::<Vec<_>>());
+    let newest = |ns: &[Value]| sp_after(ns, seen_before);
     assert!(c.wait_until(WAIT, |ns| !newest(ns).is_empty()), "no notification for the mempool payment");
     assert_eq!(
         newest(&c.notifications).iter().map(|e| (e.0.clone(), e.1)).collect::<Vec<_>>(),
@@ -435,7 +442,7 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     let first = sp_payment(&coins[10..11], &[w.code()], &[])?;
     let replaced = block_with(&node, &[&first])?;
     let fork_height = node.height()? as i64;
-    let newest = |ns: &[Value]| entries(&ns.iter().skip(seen_before).collect::<Vec<_>>());
+    let newest = |ns: &[Value]| sp_after(ns, seen_before);
     let first_id = first.compute_txid().to_string();
     assert!(
         c.wait_until(WAIT, |ns| newest(ns).iter().any(|e| e.0 == first_id)),
@@ -448,11 +455,11 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     block_with(&node, &[&second])?;
     block_with(&node, &[])?;
     let second_id = second.compute_txid().to_string();
-    let newest = |ns: &[Value]| entries(&ns.iter().skip(seen_before).collect::<Vec<_>>());
+    let newest = |ns: &[Value]| sp_after(ns, seen_before);
     assert!(
         c.wait_until(WAIT, |ns| newest(ns).iter().any(|e| e.0 == second_id)),
         "no notification after the reorg: {:?}",
-        &c.notifications[seen_before..]
+        sp_after(&c.notifications, seen_before)
     );
     let after = newest(&c.notifications);
     assert!(after.iter().any(|e| (e.0.as_str(), e.1) == (second_id.as_str(), fork_height)), "{after:?}");
