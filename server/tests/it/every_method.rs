@@ -458,6 +458,8 @@ fn check(w: &mut World, walk: &mut Walk, method: &str) -> Result<()> {
             if v < (1, 7, 0) {
                 want["hash_function"] = json!("sha256");
             }
+            // The index has silent-payment tweaks (on by default).
+            want["silent_payments"] = json!([0]);
             assert_eq!(walk.result(method, json!([])), want);
         }
         "server.add_peer" => {
