@@ -659,37 +659,6 @@ mod tests {
         assert!(text.contains(&format!(r#""subscription":{sub},"progress":0.5,"history":[]"#)), "{text}");
     }
 
-    /// The scan's cost per eligible transaction on one thread (what `CHUNK` and the CPU limit
-    /// are sized by): `cargo test --release --workspace --lib -- --ignored scan_rate --nocapture`.
-    #[test]
-    #[ignore]
-    fn scan_rate() {
-        use bitcoin::secp256k1::{Secp256k1, SecretKey};
-        let secp = Secp256k1::new();
-        let key = |n: u32| {
-            let mut b = [7u8; 32];
-            b[..4].copy_from_slice(&n.to_be_bytes());
-            SecretKey::from_slice(&b).unwrap()
-        };
-        let tweaks: Vec<(Tweak, Vec<[u8; 8]>)> = (1..=20_000u32)
-            .map(|n| {
-                (key(n).public_key(&secp).serialize(), vec![n.to_be_bytes().repeat(2).try_into().unwrap(); 2])
-            })
-            .collect();
-        for labels in [&[][..], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10][..]] {
-            let r = Receiver::new(key(u32::MAX), key(u32::MAX - 1).public_key(&secp), labels);
-            let (started, cpu) = (Instant::now(), thread_cpu());
-            let hits = tweaks.iter().filter(|(t, o)| r.matches(t, o)).count();
-            let (wall, cpu) = (started.elapsed(), thread_cpu() - cpu);
-            eprintln!(
-                "{} labels: {} tweaks in {wall:?} ({cpu:?} CPU): {:.0} per second on one thread, {hits} hits",
-                labels.len(),
-                tweaks.len(),
-                tweaks.len() as f64 / cpu.as_secs_f64()
-            );
-        }
-    }
-
     #[test]
     fn mempool_sends_are_forgotten_after_two_checks_gone() {
         let (a, b) = (Txid::from_byte_array([1; 32]), Txid::from_byte_array([2; 32]));
