@@ -83,3 +83,59 @@ pub fn expected(node: &Node) -> Result<Expected> {
     }
     Ok(e)
 }
+
+/// What the node's own transactions say about silent payments, block by block from `from` to
+/// its tip: each eligible transaction (txnum, BIP352 tweak, taproot output prefixes) by
+/// `blkindex_shared::silent::tweak` over the transaction as `getblock 3` gives it and the
+/// prevout scripts the node reports (not the index's undo data). Also how many eligible
+/// transactions spend a P2TR output and how many a P2WPKH one, so that a test can tell that
+/// both kinds were exercised.
+pub fn expected_tweaks(node: &Node, from: u32) -> Result<SpExpected> {
+    use blkindex_shared::silent::{self, TweakedTx};
+    let tip = node.height()?;
+    let mut out = SpExpected::default();
+    let mut txnum = 0u32;
+    for h in 0..=tip {
+        let hash = node.call("getblockhash", json!([h]))?;
+        let block = node.call("getblock", json!([hash, 3]))?;
+        let txs = block["tx"].as_array().context("tx")?;
+        let mut eligible = Vec::new();
+        for (i, tx) in txs.iter().enumerate() {
+            let n = txnum + i as u32;
+            if i == 0 || (h as u32) < from {
+                continue;
+            }
+            let raw = hex::decode(tx["hex"].as_str().context("hex")?)?;
+            let parsed: bitcoin::Transaction = bitcoin::consensus::deserialize(&raw)?;
+            let spent: Vec<bitcoin::ScriptBuf> = tx["vin"]
+                .as_array()
+                .context("vin")?
+                .iter()
+                .map(|i| {
+                    let s = i["prevout"]["scriptPubKey"]["hex"].as_str().context("prevout script")?;
+                    Ok(bitcoin::ScriptBuf::from_bytes(hex::decode(s)?))
+                })
+                .collect::<Result<_>>()?;
+            let refs: Vec<&bitcoin::Script> = spent.iter().map(|s| s.as_script()).collect();
+            if let Some(tweak) = silent::tweak(&parsed, &refs) {
+                out.p2tr_spends += spent.iter().any(|s| s.is_p2tr()) as usize;
+                out.p2wpkh_spends += spent.iter().any(|s| s.is_p2wpkh()) as usize;
+                eligible.push(TweakedTx { txnum: n, tweak, outputs: silent::output_prefixes(&parsed) });
+            }
+        }
+        txnum += txs.len() as u32;
+        if !eligible.is_empty() {
+            out.blocks.push((h as u32, eligible));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Default, Debug)]
+pub struct SpExpected {
+    /// The blocks with eligible transactions, in height order, as `IndexReader::tweaks` gives them.
+    pub blocks: Vec<(u32, Vec<blkindex_shared::silent::TweakedTx>)>,
+    /// Eligible transactions with a P2TR input, and with a P2WPKH input.
+    pub p2tr_spends: usize,
+    pub p2wpkh_spends: usize,
+}

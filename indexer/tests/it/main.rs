@@ -5,3 +5,4 @@ mod bulk;
 mod faults;
 mod follow;
 mod long_lists;
+mod silent;

@@ -1,0 +1,102 @@
+//! The silent-payment (BIP352) index against real regtest nodes: the tweaks a bulk pass and a
+//! follower store equal those computed from the node's own transactions (`getblock 3`), a reorg
+//! takes them away with its blocks, and the setting is fixed when an index is created.
+
+use anyhow::Result;
+use serde_json::json;
+
+use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
+use blkindex_testkit::expect::expected_tweaks;
+use blkindex_testkit::verify::{indexer_command, open_index, Indexer};
+use blkindex_testkit::{Node, NodeOptions};
+
+use crate::follow::{assert_matches_node, bin, following};
+
+fn bulk(node: &Node, db: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    indexer_command(&bin(), node, db)
+        .args(["--no-follow", "--progress", "none"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sp_bulk_tweaks_equal_the_nodes() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    let want = expected_tweaks(&node, 0)?;
+    let eligible: usize = want.blocks.iter().map(|(_, t)| t.len()).sum();
+    // The rich chain's wallet spends taproot (key path) and P2WPKH coins to taproot outputs.
+    assert!(eligible >= 10 && want.p2tr_spends > 0 && want.p2wpkh_spends > 0, "{want:?}");
+    let dir = tempfile::tempdir()?;
+
+    let db = dir.path().join("db");
+    let out = bulk(&node, &db, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let index = open_index(&node, &db);
+    assert_eq!(index.tweak_start()?, Some(0));
+    let tip = node.height()? as u32;
+    assert_eq!(index.tweaks(0..=tip)?, want.blocks);
+    // A sub-range, and one past the tip, are bounded as asked.
+    let (h, _) = &want.blocks[want.blocks.len() / 2];
+    assert_eq!(index.tweaks(*h..=*h)?, want.blocks.iter().filter(|b| b.0 == *h).cloned().collect::<Vec<_>>());
+    assert!(index.tweaks(tip + 1..=tip + 100)?.is_empty());
+
+    // Started later: no rows below the start.
+    let from = want.blocks[want.blocks.len() / 2].0;
+    let later = dir.path().join("later");
+    let out = bulk(&node, &later, &["--sp-start", &from.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(open_index(&node, &later).tweaks(0..=tip)?, expected_tweaks(&node, from)?.blocks);
+
+    // Off: no rows at all; and the setting cannot change on an existing index.
+    let off = dir.path().join("off");
+    let out = bulk(&node, &off, &["--no-sp-index"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let index = open_index(&node, &off);
+    assert_eq!(index.tweak_start()?, None);
+    assert!(index.tweaks(0..=tip)?.is_empty());
+    let out = bulk(&node, &off, &["--sp-start", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("created with the silent-payment index off"), "{err}");
+    // Without a flag an existing index keeps its setting.
+    assert!(bulk(&node, &off, &[]).status.success());
+    assert_eq!(open_index(&node, &off).tweak_start()?, None);
+    Ok(())
+}
+
+/// A follower's tweaks through blocks and a reorg that takes an eligible transaction's block
+/// away: they equal the node's, and a fresh bulk index's (the digest covers the family).
+#[test]
+fn sp_follow_and_reorg() -> Result<()> {
+    let (node, dir, db, mut f): (Node, tempfile::TempDir, std::path::PathBuf, Indexer) = following(&[])?;
+    let b = ChainBuilder::new(&node)?;
+    let to = node.new_address("bech32m")?;
+    node.send(&to, bitcoin::Amount::from_btc(0.5)?)?;
+    let stale = b.mine(1)?[0];
+    let h = node.height()? as u32;
+    f.wait_synced(&node, &db)?;
+    let want = expected_tweaks(&node, 0)?;
+    assert!(want.blocks.iter().any(|(bh, _)| *bh == h), "the block at {h} holds an eligible transaction");
+    assert_eq!(open_index(&node, &db).tweaks(0..=h)?, want.blocks);
+
+    // The block goes; two empty blocks take its place: its tweaks must go with it.
+    node.call("invalidateblock", json!([stale.to_string()]))?;
+    let addr = node.new_address("bech32")?;
+    for _ in 0..2 {
+        node.call("generateblock", json!([addr.to_string(), []]))?;
+    }
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    let index = open_index(&node, &db);
+    assert!(index.tweaks(h..=h + 1)?.is_empty(), "the reorg left tweaks of the stale block");
+    assert_eq!(index.tweaks(0..=h + 1)?, expected_tweaks(&node, 0)?.blocks);
+
+    // The transaction, back from the mempool, is mined again above.
+    b.mine(1)?;
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    let want = expected_tweaks(&node, 0)?;
+    assert!(want.blocks.iter().any(|(bh, _)| *bh == h + 2));
+    assert_eq!(open_index(&node, &db).tweaks(0..=h + 2)?, want.blocks);
+    Ok(())
+}
