@@ -299,7 +299,7 @@ fn sessions(state: &State) -> Value {
                 // null: never negotiated (served as 1.4.2)
                 "protocol": seen.version.map(version_string),
                 "client": seen.client,
-                "subscriptions": {"scripts": seen.scripts, "outpoints": seen.outpoints},
+                "subscriptions": {"scripts": seen.scripts, "outpoints": seen.outpoints, "silent_payments": seen.silent},
                 "requests": seen.requests,
                 "busy_ms": seen.busy.as_millis() as u64,
                 "bytes_in": seen.bytes_in,

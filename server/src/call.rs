@@ -4,6 +4,7 @@
 
 use std::str::FromStr;
 
+use bitcoin::secp256k1::{PublicKey, SecretKey};
 use bitcoin::{Address, OutPoint, Txid};
 use serde_json::Value;
 
@@ -134,7 +135,55 @@ pub enum Call {
     FeeHistogram,
     MempoolInfo,
     MempoolRecent,
+
+    /// `blockchain.silentpayments.subscribe`: the keys, where to start, the labels asked for
+    /// (as sent: the handler checks their number against the limit before any work).
+    SilentSubscribe {
+        keys: SpKeys,
+        start: SpStart,
+        labels: Vec<u32>,
+    },
+    SilentUnsubscribe {
+        keys: SpKeys,
+    },
+    /// `blockchain.silentpayments.tweaks`: blocks from `start`, `count` already capped at
+    /// `MAX_TWEAK_BLOCKS`.
+    SilentTweaks {
+        start: u32,
+        count: u32,
+    },
 }
+
+/// `blockchain.silentpayments.tweaks` covers at most this many blocks a call.
+pub const MAX_TWEAK_BLOCKS: u32 = 1000;
+
+/// A silent-payment wallet's keys as a client sends them: its scan private key and spend
+/// public key. Held for the session only; never printed (the `Debug` here shows neither).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SpKeys {
+    pub scan: SecretKey,
+    pub spend: PublicKey,
+}
+
+impl std::fmt::Debug for SpKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpKeys(..)")
+    }
+}
+
+/// Where a silent-payments scan starts, as the client said it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpStart {
+    /// A height, and the scan goes on live from the tip.
+    From(u32),
+    /// `"FROM-TO"`: a closed range of heights, scanned once.
+    Range(u32, u32),
+    /// Seconds since the epoch (a number over 500,000,000): from the first block of that time on.
+    Time(u64),
+}
+
+/// BIP65's threshold: a start above it is a time, below it a height (as Frigate reads it).
+const TIME_THRESHOLD: u64 = 500_000_000;
 
 impl Call {
     /// Whether the answer needs the node: a call to it (broadcast, fees, mempool info), or its
@@ -176,7 +225,10 @@ impl Call {
             | Call::OutpointGetStatus { .. }
             | Call::TransactionGet { .. }
             | Call::TransactionGetMerkle { .. }
-            | Call::TransactionIdFromPos { .. } => false,
+            | Call::TransactionIdFromPos { .. }
+            | Call::SilentSubscribe { .. }
+            | Call::SilentUnsubscribe { .. }
+            | Call::SilentTweaks { .. } => false,
         }
     }
 
@@ -332,6 +384,15 @@ impl Call {
             "mempool.get_info" => Call::MempoolInfo,
             "mempool.recent" => Call::MempoolRecent,
 
+            "blockchain.silentpayments.subscribe" => {
+                Call::SilentSubscribe { keys: sp_keys(p)?, start: sp_start(p)?, labels: sp_labels(p)? }
+            }
+            "blockchain.silentpayments.unsubscribe" => Call::SilentUnsubscribe { keys: sp_keys(p)? },
+            "blockchain.silentpayments.tweaks" => Call::SilentTweaks {
+                start: u32_arg(p, 0, "start_height", None)?,
+                count: u32_arg(p, 1, "count", None)?.min(MAX_TWEAK_BLOCKS),
+            },
+
             m => {
                 // The script methods, whichever way they name the script.
                 let (family, name) = m.rsplit_once('.').unwrap_or(("", m));
@@ -463,6 +524,57 @@ fn hex_list_arg(params: &Value, i: usize, name: &str) -> Result<Vec<Value>, Serv
         .ok_or_else(|| ServerError::invalid_params(format!("{name} must be a non-empty list of hex strings")))
 }
 
+/// The scan private key (64 hex digits) and the spend public key (66, compressed). The messages
+/// never quote what was sent: it is a private key.
+fn sp_keys(params: &Value) -> Result<SpKeys, ServerError> {
+    let scan = str_arg(params, 0, "scan_private_key")?;
+    let spend = str_arg(params, 1, "spend_public_key")?;
+    let scan = match scan.len() == 64 {
+        true => SecretKey::from_str(scan).ok(),
+        false => None,
+    }
+    .ok_or_else(|| ServerError::bad_request("scan_private_key must be 64 hex digits of a valid key"))?;
+    let spend = match spend.len() == 66 {
+        true => PublicKey::from_str(spend).ok(),
+        false => None,
+    }
+    .ok_or_else(|| ServerError::bad_request("spend_public_key must be 66 hex digits of a compressed key"))?;
+    Ok(SpKeys { scan, spend })
+}
+
+/// `start`: a height, a time, or `"FROM-TO"`; none is height 0 (the scan starts where the tweaks
+/// do).
+fn sp_start(params: &Value) -> Result<SpStart, ServerError> {
+    let bad = || ServerError::bad_request("start must be a height, a time or \"FROM-TO\" heights");
+    Ok(match arg(params, 2, "start") {
+        None => SpStart::From(0),
+        Some(Value::String(range)) => {
+            let (from, to) = range.split_once('-').ok_or_else(bad)?;
+            let (from, to) = (from.trim().parse().map_err(|_| bad())?, to.trim().parse().map_err(|_| bad())?);
+            if from > to {
+                return Err(ServerError::bad_request("start \"FROM-TO\" needs FROM <= TO"));
+            }
+            SpStart::Range(from, to)
+        }
+        Some(v) => match v.as_u64().ok_or_else(bad)? {
+            t if t > TIME_THRESHOLD => SpStart::Time(t),
+            h => SpStart::From(h as u32),
+        },
+    })
+}
+
+/// `labels`: positive integers (0, change, is always scanned for, so it may be given too).
+fn sp_labels(params: &Value) -> Result<Vec<u32>, ServerError> {
+    let bad = || ServerError::bad_request("labels must be a list of integers from 0 to 2^31 - 1");
+    match arg(params, 3, "labels") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => {
+            a.iter().map(|l| l.as_u64().filter(|l| *l < 1 << 31).map(|l| l as u32).ok_or_else(bad)).collect()
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
 /// `cp_height` arrived in 1.4; before that the header alone is served.
 fn cp_height_arg(params: &Value, i: usize, v: Version) -> Result<u32, ServerError> {
     match v >= (1, 4, 0) {
@@ -479,6 +591,59 @@ mod tests {
     use crate::protocol::{BAD_REQUEST, INVALID_PARAMS, METHODS, METHOD_NOT_FOUND, VERSIONS};
 
     const REGTEST: Net = Net(bitcoin::Network::Regtest);
+    /// A scan private key (1) and a spend public key (the generator), valid as keys.
+    const SCAN: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+    const SPEND: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+
+    #[test]
+    fn silent_payments_arguments() {
+        let v = (1, 4, 2);
+        let parse = |params: Value| Call::parse("blockchain.silentpayments.subscribe", &params, v, REGTEST);
+        let Call::SilentSubscribe { keys, start, labels } = parse(json!([SCAN, SPEND])).unwrap() else {
+            panic!("not a subscribe")
+        };
+        assert_eq!((start, labels), (SpStart::From(0), vec![]));
+        // Neither key is ever printed, not even in a debug log of the call.
+        let shown = format!("{:?}", Call::SilentUnsubscribe { keys });
+        assert!(!shown.contains(&SCAN[48..]) && !shown.contains(&SPEND[2..20]), "{shown}");
+        let start = |s: Value| match parse(json!([SCAN, SPEND, s])) {
+            Ok(Call::SilentSubscribe { start, .. }) => Ok(start),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err((e.code(), e.message())),
+        };
+        assert_eq!(start(json!(120)), Ok(SpStart::From(120)));
+        assert_eq!(start(json!(500_000_000)), Ok(SpStart::From(500_000_000)));
+        assert_eq!(start(json!(1_700_000_000)), Ok(SpStart::Time(1_700_000_000)));
+        assert_eq!(start(json!("10-20")), Ok(SpStart::Range(10, 20)));
+        assert_eq!(start(json!("20-10")).unwrap_err().0, BAD_REQUEST);
+        assert_eq!(start(json!("x-10")).unwrap_err().0, BAD_REQUEST);
+        assert_eq!(start(json!(-1)).unwrap_err().0, BAD_REQUEST);
+        assert_eq!(start(json!(null)), Ok(SpStart::From(0)));
+        let Call::SilentSubscribe { labels, .. } = parse(json!({"scan_private_key": SCAN,
+            "spend_public_key": SPEND, "labels": [3, 0, 7]}))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(labels, vec![3, 0, 7]);
+        for bad in [json!([-1]), json!([1u64 << 31]), json!("1"), json!([1.5])] {
+            let e = parse(json!([SCAN, SPEND, 0, bad])).unwrap_err();
+            assert_eq!(e.code(), BAD_REQUEST, "{bad}");
+        }
+        // Bad keys: malformed is 1, missing is -32602, and the message never quotes them.
+        let zero = "00".repeat(32);
+        for (scan, spend) in [(&zero[..], SPEND), (&SCAN[2..], SPEND), (SCAN, &SPEND[2..]), (SCAN, "04ab")] {
+            let e = parse(json!([scan, spend])).unwrap_err();
+            assert_eq!(e.code(), BAD_REQUEST, "{scan} {spend}");
+            assert!(!e.message().contains(scan) && !e.message().contains(spend), "{}", e.message());
+        }
+        assert_eq!(parse(json!([SCAN])).unwrap_err().code(), INVALID_PARAMS);
+        assert_eq!(
+            Call::parse("blockchain.silentpayments.tweaks", &json!([5, 1_000_000]), v, REGTEST).unwrap(),
+            Call::SilentTweaks { start: 5, count: MAX_TWEAK_BLOCKS }
+        );
+        let e = Call::parse("blockchain.silentpayments.tweaks", &json!([5]), v, REGTEST).unwrap_err();
+        assert_eq!(e.code(), INVALID_PARAMS);
+    }
 
     #[test]
     fn every_method_of_every_version_parses() {
@@ -498,6 +663,8 @@ mod tests {
                     "blockchain.transaction.broadcast" => json!(["00"]),
                     "blockchain.estimatefee" => json!([2]),
                     "blockchain.transaction.get" => json!([txid]),
+                    "blockchain.silentpayments.tweaks" => json!([0, 10]),
+                    m if m.starts_with("blockchain.silentpayments.") => json!([SCAN, SPEND]),
                     "server.version" => json!(["c", "1.4"]),
                     m if m.starts_with("blockchain.transaction.")
                         || m.starts_with("blockchain.outpoint.")

@@ -132,6 +132,34 @@ pub struct Args {
     /// Memory for scripts' computed histories, kept between requests and blocks, in MiB.
     #[arg(long, env = "BLKINDEX_SCRIPT_CACHE_MB", default_value_t = 256, help_heading = "Limits")]
     script_cache_mb: u64,
+    /// Most silent-payment subscriptions (blockchain.silentpayments.subscribe) of one session.
+    #[arg(
+        long,
+        env = "BLKINDEX_SP_MAX_SUBSCRIPTIONS",
+        default_value_t = 100,
+        help_heading = "Silent payments"
+    )]
+    sp_max_subscriptions: usize,
+    /// Most labels of one silent-payment subscription, besides change (label 0).
+    #[arg(long, env = "BLKINDEX_SP_MAX_LABELS", default_value_t = 10, help_heading = "Silent payments")]
+    sp_max_labels: usize,
+    /// Silent-payment scans of past blocks in flight at once, over all sessions; a subscribe
+    /// past it is refused until one ends.
+    #[arg(long, env = "BLKINDEX_SP_MAX_SCANS", default_value_t = 8, help_heading = "Silent payments")]
+    sp_max_scans: usize,
+    /// Threads that run silent-payment scans (their elliptic-curve work), beside those that
+    /// answer requests.
+    #[arg(long, env = "BLKINDEX_SP_SCAN_THREADS", default_value_t = 1, help_heading = "Silent payments")]
+    sp_scan_threads: usize,
+    /// CPU seconds one silent-payment scan of past blocks may use; a scan over it ends its
+    /// session with an error (-101).
+    #[arg(
+        long,
+        env = "BLKINDEX_SP_SCAN_CPU_SECS",
+        default_value_t = 600.0,
+        help_heading = "Silent payments"
+    )]
+    sp_scan_cpu_secs: f64,
     /// Text for server.banner.
     #[arg(long, env = "BLKINDEX_BANNER", help_heading = "Public server")]
     banner: Option<String>,
@@ -290,6 +318,10 @@ impl Config {
             "the cost limits need --cost-decay > 0 and 0 < --cost-soft-limit <= --cost-hard-limit"
         );
         anyhow::ensure!(a.max_node_calls > 0, "--max-node-calls must be at least 1");
+        anyhow::ensure!(
+            a.sp_scan_threads > 0 && a.sp_max_scans > 0 && a.sp_scan_cpu_secs > 0.0,
+            "--sp-scan-threads, --sp-max-scans and --sp-scan-cpu-secs must be above 0"
+        );
         let secondary_dir = a.secondary_dir.unwrap_or_else(|| a.node.db.with_extension("server"));
         Ok(Config {
             ban_file: a.ban_file.unwrap_or_else(|| secondary_dir.join("banned.json")),
@@ -318,6 +350,13 @@ impl Config {
                 cost: CostLimits { soft: a.cost_soft_limit, hard: a.cost_hard_limit, decay: a.cost_decay },
                 max_node_calls: a.max_node_calls,
                 fee_cache: Duration::from_secs(a.fee_cache_secs),
+                silent: SilentLimits {
+                    max_subscriptions: a.sp_max_subscriptions,
+                    max_labels: a.sp_max_labels,
+                    max_scans: a.sp_max_scans,
+                    scan_threads: a.sp_scan_threads,
+                    scan_cpu: Duration::from_secs_f64(a.sp_scan_cpu_secs),
+                },
             },
             script_cache_bytes: a.script_cache_mb << 20,
             peers: a.peers,
@@ -424,6 +463,21 @@ pub struct Limits {
     pub cost: CostLimits,
     pub max_node_calls: usize,
     pub fee_cache: Duration,
+    pub silent: SilentLimits,
+}
+
+/// What silent-payment scanning may take (the `--sp-*` flags).
+#[derive(Clone, Copy, Debug)]
+pub struct SilentLimits {
+    /// Subscriptions per session, and labels per subscription (change not counted).
+    pub max_subscriptions: usize,
+    pub max_labels: usize,
+    /// Scans of past blocks in flight over the whole server.
+    pub max_scans: usize,
+    /// Threads doing scans' elliptic-curve work at once.
+    pub scan_threads: usize,
+    /// CPU time one scan of past blocks may take.
+    pub scan_cpu: Duration,
 }
 
 /// A session's cost budget (see `cost`).

@@ -24,13 +24,13 @@ const LAYERS: &[&[&str]] = &[
     // A request parsed into a typed call, its arguments checked.
     &["call"],
     // What computes statuses and what keeps the state current.
-    &["status", "catch_up", "mempool::driver", "zmq", "stats"],
+    &["status", "catch_up", "mempool::driver", "zmq", "stats", "silent"],
     // Supervision of the long-lived tasks.
     &["tasks"],
     // What every session shares.
     &["state"],
     // The state's parts.
-    &["script_cache", "mempool", "peers", "sessions"],
+    &["script_cache", "mempool", "peers", "sessions", "tweaks"],
     &["metrics", "bans", "outbox", "cost"],
     // Configuration, and the protocol's vocabulary.
     &["protocol", "config"],

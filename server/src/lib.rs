@@ -35,11 +35,13 @@ mod proxy;
 mod script_cache;
 mod session;
 mod sessions;
+mod silent;
 mod state;
 mod stats;
 mod status;
 mod tasks;
 mod tls;
+mod tweaks;
 mod zmq;
 
 use std::future::Future;
@@ -130,6 +132,8 @@ pub async fn run(
         IndexReader::new(store, blocks.clone())
     };
     let (index, standby) = (open("a")?, open("b")?);
+    // Fixed when the index is created: read once.
+    let tweak_start = index.tweak_start()?;
     // Nothing here waits for the node: a node that is down (or a server without one) does not
     // keep the confirmed data from being served.
     let rpc = (!config.no_node).then(|| Arc::new(Rpc::new(&node.rpc_addr, node.auth.clone())));
@@ -152,11 +156,16 @@ pub async fn run(
 
     let bound = listeners.addrs()?;
     let settings = config.settings(&bound);
-    let peers = Arc::new(peers(&config, &settings.info)?);
+    let peers = Arc::new(peers(&config, &settings.info, tweak_start.is_some())?);
     let scripts =
         script_cache::ScriptCache::new(config.script_cache_bytes, settings.info.max_history, metrics.clone());
-    let (state, events_rx) = state::State::new(index, client_rpc, settings, metrics.clone(), scripts, peers);
+    let (state, events_rx) =
+        state::State::new(index, client_rpc, settings, metrics.clone(), scripts, peers, tweak_start);
     info!(tip = ?state.tip().map(|t| t.height), "index opened");
+    match tweak_start {
+        Some(from) => info!(from, "serving silent payments: the index has tweaks"),
+        None => info!("no silent payments: the index has no tweaks"),
+    }
     if let Some(addr) = config.metrics_addr {
         let (s, max_lag) = (state.clone(), config.health_max_lag);
         let bound = metrics::serve(metrics, addr, Box::new(move || stats::health_of(&s, max_lag)))?;
@@ -173,6 +182,9 @@ pub async fn run(
             tasks.spawn("ZMQ", zmq::run(state.clone(), rpc.clone(), node.zmq_configured()));
             let (every, resync) = (config.mempool_every, config.mempool_resync_every);
             tasks.spawn("mempool", mempool::driver::run(state.clone(), rpc, events_rx, every, resync));
+            if tweak_start.is_some() {
+                tasks.spawn("silent-payments mempool", silent::track_mempool(state.clone()));
+            }
         }
         None => info!(
             "running without a node (--no-node): confirmed data only; mempool, broadcast and fee calls \
@@ -212,13 +224,13 @@ pub async fn run(
 }
 
 /// The other public servers: configured, or with discovery found and verified.
-fn peers(config: &Config, info: &config::Info) -> Result<peers::Peers> {
+fn peers(config: &Config, info: &config::Info, silent: bool) -> Result<peers::Peers> {
     let genesis_hash = config.node.network.genesis_hash().to_string();
     peers::Peers::new(peers::Config {
         discovery: config.peer_discovery,
         seeds: config.peers.clone(),
         check_every: config.peer_check_every,
-        own_features: methods::features(&genesis_hash, &info.hosts, protocol::UNNEGOTIATED),
+        own_features: methods::features(&genesis_hash, &info.hosts, protocol::UNNEGOTIATED, silent),
         genesis_hash,
         default_ports: match config.node.network.0 {
             bitcoin::Network::Bitcoin => (50001, 50002),

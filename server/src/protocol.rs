@@ -64,6 +64,11 @@ pub const METHODS: &[(&str, Version, Version)] = &[
     ("mempool.get_fee_histogram", (1, 2, 0), NEVER),
     ("mempool.get_info", (1, 6, 0), NEVER),
     ("mempool.recent", (1, 7, 0), NEVER),
+    // Silent payments (BIP352): Frigate's proposed methods, and ours for client-side scanning.
+    // From 1.4 on, the oldest version Frigate serves them in that clients still speak.
+    ("blockchain.silentpayments.subscribe", (1, 4, 0), NEVER),
+    ("blockchain.silentpayments.unsubscribe", (1, 4, 0), NEVER),
+    ("blockchain.silentpayments.tweaks", (1, 4, 0), NEVER),
 ];
 
 /// Whether `method` exists in version `v`.

@@ -22,6 +22,7 @@ use crate::cost::{Cost, Verdict};
 use crate::methods::{self, Session};
 use crate::outbox::{Outbox, Refused};
 use crate::protocol::ServerError;
+use crate::silent::Body;
 use crate::state::{State, Tip};
 use crate::status::{outpoint_status, script_status};
 
@@ -64,6 +65,7 @@ pub async fn run(
     let mut tip_rx = state.watch_tip();
     tip_rx.mark_unchanged();
     let mut mempool_rx = state.watch_mempool();
+    let mut silent_rx = session.silent.take_receiver();
     let idle = tokio::time::sleep(limits.idle);
     tokio::pin!(idle);
     let reason = loop {
@@ -131,6 +133,26 @@ pub async fn run(
                     }
                 }
             }
+            Some(msg) = silent_rx.recv() => {
+                // The scan's CPU time is this session's work too.
+                cost.charge(msg.cpu);
+                if !session.silent.is_current(msg.generation) {
+                    continue; // of a subscription dropped or replaced since
+                }
+                match msg.body {
+                    // Pages of history wait for room as replies do: a long history is not a
+                    // reason to close the session, a client that does not read is (send timeout).
+                    Body::Notification(text) => match queue(&out, text, true).await {
+                        Ok(bytes) => bytes_out += bytes,
+                        Err(why) => break why,
+                    },
+                    Body::OverBudget(message) => {
+                        let _ = out.try_send(error_reply(&Value::Null, true, &ServerError::ExcessiveUsage(message)));
+                        break "a silent-payments scan over its CPU limit";
+                    }
+                }
+                report(live, &session, bytes_in, bytes_out, &out, &mut cost);
+            }
             _ = &mut idle => {
                 let e = ServerError::Closing(format!("no request for {} s", limits.idle.as_secs()));
                 let _ = out.try_send(error_reply(&Value::Null, true, &e));
@@ -167,6 +189,7 @@ fn report(
     seen.version = s.version;
     seen.scripts = s.scripts.len();
     seen.outpoints = s.outpoints.len();
+    seen.silent = s.silent.len();
     seen.requests = s.requests;
     seen.busy = s.busy;
     seen.bytes_in = bytes_in;
@@ -396,14 +419,23 @@ async fn handle_request(
         let e = ServerError::InvalidRequest("not a JSON-RPC request".into());
         return Some(error_reply(&id.unwrap_or(Value::Null), v2, &e));
     };
-    debug!(method, %params, "request");
+    // A silent-payments subscription's parameters are a wallet's scan private key: never logged.
+    let hidden;
+    let shown = match method.starts_with("blockchain.silentpayments.") && !method.ends_with(".tweaks") {
+        true => {
+            hidden = json!("(keys not shown)");
+            &hidden
+        }
+        false => &params,
+    };
+    debug!(method, params = %shown, "request");
     let started = Instant::now();
     let result = match params {
         Value::Array(_) | Value::Object(_) => methods::call(state, s, method, &params).await,
         _ => Err(ServerError::invalid_params("params must be an array or an object")),
     };
     if let Err(ServerError::Internal(e)) = &result {
-        warn!(method, %params, "internal error: {e:#}");
+        warn!(method, params = %shown, "internal error: {e:#}");
     }
     let took = started.elapsed();
     state.metrics().request(method, result.is_ok(), took);

@@ -42,6 +42,8 @@ pub struct Seen {
     pub version: Option<Version>,
     pub scripts: usize,
     pub outpoints: usize,
+    /// Silent-payment subscriptions.
+    pub silent: usize,
     pub requests: u64,
     /// Time spent answering its requests: what it has cost us.
     pub busy: Duration,

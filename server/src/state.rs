@@ -34,6 +34,7 @@ use crate::peers::Peers;
 use crate::protocol::ServerError;
 use crate::script_cache::ScriptCache;
 use crate::sessions::Sessions;
+use crate::tweaks::Tweaks;
 
 /// The indexed tip as sessions see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +122,8 @@ pub struct State {
     header_tree: Mutex<PrefixTree>,
     /// When the catch-up task last found the index served level with the indexer's.
     caught_up_at: Mutex<Instant>,
+    /// Silent payments: the index's tweaks, the scans' limits, the mempool's tweaks.
+    tweaks: Tweaks,
 }
 
 /// How long a client's node call waits for its turn before it is told the node is busy.
@@ -138,8 +141,10 @@ impl State {
         metrics: Arc<Metrics>,
         scripts: ScriptCache,
         peers: Arc<Peers>,
+        tweak_start: Option<Height>,
     ) -> (Arc<Self>, mpsc::Receiver<Event>) {
         let tip = Tip::of(&index);
+        let tweaks = Tweaks::new(tweak_start, settings.limits.silent);
         if let Some(t) = tip {
             metrics.tip.set(t.height as i64);
         }
@@ -168,6 +173,7 @@ impl State {
             header_tree: Mutex::default(),
             // Just opened: as caught up as it gets.
             caught_up_at: Mutex::new(Instant::now()),
+            tweaks,
         });
         (state, events)
     }
@@ -183,6 +189,11 @@ impl State {
 
     pub fn scripts(&self) -> &ScriptCache {
         &self.scripts
+    }
+
+    /// Silent payments' shared parts (see `tweaks`).
+    pub fn tweaks(&self) -> &Tweaks {
+        &self.tweaks
     }
 
     pub fn peers(&self) -> &Arc<Peers> {

@@ -10,6 +10,7 @@ mod headers;
 mod outpoints;
 mod scripts;
 mod server_info;
+mod silent;
 mod transactions;
 mod verbose;
 
@@ -79,6 +80,8 @@ pub struct Session {
     pub add_peer_calls: u32,
     /// The client's name from `server.version` (cut to `MAX_CLIENT_NAME` bytes).
     pub client: Option<String>,
+    /// Silent-payment subscriptions, each with its scan (which holds the wallet's keys).
+    pub silent: crate::silent::Subs,
     /// Requests answered, and the time spent answering them.
     pub requests: u64,
     pub busy: std::time::Duration,
@@ -124,7 +127,9 @@ pub async fn call(
         Call::ServerPeersSubscribe => Ok(state.peers().list()),
         Call::ServerAddPeer { features } => Ok(server_info::add_peer(state, s, features.as_ref())),
         Call::ServerFeatures => {
-            Ok(features(&state.settings().net.genesis_hash().to_string(), &state.settings().info.hosts, v))
+            let (genesis, hosts) =
+                (state.settings().net.genesis_hash().to_string(), &state.settings().info.hosts);
+            Ok(features(&genesis, hosts, v, state.tweaks().start().is_some()))
         }
         Call::ServerPing { pong_len: None } => Ok(Value::Null),
         // `Call::parse` has bounded the length (`MAX_PONG`) before anything is allocated.
@@ -169,6 +174,12 @@ pub async fn call(
         Call::FeeHistogram => fees::histogram(state).await,
         Call::MempoolInfo => fees::mempool_info(state).await,
         Call::MempoolRecent => fees::recent(state).await,
+
+        Call::SilentSubscribe { keys, start, labels } => {
+            return silent::subscribe(state, s, keys, start, labels).await
+        }
+        Call::SilentUnsubscribe { keys } => silent::unsubscribe(state, s, keys),
+        Call::SilentTweaks { start, count } => return silent::tweaks(state, start, count).await,
     };
     value.map(Answer::Value)
 }

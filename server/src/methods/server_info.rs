@@ -15,8 +15,14 @@ pub fn add_peer(state: &Arc<State>, s: &mut Session, features: Option<&Value>) -
     json!(taken)
 }
 
-/// `server.features` as version `v` shows it (also what we announce to peers).
-pub fn features(genesis_hash: &str, hosts: &serde_json::Map<String, Value>, v: Version) -> Value {
+/// `server.features` as version `v` shows it (also what we announce to peers); `silent`: the
+/// index has silent-payment tweaks, so the silent-payments methods are served.
+pub fn features(
+    genesis_hash: &str,
+    hosts: &serde_json::Map<String, Value>,
+    v: Version,
+    silent: bool,
+) -> Value {
     let mut f = json!({
         "genesis_hash": genesis_hash,
         "hosts": hosts,
@@ -27,6 +33,10 @@ pub fn features(genesis_hash: &str, hosts: &serde_json::Map<String, Value>, v: V
     });
     if v < (1, 7, 0) {
         f["hash_function"] = json!("sha256");
+    }
+    if silent {
+        // Frigate's proposal: the BIP352 versions served.
+        f["silent_payments"] = json!([0]);
     }
     f
 }

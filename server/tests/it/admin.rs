@@ -191,13 +191,13 @@ fn getinfo_sessions_disconnect_and_loglevel() -> Result<()> {
     let (s1, s2) = (by_client("wallet-one"), by_client("wallet-two"));
     assert_eq!(sessions.as_array().unwrap().len(), 2);
     assert_eq!(s1["protocol"], "1.6");
-    assert_eq!(s1["subscriptions"], json!({"scripts": 2, "outpoints": 0}));
+    assert_eq!(s1["subscriptions"], json!({"scripts": 2, "outpoints": 0, "silent_payments": 0}));
     assert_eq!(s1["requests"], 4);
     assert_eq!(s1["transport"], "tcp");
     assert_eq!(s1["peer"], one.local_addr());
     assert!(s1["bytes_in"].as_u64().unwrap() > 100 && s1["bytes_out"].as_u64().unwrap() > 100);
     assert_eq!(s2["protocol"], "1.4");
-    assert_eq!(s2["subscriptions"], json!({"scripts": 1, "outpoints": 0}));
+    assert_eq!(s2["subscriptions"], json!({"scripts": 1, "outpoints": 0, "silent_payments": 0}));
     assert_eq!(s2["requests"], 2);
 
     // By id: that session is closed, the other one still served.

@@ -458,6 +458,8 @@ fn check(w: &mut World, walk: &mut Walk, method: &str) -> Result<()> {
             if v < (1, 7, 0) {
                 want["hash_function"] = json!("sha256");
             }
+            // The index has silent-payment tweaks (on by default).
+            want["silent_payments"] = json!([0]);
             assert_eq!(walk.result(method, json!([])), want);
         }
         "server.add_peer" => {
@@ -775,6 +777,34 @@ fn check(w: &mut World, walk: &mut Walk, method: &str) -> Result<()> {
             let listed: Vec<&Value> = got.iter().map(|r| &r["txid"]).collect();
             for t in w.broadcast.iter().rev().take(3) {
                 assert!(listed.contains(&&json!(t.to_string())), "{t} in {listed:?}");
+            }
+        }
+        m if m.starts_with("blockchain.silentpayments.") => {
+            // Served when the index has tweaks (features say so), refused as not found when not;
+            // the silent-payments test checks the answers themselves.
+            let served =
+                walk.c.result("server.features", json!([])).get("silent_payments") == Some(&json!([0]));
+            let (scan, spend) =
+                ("11".repeat(32), "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798");
+            let params = match m {
+                "blockchain.silentpayments.tweaks" => json!([0, 1]),
+                _ => json!([scan, spend]),
+            };
+            if !served {
+                let r = walk.c.call(m, params);
+                assert_eq!(r["error"]["code"], -32601, "{m}: {r}");
+                assert!(r["error"]["message"].as_str().unwrap().contains("no tweaks"), "{r}");
+                walk.called.insert((m.to_string(), v));
+                return Ok(());
+            }
+            let r = walk.result(m, params);
+            match m {
+                "blockchain.silentpayments.subscribe" => {
+                    assert_eq!((&r["labels"], &r["start_height"]), (&json!([0]), &json!(0)), "{r}");
+                    assert!(r["address"].is_string(), "{r}");
+                }
+                "blockchain.silentpayments.unsubscribe" => assert!(r.is_string(), "{r}"),
+                _ => assert!(r["blocks"].is_array() && r.get("next").is_some(), "{r}"),
             }
         }
         other => panic!("no check for {other}: add one"),

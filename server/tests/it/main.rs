@@ -17,6 +17,7 @@ mod no_node;
 mod node_faults;
 mod peers;
 mod reorg_notifications;
+mod silent_payments;
 mod tls_material;
 mod transports;
 mod versions;

@@ -18,6 +18,10 @@ use blkindex_testkit::{Node, NodeOptions};
 
 use crate::common::{indexed, req, session, status_of, Conn, Server};
 
+/// A silent-payment wallet's keys: a scan private key (0x11…) and a spend public key (G).
+const SP_SCAN: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const SP_SPEND: &str = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+
 /// What a `--no-node` server answers to the calls that need the node.
 const NO_NODE: &str = "no node: the server runs with --no-node";
 
@@ -119,6 +123,12 @@ fn requests(n: &Names, method: &str, v: Version) -> Vec<Value> {
         "blockchain.relayfee" | "mempool.get_fee_histogram" | "mempool.get_info" | "mempool.recent" => {
             vec![json!([])]
         }
+        // A subscribe that would start a scan sends notifications among the replies read here in
+        // order: this one is refused before any (its range ends past the tip); the
+        // silent-payments test covers the scan.
+        "blockchain.silentpayments.subscribe" => vec![json!([SP_SCAN, SP_SPEND, "0-99999999"])],
+        "blockchain.silentpayments.unsubscribe" => vec![json!([SP_SCAN, SP_SPEND])],
+        "blockchain.silentpayments.tweaks" => vec![json!([0, 1000]), json!([0, 1])],
         other => panic!("no requests for {other}: add some"),
     }
 }

@@ -176,6 +176,10 @@ fn protocol_1_0_to_1_3_serve_the_old_methods() -> Result<()> {
     assert_eq!(c.error_code("blockchain.scripthash.get_history", json!([scripts[0].1.to_string()])), -32601);
     assert_eq!(c.error_code("server.features", json!([])), -32601);
     assert_eq!(c.error_code("blockchain.block.header", json!([1])), -32601);
+    // Silent payments come with 1.4 (the oldest version Frigate serves them in that clients use).
+    let r = c.call("blockchain.silentpayments.tweaks", json!([0, 1]));
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("not in protocol version 1.0"), "{r}");
 
     // 1.0 notifications: numblocks, deserialized headers, addresses.
     let (address, ..) = &scripts[0];

@@ -1,0 +1,672 @@
+//! Silent payments (BIP352) for a session: its subscriptions (Frigate's proposed
+//! `blockchain.silentpayments.subscribe`), each one scan task that finds the transactions paying
+//! the wallet, first in past blocks, then in each new block (from the fork after a reorg) and each
+//! new eligible mempool transaction; and the task that keeps the mempool's tweaks
+//! (`track_mempool`), computed once for every session.
+//!
+//! A scan takes the tweaks of a chunk of blocks from the index, asks the wallet's `Receiver`
+//! whether an output key prefix is one its keys make (`matches`: one ECDH per eligible
+//! transaction, the only costly step), and confirms each candidate against the transaction
+//! itself (`paid_outputs`) before reporting it. Its elliptic-curve work runs on the scan threads
+//! (`tweaks::Tweaks::thread`), a chunk at a time, so scans take turns and the request path keeps
+//! its threads; a scan of past blocks holds one of the server's `--sp-max-scans` slots and may
+//! use `--sp-scan-cpu-secs` of CPU (measured per thread, checked after each chunk of at most
+//! `CHUNK` blocks). Its results go to the session as whole notifications through a channel of
+//! `CHANNEL` messages (each at most `PAGE` entries), so what a scan holds is a chunk's rows and a
+//! page; the session queues them in its byte budget, waiting for room as a reply does.
+//!
+//! Keys: a `Receiver` lives in its scan task only, for as long as the subscription does; nothing
+//! here logs or prints one (no `Debug` of a receiver, no message quoting a key).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bitcoin::{BlockHash, Transaction, Txid};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, info, warn};
+
+use blkindex_shared::query::IndexReader;
+use blkindex_shared::schema::Height;
+use blkindex_shared::silent::{self as sp, Receiver, Tweak};
+
+use crate::protocol::{push_txid, ServerError};
+use crate::state::State;
+use crate::tweaks::{MempoolTweak, ScanSlot};
+
+/// Most entries in one notification's `history` (Frigate's suggestion).
+pub const PAGE: usize = 100;
+/// Blocks scanned per turn on a scan thread: on mainnet about 1,500 eligible transactions a
+/// block, 40 µs each, so a turn of about half a second.
+const CHUNK: Height = 8;
+/// A scan of past blocks that found nothing sends its progress this often (Frigate: "every 5
+/// seconds").
+const PULSE: Duration = Duration::from_secs(5);
+/// Blocks by height and hash, as a scan saw them.
+type Seen = Vec<(Height, BlockHash)>;
+
+/// Block hashes a scan remembers to find the fork after a reorg: the indexer follows reorgs of
+/// up to 100 blocks.
+const MAX_SEEN: usize = 101;
+/// Notifications a scan may have made that its session has not yet queued.
+const CHANNEL: usize = 2;
+/// Transactions from the mempool looked at per turn by `track_mempool`.
+const MEMPOOL_BATCH: usize = 500;
+
+/// What a scan sends its session.
+pub struct Msg {
+    /// The subscription it is for (a message of one since replaced or dropped is not sent).
+    pub generation: u64,
+    pub body: Body,
+    /// CPU time spent since the last message, charged to the session's cost.
+    pub cpu: Duration,
+}
+
+pub enum Body {
+    /// A notification, whole.
+    Notification(String),
+    /// The scan used more CPU than it may: the session is told and closed.
+    OverBudget(String),
+}
+
+/// A session's silent-payment subscriptions, by address, and the channel their scans send on.
+pub struct Subs {
+    map: HashMap<String, Sub>,
+    tx: mpsc::Sender<Msg>,
+    rx: Option<mpsc::Receiver<Msg>>,
+    generation: u64,
+}
+
+/// A subscription: its start, and its scan task (aborted when the subscription is dropped).
+struct Sub {
+    start_height: Height,
+    generation: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Default for Subs {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        Subs { map: HashMap::new(), tx, rx: Some(rx), generation: 0 }
+    }
+}
+
+/// What a new subscription scans, resolved from the request.
+pub struct Wanted {
+    pub receiver: Receiver,
+    pub address: String,
+    /// The labels asked for, sorted, without 0.
+    pub labels: Vec<u32>,
+    pub from: Height,
+    /// The end of a `"FROM-TO"` range (then no live scan).
+    pub to: Option<Height>,
+}
+
+impl Subs {
+    /// The receiving end, taken once by the session loop.
+    pub fn take_receiver(&mut self) -> mpsc::Receiver<Msg> {
+        self.rx.take().expect("the receiver is taken once")
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether a message of `generation` belongs to a subscription still held.
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.map.values().any(|s| s.generation == generation)
+    }
+
+    /// Subscribes (or subscribes again) and starts the scan; the subscription object, as the
+    /// reply and every notification carry it. Refused before any work: over the session's
+    /// subscriptions (a new address), or with `--sp-max-scans` scans in flight. Subscribing
+    /// again never narrows the start (Frigate's rule) and scans again from it.
+    pub fn subscribe(&mut self, state: &Arc<State>, w: Wanted) -> Result<String, ServerError> {
+        let limits = *state.tweaks().limits();
+        let existing = self.map.get(&w.address).map(|s| s.start_height);
+        if existing.is_none() && self.map.len() >= limits.max_subscriptions {
+            return Err(ServerError::ExcessiveUsage(format!(
+                "too many silent-payment subscriptions: at most {} per session",
+                limits.max_subscriptions
+            )));
+        }
+        let slot = state.tweaks().try_scan().ok_or_else(|| {
+            ServerError::ExcessiveUsage(format!(
+                "the server is busy: {} silent-payment scans in flight; try again later",
+                limits.max_scans
+            ))
+        })?;
+        let from = existing.map_or(w.from, |e| e.min(w.from));
+        let mut labels = vec![0];
+        labels.extend(&w.labels);
+        let text = json!({"address": w.address, "labels": labels, "start_height": from}).to_string();
+        self.generation += 1;
+        let scan = Scan {
+            state: state.clone(),
+            receiver: Arc::new(w.receiver),
+            subscription: text.clone().into(),
+            generation: self.generation,
+            from,
+            to: w.to,
+            out: self.tx.clone(),
+            slot: Some(slot),
+            cpu_limit: limits.scan_cpu,
+        };
+        let task = tokio::spawn(run(scan));
+        // Replacing an earlier subscription of the address drops it: its scan is aborted.
+        self.map.insert(w.address, Sub { start_height: from, generation: self.generation, task });
+        Ok(text)
+    }
+
+    /// Drops the subscription of `address` (its scan stops); whether there was one.
+    pub fn unsubscribe(&mut self, address: &str) -> bool {
+        self.map.remove(address).is_some()
+    }
+}
+
+/// A transaction found paying the wallet.
+struct Hit {
+    /// 0: in the mempool.
+    height: Height,
+    txid: Txid,
+    tweak: Tweak,
+}
+
+/// One subscription's scan, for its task.
+struct Scan {
+    state: Arc<State>,
+    receiver: Arc<Receiver>,
+    /// The subscription object's JSON, byte for byte as the reply had it.
+    subscription: Arc<str>,
+    generation: u64,
+    from: Height,
+    to: Option<Height>,
+    out: mpsc::Sender<Msg>,
+    /// Held while past blocks are scanned.
+    slot: Option<ScanSlot>,
+    cpu_limit: Duration,
+}
+
+/// Why a scan ended.
+enum Stop {
+    /// Its session or subscription is gone.
+    Gone,
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(e: anyhow::Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+async fn run(mut scan: Scan) {
+    if let Err(Stop::Failed(e)) = scan.go().await {
+        // Nothing of the wallet is in the error: only heights and the index's own messages.
+        warn!("a silent-payments scan stopped: {e:#}");
+    }
+}
+
+/// What a chunk of blocks gave.
+struct Found {
+    hits: Vec<Hit>,
+    /// The hash of each block scanned, for finding a fork later.
+    hashes: Vec<(Height, BlockHash)>,
+    cpu: Duration,
+}
+
+impl Scan {
+    async fn go(&mut self) -> Result<(), Stop> {
+        let mut tips = self.state.watch_tip();
+        tips.mark_unchanged();
+        let mut news = self.state.tweaks().watch_mempool();
+        let top = self.state.index().chain.len() as i64 - 1;
+        let end = self.to.map_or(top, |to| (to as i64).min(top));
+        let mut seen: VecDeque<(Height, BlockHash)> = VecDeque::new();
+        let mut hits = Vec::new();
+        let (mut used, mut unsent) = (Duration::ZERO, Duration::ZERO);
+        let mut last_sent = Instant::now();
+        let total = (end + 1 - self.from as i64).max(1) as f64;
+        let mut progress = 0.0;
+        let mut h = self.from as i64;
+        while h <= end {
+            let last = (h + CHUNK as i64 - 1).min(end);
+            let found = self.blocks(h as Height, last as Height).await?;
+            used += found.cpu;
+            unsent += found.cpu;
+            if used > self.cpu_limit {
+                let m = format!(
+                    "a silent-payments scan used more than its {} s of CPU: subscribe from a later start",
+                    self.cpu_limit.as_secs_f64()
+                );
+                self.send(Body::OverBudget(m), &mut unsent).await?;
+                return Err(Stop::Gone);
+            }
+            remember(&mut seen, found.hashes);
+            hits.extend(found.hits);
+            // Never 1.0 before the last page: 1.0 marks the end of the historical scan.
+            progress = ((last + 1 - self.from as i64) as f64 / total).min(0.999);
+            while hits.len() >= PAGE {
+                let page: Vec<Hit> = hits.drain(..PAGE).collect();
+                self.page(&page, progress, &mut unsent).await?;
+                last_sent = Instant::now();
+            }
+            if last_sent.elapsed() >= PULSE {
+                self.page(&[], progress, &mut unsent).await?;
+                last_sent = Instant::now();
+            }
+            h = last + 1;
+        }
+        self.slot = None;
+        // Mempool transactions sent, each once: not again from the mempool, nor when mined
+        // (Frigate: the client follows confirmations by script). `true`: seen gone from the
+        // mempool at the last check (dropped at the next, after a block scan has had its chance
+        // to skip it).
+        let mut sent: HashMap<Txid, bool> = HashMap::new();
+        if self.to.is_none() {
+            // One mined since the mempool was last read is reported with its block only.
+            let mined: std::collections::HashSet<Txid> = hits.iter().map(|h: &Hit| h.txid).collect();
+            let mut snapshot = self.state.tweaks().mempool_snapshot();
+            snapshot.retain(|t| !mined.contains(&t.txid));
+            let (found, cpu) = self.mempool(snapshot).await?;
+            unsent += cpu;
+            for hit in found {
+                sent.insert(hit.txid, false);
+                hits.push(hit);
+            }
+        }
+        // The rest, the last page at 1.0: the historical scan is done.
+        let pages: Vec<&[Hit]> = hits.chunks(PAGE).collect();
+        if pages.is_empty() {
+            self.page(&[], 1.0, &mut unsent).await?;
+        }
+        for (i, page) in pages.iter().enumerate() {
+            let p = if i + 1 == pages.len() { 1.0 } else { progress };
+            self.page(page, p, &mut unsent).await?;
+        }
+        if self.to.is_some() {
+            return Ok(());
+        }
+        drop(hits);
+        loop {
+            tokio::select! {
+                changed = tips.changed() => {
+                    if changed.is_err() {
+                        return Err(Stop::Gone);
+                    }
+                    tips.borrow_and_update();
+                    self.new_tip(&mut seen, &mut sent, &mut unsent).await?;
+                }
+                batch = news.recv() => {
+                    let list = match batch {
+                        Ok(list) => list.to_vec(),
+                        // Missed some: look at all of them (those sent are skipped).
+                        Err(broadcast::error::RecvError::Lagged(_)) => self.state.tweaks().mempool_snapshot(),
+                        Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
+                    };
+                    let list: Vec<_> = list.into_iter().filter(|t| !sent.contains_key(&t.txid)).collect();
+                    let (found, cpu) = self.mempool(list).await?;
+                    unsent += cpu;
+                    for hit in &found {
+                        sent.insert(hit.txid, false);
+                    }
+                    for page in found.chunks(PAGE) {
+                        self.page(page, 1.0, &mut unsent).await?;
+                    }
+                }
+                _ = self.out.closed() => return Err(Stop::Gone),
+            }
+        }
+    }
+
+    /// After a new tip: the blocks from the fork (or the last one scanned) to the tip, their
+    /// hits sent but those already sent from the mempool.
+    async fn new_tip(
+        &self,
+        seen: &mut VecDeque<(Height, BlockHash)>,
+        sent: &mut HashMap<Txid, bool>,
+        unsent: &mut Duration,
+    ) -> Result<(), Stop> {
+        let index = self.state.index();
+        let from = fork(&index, seen, self.from);
+        let top = index.chain.len() as i64 - 1;
+        drop(index);
+        let mut hits = Vec::new();
+        let mut h = from as i64;
+        while h <= top {
+            let last = (h + CHUNK as i64 - 1).min(top);
+            let found = self.blocks(h as Height, last as Height).await?;
+            *unsent += found.cpu;
+            remember(seen, found.hashes);
+            hits.extend(found.hits.into_iter().filter(|hit| sent.remove(&hit.txid).is_none()));
+            h = last + 1;
+        }
+        for page in hits.chunks(PAGE) {
+            self.page(page, 1.0, unsent).await?;
+        }
+        let mempool = self.state.tweaks().mempool();
+        prune(sent, |txid| mempool.contains_key(txid));
+        Ok(())
+    }
+
+    /// Scans blocks `from..=to` (those the index has) on a scan thread.
+    async fn blocks(&self, from: Height, to: Height) -> Result<Found, Stop> {
+        let turn = self.state.tweaks().thread().await;
+        let (state, receiver) = (self.state.clone(), self.receiver.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let started = thread_cpu();
+            let index = state.index();
+            let found = scan_blocks(&index, &receiver, from, to);
+            found.map(|(hits, hashes)| Found { hits, hashes, cpu: thread_cpu().saturating_sub(started) })
+        })
+        .await
+        .map_err(|e| Stop::Failed(e.into()))??;
+        Ok(found)
+    }
+
+    /// Which of `list` pay the wallet, on a scan thread; the CPU time it took.
+    async fn mempool(&self, list: Vec<Arc<MempoolTweak>>) -> Result<(Vec<Hit>, Duration), Stop> {
+        if list.is_empty() {
+            return Ok((Vec::new(), Duration::ZERO));
+        }
+        let turn = self.state.tweaks().thread().await;
+        let (state, receiver) = (self.state.clone(), self.receiver.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let started = thread_cpu();
+            let mut hits = Vec::new();
+            for t in list.iter().filter(|t| receiver.matches(&t.tweak, &t.outputs)) {
+                let raw = state.mempool().read().unwrap().txs.get(&t.txid).map(|m| m.raw().to_vec());
+                // Gone since: it is in a block now, or replaced; a block scan finds the first.
+                let Some(raw) = raw else { continue };
+                let tx: Transaction = bitcoin::consensus::deserialize(&raw)?;
+                if !receiver.paid_outputs(&t.tweak, &tx).is_empty() {
+                    hits.push(Hit { height: 0, txid: t.txid, tweak: t.tweak });
+                }
+            }
+            anyhow::Ok((hits, thread_cpu().saturating_sub(started)))
+        })
+        .await
+        .map_err(|e| Stop::Failed(e.into()))??;
+        Ok(found)
+    }
+
+    /// Sends one notification: `history` (at most `PAGE` entries) at `progress`.
+    async fn page(&self, history: &[Hit], progress: f64, unsent: &mut Duration) -> Result<(), Stop> {
+        let text = notification(&self.subscription, progress, history);
+        self.send(Body::Notification(text), unsent).await
+    }
+
+    async fn send(&self, body: Body, unsent: &mut Duration) -> Result<(), Stop> {
+        let msg = Msg { generation: self.generation, body, cpu: std::mem::take(unsent) };
+        self.out.send(msg).await.map_err(|_| Stop::Gone)
+    }
+}
+
+/// The first height to scan after a tip change: above the highest block remembered that is still
+/// in the chain (those above it are forgotten); if none is, from the lowest remembered (or, with
+/// none remembered, from `start`).
+fn fork(index: &IndexReader, seen: &mut VecDeque<(Height, BlockHash)>, start: Height) -> Height {
+    let mut from = start;
+    while let Some(&(h, hash)) = seen.back() {
+        if index.chain.hash(h) == Some(hash) {
+            return h + 1;
+        }
+        from = h;
+        seen.pop_back();
+    }
+    from
+}
+
+fn remember(seen: &mut VecDeque<(Height, BlockHash)>, hashes: Vec<(Height, BlockHash)>) {
+    seen.extend(hashes);
+    while seen.len() > MAX_SEEN {
+        seen.pop_front();
+    }
+}
+
+/// The transactions of blocks `from..=to` that pay `receiver`, each confirmed against its bytes;
+/// and the blocks' hashes. Blocks past the index's tip are not there yet: none.
+fn scan_blocks(
+    index: &IndexReader,
+    receiver: &Receiver,
+    from: Height,
+    to: Height,
+) -> Result<(Vec<Hit>, Seen)> {
+    let top = index.chain.len() as i64 - 1;
+    let to = (to as i64).min(top);
+    if (from as i64) > to {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let to = to as Height;
+    let mut hits = Vec::new();
+    for (height, txs) in index.tweaks(from..=to)? {
+        for t in txs.iter().filter(|t| receiver.matches(&t.tweak, &t.outputs)) {
+            let (raw, ..) = index.tx_by_num(t.txnum)?;
+            let tx: Transaction = bitcoin::consensus::deserialize(&raw)?;
+            if !receiver.paid_outputs(&t.tweak, &tx).is_empty() {
+                hits.push(Hit { height, txid: tx.compute_txid(), tweak: t.tweak });
+            }
+        }
+    }
+    let hashes = (from..=to).filter_map(|h| Some((h, index.chain.hash(h)?))).collect();
+    Ok((hits, hashes))
+}
+
+/// A `blockchain.silentpayments.subscribe` notification, as Frigate sends it: named parameters
+/// `subscription` (the object the reply had, byte for byte), `progress`, `history`.
+fn notification(subscription: &str, progress: f64, history: &[Hit]) -> String {
+    let mut out = String::with_capacity(256 + history.len() * 180);
+    out.push_str(
+        r#"{"jsonrpc":"2.0","method":"blockchain.silentpayments.subscribe","params":{"subscription":"#,
+    );
+    out.push_str(subscription);
+    out.push_str(r#","progress":"#);
+    out.push_str(&json!(progress).to_string());
+    out.push_str(r#","history":["#);
+    for (i, hit) in history.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"height":"#);
+        out.push_str(itoa::Buffer::new().format(hit.height));
+        out.push_str(r#","tx_hash":""#);
+        push_txid(&mut out, &hit.txid);
+        out.push_str(r#"","tweak_key":""#);
+        out.push_str(&hex::encode(hit.tweak));
+        out.push_str(r#""}"#);
+    }
+    out.push_str("]}}");
+    out
+}
+
+/// The CPU time of the calling thread (a scan's elliptic-curve work, not its waits).
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// The first height whose block's time is at least `time` (a subscription's start given as a
+/// time); past the tip when no block is that late.
+pub fn height_at_time(index: &IndexReader, time: u64) -> Height {
+    let n = index.chain.len() as Height;
+    (0..n).find(|h| index.chain.row(*h).is_some_and(|r| u64::from(r.header.time) >= time)).unwrap_or(n)
+}
+
+/// Keeps the tweaks of the mempool's eligible transactions (`tweaks::Tweaks::mempool`), woken by
+/// each mempool change: the transactions new since the last look get their tweak, from the
+/// scripts they spend (a mempool parent's output, or a confirmed one's from the index), on a scan
+/// thread; those gone are dropped; the new eligible ones are announced to every scan.
+pub async fn track_mempool(state: Arc<State>) {
+    let mut changes = state.watch_mempool();
+    let mut logged = false;
+    loop {
+        match track_once(&state).await {
+            Ok(more) if more => continue,
+            Ok(_) => {}
+            Err(e) => warn!("silent payments: mempool transactions not looked at: {e:#}"),
+        }
+        if !logged {
+            info!(
+                eligible = state.tweaks().mempool_snapshot().len(),
+                "silent payments: the mempool's tweaks"
+            );
+            logged = true;
+        }
+        // Woken by a change (a lagged receiver means changes too), and every few seconds anyway:
+        // a change announced while this looked is not lost.
+        tokio::select! {
+            r = changes.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// One turn: at most `MEMPOOL_BATCH` new transactions; whether more are waiting.
+async fn track_once(state: &Arc<State>) -> Result<bool> {
+    // What is new and what is gone, and the new ones' bytes with those of their mempool parents.
+    let (new, more) = {
+        let mut known = state.tweaks().mempool();
+        let mempool = state.mempool().read().unwrap();
+        known.retain(|txid, _| mempool.txs.contains_key(txid));
+        let mut new = Vec::new();
+        let mut more = false;
+        for (txid, entry) in &mempool.txs {
+            if known.contains_key(txid) {
+                continue;
+            }
+            if new.len() == MEMPOOL_BATCH {
+                more = true;
+                break;
+            }
+            let parents: HashMap<Txid, Vec<u8>> = entry
+                .spent()
+                .filter_map(|s| Some((s.outpoint.txid, mempool.txs.get(&s.outpoint.txid)?.raw().to_vec())))
+                .collect();
+            new.push((*txid, entry.raw().to_vec(), parents));
+        }
+        (new, more)
+    };
+    if new.is_empty() {
+        return Ok(false);
+    }
+    let turn = state.tweaks().thread().await;
+    let st = state.clone();
+    let looked = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let index = st.index();
+        new.into_iter()
+            .map(|(txid, raw, parents)| Ok((txid, mempool_tweak(&index, txid, &raw, &parents)?)))
+            .collect::<Result<Vec<_>>>()
+    })
+    .await??;
+    let mut news = Vec::new();
+    {
+        let mut known = state.tweaks().mempool();
+        let mempool = state.mempool().read().unwrap();
+        for (txid, t) in looked {
+            // Left while it was looked at: the next turn would only drop it.
+            if mempool.txs.contains_key(&txid) {
+                let t = t.map(Arc::new);
+                news.extend(t.clone());
+                known.insert(txid, t);
+            }
+        }
+    }
+    debug!(eligible = news.len(), "silent payments: new mempool transactions looked at");
+    state.tweaks().announce(news);
+    Ok(more)
+}
+
+/// A mempool transaction's tweak, if it is eligible: the scripts it spends come from `parents`
+/// (its mempool parents' bytes) or the index. One whose spent output cannot be found (a parent
+/// gone meanwhile) is taken as not eligible.
+fn mempool_tweak(
+    index: &IndexReader,
+    txid: Txid,
+    raw: &[u8],
+    parents: &HashMap<Txid, Vec<u8>>,
+) -> Result<Option<MempoolTweak>> {
+    let tx: Transaction = bitcoin::consensus::deserialize(raw)?;
+    let outputs = sp::output_prefixes(&tx);
+    if outputs.is_empty() {
+        return Ok(None);
+    }
+    let mut scripts = Vec::with_capacity(tx.input.len());
+    let mut cache: HashMap<Txid, Transaction> = HashMap::new();
+    for input in &tx.input {
+        let prev = input.previous_output;
+        if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(prev.txid) {
+            let parent_raw = match parents.get(&prev.txid) {
+                Some(r) => r.clone(),
+                None => match index.txs_by_txid(&prev.txid)?.pop() {
+                    Some(info) => info.raw,
+                    None => return Ok(None),
+                },
+            };
+            e.insert(bitcoin::consensus::deserialize(&parent_raw)?);
+        }
+        match cache[&prev.txid].output.get(prev.vout as usize) {
+            Some(out) => scripts.push(out.script_pubkey.clone()),
+            None => return Ok(None),
+        }
+    }
+    let spent: Vec<&bitcoin::Script> = scripts.iter().map(|s| s.as_script()).collect();
+    Ok(sp::tweak(&tx, &spent).map(|tweak| MempoolTweak { txid, tweak, outputs }))
+}
+
+/// Forgets the mempool transactions sent that have been gone from the mempool at two checks
+/// running (checks come after a tip's blocks are scanned, so a mined one is skipped first).
+fn prune(sent: &mut HashMap<Txid, bool>, in_mempool: impl Fn(&Txid) -> bool) {
+    sent.retain(|txid, gone| {
+        let was = *gone;
+        *gone = !in_mempool(txid);
+        !(was && *gone)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use bitcoin::hashes::Hash;
+
+    use super::*;
+
+    #[test]
+    fn notifications_have_frigates_shape() {
+        let sub = r#"{"address":"sp1x","labels":[0],"start_height":5}"#;
+        let hit = Hit { height: 7, txid: Txid::from_byte_array([1; 32]), tweak: [2; 33] };
+        let v: serde_json::Value = serde_json::from_str(&notification(sub, 1.0, &[hit])).unwrap();
+        assert_eq!(v["method"], "blockchain.silentpayments.subscribe");
+        assert_eq!(v["params"]["subscription"], serde_json::from_str::<serde_json::Value>(sub).unwrap());
+        assert_eq!(v["params"]["progress"], 1.0);
+        assert_eq!(v["params"]["history"][0]["height"], 7);
+        assert_eq!(v["params"]["history"][0]["tx_hash"], "01".repeat(32));
+        assert_eq!(v["params"]["history"][0]["tweak_key"], "02".repeat(33));
+        let text = notification(sub, 0.5, &[]);
+        assert!(text.contains(&format!(r#""subscription":{sub},"progress":0.5,"history":[]"#)), "{text}");
+    }
+
+    #[test]
+    fn mempool_sends_are_forgotten_after_two_checks_gone() {
+        let (a, b) = (Txid::from_byte_array([1; 32]), Txid::from_byte_array([2; 32]));
+        let mut sent: HashMap<Txid, bool> = [(a, false), (b, false)].into();
+        let mempool: HashSet<Txid> = [a].into();
+        prune(&mut sent, |t| mempool.contains(t));
+        assert_eq!(sent.len(), 2, "b gone once: kept, so its block's scan can still skip it");
+        prune(&mut sent, |t| mempool.contains(t));
+        assert_eq!(sent.keys().collect::<Vec<_>>(), vec![&a]);
+    }
+}

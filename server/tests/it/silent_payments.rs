@@ -1,0 +1,541 @@
+//! Silent payments (BIP352) end to end on a regtest node: payments built by an independent
+//! implementation (the `silentpayments` crate's sender side), signed here with rust-bitcoin and
+//! mined, to a wallet's address, its label 1 and its change (label 0), beside payments to
+//! another wallet and one reorged out before the index is read; two left in the mempool. A
+//! client subscribed through our server must receive exactly the wallet's, each confirmed by the
+//! crate's receiver side on the transactions (and their parents) fetched from our server; then a
+//! new block, a new mempool transaction and a reorg notify as Frigate's proposal says. The
+//! limits (labels, subscriptions, CPU per scan) are checked on the same index, and the log is
+//! searched for the keys.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bitcoin::hashes::Hash;
+use bitcoin::key::{Keypair, TapTweak};
+use bitcoin::secp256k1::{Message, PublicKey, Secp256k1, SecretKey, XOnlyPublicKey};
+use bitcoin::sighash::{EcdsaSighashType, Prevouts, SighashCache, TapSighashType};
+use bitcoin::{
+    absolute, transaction, Address, Amount, BlockHash, CompressedPublicKey, Network, OutPoint, ScriptBuf,
+    Sequence, Transaction, TxIn, TxOut, Txid, Witness,
+};
+use serde_json::{json, Value};
+use silentpayments::receiving::{Label, Receiver};
+use silentpayments::utils::receiving::{
+    calculate_ecdh_shared_secret, calculate_tweak_data, get_pubkey_from_input,
+};
+use silentpayments::{SilentPaymentCode, SpVersion};
+
+use blkindex_testkit::{Node, NodeOptions};
+
+use crate::common::{indexer_bin, Conn, Server};
+use blkindex_testkit::verify::Indexer;
+
+/// How long a notification may take: the indexer's poll, the server's catch-up and mempool read.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The indexer's flags for its silent-payment index: none, it is on by default (from height 0 on
+/// regtest).
+const SP_INDEX: &[&str] = &[];
+
+/// A key the test holds, and how its coins are locked.
+#[derive(Clone, Copy)]
+enum Kind {
+    P2wpkh,
+    /// BIP86 key path: the output key is the internal key tweaked with no script tree.
+    P2tr,
+}
+
+/// A coin the test can spend.
+#[derive(Clone)]
+struct Coin {
+    outpoint: OutPoint,
+    txout: TxOut,
+    key: SecretKey,
+    kind: Kind,
+}
+
+fn secret(n: u8) -> SecretKey {
+    SecretKey::from_slice(&[n; 32]).unwrap()
+}
+
+fn address_of(key: &SecretKey, kind: Kind) -> Address {
+    let secp = Secp256k1::new();
+    match kind {
+        Kind::P2wpkh => Address::p2wpkh(&CompressedPublicKey(key.public_key(&secp)), Network::Regtest),
+        Kind::P2tr => {
+            let (internal, _) = Keypair::from_secret_key(&secp, key).x_only_public_key();
+            Address::p2tr(&secp, internal, None, Network::Regtest)
+        }
+    }
+}
+
+/// The node's wallet pays 1 BTC to a key of ours; mined.
+fn fund(node: &Node, key: SecretKey, kind: Kind) -> Result<Coin> {
+    let to = address_of(&key, kind);
+    let txid = node.send(&to, Amount::from_btc(1.0)?)?;
+    let tx = get_tx(node, &txid)?;
+    let vout = tx.output.iter().position(|o| o.script_pubkey == to.script_pubkey()).context("no output")?;
+    Ok(Coin { outpoint: OutPoint { txid, vout: vout as u32 }, txout: tx.output[vout].clone(), key, kind })
+}
+
+fn get_tx(node: &Node, txid: &Txid) -> Result<Transaction> {
+    let hex = node.call("getrawtransaction", json!([txid.to_string()]))?;
+    Ok(bitcoin::consensus::encode::deserialize_hex(hex.as_str().context("hex")?)?)
+}
+
+/// The secret key BIP352's sender sums for `coin` (for taproot: the output key's).
+fn input_secret(coin: &Coin) -> (SecretKey, bool) {
+    let secp = Secp256k1::new();
+    match coin.kind {
+        Kind::P2wpkh => (coin.key, false),
+        Kind::P2tr => {
+            let tweaked = Keypair::from_secret_key(&secp, &coin.key).tap_tweak(&secp, None);
+            (tweaked.to_keypair().secret_key(), true)
+        }
+    }
+}
+
+/// A transaction spending `coins` to the silent-payment `to` (1000 sat each... the rest split
+/// evenly) and to `plain` addresses, its outputs made by the crate's sender side; signed.
+fn sp_payment(coins: &[Coin], to: &[SilentPaymentCode], plain: &[Address]) -> Result<Transaction> {
+    let secp = Secp256k1::new();
+    let keys: Vec<(SecretKey, bool)> = coins.iter().map(input_secret).collect();
+    let outpoints: Vec<silentpayments::utils::OutPoint> = coins
+        .iter()
+        .map(|c| {
+            silentpayments::utils::OutPoint::from_txid_and_vout(&c.outpoint.txid.to_string(), c.outpoint.vout)
+        })
+        .collect::<Result<_, _>>()?;
+    let partial = silentpayments::utils::sending::calculate_partial_secret(&keys, &outpoints)?;
+    let made = silentpayments::sending::generate_recipient_pubkeys(to.iter().copied(), partial)?;
+    let total: u64 = coins.iter().map(|c| c.txout.value.to_sat()).sum();
+    let n = (to.len() + plain.len()) as u64;
+    let each = Amount::from_sat((total - 10_000) / n);
+    let mut output = Vec::new();
+    for code in to {
+        // The same code twice gets two keys (k = 0, 1): take them in turn.
+        let key = made[code][output.iter().filter(|(c, _)| c == code).count()];
+        output.push((*code, key));
+    }
+    let mut outs: Vec<TxOut> =
+        output.iter().map(|(_, key)| TxOut { value: each, script_pubkey: p2tr_script(key) }).collect();
+    outs.extend(plain.iter().map(|a| TxOut { value: each, script_pubkey: a.script_pubkey() }));
+    let mut tx = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: coins
+            .iter()
+            .map(|c| TxIn {
+                previous_output: c.outpoint,
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                ..TxIn::default()
+            })
+            .collect(),
+        output: outs,
+    };
+    let prevouts: Vec<TxOut> = coins.iter().map(|c| c.txout.clone()).collect();
+    let mut witnesses = Vec::new();
+    {
+        let mut cache = SighashCache::new(&tx);
+        for (i, c) in coins.iter().enumerate() {
+            witnesses.push(match c.kind {
+                Kind::P2wpkh => {
+                    let h = cache.p2wpkh_signature_hash(
+                        i,
+                        &c.txout.script_pubkey,
+                        c.txout.value,
+                        EcdsaSighashType::All,
+                    )?;
+                    let sig = secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), &c.key);
+                    let sig =
+                        bitcoin::ecdsa::Signature { signature: sig, sighash_type: EcdsaSighashType::All };
+                    Witness::p2wpkh(&sig, &c.key.public_key(&secp))
+                }
+                Kind::P2tr => {
+                    let h = cache.taproot_key_spend_signature_hash(
+                        i,
+                        &Prevouts::All(&prevouts),
+                        TapSighashType::Default,
+                    )?;
+                    let kp = Keypair::from_secret_key(&secp, &c.key).tap_tweak(&secp, None).to_keypair();
+                    let sig = secp.sign_schnorr(&Message::from_digest(h.to_byte_array()), &kp);
+                    Witness::p2tr_key_spend(&bitcoin::taproot::Signature {
+                        signature: sig,
+                        sighash_type: TapSighashType::Default,
+                    })
+                }
+            });
+        }
+    }
+    for (input, w) in tx.input.iter_mut().zip(witnesses) {
+        input.witness = w;
+    }
+    Ok(tx)
+}
+
+fn p2tr_script(key: &XOnlyPublicKey) -> ScriptBuf {
+    ScriptBuf::new_p2tr_tweaked(bitcoin::key::TweakedPublicKey::dangerous_assume_tweaked(*key))
+}
+
+fn hex_of(tx: &Transaction) -> String {
+    bitcoin::consensus::encode::serialize_hex(tx)
+}
+
+/// Mines a block holding exactly `txs` (which need not have been in the mempool).
+fn block_with(node: &Node, txs: &[&Transaction]) -> Result<BlockHash> {
+    let hexes: Vec<String> = txs.iter().map(|t| hex_of(t)).collect();
+    let to = node.new_address("bech32")?.to_string();
+    let v = node.call("generateblock", json!([to, hexes]))?;
+    Ok(v["hash"].as_str().context("generateblock")?.parse()?)
+}
+
+fn broadcast(node: &Node, tx: &Transaction) -> Result<Txid> {
+    Ok(node.call("sendrawtransaction", json!([hex_of(tx)]))?.as_str().context("txid")?.parse()?)
+}
+
+/// The wallet under test: its keys, and the crate's receiver for them (labels 0 and 1).
+struct Wallet {
+    scan: SecretKey,
+    spend: PublicKey,
+    receiver: Receiver,
+}
+
+impl Wallet {
+    fn new(scan: u8, spend: u8) -> Wallet {
+        let secp = Secp256k1::new();
+        let (scan, spend) = (secret(scan), secret(spend).public_key(&secp));
+        let mut receiver = Receiver::new(
+            SpVersion::ZERO,
+            scan.public_key(&secp),
+            spend,
+            Label::new(scan, 0),
+            silentpayments::Network::Regtest,
+        )
+        .unwrap();
+        receiver.add_label(Label::new(scan, 1)).unwrap();
+        Wallet { scan, spend, receiver }
+    }
+
+    fn code(&self) -> SilentPaymentCode {
+        self.receiver.receiving_code()
+    }
+
+    fn labeled(&self) -> SilentPaymentCode {
+        self.receiver.receiving_code_for_label(&Label::new(self.scan, 1)).unwrap()
+    }
+
+    fn change(&self) -> SilentPaymentCode {
+        self.receiver.change_code()
+    }
+
+    fn keys(&self) -> (String, String) {
+        (hex::encode(self.scan.secret_bytes()), self.spend.to_string())
+    }
+}
+
+/// What the crate's receiver side finds in `txid` as our server serves it (the transaction and
+/// its parents, for the spent scripts): the tweak (`input_hash·A`) and how many outputs pay the
+/// wallet.
+fn crate_scan(c: &mut Conn, w: &Wallet, txid: &str) -> (String, usize) {
+    let fetch = |c: &mut Conn, txid: &str| -> Transaction {
+        let hex = c.result("blockchain.transaction.get", json!([txid]));
+        bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap()
+    };
+    let tx = fetch(c, txid);
+    let mut keys = Vec::new();
+    let mut outpoints = Vec::new();
+    for input in &tx.input {
+        let prev = input.previous_output;
+        let parent = fetch(c, &prev.txid.to_string());
+        let spk = &parent.output[prev.vout as usize].script_pubkey;
+        let witness: Vec<Vec<u8>> = input.witness.to_vec();
+        if let Some(k) = get_pubkey_from_input(input.script_sig.as_bytes(), &witness, spk.as_bytes()).unwrap()
+        {
+            keys.push(k);
+        }
+        outpoints.push(
+            silentpayments::utils::OutPoint::from_txid_and_vout(&prev.txid.to_string(), prev.vout).unwrap(),
+        );
+    }
+    let refs: Vec<&PublicKey> = keys.iter().collect();
+    let tweak = calculate_tweak_data(&refs, &outpoints).unwrap();
+    let shared = calculate_ecdh_shared_secret(&tweak, &w.scan);
+    let outputs: Vec<XOnlyPublicKey> = tx
+        .output
+        .iter()
+        .filter(|o| o.script_pubkey.is_p2tr())
+        .map(|o| XOnlyPublicKey::from_slice(&o.script_pubkey.as_bytes()[2..]).unwrap())
+        .collect();
+    let found = w.receiver.scan_transaction(&shared, &outputs).unwrap();
+    (tweak.to_string(), found.values().map(HashMap::len).sum())
+}
+
+/// The silent-payment notifications received so far, and their history entries as
+/// (txid, height), in order.
+fn sp_notifications(c: &Conn) -> Vec<&Value> {
+    c.notifications.iter().filter(|n| n["method"] == "blockchain.silentpayments.subscribe").collect()
+}
+
+fn entries(ns: &[&Value]) -> Vec<(String, i64, String)> {
+    ns.iter()
+        .flat_map(|n| n["params"]["history"].as_array().unwrap().iter())
+        .map(|e| {
+            (
+                e["tx_hash"].as_str().unwrap().to_string(),
+                e["height"].as_i64().unwrap(),
+                e["tweak_key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The entries of the silent-payment notifications among `ns` after the first `skip` of them.
+fn sp_after(ns: &[Value], skip: usize) -> Vec<(String, i64, String)> {
+    let sp: Vec<&Value> =
+        ns.iter().filter(|n| n["method"] == "blockchain.silentpayments.subscribe").collect();
+    entries(&sp[skip.min(sp.len())..])
+}
+
+/// Waits until the server's tip is at `height`.
+fn wait_tip(c: &mut Conn, height: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let tip = c.result("blockchain.headers.subscribe", json!([]));
+        if tip["height"].as_u64() == Some(height) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server's tip stays at {tip}, not {height}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the server's mempool holds `txid`.
+fn wait_mempool(c: &mut Conn, txid: &Txid) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while c
+        .call("blockchain.transaction.get", json!([txid.to_string()]))
+        .get("error")
+        .is_some_and(|e| !e.is_null())
+    {
+        assert!(std::time::Instant::now() < deadline, "{txid} never reached the server's mempool");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    node.ensure_wallet()?;
+    let miner = node.new_address("bech32")?;
+    node.mine(110, &miner)?;
+    let (w, other) = (Wallet::new(1, 2), Wallet::new(3, 4));
+
+    let mut coins = Vec::new();
+    for n in 0..12u8 {
+        coins.push(fund(&node, secret(100 + n), if n % 2 == 0 { Kind::P2wpkh } else { Kind::P2tr })?);
+    }
+    node.mine(1, &miner)?;
+    let plain = node.new_address("bech32")?;
+
+    // Mined: to the wallet (P2WPKH input), to its label 1 (P2TR input), to its change and the
+    // other wallet (both kinds of input), to the other wallet only.
+    let to_w = sp_payment(&coins[0..1], &[w.code()], std::slice::from_ref(&plain))?;
+    let to_label = sp_payment(&coins[1..2], &[w.labeled()], &[])?;
+    let to_change = sp_payment(&coins[2..4], &[w.change(), other.code()], &[])?;
+    let to_other = sp_payment(&coins[4..5], &[other.code()], std::slice::from_ref(&plain))?;
+    let mut expected: BTreeSet<(String, i64)> = BTreeSet::new();
+    for tx in [&to_w, &to_label, &to_change, &to_other] {
+        block_with(&node, &[tx])?;
+        if !std::ptr::eq(tx, &to_other) {
+            expected.insert((tx.compute_txid().to_string(), node.height()? as i64));
+        }
+    }
+    // Reorged out: mined, then its block invalidated and a conflicting spend mined on two blocks.
+    let reorged = sp_payment(&coins[5..6], &[w.code()], &[])?;
+    let stale = block_with(&node, &[&reorged])?;
+    node.call("invalidateblock", json!([stale.to_string()]))?;
+    let conflict = sp_payment(&coins[5..6], &[], std::slice::from_ref(&plain))?;
+    block_with(&node, &[&conflict])?;
+    block_with(&node, &[])?;
+    // Left in the mempool: to the wallet, and to its label with a plain output beside.
+    let pending = sp_payment(&coins[6..7], &[w.code()], &[])?;
+    let pending_label = sp_payment(&coins[7..8], &[w.labeled(), w.code()], std::slice::from_ref(&plain))?;
+    for tx in [&pending, &pending_label] {
+        broadcast(&node, tx)?;
+        expected.insert((tx.compute_txid().to_string(), 0));
+    }
+
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, SP_INDEX)?;
+    indexer.wait_synced(&node, &db)?;
+    let server = Server::start(&node, &db)?;
+    let mut c = Conn::open(&server.addr);
+    c.result("server.version", json!(["sp-test", "1.4"]));
+    assert_eq!(c.result("server.features", json!([]))["silent_payments"], json!([0]));
+    wait_tip(&mut c, node.height()?);
+    wait_mempool(&mut c, &pending_label.compute_txid());
+
+    let (scan, spend) = w.keys();
+    let sub = c.result("blockchain.silentpayments.subscribe", json!([scan, spend, 0, [1]]));
+    assert_eq!(sub["labels"], json!([0, 1]));
+    assert_eq!(sub["start_height"], json!(0));
+    let address = sub["address"].as_str().context("address")?.to_string();
+    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
+    assert!(c.wait_until(WAIT, done), "the historical scan never finished: {:?}", c.notifications);
+    // A mempool payment the server had not yet looked at would come live, just after: wait.
+    c.wait_until(Duration::from_secs(2), |_| false);
+    let ns = sp_notifications(&c);
+    for n in &ns {
+        assert_eq!(n["params"]["subscription"], sub, "every notification carries the reply's subscription");
+        assert!(n["params"]["history"].as_array().unwrap().len() <= 100);
+    }
+    let progress: Vec<f64> = ns.iter().map(|n| n["params"]["progress"].as_f64().unwrap()).collect();
+    assert!(progress.windows(2).all(|p| p[0] <= p[1]) && *progress.last().unwrap() == 1.0, "{progress:?}");
+    let found = entries(&ns);
+    let got: BTreeSet<(String, i64)> = found.iter().map(|(t, h, _)| (t.clone(), *h)).collect();
+    assert_eq!(got, expected, "exactly the wallet's payments, at their heights (0: mempool)");
+    assert_eq!(found.len(), expected.len(), "each once");
+    // The crate's receiver side agrees on each, from what our server serves.
+    for (txid, _, tweak) in &found {
+        let (crate_tweak, paid) = crate_scan(&mut c, &w, txid);
+        assert_eq!(&crate_tweak, tweak, "{txid}'s tweak");
+        assert!(paid > 0, "{txid} pays the wallet by the crate's scan");
+    }
+    assert_eq!(crate_scan(&mut c, &w, &to_other.compute_txid().to_string()).1, 0);
+    let seen_before = sp_notifications(&c).len();
+
+    // A new block with a payment never in the mempool, and the two mempool ones: only the new
+    // one is sent (a mempool transaction is sent once, and not again when mined).
+    let in_block = sp_payment(&coins[8..9], &[w.change()], &[])?;
+    block_with(&node, &[&in_block, &pending, &pending_label])?;
+    let h = node.height()? as i64;
+    let want = in_block.compute_txid().to_string();
+    let newest = |ns: &[Value]| sp_after(ns, seen_before);
+    assert!(c.wait_until(WAIT, |ns| !newest(ns).is_empty()), "no notification for the new block");
+    wait_tip(&mut c, h as u64);
+    std::thread::sleep(Duration::from_secs(1));
+    c.wait_until(Duration::from_millis(500), |_| false);
+    assert_eq!(
+        newest(&c.notifications).iter().map(|e| (e.0.clone(), e.1)).collect::<Vec<_>>(),
+        vec![(want, h)]
+    );
+    let last = sp_notifications(&c).last().unwrap()["params"].clone();
+    assert_eq!((last["progress"].clone(), last["subscription"].clone()), (json!(1.0), sub.clone()));
+
+    // A new mempool payment: sent once, at height 0.
+    let seen_before = sp_notifications(&c).len();
+    let mempool_tx = sp_payment(&coins[9..10], &[w.code()], &[])?;
+    broadcast(&node, &mempool_tx)?;
+    let newest = |ns: &[Value]| sp_after(ns, seen_before);
+    assert!(c.wait_until(WAIT, |ns| !newest(ns).is_empty()), "no notification for the mempool payment");
+    assert_eq!(
+        newest(&c.notifications).iter().map(|e| (e.0.clone(), e.1)).collect::<Vec<_>>(),
+        vec![(mempool_tx.compute_txid().to_string(), 0)]
+    );
+
+    // A reorg: a payment mined (notified), its block replaced by one with another payment
+    // spending the same coin: the rescan from the fork sends the new one at its height.
+    let seen_before = sp_notifications(&c).len();
+    let first = sp_payment(&coins[10..11], &[w.code()], &[])?;
+    let replaced = block_with(&node, &[&first])?;
+    let fork_height = node.height()? as i64;
+    let newest = |ns: &[Value]| sp_after(ns, seen_before);
+    let first_id = first.compute_txid().to_string();
+    assert!(
+        c.wait_until(WAIT, |ns| newest(ns).iter().any(|e| e.0 == first_id)),
+        "no notification for the block"
+    );
+    wait_tip(&mut c, fork_height as u64);
+    let seen_before = sp_notifications(&c).len();
+    node.call("invalidateblock", json!([replaced.to_string()]))?;
+    let second = sp_payment(&coins[10..11], &[w.labeled()], &[])?;
+    block_with(&node, &[&second])?;
+    block_with(&node, &[])?;
+    let second_id = second.compute_txid().to_string();
+    let newest = |ns: &[Value]| sp_after(ns, seen_before);
+    assert!(
+        c.wait_until(WAIT, |ns| newest(ns).iter().any(|e| e.0 == second_id)),
+        "no notification after the reorg: {:?}",
+        sp_after(&c.notifications, seen_before)
+    );
+    let after = newest(&c.notifications);
+    assert!(after.iter().any(|e| (e.0.as_str(), e.1) == (second_id.as_str(), fork_height)), "{after:?}");
+    // The replaced payment is not reported mined again (it may show at height 0: the
+    // invalidated block put it back in the mempool for a moment).
+    assert!(!after.iter().any(|e| e.0 == first_id && e.1 > 0), "{after:?}");
+
+    // Unsubscribing answers the address; no more notifications for it.
+    assert_eq!(c.result("blockchain.silentpayments.unsubscribe", json!([scan, spend])), json!(address));
+    let seen_before = sp_notifications(&c).len();
+    let late = sp_payment(&coins[11..12], &[w.code()], &[])?;
+    block_with(&node, &[&late])?;
+    wait_tip(&mut c, node.height()?);
+    c.wait_until(Duration::from_secs(2), |_| false);
+    assert_eq!(sp_notifications(&c).len(), seen_before, "a notification after unsubscribing");
+
+    // Client-side scanning: the tweaks of the first payment's block, with its position and the
+    // prefixes of its taproot outputs.
+    let (block_txid, block_height) =
+        expected.iter().find(|(t, _)| *t == to_w.compute_txid().to_string()).unwrap();
+    let r = c.result("blockchain.silentpayments.tweaks", json!([block_height, 1]));
+    let blocks = r["blocks"].as_array().context("blocks")?;
+    assert_eq!(blocks.len(), 1, "{r}");
+    assert_eq!(blocks[0]["height"], json!(block_height));
+    let t = &blocks[0]["tweaks"].as_array().unwrap()[0];
+    let pos = t["pos"].as_u64().unwrap();
+    assert_eq!(c.result("blockchain.transaction.id_from_pos", json!([block_height, pos])), json!(block_txid));
+    assert_eq!(t["tweak"].as_str().unwrap(), crate_scan(&mut c, &w, block_txid).0);
+    let prefixes: Vec<String> = to_w
+        .output
+        .iter()
+        .filter(|o| o.script_pubkey.is_p2tr())
+        .map(|o| hex::encode(&o.script_pubkey.as_bytes()[2..10]))
+        .collect();
+    assert_eq!(t["outputs"], json!(prefixes));
+    assert_eq!(r["next"], json!(block_height + 1));
+    let all = c.result("blockchain.silentpayments.tweaks", json!([0, 100_000]));
+    assert_eq!(all["next"], Value::Null, "the whole chain in one page on regtest");
+    let listed: usize =
+        all["blocks"].as_array().unwrap().iter().map(|b| b["tweaks"].as_array().unwrap().len()).sum();
+    assert!(listed >= 7, "every eligible transaction mined: {all}");
+
+    // Limits, checked before any work: labels, subscriptions per session.
+    let e = c
+        .call("blockchain.silentpayments.subscribe", json!([scan, spend, 0, (1..=11).collect::<Vec<u32>>()]));
+    assert_eq!(e["error"]["code"], json!(-101), "{e}");
+    let (oscan, ospend) = other.keys();
+    let again = c.result("blockchain.silentpayments.subscribe", json!([scan, spend, 5]));
+    assert_eq!(again["start_height"], json!(5));
+    let narrower = c.result("blockchain.silentpayments.subscribe", json!([scan, spend, 9]));
+    assert_eq!(narrower["start_height"], json!(5), "a re-subscribe never narrows the start");
+    drop(c);
+    let server2 = Server::start_with(&node, &db, &["--sp-max-subscriptions", "1"])?;
+    let mut c2 = Conn::open(&server2.addr);
+    c2.result("server.version", json!(["sp-test", "1.4"]));
+    let e = c2.call("blockchain.silentpayments.subscribe", json!([scan, spend, 0]));
+    assert!(e["result"].is_object(), "{e}");
+    let e = c2.call("blockchain.silentpayments.subscribe", json!([oscan, ospend, 0]));
+    assert_eq!(e["error"]["code"], json!(-101), "a second subscription past --sp-max-subscriptions 1: {e}");
+    // Subscribing again to the same address is not a new subscription.
+    let e = c2.call("blockchain.silentpayments.subscribe", json!([scan, spend, 3]));
+    assert!(e["result"].is_object(), "{e}");
+    // A scan over its CPU budget at its first chunk: the session is told (-101) and closed.
+    let server3 = Server::start_with(&node, &db, &["--sp-scan-cpu-secs", "0.000001"])?;
+    let sub =
+        crate::common::req(1, "blockchain.silentpayments.subscribe", json!([scan, spend, 0])).to_string();
+    let lines = crate::common::raw(&server3.addr, &[&sub], 3);
+    assert_eq!(lines.len(), 2, "the reply, the error, then the end: {lines:?}");
+    let error: Value = serde_json::from_str(&lines[1])?;
+    assert_eq!(error["error"]["code"], json!(-101), "{error}");
+    assert!(server3.log().contains("a silent-payments scan over its CPU limit"), "{}", server3.log());
+
+    // No key in the logs (the server logs every request at debug level here).
+    for log in [server.log(), server2.log(), server3.log()] {
+        assert!(!log.contains(&scan) && !log.contains(&oscan), "a scan key in the log");
+        assert!(!log.contains(&spend), "a spend key in the log");
+    }
+    Ok(())
+}
