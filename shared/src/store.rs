@@ -122,6 +122,14 @@ impl Store {
                 // Only the families the index has: an index of an older format lacks newer ones,
                 // and must reach the format check (a clear refusal), not fail to open.
                 let present = DB::list_cf(&opts, path).unwrap_or_default();
+                // An index being created has its families added one by one: without `meta` yet,
+                // it is not one to read (and every read would look for it).
+                if !present.is_empty() && !present.iter().any(|p| p == cf::META) {
+                    bail!(
+                        "{}: no `meta` column family: not a blkindex index, or one still being created",
+                        path.display()
+                    );
+                }
                 let cfs = cfs(false).filter(|d| present.is_empty() || present.iter().any(|p| p == d.name()));
                 DB::open_cf_descriptors_as_secondary(&opts, path, secondary, cfs)
                     .with_context(|| format!("cannot open index {} as secondary", path.display()))?
