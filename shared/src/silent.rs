@@ -239,10 +239,15 @@ impl Receiver {
         Receiver { scan_scalar: Scalar::from(scan), scan, spend, labels }
     }
 
-    /// The silent-payment address (sp1q… on mainnet, tsp1q… on test networks and regtest;
-    /// version 0, bech32m), without labels.
+    /// The silent-payment address (version 0, bech32m), without labels: sp1q… on mainnet,
+    /// tsp1q… on testnet and signet (BIP352), sprt1q… on regtest (BIP352 names none; this is
+    /// what the `silentpayments` crate and the wallets built on it use).
     pub fn address(&self, net: Net) -> String {
-        let hrp = if net.0 == bitcoin::Network::Bitcoin { "sp" } else { "tsp" };
+        let hrp = match net.0 {
+            bitcoin::Network::Bitcoin => "sp",
+            bitcoin::Network::Regtest => "sprt",
+            _ => "tsp",
+        };
         address(hrp, &self.scan.public_key(&Secp256k1::signing_only()), &self.spend)
     }
 

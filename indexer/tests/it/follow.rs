@@ -216,8 +216,9 @@ fn a_reorg_deeper_than_max_reorg_waits_for_the_operator() -> Result<()> {
 #[test]
 fn the_follower_wakes_on_zmq() -> Result<()> {
     let (node, _dir, db, mut f) = following(&["--poll-secs", "3600"])?;
-    let log = wait_for_log(&f, "following: ZMQ notifications", 30)?;
-    assert!(log.contains("listening to ZMQ notifications"), "{log}");
+    // The subscriber logs its line from its own thread, once connected: after the follower's.
+    let log = wait_for_log(&f, "listening to ZMQ notifications", 30)?;
+    assert!(log.contains("following: ZMQ notifications"), "{log}");
     let b = ChainBuilder::new(&node)?;
     for _ in 0..3 {
         let t0 = std::time::Instant::now();

@@ -383,6 +383,8 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     assert_eq!(sub["labels"], json!([0, 1]));
     assert_eq!(sub["start_height"], json!(0));
     let address = sub["address"].as_str().context("address")?.to_string();
+    // The address is the independent implementation's for the same keys.
+    assert_eq!(address, w.code().to_string());
     let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
     assert!(c.wait_until(WAIT, done), "the historical scan never finished: {:?}", c.notifications);
     // A mempool payment the server had not yet looked at would come live, just after: wait.

@@ -285,7 +285,9 @@ fn testnet_address_and_prefixes() {
     let scan = SecretKey::from_slice(&[0x21; 32]).unwrap();
     let spend = SecretKey::from_slice(&[0x22; 32]).unwrap().public_key(&secp);
     let r = Receiver::new(scan, spend, &[]);
-    assert!(r.address(Net(bitcoin::Network::Regtest)).starts_with("tsp1q"));
+    assert!(r.address(Net(bitcoin::Network::Regtest)).starts_with("sprt1q"));
+    assert!(r.address(Net(bitcoin::Network::Signet)).starts_with("tsp1q"));
+    assert!(r.address(Net(bitcoin::Network::Testnet)).starts_with("tsp1q"));
     assert!(r.address(Net(bitcoin::Network::Bitcoin)).starts_with("sp1q"));
     let mut tx = tx_with(vec![p2wpkh_input(&scan, 0).0]);
     tx.output.insert(0, TxOut { value: Amount::ZERO, script_pubkey: ScriptBuf::new_op_return([1, 2]) });
