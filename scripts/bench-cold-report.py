@@ -194,9 +194,10 @@ p("")
 
 if hist:
     p("### What the disk changes (arithmetic, not measured)\n")
-    p("A request reads one after another (the server does not overlap the reads of one request), so a cold "
-      "request's time is about its random reads times the disk's latency for one read at a time; "
-      "many requests at once overlap on an SSD, not on a disk arm. From the disk reads measured per query:\n")
+    p("Made one after another (`--read-threads 1`), a cold request's time is about its random reads times the "
+      "disk's latency for one read; the default 32 read threads overlap a long history's reads, which an SSD "
+      "serves in a fraction of that and a disk arm does not, so for SSDs these are upper bounds. From the disk "
+      "reads measured per query:\n")
     p("| class | disk reads / query | NVMe (~100 µs) | SATA SSD (~200 µs) | HDD (~8 ms) | measured here |")
     p("|---|---|---|---|---|---|")
     for c, h in hist:
