@@ -608,14 +608,15 @@ fn mempool_tweak(
     for input in &tx.input {
         let prev = input.previous_output;
         if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(prev.txid) {
-            let parent_raw = match parents.get(&prev.txid) {
-                Some(r) => r.clone(),
+            // A mempool parent is decoded where it is kept, not copied first.
+            let parent = match parents.get(&prev.txid) {
+                Some(raw) => bitcoin::consensus::deserialize(raw)?,
                 None => match index.txs_by_txid(&prev.txid)?.pop() {
-                    Some(info) => info.raw,
+                    Some(info) => bitcoin::consensus::deserialize(&info.raw)?,
                     None => return Ok(None),
                 },
             };
-            e.insert(bitcoin::consensus::deserialize(&parent_raw)?);
+            e.insert(parent);
         }
         match cache[&prev.txid].output.get(prev.vout as usize) {
             Some(out) => scripts.push(out.script_pubkey.clone()),
