@@ -128,6 +128,19 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the log has `needle` within `wait` (a line written after the change it reports
+    /// became visible to clients may come a moment after the test saw the change).
+    pub fn logged_within(&self, needle: &str, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        while !self.log().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
