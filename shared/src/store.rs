@@ -119,8 +119,8 @@ impl Store {
             Mode::Secondary(secondary) => {
                 opts.set_max_open_files(-1);
                 std::fs::create_dir_all(secondary)?;
-                // Only the families the index has: an index of an older format lacks newer ones,
-                // and must reach the format check (a clear refusal), not fail to open.
+                // Only the families the index has (see the check below), so that an older format's
+                // index reaches its format refusal instead of failing to open.
                 let present = DB::list_cf(&opts, path).unwrap_or_default();
                 // An index being created has its families added one by one: without `meta` yet,
                 // it is not one to read (and every read would look for it).
@@ -137,7 +137,31 @@ impl Store {
         };
         let store =
             Store { db, path: path.to_path_buf(), mode: mode.clone(), bucket_width: Default::default() };
+        if let Mode::Secondary(_) = mode {
+            // Opened with fewer families than this build has: an older format's index (refused by
+            // its format stamp), or one of this format whose families are still being added.
+            // Neither is one to read: every read assumes all the families.
+            if let Some(missing) = cf::ALL.iter().find(|name| store.db.cf_handle(name).is_none()) {
+                if let Some(v) = store.get_meta(meta::FORMAT)? {
+                    store.check_format_version(&v)?;
+                }
+                bail!("{}: index still being created (no `{missing}` column family yet)", path.display());
+            }
+        }
         Ok(store)
+    }
+
+    /// Refuses an index stamped with another format than this build's.
+    fn check_format_version(&self, stamp: &[u8]) -> Result<()> {
+        let version = u32::from_be_bytes(stamp.try_into().unwrap_or([0xff; 4]));
+        if version != schema::FORMAT_VERSION {
+            bail!(
+                "{}: index format {version}, this build reads format {}; delete it and re-index",
+                self.path.display(),
+                schema::FORMAT_VERSION
+            );
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -204,14 +228,7 @@ impl Store {
             }
             None => bail!("{}: not a blkindex index (no format stamp)", self.path.display()),
             Some(v) => {
-                let version = u32::from_be_bytes(v.as_slice().try_into().unwrap_or([0xff; 4]));
-                if version != schema::FORMAT_VERSION {
-                    bail!(
-                        "{}: index format {version}, this build reads format {}; delete it and re-index",
-                        self.path.display(),
-                        schema::FORMAT_VERSION
-                    );
-                }
+                self.check_format_version(&v)?;
                 let stored_net = self.get_meta(meta::NETWORK)?.unwrap_or_default();
                 if stored_net != net.name().as_bytes() {
                     bail!(
@@ -497,5 +514,34 @@ impl Store {
             out.push((name, v));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's secondary on an index lacking one of this build's families: an older format's
+    /// gets its format refusal, one of this format (still being created) is not read yet; neither
+    /// panics at its first read of the missing family.
+    #[test]
+    fn a_secondary_refuses_an_index_missing_a_family() {
+        for (stamp, want) in [
+            (schema::FORMAT_VERSION - 1, "delete it and re-index"),
+            (schema::FORMAT_VERSION, "index still being created (no `tweak` column family yet)"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("db");
+            {
+                let mut opts = Options::default();
+                opts.create_if_missing(true);
+                opts.create_missing_column_families(true);
+                let some: Vec<&str> = cf::ALL.iter().copied().filter(|n| *n != cf::TWEAK).collect();
+                let raw = DB::open_cf(&opts, &db, some).unwrap();
+                raw.put_cf(raw.cf_handle(cf::META).unwrap(), meta::FORMAT, stamp.to_be_bytes()).unwrap();
+            }
+            let err = Store::open(&db, Mode::Secondary(dir.path().join("secondary"))).err().unwrap();
+            assert!(format!("{err:#}").contains(want), "{err:#}");
+        }
     }
 }
