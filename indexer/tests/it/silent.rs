@@ -20,10 +20,30 @@ fn bulk(node: &Node, db: &std::path::Path, extra: &[&str]) -> std::process::Outp
         .unwrap()
 }
 
+/// A taproot coin of the wallet spent (by key path, as the wallet signs) to a taproot output, in a
+/// block of its own: the rich chain's wallet picks its coins itself and does not always take one.
+fn spend_taproot_by_key_path(node: &Node) -> Result<()> {
+    let b = ChainBuilder::new(node)?;
+    let tr = node.new_address("bech32m")?;
+    let txid = node.send(&tr, bitcoin::Amount::from_btc(1.0)?)?;
+    b.mine(1)?;
+    let coins = node.wallet_call("listunspent", json!([1, 9_999_999, [tr.to_string()]]))?;
+    let coin = coins.as_array().and_then(|c| c.iter().find(|u| u["txid"] == json!(txid.to_string())));
+    let vout =
+        coin.and_then(|u| u["vout"].as_u64()).ok_or_else(|| anyhow::anyhow!("no coin at {tr}: {coins}"))?;
+    let to = node.new_address("bech32m")?;
+    let options = json!({"inputs": [{"txid": txid.to_string(), "vout": vout}], "add_inputs": false,
+                         "change_address": node.new_address("bech32m")?.to_string()});
+    node.wallet_call("send", json!([{to.to_string(): 0.5}, null, "unset", 10, options]))?;
+    b.mine(1)?;
+    Ok(())
+}
+
 #[test]
 fn sp_bulk_tweaks_equal_the_nodes() -> Result<()> {
     let node = Node::start(NodeOptions::default())?;
     build_rich_chain(&node)?;
+    spend_taproot_by_key_path(&node)?;
     let want = expected_tweaks(&node, 0)?;
     let eligible: usize = want.blocks.iter().map(|(_, t)| t.len()).sum();
     // The rich chain's wallet spends taproot (key path) and P2WPKH coins to taproot outputs.
