@@ -7,9 +7,9 @@
 //! must spend an output already found to fund it. Prefix collisions therefore cost a read, never a
 //! wrong answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::{BlockHash, OutPoint, Txid};
@@ -128,21 +128,60 @@ fn fitting(lens: impl Iterator<Item = u32>, budget: u64) -> usize {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The read threads' queue. They block on it when idle: threads that spin looking for work (as
-/// rayon's do) would take the two cores from the requests whose reads they wait for.
-fn read_threads() -> &'static crossbeam_channel::Sender<Job> {
-    static QUEUE: OnceLock<crossbeam_channel::Sender<Job>> = OnceLock::new();
+/// The read threads' work: one queue of jobs per fan-out in flight, served in turn, one job of
+/// each at a time. A request's fan-out of 512 reads thus delays the 10 reads of a request that
+/// arrives after it by a job or so, not by all 512 (as one first-come queue did: that wait was the
+/// cold mix's p99). A request has one fan-out in flight at a time, so this is fair per request.
+struct ReadQueue {
+    flows: Mutex<VecDeque<VecDeque<Job>>>,
+    ready: Condvar,
+}
+
+impl ReadQueue {
+    fn push(&self, jobs: VecDeque<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let n = jobs.len();
+        self.flows.lock().unwrap_or_else(|e| e.into_inner()).push_back(jobs);
+        if n == 1 {
+            self.ready.notify_one();
+        } else {
+            self.ready.notify_all();
+        }
+    }
+
+    /// The next job: the first of the flow whose turn it is; that flow goes to the back.
+    fn next(&self) -> Job {
+        let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(mut flow) = flows.pop_front() {
+                let job = flow.pop_front().expect("no empty flow is queued");
+                if !flow.is_empty() {
+                    flows.push_back(flow);
+                }
+                return job;
+            }
+            flows = self.ready.wait(flows).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The read threads, started at the first fan-out. They block on the queue when idle: threads that
+/// spin looking for work (as rayon's do) would take the two cores from the requests whose reads
+/// they wait for.
+fn read_queue() -> &'static ReadQueue {
+    static QUEUE: OnceLock<Arc<ReadQueue>> = OnceLock::new();
     QUEUE.get_or_init(|| {
-        let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
+        let queue = Arc::new(ReadQueue { flows: Default::default(), ready: Default::default() });
         for i in 0..READERS.load(Ordering::Relaxed) {
-            let jobs = jobs.clone();
+            let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("blkindex-read-{i}"))
-                .spawn(move || {
-                    for job in jobs {
-                        // A panicking job loses its answer (its caller sees that), not the thread.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                    }
+                .spawn(move || loop {
+                    let job = queue.next();
+                    // A panicking job loses its answer (its caller sees that), not the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 })
                 .expect("cannot start a read thread");
         }
@@ -161,22 +200,44 @@ where
     }
     let n = items.len();
     let f = Arc::new(f);
-    // Room for every answer: a job never blocks on an answer nobody waits for any more.
-    let (answer, answers) = crossbeam_channel::bounded(n);
-    for (i, item) in items.into_iter().enumerate() {
-        let (f, answer) = (f.clone(), answer.clone());
-        let job: Job = Box::new(move || {
-            let _ = answer.send((i, f(item)));
-        });
-        read_threads().send(job).expect("the read threads never stop");
+    let answers =
+        Arc::new(Answers { slots: Mutex::new(((0..n).map(|_| None).collect(), n)), done: Condvar::new() });
+    let jobs = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let (f, answers) = (f.clone(), answers.clone());
+            Box::new(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)))
+                    .unwrap_or_else(|_| Err(anyhow!("a read thread panicked")));
+                answers.put(i, r);
+            }) as Job
+        })
+        .collect();
+    read_queue().push(jobs);
+    let mut slots = answers.slots.lock().unwrap_or_else(|e| e.into_inner());
+    while slots.1 > 0 {
+        slots = answers.done.wait(slots).unwrap_or_else(|e| e.into_inner());
     }
-    drop(answer);
-    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
-    for _ in 0..n {
-        let (i, r) = answers.recv().map_err(|_| anyhow!("a read thread panicked"))?;
-        out[i] = Some(r?);
+    std::mem::take(&mut slots.0).into_iter().map(|r| r.expect("every answer arrived")).collect()
+}
+
+/// A fan-out's answers, by item, and how many are still to come. Its caller is woken once, by the
+/// last: a wake-up per answer cost more CPU than a cold read's parsing.
+struct Answers<R> {
+    slots: Mutex<(Vec<Option<Result<R>>>, usize)>,
+    done: Condvar,
+}
+
+impl<R> Answers<R> {
+    fn put(&self, i: usize, r: Result<R>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.0[i] = Some(r);
+        slots.1 -= 1;
+        if slots.1 == 0 {
+            self.done.notify_one();
+        }
     }
-    Ok(out.into_iter().map(|r| r.expect("every answer arrived")).collect())
 }
 
 /// A reader of the index: a store (the server's secondary instance, or a test's), the node's blk
@@ -512,18 +573,23 @@ fn txpos_row(store: &Store, height: Height) -> Result<Vec<u8>> {
 
 /// Where transactions `txnums`, all of the block at `height` (header row `row`), sit in it.
 fn places(store: &Store, height: Height, row: &HeaderRow, txnums: &[TxNum]) -> Result<Vec<Place>> {
-    let offsets = TxPos::offsets(&txpos_row(store, height)?)?;
-    txnums
+    let index = |txnum: TxNum| txnum.checked_sub(row.first_txnum).filter(|&i| i < row.tx_count);
+    let indexes = txnums
         .iter()
         .map(|&txnum| {
-            let pos = (txnum - row.first_txnum) as usize;
-            if pos + 1 >= offsets.len() {
-                bail!("txnum {txnum} is past the {} transactions of block {height}", offsets.len() - 1);
-            }
-            let (offset, len) = (offsets[pos], offsets[pos + 1] - offsets[pos]);
-            Ok(Place { txnum, height, row: *row, pos: pos as u32, offset, len })
+            index(txnum).ok_or_else(|| {
+                anyhow!("txnum {txnum} is past the {} transactions of block {height}", row.tx_count)
+            })
         })
-        .collect()
+        .collect::<Result<Vec<u32>>>()?;
+    let ranges = TxPos::locate_all(&txpos_row(store, height)?, &indexes)
+        .with_context(|| format!("the txpos row of block {height}"))?;
+    Ok(txnums
+        .iter()
+        .zip(indexes)
+        .zip(ranges)
+        .map(|((&txnum, pos), (offset, len))| Place { txnum, height, row: *row, pos, offset, len })
+        .collect())
 }
 
 /// The silent-payment index (BIP352 tweaks, `cf::TWEAK`), read through an [`IndexReader`]: like
@@ -586,6 +652,31 @@ mod tests {
         assert_eq!(fitting([10, 20, 30].into_iter(), 60), 3);
         assert_eq!(fitting([100, 1].into_iter(), 30), 1);
         assert_eq!(fitting(std::iter::empty(), 30), 1);
+    }
+
+    #[test]
+    fn read_jobs_are_served_one_per_fan_out_in_turn() {
+        let queue = ReadQueue { flows: Default::default(), ready: Default::default() };
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let flow = |name: &'static str, n: usize| -> VecDeque<Job> {
+            (0..n)
+                .map(|i| {
+                    let ran = ran.clone();
+                    Box::new(move || ran.lock().unwrap().push(format!("{name}{i}"))) as Job
+                })
+                .collect()
+        };
+        queue.push(flow("long", 4));
+        queue.next()();
+        queue.push(flow("short", 1));
+        queue.push(VecDeque::new());
+        queue.push(flow("mid", 2));
+        while !queue.flows.lock().unwrap().is_empty() {
+            queue.next()();
+        }
+        // The one-job fan-out that came after the long one's first read waits for one job of it,
+        // not for its three others.
+        assert_eq!(*ran.lock().unwrap(), ["long0", "long1", "short0", "mid0", "long2", "mid1", "long3"]);
     }
 
     #[test]
