@@ -242,14 +242,7 @@ impl Scan {
             let found = self.blocks(h as Height, last as Height).await?;
             used += found.cpu;
             unsent += found.cpu;
-            if used > self.cpu_limit {
-                let m = format!(
-                    "a silent-payments scan used more than its {} s of CPU: subscribe from a later start",
-                    self.cpu_limit.as_secs_f64()
-                );
-                self.send(Body::OverBudget(m), &mut unsent).await?;
-                return Err(Stop::Gone);
-            }
+            self.within_budget(used, &mut unsent).await?;
             remember(&mut seen, found.hashes);
             hits.extend(found.hits);
             // Never 1.0 before the last page: 1.0 marks the end of the historical scan.
@@ -340,11 +333,16 @@ impl Scan {
         let top = index.chain.len() as i64 - 1;
         drop(index);
         let mut hits = Vec::new();
+        // A rescan after a reorg, or after the index moved many blocks at once, has the budget
+        // of a scan of its own.
+        let mut used = Duration::ZERO;
         let mut h = from as i64;
         while h <= top {
             let last = (h + CHUNK as i64 - 1).min(top);
             let found = self.blocks(h as Height, last as Height).await?;
             *unsent += found.cpu;
+            used += found.cpu;
+            self.within_budget(used, unsent).await?;
             remember(seen, found.hashes);
             hits.extend(found.hits.into_iter().filter(|hit| sent.remove(&hit.txid).is_none()));
             h = last + 1;
@@ -398,6 +396,20 @@ impl Scan {
         .await
         .map_err(|e| Stop::Failed(e.into()))??;
         Ok(found)
+    }
+
+    /// Ok while `used` is within the per-scan CPU limit; past it, the session is told (and then
+    /// closed) and the scan ends.
+    async fn within_budget(&self, used: Duration, unsent: &mut Duration) -> Result<(), Stop> {
+        if used <= self.cpu_limit {
+            return Ok(());
+        }
+        let m = format!(
+            "a silent-payments scan used more than its {} s of CPU: subscribe from a later start",
+            self.cpu_limit.as_secs_f64()
+        );
+        self.send(Body::OverBudget(m), unsent).await?;
+        Err(Stop::Gone)
     }
 
     /// Sends one notification: `history` (at most `PAGE` entries) at `progress`.

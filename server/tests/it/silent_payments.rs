@@ -333,7 +333,7 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     let (w, other) = (Wallet::new(1, 2), Wallet::new(3, 4));
 
     let mut coins = Vec::new();
-    for n in 0..12u8 {
+    for n in 0..13u8 {
         coins.push(fund(&node, secret(100 + n), if n % 2 == 0 { Kind::P2wpkh } else { Kind::P2tr })?);
     }
     node.mine(1, &miner)?;
@@ -533,6 +533,25 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     let error: Value = serde_json::from_str(&lines[1])?;
     assert_eq!(error["error"]["code"], json!(-101), "{error}");
     assert!(server3.log().contains("a silent-payments scan over its CPU limit"), "{}", server3.log());
+    // A live rescan has a scan's budget too: subscribed above the tip (no past block to scan,
+    // so within it), then the new block's scan is over it.
+    {
+        use std::io::{BufRead, Write};
+        let s = std::net::TcpStream::connect(&server3.addr)?;
+        s.set_read_timeout(Some(WAIT))?;
+        let mut lines = std::io::BufReader::new(s.try_clone()?).lines();
+        let tip = node.height()?;
+        let sub = crate::common::req(1, "blockchain.silentpayments.subscribe", json!([scan, spend, tip + 1]));
+        (&s).write_all(format!("{sub}\n").as_bytes())?;
+        let reply: Value = serde_json::from_str(&lines.next().context("no reply")??)?;
+        assert!(reply["result"].is_object(), "{reply}");
+        let done: Value = serde_json::from_str(&lines.next().context("no progress page")??)?;
+        assert_eq!(done["params"]["progress"], json!(1.0), "nothing to scan before the tip: {done}");
+        block_with(&node, &[&sp_payment(&coins[12..13], &[w.code()], &[])?])?;
+        let error: Value = serde_json::from_str(&lines.next().context("no error after the block")??)?;
+        assert_eq!(error["error"]["code"], json!(-101), "{error}");
+        assert!(lines.next().is_none_or(|l| l.is_err()), "the session is closed after it");
+    }
 
     // No key in the logs (the server logs every request at debug level here).
     for log in [server.log(), server2.log(), server3.log()] {
