@@ -26,7 +26,7 @@ ev = phases["evict"]
 p(f"Chain: `{setup['chain']}` (gen-blocks, seed {gen['seed']}, {gen['gb']:g} GB asked): {gen['blocks']:,} blocks, "
   f"{gen['txs']:,} transactions, {gen['blk_bytes'] / 1e9:.1f} GB of blk and {gen['rev_bytes'] / 1e9:.1f} GB of rev "
   f"files; the index and the blk files are {ev['bytes'] / 1e9:.1f} GB in {ev['files']} files. Server: "
-  f"`blkindex-server --no-node`. Memory: {setup['limit']}. Before each phase the server is restarted (its script "
+  f"`{setup.get('server', 'blkindex-server')} --no-node`. Memory: {setup['limit']}. Before each phase the server is restarted (its script "
   f"cache empty) and, once it serves, every file of the blk directory and the index is dropped from the page cache "
   f"(`evict`: posix_fadvise DONTNEED; {ev['resident_before'] / 2**30:.1f} GiB resident before the first one, "
   f"{ev['resident_after'] / 2**20:.0f} MiB after).\n")

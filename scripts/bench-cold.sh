@@ -31,7 +31,7 @@
 #
 # Environment: BENCH_DIR (~/.cache/blkindex/bench), BENCH_COLD_CHAIN (a gen-blocks data dir with
 # its index in db/; default the largest gen-* under ~/.cache/blkindex/scale), BENCH_COLD_MEM (2G),
-# BENCH_COLD_BLOCKS (60), BENCH_COLD_PHASES ("disk history neighbours mix follow"; a run of some
+# BENCH_COLD_BLOCKS (60), BENCH_COLD_SERVER_BIN (the server binary to run), BENCH_COLD_PHASES ("disk history neighbours mix follow"; a run of some
 # of them replaces only their figures in the results the report is made from).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -118,12 +118,15 @@ fi
 tip=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["best_height"])' "$chain/gen-blocks.json")
 eport=$(port)
 read_threads=""
+# BENCH_COLD_SERVER_BIN: another build of the server (an earlier commit's, for a before/after
+# pair of runs); the default is this tree's.
+server_bin=${BENCH_COLD_SERVER_BIN:-$bin/blkindex-server}
 # Starts a server (in the memory cgroup) and waits until it serves the tip.
 start_server() {
     stop_server
     (
         [ -n "$server_cg" ] && echo "$BASHPID" >"$server_cg/cgroup.procs"
-        exec "$bin/blkindex-server" --network regtest --no-node --datadir "$chain" --db "$db" \
+        exec "$server_bin" --network regtest --no-node --datadir "$chain" --db "$db" \
             --secondary-dir "$work/secondary" --electrum-addr "127.0.0.1:$eport" \
             --max-connections-per-ip 100000 --log-stats-secs 0 ${read_threads:+--read-threads "$read_threads"}
     ) 2>>"$work/server.log" &
@@ -170,7 +173,7 @@ if [ ! -s "$scripts" ] || [ "$scripts" -ot "$db/CURRENT" ]; then
     echo "$picked" >"$work/pick.json"
 fi
 note pick "$(cat "$work/pick.json")"
-note setup "$(python3 -c 'import json,sys; print(json.dumps({"chain": sys.argv[1], "limit": sys.argv[2], "mem": sys.argv[3]}))' "$chain" "$limit" "$mem")"
+note setup "$(python3 -c 'import json,sys; print(json.dumps({"chain": sys.argv[1], "limit": sys.argv[2], "mem": sys.argv[3], "server": sys.argv[4]}))' "$chain" "$limit" "$mem" "$server_bin")"
 note evict "$(evict_now)"
 rounds=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rounds"])' "$work/pick.json")
 
