@@ -14,7 +14,8 @@
 #
 # Environment: BENCH_DIR (default ~/.cache/blkindex/bench), BENCH_CONNECTIONS (64),
 # BENCH_SECONDS (20), BENCH_IDLE (10000), BENCH_PACED_RATE (200 requests/s for the latency
-# phase: the same mix, sent on a schedule for 10 s, latency counted from the scheduled time), BENCH_SERVERS (default "blkindex electrs electrumx").
+# phase: the same mix, sent on a schedule for 10 s, latency counted from the scheduled time), BENCH_SERVERS (default "blkindex electrs electrumx"), BENCH_SERVER_BIN (another build of blkindex-server, e.g. an
+# earlier commit's, for before/after pairs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -93,7 +94,7 @@ for s in $servers; do
         db=$BENCH_DIR/db-blkindex
         "$bin/blkindex-indexer" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
             --no-follow --progress log 2>"$BENCH_DIR/query-indexer.log"
-        "$bin/blkindex-server" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
+        "${BENCH_SERVER_BIN:-$bin/blkindex-server}" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
             --electrum-addr "127.0.0.1:$p" --max-connections-per-ip 100000 2>"$log" &
         ;;
     electrs)

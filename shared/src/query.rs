@@ -144,10 +144,9 @@ impl ReadQueue {
         }
         let n = jobs.len();
         self.flows.lock().unwrap_or_else(|e| e.into_inner()).push_back(jobs);
-        if n == 1 {
+        // As many idle threads woken as there are jobs, not all of them for a fan-out of two.
+        for _ in 0..n.min(READERS.load(Ordering::Relaxed)) {
             self.ready.notify_one();
-        } else {
-            self.ready.notify_all();
         }
     }
 
