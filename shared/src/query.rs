@@ -179,7 +179,8 @@ fn read_queue() -> &'static ReadQueue {
                 .name(format!("blkindex-read-{i}"))
                 .spawn(move || loop {
                     let job = queue.next();
-                    // A panicking job loses its answer (its caller sees that), not the thread.
+                    // Jobs catch their own panics (as an error answer); this keeps the thread
+                    // whatever else a job might do.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 })
                 .expect("cannot start a read thread");
@@ -188,7 +189,8 @@ fn read_queue() -> &'static ReadQueue {
     })
 }
 
-/// `f` over `items`, answers in order; on the read threads when there is more than one item.
+/// `f` over `items`, answers in order; on the read threads when there is more than one item. It
+/// returns once every item is answered, with the error of the first item (in order) that failed.
 fn fan_out<T, R>(items: Vec<T>, f: impl Fn(T) -> Result<R> + Send + Sync + 'static) -> Result<Vec<R>>
 where
     T: Send + 'static,
@@ -577,7 +579,7 @@ fn places(store: &Store, height: Height, row: &HeaderRow, txnums: &[TxNum]) -> R
         .iter()
         .map(|&txnum| {
             index(txnum).ok_or_else(|| {
-                anyhow!("txnum {txnum} is past the {} transactions of block {height}", row.tx_count)
+                anyhow!("txnum {txnum} is not among the {} transactions of block {height}", row.tx_count)
             })
         })
         .collect::<Result<Vec<u32>>>()?;

@@ -426,7 +426,8 @@ impl TxPos {
         Ok(out)
     }
 
-    /// (offset within the block, size) of each of the transactions `indexes` (ascending), the row
+    /// (offset within the block, size) of each of the transactions `indexes` (strictly ascending, as
+    /// txnum lists are), the row
     /// decoded only as far as the last of them: a row has a block's thousands of entries, a
     /// history wants one or two of them (decoding whole rows was most of a cold history's CPU).
     pub fn locate_all(v: &[u8], indexes: &[u32]) -> Result<Vec<(u32, u32)>, DecodeError> {
@@ -441,12 +442,12 @@ impl TxPos {
                 return Err(DecodeError::Invalid { what: "transaction indexes out of order", at: r.pos() });
             }
             while next < index {
-                offset += get_leb128(&mut r)?;
+                offset = offset.checked_add(get_leb128(&mut r)?).ok_or(DecodeError::BadInt(0))?;
                 next += 1;
             }
             let size = get_leb128(&mut r)?;
             out.push((ok(offset)?, ok(size)?));
-            offset += size;
+            offset = offset.checked_add(size).ok_or(DecodeError::BadInt(0))?;
             next += 1;
         }
         Ok(out)
