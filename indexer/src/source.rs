@@ -66,17 +66,22 @@ impl BlockSource<'_> {
         if height == 0 {
             return Ok(None);
         }
-        let mut fitting = Vec::new();
+        let mut fitting: Vec<(Vec<u8>, BlockUndo)> = Vec::new();
         for loc in locs {
             let payload = self.files.read(FileKind::Rev, loc.file, loc.offset as u64, loc.len as usize)?;
+            // Byte-identical records (siblings spending the same coins, as a conflicting reorg
+            // makes them) give the same rows: one of them is as good as the other.
+            if fitting.iter().any(|(p, _)| *p == payload) {
+                continue;
+            }
             match BlockUndo::decode(&payload) {
-                Ok(u) if undo_fits(block, &u) => fitting.push(u),
+                Ok(u) if undo_fits(block, &u) => fitting.push((payload, u)),
                 Ok(_) => {}
                 Err(e) => warn!(height, file = loc.file, "corrupt rev record: {e}"),
             }
         }
         if fitting.len() == 1 {
-            return Ok(fitting.pop());
+            return Ok(fitting.pop().map(|(_, u)| u));
         }
         let why = if fitting.is_empty() { "no usable undo record" } else { "several undo records fit" };
         let rpc = self.rpc.ok_or_else(|| {

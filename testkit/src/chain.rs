@@ -232,6 +232,23 @@ impl<'a> ChainBuilder<'a> {
         self.mine(depth)?;
         Ok(stale)
     }
+
+    /// A reorg of `depth` blocks whose new branch starts with a lookalike of the stale branch's
+    /// first block: one transaction of one input, as there, but spending another coin. The two
+    /// siblings' undo records have the same shape and different contents: only the node can say
+    /// which is the block's. Returns the stale block hashes.
+    pub fn reorg_with_lookalike(&self, depth: u64) -> Result<Vec<BlockHash>> {
+        let (first, second) = (self.coin(Amount::from_btc(1.0)?)?, self.coin(Amount::from_btc(1.0)?)?);
+        let a = self.node.new_address("bech32")?;
+        let original = self.raw_tx(&[first], &[(a.script_pubkey(), Amount::from_btc(0.25)?)], true)?;
+        let mut stale = vec![self.mine_txs(&[original])?];
+        stale.extend(self.mine(depth - 1)?);
+        self.node.call("invalidateblock", json!([stale[0].to_string()]))?;
+        let lookalike = self.raw_tx(&[second], &[(a.script_pubkey(), Amount::from_btc(0.25)?)], true)?;
+        self.mine_txs(&[lookalike])?;
+        self.mine(depth)?;
+        Ok(stale)
+    }
 }
 
 /// The default rich chain of the bulk-indexer tests.
