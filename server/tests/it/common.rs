@@ -13,8 +13,13 @@ use blkindex_testkit::{Node, NodeOptions};
 
 /// The indexer binary, built beside this test by `cargo test --workspace`.
 pub fn indexer_bin() -> PathBuf {
+    workspace_bin("blkindex-indexer")
+}
+
+/// A binary of another crate of the workspace, built beside this test by `cargo test --workspace`.
+pub fn workspace_bin(name: &str) -> PathBuf {
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = dir.join("blkindex-indexer");
+    let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: run `cargo test --workspace`", bin.display());
     bin
 }
@@ -73,16 +78,35 @@ impl Server {
     pub fn start_no_node_in(netns: &str, node: &Node, db: &Path, extra: &[&str]) -> Result<Self> {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_blkindex-server")]);
-        Self::spawn_command(c, node, db, &[&["--no-node"], extra].concat(), "info,blkindex_server=debug")
+        Self::spawn_command(
+            c,
+            &node.datadir,
+            db,
+            &[&["--no-node"], extra].concat(),
+            "info,blkindex_server=debug",
+        )
+    }
+
+    /// A `--no-node` server on the blocks of data dir `datadir` (no node there: e.g. one
+    /// `gen-blocks` wrote).
+    pub fn start_no_node_on(datadir: &Path, db: &Path, extra: &[&str]) -> Result<Self> {
+        let bin = Command::new(env!("CARGO_BIN_EXE_blkindex-server"));
+        Self::spawn_command(bin, datadir, db, &[&["--no-node"], extra].concat(), "info,blkindex_server=debug")
     }
 
     fn spawn(node: &Node, db: &Path, args: &[&str], filter: &str) -> Result<Self> {
-        Self::spawn_command(Command::new(env!("CARGO_BIN_EXE_blkindex-server")), node, db, args, filter)
+        Self::spawn_command(
+            Command::new(env!("CARGO_BIN_EXE_blkindex-server")),
+            &node.datadir,
+            db,
+            args,
+            filter,
+        )
     }
 
     fn spawn_command(
         mut command: Command,
-        node: &Node,
+        datadir: &Path,
         db: &Path,
         args: &[&str],
         filter: &str,
@@ -90,7 +114,7 @@ impl Server {
         let log = db.with_extension(format!("server{}.log", std::process::id() ^ rand_suffix()));
         let mut child = command
             .args(["--network", "regtest", "--datadir"])
-            .arg(&node.datadir)
+            .arg(datadir)
             .arg("--db")
             .arg(db)
             .args(["--electrum-addr", "127.0.0.1:0"])

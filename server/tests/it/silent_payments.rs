@@ -560,3 +560,41 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     }
     Ok(())
 }
+
+/// `--sp-max-scans`: with one slot, a subscription made while another one's scan of past blocks
+/// holds it is refused (-101, nothing queued), and accepted once that scan is done. On a chain
+/// `gen-blocks` makes (no node: its signatures are made up), whose 36,450 eligible transactions
+/// keep the one scan thread busy for about two seconds.
+#[test]
+fn a_subscription_past_the_scan_slots_is_refused_until_one_is_free() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let datadir = dir.path().join("chain");
+    let db = dir.path().join("db");
+    let generated = std::process::Command::new(crate::common::workspace_bin("gen-blocks"))
+        .args(["--gb", "0.3", "--seed", "5", "--datadir"])
+        .arg(&datadir)
+        .output()?;
+    anyhow::ensure!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let indexed = std::process::Command::new(indexer_bin())
+        .args(["--network", "regtest", "--offline", "--no-follow", "--progress", "none", "--datadir"])
+        .arg(&datadir)
+        .arg("--db")
+        .arg(&db)
+        .output()?;
+    anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
+    let server = Server::start_no_node_on(&datadir, &db, &["--sp-max-scans", "1", "--sp-scan-threads", "1"])?;
+    let (first, second) = (Wallet::new(1, 2).keys(), Wallet::new(3, 4).keys());
+    let mut a = Conn::open(&server.addr);
+    let t = std::time::Instant::now();
+    a.result("blockchain.silentpayments.subscribe", json!([first.0, first.1, 0]));
+    let mut b = Conn::open(&server.addr);
+    let refused = b.call("blockchain.silentpayments.subscribe", json!([second.0, second.1, 0]));
+    assert_eq!(refused["error"]["code"], json!(-101), "a second scan past --sp-max-scans 1: {refused}");
+    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
+    assert!(a.wait_until(Duration::from_secs(300), done), "the first scan did not end");
+    eprintln!("the first scan took {:.1} s", t.elapsed().as_secs_f64());
+    let accepted = b.result("blockchain.silentpayments.subscribe", json!([second.0, second.1, 0]));
+    assert!(accepted.is_object(), "{accepted}");
+    assert!(b.wait_until(Duration::from_secs(300), done), "the second scan did not end");
+    Ok(())
+}
