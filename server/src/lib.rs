@@ -51,7 +51,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::info;
+use tracing::{info, warn};
 
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::config::LogFilterHandle;
@@ -186,10 +186,24 @@ pub async fn run(
                 tasks.spawn("silent-payments mempool", silent::track_mempool(state.clone()));
             }
         }
-        None => info!(
-            "running without a node (--no-node): confirmed data only; mempool, broadcast and fee calls \
-             answer an error"
-        ),
+        None => {
+            info!(
+                "running without a node (--no-node): confirmed data only; mempool, broadcast and fee calls \
+                 answer an error"
+            );
+            // Given with --no-node (often from a unit file or the environment kept for the usual
+            // start): said once, so that nobody expects the node to be asked.
+            let ignored: Vec<&str> = [
+                ("--daemon-rpc-addr", config.node.daemon_rpc_addr.is_some()),
+                ("--cookie", config.node.cookie.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, given)| given.then_some(flag))
+            .collect();
+            if !ignored.is_empty() {
+                warn!("--no-node: ignoring {} (no node is asked)", ignored.join(" and "));
+            }
+        }
     }
     tasks.spawn("status line", stats::run(state.clone(), config.log_stats_every));
     if !listeners.admin.is_empty() {

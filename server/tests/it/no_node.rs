@@ -306,5 +306,12 @@ fn without_a_node_confirmed_data_is_served_as_with_it_and_new_blocks_are_announc
         json!([{"tx_hash": paid.to_string(), "height": tip + 1}])
     );
     assert!(!server.log().contains("ERROR"), "{}", server.log());
+
+    // The node's flags given with --no-node: said to be ignored, and not used.
+    let rpc = node.rpc_addr();
+    let flagged = Server::start_no_node(&node, &db, &["--daemon-rpc-addr", rpc.as_str()])?;
+    let log = flagged.log();
+    assert!(log.contains("--no-node: ignoring --daemon-rpc-addr (no node is asked)"), "{log}");
+    assert!(!log.contains("reading the node's mempool"), "{log}");
     Ok(())
 }
