@@ -341,8 +341,8 @@ impl IndexReader {
 
     /// A first part (at least one) of these transactions, no more than [`WINDOW_BYTES`] of them
     /// but for a single larger one. Their places (each block's `txpos` row) and then their bytes
-    /// are read as many at a time as there are read threads ([`set_readers`]): cold, each is a disk read, and a disk serves many at once
-    /// in about the time of one.
+    /// are read as many at a time as there are read threads ([`set_readers`]): cold, each is a
+    /// disk read, and a disk serves many at once in about the time of one.
     fn fetch(&self, txnums: &[TxNum]) -> Result<Vec<NumberedTx>> {
         let mut blocks = Vec::new();
         let mut rest = txnums;

@@ -413,23 +413,10 @@ impl TxPos {
         v
     }
 
-    /// Where every transaction starts within the block, and where the last one ends: n + 1
-    /// offsets for n transactions.
-    pub fn offsets(v: &[u8]) -> Result<Vec<u32>, DecodeError> {
-        let mut r = Reader::new(v);
-        let mut at = get_leb128(&mut r)?;
-        let mut out = vec![u32::try_from(at).map_err(|_| DecodeError::BadInt(0))?];
-        while r.remaining() > 0 {
-            at += get_leb128(&mut r)?;
-            out.push(u32::try_from(at).map_err(|_| DecodeError::BadInt(0))?);
-        }
-        Ok(out)
-    }
-
-    /// (offset within the block, size) of each of the transactions `indexes` (strictly ascending, as
-    /// txnum lists are), the row
-    /// decoded only as far as the last of them: a row has a block's thousands of entries, a
-    /// history wants one or two of them (decoding whole rows was most of a cold history's CPU).
+    /// (offset within the block, size) of each of the transactions `indexes` (strictly ascending,
+    /// as txnum lists are), the row decoded only as far as the last of them: a row has a block's
+    /// thousands of entries, a history wants one or two of them (decoding whole rows was most of a
+    /// cold history's CPU).
     pub fn locate_all(v: &[u8], indexes: &[u32]) -> Result<Vec<(u32, u32)>, DecodeError> {
         let ok = |n: u64| u32::try_from(n).map_err(|_| DecodeError::BadInt(0));
         let mut r = Reader::new(v);
@@ -455,14 +442,7 @@ impl TxPos {
 
     /// (offset within the block, size) of transaction `index`.
     pub fn locate(v: &[u8], index: u32) -> Result<(u32, u32), DecodeError> {
-        let mut r = Reader::new(v);
-        let mut offset = get_leb128(&mut r)?;
-        for _ in 0..index {
-            offset += get_leb128(&mut r)?;
-        }
-        let size = get_leb128(&mut r)?;
-        let ok = |n: u64| u32::try_from(n).map_err(|_| DecodeError::BadInt(0));
-        Ok((ok(offset)?, ok(size)?))
+        Ok(Self::locate_all(v, &[index])?[0])
     }
 }
 
@@ -568,8 +548,8 @@ mod tests {
     #[test]
     fn txpos_offsets_agree_with_locate() {
         let v = super::TxPos::encode(81, [200, 1, 300_000, 57]);
-        let offsets = super::TxPos::offsets(&v).unwrap();
-        assert_eq!(offsets, vec![81, 281, 282, 300_282, 300_339]);
+        // Where each transaction starts, and where the last one ends.
+        let offsets = [81, 281, 282, 300_282, 300_339];
         for i in 0..4 {
             let (at, size) = super::TxPos::locate(&v, i).unwrap();
             assert_eq!((at, at + size), (offsets[i as usize], offsets[i as usize + 1]));
