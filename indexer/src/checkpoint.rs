@@ -56,11 +56,11 @@ fn mid_load(store: &Store) -> Result<Option<String>> {
             s.last
         )));
     }
-    if store.tip()?.is_some() && store.get_meta(meta::COMPACTED)?.is_none() {
-        return Ok(Some("a bulk load has not finished (no meta/compacted)".into()));
-    }
     if store.tip()?.is_none() {
         return Ok(Some("the index is empty".into()));
+    }
+    if store.get_meta(meta::COMPACTED)?.is_none() {
+        return Ok(Some("a bulk load has not finished (no meta/compacted)".into()));
     }
     Ok(None)
 }

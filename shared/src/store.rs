@@ -322,22 +322,23 @@ impl Store {
         net: Net,
         wanted: Option<schema::TweakStart>,
     ) -> Result<schema::TweakStart> {
-        match (self.get_meta(meta::TWEAK_START)?, wanted) {
+        let have = self.get_meta(meta::TWEAK_START)?.map(|v| schema::TweakStart::decode(&v)).transpose()?;
+        match (have, wanted) {
             (None, _) => {
                 let t = wanted.unwrap_or(schema::TweakStart::default_for(net));
                 self.put_meta(&[(meta::TWEAK_START, Some(&t.encode()))])?;
                 Ok(t)
             }
-            (Some(_), Some(w)) if w != self.tweak_start()? => bail!(
+            (Some(have), Some(w)) if w != have => bail!(
                 "{}: index was created with the silent-payment index {}; it is chosen only when an index \
                  is created",
                 self.path.display(),
-                match self.tweak_start()?.0 {
+                match have.0 {
                     None => "off".to_string(),
                     Some(h) => format!("from height {h}"),
                 }
             ),
-            _ => self.tweak_start(),
+            (Some(have), _) => Ok(have),
         }
     }
 
