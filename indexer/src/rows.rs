@@ -68,7 +68,7 @@ pub fn verify(block: &[u8]) -> Result<CheckedBlock> {
         let spendable = tx.outputs.iter().filter(|o| !is_unspendable(o.script));
         v.outputs.extend(spendable.map(|o| schema::script_prefix(&ScriptHash::of(o.script))));
         v.output_ends.push(v.outputs.len() as u32);
-        if tx.outputs.iter().any(|o| is_p2tr(o.script)) {
+        if tx.outputs.iter().any(|o| Script::from_bytes(o.script).is_p2tr()) {
             v.p2tr.push(v.txids.len() as u32 - 1);
         }
         Ok(())
@@ -83,10 +83,6 @@ pub fn verify(block: &[u8]) -> Result<CheckedBlock> {
 /// transaction)? Tells a block's own undo record from a stale sibling's.
 pub fn undo_fits(block: &CheckedBlock, undo: &BlockUndo) -> bool {
     block.inputs.get(1..) == Some(undo.tx_inputs.as_slice())
-}
-
-fn is_p2tr(script: &[u8]) -> bool {
-    script.len() == 34 && script[0] == 0x51 && script[1] == 0x20
 }
 
 /// The rows of the verified block at `height` (`bytes`), whose first transaction is
@@ -154,16 +150,12 @@ pub fn block_rows(
 /// A transaction with a P2TR output, as the index keeps it if it is eligible. Only such
 /// transactions are deserialized (rust-bitcoin), and only when an input could carry a key.
 fn tweaked_tx(raw: &[u8], spent: &[&[u8]], txnum: TxNum) -> Result<Option<TweakedTx>> {
-    let keyed = |s: &&[u8]| {
-        let s = Script::from_bytes(s);
-        s.is_p2tr() || s.is_p2wpkh() || s.is_p2sh() || s.is_p2pkh()
-    };
-    if !spent.iter().any(keyed) {
+    let spent: Vec<&Script> = spent.iter().map(|s| Script::from_bytes(s)).collect();
+    if !spent.iter().any(|s| silent::may_give_key(s)) {
         return Ok(None);
     }
     let tx: Transaction =
         bitcoin::consensus::deserialize(raw).context("a transaction rust-bitcoin cannot read")?;
-    let spent: Vec<&Script> = spent.iter().map(|s| Script::from_bytes(s)).collect();
     Ok(silent::tweak(&tx, &spent).map(|tweak| TweakedTx {
         txnum,
         tweak,

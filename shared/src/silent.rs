@@ -38,7 +38,7 @@ pub struct TweakedTx {
 
 /// Point tweaks and additions.
 static SECP: LazyLock<Secp256k1<VerifyOnly>> = LazyLock::new(Secp256k1::verification_only);
-/// `t·G` through the generator comb.
+/// `t·G` through the generator comb (output keys, label points, the address's scan key).
 static GEN: LazyLock<Secp256k1<SignOnly>> = LazyLock::new(Secp256k1::signing_only);
 
 /// BIP341's NUMS point H, the x-only internal key of a taproot output with no key path: a
@@ -91,6 +91,12 @@ fn compressed(bytes: &[u8]) -> Option<PublicKey> {
         return None;
     }
     PublicKey::from_slice(bytes).ok()
+}
+
+/// Whether an input spending `spent` can give a key: the types [`input_key`] reads one from. A
+/// transaction none of whose inputs can is not eligible, which needs no decoding to know.
+pub fn may_give_key(spent: &Script) -> bool {
+    spent.is_p2pkh() || spent.is_p2sh() || spent.is_p2wpkh() || spent.is_p2tr()
 }
 
 /// The public key input `i` contributes to `A`, if its type is one BIP352 reads one from.
@@ -193,16 +199,16 @@ pub fn output_prefixes(tx: &Transaction) -> Vec<OutputPrefix> {
         .collect()
 }
 
-/// `t_k`: the tagged hash of the shared secret and k, as a scalar (None: out of range, ~2^-128).
-fn output_tweak(shared: &[u8; 33], k: u32) -> Option<Scalar> {
-    Scalar::from_be_bytes(tagged(Tag::SharedSecret, &[shared, &k.to_be_bytes()])).ok()
+/// `t_k`: the tagged hash of the shared secret and k, as a secret key for `t_k·G` (None: zero or
+/// not below the curve order, ~2^-128).
+fn output_tweak(shared: &[u8; 33], k: u32) -> Option<SecretKey> {
+    SecretKey::from_slice(&tagged(Tag::SharedSecret, &[shared, &k.to_be_bytes()])).ok()
 }
 
 /// `B_m + t_k·G`, the output key a sender makes for the k-th output to the (labelled) spend key
 /// `b_m`. Shared with the tests' sending side.
 pub(crate) fn output_key(b_m: &PublicKey, shared: &[u8; 33], k: u32) -> Option<PublicKey> {
-    let t = SecretKey::from_slice(&output_tweak(shared, k)?.to_be_bytes()).ok()?;
-    PublicKey::from_secret_key(&GEN, &t).combine(b_m).ok()
+    PublicKey::from_secret_key(&GEN, &output_tweak(shared, k)?).combine(b_m).ok()
 }
 
 fn prefix_of(p: &PublicKey) -> OutputPrefix {
@@ -237,7 +243,7 @@ impl Receiver {
             .filter_map(|m| {
                 let t = tagged(Tag::Label, &[&scan.secret_bytes(), &m.to_be_bytes()]);
                 let t = SecretKey::from_slice(&t).ok()?;
-                Some(Label { point: t.public_key(&Secp256k1::signing_only()) })
+                Some(Label { point: t.public_key(&GEN) })
             })
             .collect();
         Receiver { scan_scalar: Scalar::from(scan), scan, spend, labels }
@@ -252,7 +258,7 @@ impl Receiver {
             bitcoin::Network::Regtest => "sprt",
             _ => "tsp",
         };
-        address(hrp, &self.scan.public_key(&Secp256k1::signing_only()), &self.spend)
+        address(hrp, &self.scan.public_key(&GEN), &self.spend)
     }
 
     /// `b_scan·tweak`, compressed: the input to every `t_k`. None for a tweak that is no point.
