@@ -30,9 +30,36 @@ fn haproxy_bin() -> &'static str {
     }
 }
 
+/// A haproxy process in the foreground on config `dir/<name>.cfg` (written here), its log in
+/// `dir/<name>.log`; killed on drop, so also when an assertion fails.
+struct Running(Child);
+
+impl Running {
+    fn start(dir: &Path, name: &str, config: &str) -> Result<Running> {
+        let file = dir.join(format!("{name}.cfg"));
+        std::fs::write(&file, config)?;
+        let child = Command::new(haproxy_bin())
+            .arg("-db")
+            .arg("-f")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+            .spawn()
+            .context("starting haproxy (scripts/install-deps.sh --tests installs it)")?;
+        Ok(Running(child))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A haproxy process in the foreground, and its stats socket.
 struct Haproxy {
-    child: Child,
+    _process: Running,
     socket: PathBuf,
     pub addr: String,
 }
@@ -67,17 +94,8 @@ impl Haproxy {
         for (name, addr, _) in servers {
             config += &format!("    server {name} {addr} check\n");
         }
-        let file = dir.join("haproxy.cfg");
-        std::fs::write(&file, config)?;
-        let child = Command::new(haproxy_bin())
-            .arg("-db")
-            .arg("-f")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("haproxy.log"))?)
-            .spawn()
-            .context("starting haproxy (scripts/install-deps.sh --tests installs it)")?;
-        let h = Haproxy { child, socket, addr: format!("127.0.0.1:{port}") };
+        let process = Running::start(dir, "haproxy", &config)?;
+        let h = Haproxy { _process: process, socket, addr: format!("127.0.0.1:{port}") };
         h.wait_for("the stats socket", |h| Ok(h.states().is_ok()))?;
         Ok(h)
     }
@@ -124,13 +142,6 @@ impl Haproxy {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -571,24 +582,7 @@ fn proxy_v2_before_tls_passed_through_haproxy() -> Result<()> {
          frontend electrum_tls\n    bind 127.0.0.1:{port}\n    default_backend blkindex_tls\n\
          backend blkindex_tls\n    server s1 {tls_addr} send-proxy-v2\n"
     );
-    std::fs::write(dir.path().join("haproxy-tls.cfg"), config)?;
-    // Killed on drop, so also when an assertion below fails.
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _haproxy = Killed(
-        Command::new(haproxy_bin())
-            .arg("-db")
-            .arg("-f")
-            .arg(dir.path().join("haproxy-tls.cfg"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("haproxy-tls.log"))?)
-            .spawn()?,
-    );
+    let _haproxy = Running::start(dir.path(), "haproxy-tls", &config)?;
     let front = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let tcp = loop {
