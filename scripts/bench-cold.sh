@@ -60,7 +60,8 @@ if [ "$phases" = "$all_phases" ] || [ ! -f "$results" ]; then
     : >"$work/history-detail.jsonl"
 fi
 note() { python3 -c 'import json,sys; print(json.dumps({"phase": sys.argv[1], "result": json.loads(sys.argv[2])}))' "$1" "$2" >>"$results"; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+. "$here/bench/lib.sh"
 bytes() { numfmt --from=iec "$1"; }
 
 # The memory limit: a child of our own memory cgroup.
@@ -132,17 +133,7 @@ start_server() {
     ) 2>>"$work/server.log" &
     server_pid=$!
     pids+=("$server_pid")
-    until python3 - "127.0.0.1:$eport" "$tip" <<'PY' 2>/dev/null; do
-import json, socket, sys
-host, port = sys.argv[1].rsplit(":", 1)
-s = socket.create_connection((host, int(port)), timeout=5)
-f = s.makefile("rw")
-f.write(json.dumps({"id": 1, "method": "blockchain.headers.subscribe", "params": []}) + "\n"); f.flush()
-sys.exit(0 if json.loads(f.readline())["result"]["height"] == int(sys.argv[2]) else 1)
-PY
-        kill -0 "$server_pid" 2>/dev/null || { tail -20 "$work/server.log" >&2; exit 1; }
-        sleep 0.5
-    done
+    wait_ready "127.0.0.1:$eport" "$tip" "$work/server.log" "$server_pid" 600
 }
 stop_server() {
     if [ -n "$server_pid" ]; then

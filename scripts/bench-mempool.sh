@@ -40,7 +40,8 @@ trap cleanup EXIT
 # shellcheck disable=SC1091
 . "$dir/node/node.env"
 fm() { "$bin/fill-mempool" "$1" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" --dir "$dir" "${@:2}"; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+. "$here/bench/lib.sh"
 anon_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
 
 echo "bench-mempool: funding $TXS outputs" >&2

@@ -61,25 +61,8 @@ tip=$(cli getblockcount)
 echo "bench-query: chain $chain at height $tip; waiting for the node's txindex" >&2
 until cli getindexinfo txindex | grep -q '"synced": true'; do sleep 2; done
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# Waits until an Electrum server at $1 answers with the node's tip (it may be syncing first).
-wait_ready() {
-    local addr=$1 log=$2 pid=$3 deadline=$((SECONDS + 7200))
-    until python3 - "$addr" "$tip" <<'PY' 2>/dev/null; do
-import json, socket, sys
-host, port = sys.argv[1].rsplit(":", 1)
-s = socket.create_connection((host, int(port)), timeout=5)
-f = s.makefile("rw")
-f.write(json.dumps({"id": 0, "method": "server.version", "params": ["bench", "1.4"]}) + "\n")
-f.write(json.dumps({"id": 1, "method": "blockchain.headers.subscribe", "params": []}) + "\n"); f.flush()
-f.readline()
-sys.exit(0 if json.loads(f.readline())["result"]["height"] == int(sys.argv[2]) else 1)
-PY
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$log" >&2; echo "bench-query: server exited" >&2; exit 1; }
-        [ $SECONDS -lt $deadline ] || { echo "bench-query: server not ready" >&2; exit 1; }
-        sleep 2
-    done
-}
+# shellcheck source=bench/lib.sh
+. "$here/bench/lib.sh"
 load() {
     "$bin/load" --server "$1" --pid "$2" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" \
         --connections "$connections" --seconds "$seconds" --idle "$idle" --paced-rate "$paced_rate"
@@ -113,7 +96,7 @@ for s in $servers; do
     pids+=("$pid")
     mkdir -p "$BENCH_DIR/db-electrumx"
     echo "bench-query: $s on 127.0.0.1:$p; waiting until it serves height $tip" >&2
-    wait_ready "127.0.0.1:$p" "$log" "$pid"
+    wait_ready "127.0.0.1:$p" "$tip" "$log" "$pid" 7200
     echo "bench-query: $s: $connections connections for ${seconds}s, then $idle idle ones" >&2
     results+=("$s" "$(load "127.0.0.1:$p" "$pid")")
     kill "$pid"

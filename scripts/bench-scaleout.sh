@@ -62,24 +62,8 @@ echo "bench-scaleout: indexing $chain into $db (once; later runs only catch up)"
 "$bin/blkindex-indexer" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
     --no-follow --progress log 2>"$work/indexer.log"
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() {
-    local addr=$1 log=$2 pid=$3 deadline=$((SECONDS + 300))
-    until python3 - "$addr" "$tip" <<'PY' 2>/dev/null; do
-import json, socket, sys
-host, port = sys.argv[1].rsplit(":", 1)
-s = socket.create_connection((host, int(port)), timeout=5)
-f = s.makefile("rw")
-f.write(json.dumps({"id": 0, "method": "server.version", "params": ["bench", "1.4"]}) + "\n")
-f.write(json.dumps({"id": 1, "method": "blockchain.headers.subscribe", "params": []}) + "\n"); f.flush()
-f.readline()
-sys.exit(0 if json.loads(f.readline())["result"]["height"] == int(sys.argv[2]) else 1)
-PY
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$log" >&2; echo "bench-scaleout: $addr exited" >&2; exit 1; }
-        [ $SECONDS -lt $deadline ] || { echo "bench-scaleout: $addr not ready" >&2; exit 1; }
-        sleep 1
-    done
-}
+# shellcheck source=bench/lib.sh
+. "$here/bench/lib.sh"
 
 # Server 0: direct, no PROXY protocol. Servers 1-4: behind HAProxy.
 declare -a spid saddr smetrics
@@ -93,7 +77,7 @@ for i in 0 1 2 3 4; do
     spid[i]=$! saddr[i]=127.0.0.1:$p smetrics[i]=$m
     pids+=("${spid[i]}")
 done
-wait_ready "${saddr[0]}" "$work/server-0.log" "${spid[0]}"
+wait_ready "${saddr[0]}" "$tip" "$work/server-0.log" "${spid[0]}" 300
 
 declare -A front
 cfg=$work/haproxy.cfg
@@ -113,7 +97,7 @@ cfg=$work/haproxy.cfg
 "$haproxy" -db -f "$cfg" 2>"$work/haproxy.log" &
 hpid=$!
 pids+=("$hpid")
-for n in 1 2 4; do wait_ready "127.0.0.1:${front[$n]}" "$work/haproxy.log" "$hpid"; done
+for n in 1 2 4; do wait_ready "127.0.0.1:${front[$n]}" "$tip" "$work/haproxy.log" "$hpid" 300; done
 # Every server behind answers /health with 200 before HAProxy is relied on.
 for i in 1 2 3 4; do
     until python3 -c "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:${smetrics[i]}/health', timeout=2).status != 200)" 2>/dev/null; do

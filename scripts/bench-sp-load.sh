@@ -32,7 +32,9 @@ db=$BENCH_DIR/db-sp-load
     "$bin/blkindex-indexer" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
         --no-follow --progress none 2>"$BENCH_DIR/sp-load-indexer.log"
 }
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# shellcheck source=bench/lib.sh
+. "$here/bench/lib.sh"
+port=$(port)
 "$bin/blkindex-server" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
     --electrum-addr "127.0.0.1:$port" --max-connections-per-ip 100000 --sp-scan-threads 1 \
     --sp-scan-cpu-secs 100000 2>"$BENCH_DIR/sp-load-server.log" &
