@@ -30,7 +30,7 @@ use crate::ingest::{self, Batch, Lists, LongSets};
 use crate::progress::Progress;
 use crate::recovery;
 use crate::revmatch::UndoIndex;
-use crate::rows::{block_rows, verify, BlockRows};
+use crate::rows::{block_rows, verify, BlockRows, SpRow};
 use crate::rowsort;
 use crate::scan::BlockMap;
 use crate::source::{self, BlockSource};
@@ -251,6 +251,7 @@ impl Bulk<'_> {
                 headers: vec![],
                 txpos: vec![],
                 tweak: vec![],
+                tweak_inputs: vec![],
                 txid: vec![],
                 script: vec![],
                 bytes: 0,
@@ -276,6 +277,7 @@ impl Bulk<'_> {
                         held.headers.extend(batch.headers);
                         held.txpos.extend(batch.txpos);
                         held.tweak.extend(batch.tweak);
+                        held.tweak_inputs.extend(batch.tweak_inputs);
                         // A checkpoint (the held header and txpos rows ingested, the files synced,
                         // then `meta/staged`) costs a few syncs per file: taken every few seconds,
                         // not after every batch. A kill loses at most that much work.
@@ -284,7 +286,7 @@ impl Bulk<'_> {
                         if first_or_last || last_checkpoint.elapsed() >= STAGE_CHECKPOINT {
                             held.first = held.headers.first().map_or(batch.first, |h| h.0);
                             ingest::ingest(store, &held, &tmp, Lists::Staged, &long)?;
-                            (held.headers, held.txpos, held.tweak) = Default::default();
+                            (held.headers, held.txpos, held.tweak, held.tweak_inputs) = Default::default();
                             staged.lengths = stage.sync()?;
                             store.put_meta(&[(meta::STAGED, Some(&staged.encode()))])?;
                             last_checkpoint = Instant::now();
@@ -418,7 +420,7 @@ impl Bulk<'_> {
                                     );
                                 }
                                 let undo = self.source.undo_from(undo_index.get(&b.hash), b, height, &checked)?;
-                                block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), self.source.tweaks)?
+                                block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), self.source.sp)?
                             }
                             // A record still being written, or damaged: the node has the block.
                             (Err(err), Some(_)) => {
@@ -439,7 +441,7 @@ impl Bulk<'_> {
                     (None, Some(f)) => {
                         let loc = BlockLoc::Db { len: f.bytes.len() as u32 };
                         let checked = verify(&f.bytes).with_context(|| format!("block {} from the node", b.hash))?;
-                        block_rows(height, &f.bytes, &checked, txnum, loc, f.undo.as_ref(), self.source.tweaks)?
+                        block_rows(height, &f.bytes, &checked, txnum, loc, f.undo.as_ref(), self.source.sp)?
                     }
                     (None, None) => unreachable!("missing blocks were fetched"),
                 };
@@ -451,7 +453,7 @@ impl Bulk<'_> {
             })
             .collect::<Result<_>>()?;
         let (mut headers, mut txpos) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
-        let mut tweak = Vec::new();
+        let (mut tweak, mut tweak_inputs) = (Vec::new(), Vec::new());
         let (mut txid, mut script) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
         let (mut bytes, mut txs) = (0, 0);
         for r in rows {
@@ -459,8 +461,10 @@ impl Bulk<'_> {
             txs += r.header.tx_count as u64;
             headers.push((r.height, r.header.encode()));
             txpos.push((r.height, r.txpos));
-            if let Some(t) = r.tweak {
-                tweak.push((r.height, t));
+            match r.tweak {
+                Some(SpRow::Done(t)) => tweak.push((r.height, t)),
+                Some(SpRow::Pending(t)) => tweak_inputs.push((r.height, t)),
+                None => {}
             }
             txid.push(r.txid);
             script.push(r.script);
@@ -474,6 +478,7 @@ impl Bulk<'_> {
             headers,
             txpos,
             tweak,
+            tweak_inputs,
             txid: rowsort::sort_dedup(txid),
             script: rowsort::sort_dedup(script),
             bytes,
@@ -489,7 +494,7 @@ impl Bulk<'_> {
 /// A kill at an exact point, for the crash tests: `BLKINDEX_FAILPOINT=<name>:<n>` aborts the
 /// process the n-th time point `name` is passed ("staged": a staged load's checkpoint; "merged":
 /// a chunk of staged ranges merged).
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     static PASSED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let Ok(v) = std::env::var("BLKINDEX_FAILPOINT") else { return };
     let Some((point, n)) = v.split_once(':') else { return };

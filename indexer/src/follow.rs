@@ -278,7 +278,7 @@ impl<'a> Follower<'a> {
         };
         let undo = self.blocks.undo_from(&locs, b, height, &checked)?;
         let loc = BlockLoc::File { file: e.file, offset: e.offset, len: e.len };
-        block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), self.blocks.tweaks)
+        block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), self.blocks.sp)
     }
 
     /// A block's rows and the new tip, in one synced WriteBatch (WAL on).
@@ -301,8 +301,9 @@ impl<'a> Follower<'a> {
         let h = schema::height_key(rows.height);
         batch.put_cf(store.cf(cf::HEADERS), h, rows.header.encode());
         batch.put_cf(store.cf(cf::TXPOS), h, &rows.txpos);
-        if let Some(t) = &rows.tweak {
-            batch.put_cf(store.cf(cf::TWEAK), h, t);
+        if let Some(row) = &rows.tweak {
+            let (family, value) = row.family_and_value();
+            batch.put_cf(store.cf(family), h, value);
         }
         if let Some(raw) = raw {
             batch.put_cf(store.cf(cf::RAWBLOCK), rows.header.hash().as_byte_array(), raw);

@@ -24,9 +24,11 @@ pub struct Batch {
     pub last_hash: BlockHash,
     pub headers: Vec<(Height, [u8; schema::HEADER_ROW_LEN])>,
     pub txpos: Vec<(Height, Vec<u8>)>,
-    /// The `tweak` rows of the blocks that have one (keyed by height, ingested as header rows
-    /// are, with every batch or checkpoint).
+    /// The silent-payment rows of the blocks that have one (keyed by height, ingested as header
+    /// rows are, with every batch or checkpoint): `tweak` rows, and `tweakinputs` rows for the
+    /// tweak pass.
     pub tweak: Vec<(Height, Vec<u8>)>,
+    pub tweak_inputs: Vec<(Height, Vec<u8>)>,
     pub txid: Vec<RowKey>,
     pub script: Vec<RowKey>,
     pub bytes: u64,
@@ -84,8 +86,12 @@ pub fn ingest(store: &Store, batch: &Batch, tmp: &Path, lists: Lists, long: &Lon
     let parts = rayon::current_num_threads().max(1);
     let width = store.bucket_width()?;
     let merge = lists == Lists::Merge;
-    let mut jobs: Vec<(&str, usize, Job)> =
-        vec![(cf::HEADERS, 0, Job::Headers), (cf::TXPOS, 0, Job::Txpos), (cf::TWEAK, 0, Job::Tweak)];
+    let mut jobs: Vec<(&str, usize, Job)> = vec![
+        (cf::HEADERS, 0, Job::Headers),
+        (cf::TXPOS, 0, Job::Txpos),
+        (cf::TWEAK, 0, Job::Tweak),
+        (cf::TWEAK_INPUTS, 0, Job::TweakInputs),
+    ];
     let bucket_rows = match lists {
         Lists::Staged => vec![],
         _ => vec![(cf::TXID, &batch.txid), (cf::SCRIPT, &batch.script)],
@@ -110,6 +116,10 @@ pub fn ingest(store: &Store, batch: &Batch, tmp: &Path, lists: Lists, long: &Lon
                 }
                 Job::Tweak => {
                     let rows = batch.tweak.iter().map(|(h, v)| (schema::height_key(*h), v));
+                    write_sst(name, &file, rows)?
+                }
+                Job::TweakInputs => {
+                    let rows = batch.tweak_inputs.iter().map(|(h, v)| (schema::height_key(*h), v));
                     write_sst(name, &file, rows)?
                 }
                 Job::Lists(rows) => {
@@ -174,6 +184,7 @@ enum Job<'a> {
     Headers,
     Txpos,
     Tweak,
+    TweakInputs,
     Lists(&'a [RowKey]),
 }
 

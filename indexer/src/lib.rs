@@ -22,6 +22,7 @@ mod scan;
 mod source;
 mod stage;
 mod tail;
+mod tweak_pass;
 #[cfg(test)]
 mod undo_redo;
 mod unwind;
@@ -210,15 +211,17 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         store: &store,
         net: args.node.network,
         rpc: rpc.as_ref(),
-        tweaks,
+        sp: rows::SpRows { start: tweaks, deferred: false },
     };
     // A copied index (a checkpoint from another host) gets this node's block places first, and is
     // refused here if it cannot follow this node.
     retry.run("checking a copied index against the node", || {
         replica::prepare(&source, &progress, args.max_reorg)
     })?;
+    // The bulk pass leaves the tweaks' curve arithmetic to the tweak pass (`tweak_pass`).
+    let bulk_source = source::BlockSource { sp: rows::SpRows { deferred: true, ..source.sp }, ..source };
     let bulk = bulk::Bulk {
-        source: &source,
+        source: &bulk_source,
         progress: &progress,
         batch_bytes: args.batch_kb.map_or((args.mem_budget_mb << 20) * 3 / 5, |kb| kb << 10),
         mem_budget: args.mem_budget_mb << 20,
@@ -234,7 +237,7 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         let bulk = match rpc.is_none() && scan_files.is_mapped() {
             true => {
                 pass_files = scan_files.clone();
-                mapped_source = source::BlockSource { files: &pass_files, ..source };
+                mapped_source = source::BlockSource { files: &pass_files, ..bulk_source };
                 bulk::Bulk { source: &mapped_source, ..bulk }
             }
             false => bulk,
@@ -244,6 +247,9 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         info!("the index is close to the node's tip: following without a bulk pass");
         store.enable_auto_compactions()?;
     }
+    // The bulk pass's tweaks, or those a killed tweak pass left: the index serves everything else
+    // meanwhile, and the follower, which computes each new block's at once, starts after them.
+    tweak_pass::run(&store, &progress)?;
     if args.no_follow {
         return Ok(());
     }

@@ -78,10 +78,11 @@ pub fn recover(
             last = staged.last,
             "the chain changed since an unfinished load staged its rows; starting it again"
         );
-        // Its header, txpos and tweak rows are above the tip: they go with the staged rows.
+        // Its header, txpos and silent-payment rows are above the tip: they go with the staged
+        // rows.
         let store = source.store;
         let mut b = rocksdb::WriteBatch::default();
-        for name in [cf::HEADERS, cf::TXPOS, cf::TWEAK] {
+        for name in [cf::HEADERS, cf::TXPOS, cf::TWEAK, cf::TWEAK_INPUTS] {
             b.delete_range_cf(
                 store.cf(name),
                 schema::height_key(staged.first),

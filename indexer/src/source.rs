@@ -11,14 +11,14 @@ use tracing::warn;
 
 use blkindex_shared::blkfile::{BlockFiles, FileKind};
 use blkindex_shared::rpc::{btc_to_sat, Rpc};
-use blkindex_shared::schema::{cf, BlockLoc, Height, TweakStart, TxNum};
+use blkindex_shared::schema::{cf, BlockLoc, Height, TxNum};
 use blkindex_shared::store::Store;
 use blkindex_shared::undo::{BlockUndo, Coin};
 use blkindex_shared::Net;
 
 use crate::bestchain::ChainBlock;
 use crate::revmatch::UndoLoc;
-use crate::rows::{block_rows, undo_fits, verify, BlockRows, CheckedBlock};
+use crate::rows::{block_rows, undo_fits, verify, BlockRows, CheckedBlock, SpRows};
 use crate::scan::{BlockEntry, BlockMap};
 
 pub struct BlockSource<'a> {
@@ -27,8 +27,9 @@ pub struct BlockSource<'a> {
     pub net: Net,
     /// None with `--offline`: only the files and the index are read.
     pub rpc: Option<&'a Rpc>,
-    /// The index's silent-payment setting (`meta/tweakstart`): which blocks get `tweak` rows.
-    pub tweaks: TweakStart,
+    /// The index's silent-payment setting (`meta/tweakstart`: which blocks get silent-payment
+    /// rows), and whether their tweaks are left to the tweak pass (the bulk pass's source).
+    pub sp: SpRows,
 }
 
 impl BlockSource<'_> {
@@ -109,7 +110,7 @@ impl BlockSource<'_> {
         let checked = verify(&bytes).with_context(|| format!("block {hash} from the node"))?;
         let undo = if height == 0 { None } else { Some(undo_from_rpc(rpc, hash)?) };
         let loc = BlockLoc::Db { len: bytes.len() as u32 };
-        Ok((block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), self.tweaks)?, bytes))
+        Ok((block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), self.sp)?, bytes))
     }
 }
 

@@ -26,6 +26,7 @@ use blkindex_testkit::verify::digest;
 use blkindex_testkit::{Node, NodeOptions};
 
 use crate::follow::{FollowSource, Follower};
+use crate::rows::SpRows;
 use crate::scan::BlockMap;
 use crate::source::BlockSource;
 use crate::unwind::unwind_blocks;
@@ -116,7 +117,7 @@ fn unwinding_blocks_and_applying_them_again_gives_the_straight_index() {
                 store: &store,
                 net,
                 rpc: Some(node.rpc()),
-                tweaks: store.tweak_start().unwrap(),
+                sp: SpRows { start: store.tweak_start().unwrap(), deferred: false },
             };
             prop_assert_eq!(sync(&source), k as usize);
             prop_assert_eq!(&digest(&db), &straight, "the followed index differs from a bulk one");

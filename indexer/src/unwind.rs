@@ -16,11 +16,11 @@ use bitcoin::block::Header;
 use bitcoin::Work;
 use rocksdb::WriteBatch;
 
-use blkindex_shared::schema::{self, cf, meta, BlockLoc, HeaderRow, Height, TweakStart, TxNum};
+use blkindex_shared::schema::{self, cf, meta, BlockLoc, HeaderRow, Height, TxNum};
 
 use crate::bestchain::ChainBlock;
 use crate::revmatch::UndoIndex;
-use crate::rows::{block_rows, verify};
+use crate::rows::{block_rows, verify, SpRows};
 use crate::scan::BlockMap;
 use crate::source::BlockSource;
 
@@ -79,14 +79,15 @@ fn delete_blocks(
         let checked = verify(&bytes).with_context(|| format!("stale block {} at height {height}", b.hash))?;
         let undo = source.undo_from(undo_index.get(&b.hash), b, height, &checked)?;
         let loc = BlockLoc::Db { len: bytes.len() as u32 };
-        // Tweak rows are keyed by height and deleted below like header rows: not computed.
-        let rows = block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), TweakStart(None))?;
+        // Silent-payment rows are keyed by height and deleted below like header rows: not made.
+        let rows = block_rows(height, &bytes, &checked, txnum, loc, undo.as_ref(), SpRows::NONE)?;
         txnum += rows.header.tx_count;
         txid_prefixes.extend(rows.txid.iter().map(schema::key_prefix));
         script_prefixes.extend(rows.script.iter().map(schema::key_prefix));
         batch.delete_cf(source.store.cf(cf::HEADERS), schema::height_key(height));
         batch.delete_cf(source.store.cf(cf::TXPOS), schema::height_key(height));
         batch.delete_cf(source.store.cf(cf::TWEAK), schema::height_key(height));
+        batch.delete_cf(source.store.cf(cf::TWEAK_INPUTS), schema::height_key(height));
     }
     // The lists also hold txnums of blocks below the branch: cut them at its start.
     source.store.truncate_txnums(cf::TXID, &txid_prefixes, from_txnum, &mut batch)?;

@@ -49,7 +49,13 @@ pub async fn run(state: Arc<State>, standby: IndexReader, every: Duration) {
                 index.catch_up()?;
                 let tip = Tip::of(index);
                 if tip == s.tip() {
-                    return Ok(Progress::Same);
+                    // The indexer's tweak pass (after a bulk pass) moves no tip: what it has done
+                    // is swapped in by itself, so that scans waiting for it go on.
+                    if index.tweaks_done_below()? == s.index().tweaks_done_below()? {
+                        return Ok(Progress::Same);
+                    }
+                    standby = s.swap_index(standby.clone());
+                    return Ok(Progress::Tweaks);
                 }
                 let height = |t: Option<Tip>| t.map(|t| t.height);
                 if height(tip) < height(s.tip()) && hold_lower {
@@ -88,7 +94,7 @@ pub async fn run(state: Arc<State>, standby: IndexReader, every: Duration) {
                 state.wake(Task::CatchUp);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Ok(Progress::Same) => lower_since = None,
+            Ok(Progress::Same | Progress::Tweaks) => lower_since = None,
             Err(e) => warn!("catching up with the indexer failed: {e:#}"),
         }
     }
@@ -107,4 +113,6 @@ enum Progress {
     Lower,
     /// Swapped in (None: the index is empty now).
     New(Option<Tip>),
+    /// Swapped in, the same tip with more silent-payment tweaks computed.
+    Tweaks,
 }

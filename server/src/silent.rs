@@ -52,6 +52,8 @@ type Seen = Vec<(Height, BlockHash)>;
 const MAX_SEEN: usize = 101;
 /// Notifications a scan may have made that its session has not yet queued.
 const CHANNEL: usize = 2;
+/// How often a scan waiting for the indexer's tweak pass looks again.
+const TWEAKS_POLL: Duration = Duration::from_millis(500);
 /// Transactions from the mempool looked at per turn by `track_mempool`.
 const MEMPOOL_BATCH: usize = 500;
 
@@ -239,6 +241,9 @@ impl Scan {
         let mut h = self.from as i64;
         while h <= end {
             let last = (h + CHUNK as i64 - 1).min(end);
+            let last = self
+                .computed_to(h as Height, last as Height, Some((progress, &mut last_sent)), &mut unsent)
+                .await? as i64;
             let found = self.blocks(h as Height, last as Height).await?;
             used += found.cpu;
             unsent += found.cpu;
@@ -339,6 +344,7 @@ impl Scan {
         let mut h = from as i64;
         while h <= top {
             let last = (h + CHUNK as i64 - 1).min(top);
+            let last = self.computed_to(h as Height, last as Height, None, unsent).await? as i64;
             let found = self.blocks(h as Height, last as Height).await?;
             *unsent += found.cpu;
             used += found.cpu;
@@ -353,6 +359,34 @@ impl Scan {
         let mempool = self.state.tweaks().mempool();
         prune(sent, |txid| mempool.contains_key(txid));
         Ok(())
+    }
+
+    /// The last height of `from..=to` whose tweaks the index has computed, once it has `from`'s:
+    /// while the indexer's tweak pass is still below `from`, the scan waits for it (sending its
+    /// empty progress pages meanwhile, if it is a scan of past blocks).
+    async fn computed_to(
+        &self,
+        from: Height,
+        to: Height,
+        mut pulse: Option<(f64, &mut Instant)>,
+        unsent: &mut Duration,
+    ) -> Result<Height, Stop> {
+        loop {
+            let below = self.state.index().tweaks_done_below()?;
+            if from < below {
+                return Ok(to.min(below - 1));
+            }
+            if let Some((progress, last_sent)) = pulse.as_mut() {
+                if last_sent.elapsed() >= PULSE {
+                    self.page(&[], *progress, unsent).await?;
+                    **last_sent = Instant::now();
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TWEAKS_POLL) => {}
+                _ = self.out.closed() => return Err(Stop::Gone),
+            }
+        }
     }
 
     /// Scans blocks `from..=to` (those the index has) on a scan thread.

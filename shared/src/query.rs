@@ -601,15 +601,32 @@ impl IndexReader {
         Ok(self.store.tweak_start()?.0)
     }
 
+    /// The first height whose tweaks the index does not have yet: the tip's successor, or, while
+    /// the indexer's tweak pass computes those of its bulk pass, the lowest height it has not
+    /// done (the first key of `cf::TWEAK_INPUTS`; each of its batches replaces such rows by
+    /// `tweak` rows atomically).
+    pub fn tweaks_done_below(&self) -> Result<Height> {
+        let Some((tip, _)) = self.chain.tip() else { return Ok(0) };
+        let mut it =
+            self.store.db().iterator_cf(self.store.cf(cf::TWEAK_INPUTS), rocksdb::IteratorMode::Start);
+        let pending = match it.next().transpose()? {
+            Some((k, _)) => Height::from_be_bytes(k.as_ref().try_into().context("bad tweak inputs key")?),
+            None => Height::MAX,
+        };
+        Ok(pending.min(tip + 1))
+    }
+
     /// The eligible transactions of each block in `heights` that has any, in height order.
     /// Caller bounds the range; blocks with none are omitted, and so are heights above the
-    /// reader's tip (rows of a block not yet committed, or of one being undone, are not seen).
+    /// reader's tip (rows of a block not yet committed, or of one being undone, are not seen)
+    /// and those whose tweaks are not computed yet ([`Self::tweaks_done_below`]).
     pub fn tweaks(
         &self,
         heights: std::ops::RangeInclusive<Height>,
     ) -> Result<Vec<(Height, Vec<crate::silent::TweakedTx>)>> {
-        let Some((tip, _)) = self.chain.tip() else { return Ok(Vec::new()) };
-        let (from, to) = (*heights.start(), (*heights.end()).min(tip));
+        let done_below = self.tweaks_done_below()?;
+        let Some(done_to) = done_below.checked_sub(1) else { return Ok(Vec::new()) };
+        let (from, to) = (*heights.start(), (*heights.end()).min(done_to));
         let mut out = Vec::new();
         if from > to {
             return Ok(out);

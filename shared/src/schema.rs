@@ -18,11 +18,11 @@ use bitcoin::{BlockHash, Txid};
 
 use crate::hashes::ScriptHash;
 use crate::network::Net;
-use crate::silent::{OutputPrefix, Tweak, TweakedTx};
+use crate::silent::{OutputPrefix, Tweak, TweakInputs, TweakedTx};
 use crate::varint::{get_leb128, put_leb128, DecodeError, Reader};
 
 /// Checked at every open; a mismatch asks for a rebuild instead of misreading rows.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 pub type TxNum = u32;
 pub type Height = u32;
@@ -49,8 +49,13 @@ pub mod cf {
     /// height → the block's silent-payment eligible transactions ([`super::TweakRow`]); only
     /// blocks that have any, and only from `meta/tweakstart` on.
     pub const TWEAK: &str = "tweak";
+    /// height → what the tweaks of the block's candidate transactions are computed from
+    /// ([`super::TweakInputsRow`]), written by the bulk pass and replaced by the block's `tweak`
+    /// row (in one batch) once they are computed: a height's tweaks are complete exactly when
+    /// it has no row here.
+    pub const TWEAK_INPUTS: &str = "tweakinputs";
 
-    pub const ALL: [&str; 8] = [META, HEADERS, TXPOS, TXID, SCRIPT, RAWBLOCK, LONG, TWEAK];
+    pub const ALL: [&str; 9] = [META, HEADERS, TXPOS, TXID, SCRIPT, RAWBLOCK, LONG, TWEAK, TWEAK_INPUTS];
 }
 
 /// Keys of the `meta` column family.
@@ -158,6 +163,83 @@ impl TweakRow {
             out.push(TweakedTx { txnum, tweak, outputs });
         }
         Ok(out)
+    }
+}
+
+/// A transaction whose tweak is still to be computed: its number, what the tweak is made of,
+/// and its taproot output prefixes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingTweak {
+    pub txnum: TxNum,
+    pub inputs: TweakInputs,
+    pub outputs: Vec<OutputPrefix>,
+}
+
+/// `cf::TWEAK_INPUTS` value: for each candidate transaction, in txnum order, `LEB128(txnum, as in
+/// a [`TweakRow`]) ‖ smallest outpoint (36) ‖ LEB128(key count) ‖ 33 bytes a key ‖
+/// LEB128(taproot output count) ‖ 8-byte prefix of each taproot output key`.
+pub struct TweakInputsRow;
+
+impl TweakInputsRow {
+    pub fn encode(txs: &[PendingTweak]) -> Vec<u8> {
+        let mut v =
+            Vec::with_capacity(txs.iter().map(|t| 48 + 33 * t.inputs.keys.len() + 8 * t.outputs.len()).sum());
+        let mut last = 0;
+        for (i, t) in txs.iter().enumerate() {
+            put_leb128(&mut v, if i == 0 { t.txnum } else { t.txnum - last } as u64);
+            last = t.txnum;
+            v.extend_from_slice(&t.inputs.outpoint);
+            put_leb128(&mut v, t.inputs.keys.len() as u64);
+            for k in &t.inputs.keys {
+                v.extend_from_slice(k);
+            }
+            put_leb128(&mut v, t.outputs.len() as u64);
+            for o in &t.outputs {
+                v.extend_from_slice(o);
+            }
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Vec<PendingTweak>, DecodeError> {
+        let mut r = Reader::new(v);
+        let mut out = Vec::new();
+        let mut txnum: u64 = 0;
+        // Counts are bounded by what is left before anything is allocated.
+        let count = |r: &mut Reader, each: usize, what: &'static str| -> Result<usize, DecodeError> {
+            let n = get_leb128(r)?;
+            if n > (r.remaining() / each) as u64 {
+                return Err(DecodeError::Invalid { what, at: r.pos() });
+            }
+            Ok(n as usize)
+        };
+        while r.remaining() > 0 {
+            let d = get_leb128(&mut r)?;
+            txnum =
+                if out.is_empty() { d } else { txnum.checked_add(d).ok_or(DecodeError::BadInt(r.pos()))? };
+            let txnum = u32::try_from(txnum).map_err(|_| DecodeError::BadInt(r.pos()))?;
+            let outpoint: [u8; 36] = r.take(36)?.try_into().unwrap();
+            let n = count(&mut r, 33, "tweak inputs key count")?;
+            let keys = (0..n)
+                .map(|_| r.take(33).map(|b| <[u8; 33]>::try_from(b).unwrap()))
+                .collect::<Result<_, _>>()?;
+            let n = count(&mut r, 8, "tweak inputs output count")?;
+            let outputs = (0..n)
+                .map(|_| r.take(8).map(|b| OutputPrefix::try_from(b).unwrap()))
+                .collect::<Result<_, _>>()?;
+            out.push(PendingTweak { txnum, inputs: TweakInputs { outpoint, keys }, outputs });
+        }
+        Ok(out)
+    }
+
+    /// The block's `tweak` row made from its pending one (None: none of them is eligible after
+    /// all). The elliptic-curve work of the silent-payment index.
+    pub fn computed(v: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        let done: Vec<TweakedTx> = Self::decode(v)?
+            .into_iter()
+            .filter_map(|p| Some(TweakedTx { txnum: p.txnum, tweak: p.inputs.tweak()?, outputs: p.outputs }))
+            .collect();
+        Ok((!done.is_empty()).then(|| TweakRow::encode(&done)))
     }
 }
 
@@ -641,6 +723,42 @@ mod tests {
         assert!(
             TweakStart(Some(5)).covers(5) && !TweakStart(Some(5)).covers(4) && !TweakStart(None).covers(9)
         );
+    }
+
+    #[test]
+    fn tweak_inputs_rows_round_trip_and_become_tweak_rows() {
+        // Keys: 2·G and G (points), then bytes that are no point (x = 5: 5³ + 7 is no square mod
+        // p), which the computed row skips as BIP352 skips such an input.
+        let g = crate::silent::tests_support::generator_multiple(1);
+        let g2 = crate::silent::tests_support::generator_multiple(2);
+        let mut off_curve = [0u8; 33];
+        off_curve[0] = 2;
+        off_curve[32] = 5;
+        let txs = vec![
+            PendingTweak {
+                txnum: 70_000,
+                inputs: TweakInputs { outpoint: [7; 36], keys: vec![g2, g] },
+                outputs: vec![[1; 8]],
+            },
+            PendingTweak {
+                txnum: 70_002,
+                inputs: TweakInputs { outpoint: [8; 36], keys: vec![off_curve] },
+                outputs: vec![[2; 8], [3; 8]],
+            },
+        ];
+        let v = TweakInputsRow::encode(&txs);
+        assert_eq!(v.len(), 3 + 36 + 1 + 66 + 1 + 8 + 1 + 36 + 1 + 33 + 1 + 16);
+        assert_eq!(TweakInputsRow::decode(&v).unwrap(), txs);
+        assert!(TweakInputsRow::decode(&v[..v.len() - 1]).is_err());
+        let mut huge = TweakInputsRow::encode(&txs[..1]);
+        huge[3 + 36] = 0x7f; // 127 keys claimed, 75 bytes left
+        assert!(TweakInputsRow::decode(&huge).is_err());
+        // The computed row: the first transaction's tweak as `TweakInputs::tweak` makes it, the
+        // second left out (its only key is no point).
+        let row = TweakInputsRow::computed(&v).unwrap().unwrap();
+        let want = TweakedTx { txnum: 70_000, tweak: txs[0].inputs.tweak().unwrap(), outputs: vec![[1; 8]] };
+        assert_eq!(TweakRow::decode(&row).unwrap(), vec![want]);
+        assert_eq!(TweakInputsRow::computed(&TweakInputsRow::encode(&txs[1..])).unwrap(), None);
     }
 
     #[test]

@@ -85,12 +85,10 @@ fn is_future_witness(script: &[u8]) -> bool {
     (4..=42).contains(&n) && (0x52..=0x60).contains(&script[0]) && script[1] as usize == n - 2
 }
 
-/// A compressed public key, or nothing (uncompressed keys are not used by BIP352).
-fn compressed(bytes: &[u8]) -> Option<PublicKey> {
-    if bytes.len() != 33 {
-        return None;
-    }
-    PublicKey::from_slice(bytes).ok()
+/// The 33 bytes of what may be a compressed public key (uncompressed keys are not used by
+/// BIP352): whether they are a point is checked by [`TweakInputs::tweak`].
+fn compressed(bytes: &[u8]) -> Option<[u8; 33]> {
+    bytes.try_into().ok()
 }
 
 /// Whether an input spending `spent` can give a key: the types [`input_key`] reads one from. A
@@ -99,8 +97,9 @@ pub fn may_give_key(spent: &Script) -> bool {
     spent.is_p2pkh() || spent.is_p2sh() || spent.is_p2wpkh() || spent.is_p2tr()
 }
 
-/// The public key input `i` contributes to `A`, if its type is one BIP352 reads one from.
-fn input_key(tx: &Transaction, i: usize, spent: &Script) -> Option<PublicKey> {
+/// The key input `i` contributes to `A`, compressed, if its type is one BIP352 reads one from;
+/// not yet checked to be a point (bytes only, no curve arithmetic).
+fn input_key(tx: &Transaction, i: usize, spent: &Script) -> Option<[u8; 33]> {
     let input = &tx.input[i];
     let spk = spent.as_bytes();
     let witness = &input.witness;
@@ -140,13 +139,13 @@ fn input_key(tx: &Transaction, i: usize, spent: &Script) -> Option<PublicKey> {
                 return None;
             }
         }
-        // Key path or script path alike, the output key (x-only, even Y) is the input's key.
-        // Parsed as the compressed key 02 ‖ x: one square root (`XOnlyPublicKey::from_slice`
-        // then `public_key(Even)` lifts the point twice; a square root is a fifth of the bulk
-        // pass's tweak time, measured with perf).
+        // Key path or script path alike, the output key (x-only, even Y) is the input's key:
+        // as the compressed key 02 ‖ x, lifted with one square root when parsed
+        // (`XOnlyPublicKey::from_slice` then `public_key(Even)` would lift it twice; a square
+        // root is a fifth of a tweak's time, measured with perf).
         let mut even = [0x02u8; 33];
         even[1..].copy_from_slice(&spk[2..34]);
-        return PublicKey::from_slice(&even).ok();
+        return Some(even);
     }
     None
 }
@@ -165,29 +164,60 @@ fn smallest_outpoint(tx: &Transaction) -> [u8; 36] {
         .expect("a transaction has inputs")
 }
 
+/// What a transaction's tweak is computed from, read from its bytes and spent scripts alone:
+/// the bulk pass keeps these and computes the tweaks after the rest of the index is written
+/// (their curve arithmetic is most of its time), the follower computes them at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TweakInputs {
+    /// The smallest outpoint, serialized.
+    pub outpoint: [u8; 36],
+    /// The eligible inputs' keys, compressed (a taproot key as `02 ‖ x`), in input order; bytes
+    /// that are no point are skipped when the tweak is computed, as BIP352 skips such an input.
+    pub keys: Vec<[u8; 33]>,
+}
+
+impl TweakInputs {
+    /// The inputs of `tx`'s tweak, or None if it is not eligible whatever its keys turn out to
+    /// be. `spent[i]` is the scriptPubKey input i spends (a coinbase, or a `spent` of the wrong
+    /// length, is not eligible).
+    pub fn of(tx: &Transaction, spent: &[&Script]) -> Option<TweakInputs> {
+        if tx.is_coinbase()
+            || spent.len() != tx.input.len()
+            || !tx.output.iter().any(|o| o.script_pubkey.is_p2tr())
+        {
+            return None;
+        }
+        if spent.iter().any(|s| is_future_witness(s.as_bytes())) {
+            return None;
+        }
+        let keys: Vec<[u8; 33]> = (0..tx.input.len()).filter_map(|i| input_key(tx, i, spent[i])).collect();
+        if keys.is_empty() {
+            return None;
+        }
+        Some(TweakInputs { outpoint: smallest_outpoint(tx), keys })
+    }
+
+    /// BIP352's tweak `input_hash·A`, or None if the transaction is not eligible after all (no
+    /// key is a point, or they sum to the point at infinity).
+    pub fn tweak(&self) -> Option<Tweak> {
+        let keys: Vec<PublicKey> = self.keys.iter().filter_map(|k| PublicKey::from_slice(k).ok()).collect();
+        if keys.is_empty() {
+            return None;
+        }
+        let refs: Vec<&PublicKey> = keys.iter().collect();
+        // The sum is the point at infinity: no shared secret exists, the transaction is skipped.
+        let a = PublicKey::combine_keys(&refs).ok()?;
+        let input_hash = tagged(Tag::Inputs, &[&self.outpoint, &a.serialize()]);
+        // A hash at or above the curve order (probability ~2^-128) is no scalar: not eligible.
+        let scalar = Scalar::from_be_bytes(input_hash).ok()?;
+        Some(a.mul_tweak(&SECP, &scalar).ok()?.serialize())
+    }
+}
+
 /// BIP352's tweak of `tx`, or None if it is not eligible. `spent[i]` is the scriptPubKey input i
 /// spends (a coinbase, or a `spent` of the wrong length, is not eligible).
 pub fn tweak(tx: &Transaction, spent: &[&Script]) -> Option<Tweak> {
-    if tx.is_coinbase()
-        || spent.len() != tx.input.len()
-        || !tx.output.iter().any(|o| o.script_pubkey.is_p2tr())
-    {
-        return None;
-    }
-    if spent.iter().any(|s| is_future_witness(s.as_bytes())) {
-        return None;
-    }
-    let keys: Vec<PublicKey> = (0..tx.input.len()).filter_map(|i| input_key(tx, i, spent[i])).collect();
-    if keys.is_empty() {
-        return None;
-    }
-    let refs: Vec<&PublicKey> = keys.iter().collect();
-    // The sum is the point at infinity: no shared secret exists, the transaction is skipped.
-    let a = PublicKey::combine_keys(&refs).ok()?;
-    let input_hash = tagged(Tag::Inputs, &[&smallest_outpoint(tx), &a.serialize()]);
-    // A hash at or above the curve order (probability ~2^-128) is no scalar: not eligible.
-    let scalar = Scalar::from_be_bytes(input_hash).ok()?;
-    Some(a.mul_tweak(&SECP, &scalar).ok()?.serialize())
+    TweakInputs::of(tx, spent)?.tweak()
 }
 
 /// Prefixes of the tx's taproot output keys, in output order.
@@ -363,3 +393,16 @@ fn bech32m(hrp: &str, data: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Points for other modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// `n·G`, compressed.
+    pub fn generator_multiple(n: u8) -> [u8; 33] {
+        let mut b = [0u8; 32];
+        b[31] = n;
+        PublicKey::from_secret_key(&GEN, &SecretKey::from_slice(&b).unwrap()).serialize()
+    }
+}

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use blkindex_shared::bucket;
-use blkindex_shared::schema::{cf, TweakRow, TxnumList};
+use blkindex_shared::schema::{cf, TweakInputsRow, TweakRow, TxnumList};
 use blkindex_shared::store::{Mode, Store};
 
 fn main() -> Result<()> {
@@ -84,6 +84,20 @@ fn main() -> Result<()> {
         "tweak: start {:?}, {blocks} blocks, {txs} eligible txs, {outputs} taproot outputs, {per:.1} value bytes/tx",
         store.tweak_start()?.0
     );
+    // Rows the tweak pass has not yet turned into `tweak` rows (none once an indexer run ends).
+    let (mut blocks, mut txs, mut from) = (0u64, 0u64, None);
+    for kv in store.db().iterator_cf(store.cf(cf::TWEAK_INPUTS), rocksdb::IteratorMode::Start) {
+        let (k, v) = kv?;
+        from = from.or(Some(u32::from_be_bytes(k.as_ref().try_into()?)));
+        blocks += 1;
+        txs += TweakInputsRow::decode(&v)?.len() as u64;
+    }
+    match from {
+        Some(h) => println!(
+            "tweakinputs: {blocks} blocks from height {h}, {txs} candidate txs: tweaks still to compute"
+        ),
+        None => println!("tweakinputs: none (every tweak computed)"),
+    }
     if let Some(b) = blk_bytes {
         println!("index / blk bytes = {:.2} %", 100.0 * total as f64 / b as f64);
     }

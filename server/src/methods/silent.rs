@@ -78,6 +78,14 @@ pub async fn tweaks(state: &Arc<State>, start: Height, count: u32) -> Result<Ans
             if start as i64 > tip {
                 Err(ServerError::bad_request(format!("start_height {start} is beyond the tip {tip}")))?;
             }
+            // While the indexer's tweak pass runs, the blocks above what it has done have none yet.
+            let computed = i.tweaks_done_below()? as i64 - 1;
+            if start as i64 > computed {
+                Err(ServerError::bad_request(format!(
+                    "tweaks are computed up to height {computed} so far (the indexer is computing the rest)"
+                )))?;
+            }
+            let tip = tip.min(computed);
             let end = (start as i64 + count as i64 - 1).min(tip);
             let mut out = String::from(r#"{"blocks":["#);
             let mut next = (end < tip).then_some(end + 1);

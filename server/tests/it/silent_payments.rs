@@ -598,3 +598,54 @@ fn a_subscription_past_the_scan_slots_is_refused_until_one_is_free() -> Result<(
     assert!(b.wait_until(Duration::from_secs(300), done), "the second scan did not end");
     Ok(())
 }
+
+/// The tweak pass (a bulk pass's tweaks, computed after its other rows): while it has not run, a
+/// server on the index serves no tweak it lacks (the client method says how far they are
+/// computed; a subscription's scan of past blocks waits, its progress below 1.0); once the
+/// indexer runs again, finishes the pass and exits, the running server takes it in (no new tip
+/// tells it) and the scan ends. On a small `gen-blocks` chain, the pass killed before its first
+/// write (`BLKINDEX_FAILPOINT=tweaks:1`).
+#[test]
+fn scans_wait_for_the_tweak_pass_and_end_after_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let datadir = dir.path().join("chain");
+    let db = dir.path().join("db");
+    let generated = std::process::Command::new(crate::common::workspace_bin("gen-blocks"))
+        .args(["--gb", "0.05", "--seed", "6", "--datadir"])
+        .arg(&datadir)
+        .output()?;
+    anyhow::ensure!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let index = |failpoint: Option<&str>| -> Result<std::process::Output> {
+        let mut cmd = std::process::Command::new(indexer_bin());
+        cmd.args(["--network", "regtest", "--offline", "--no-follow", "--progress", "none", "--datadir"])
+            .arg(&datadir)
+            .arg("--db")
+            .arg(&db);
+        if let Some(f) = failpoint {
+            cmd.env("BLKINDEX_FAILPOINT", f);
+        }
+        Ok(cmd.output()?)
+    };
+    let killed = index(Some("tweaks:1"))?;
+    let stderr = String::from_utf8_lossy(&killed.stderr);
+    assert!(!killed.status.success() && stderr.contains("failpoint tweaks:1"), "{stderr}");
+
+    let server = Server::start_no_node_on(&datadir, &db, &[])?;
+    let mut c = Conn::open(&server.addr);
+    let tip = c.result("blockchain.headers.subscribe", json!([]))["height"].as_u64().context("tip")?;
+    let early = c.call("blockchain.silentpayments.tweaks", json!([tip, 1]));
+    let message = early["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("tweaks are computed up to height"), "{early}");
+    let (scan, spend) = Wallet::new(1, 2).keys();
+    c.result("blockchain.silentpayments.subscribe", json!([scan, spend, 0]));
+    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
+    assert!(!c.wait_until(Duration::from_secs(3), done), "a scan ended before the tweaks were computed");
+
+    let finished = index(None)?;
+    let stdout = String::from_utf8_lossy(&finished.stdout);
+    assert!(finished.status.success() && stdout.contains("silent-payment tweaks of"), "{stdout}");
+    assert!(c.wait_until(WAIT, done), "the scan did not end once the tweak pass was done");
+    let late = c.result("blockchain.silentpayments.tweaks", json!([tip, 1]));
+    assert!(late["blocks"].is_array(), "{late}");
+    Ok(())
+}

@@ -125,7 +125,7 @@ fn sending_vectors_eligibility_and_tweak() {
         // point has odd Y) over the inputs that carry a key, its tweak, and the outputs it makes.
         let mut a: Option<SecretKey> = None;
         for (i, v) in vin.iter().enumerate() {
-            if input_key(&tx, i, &spent[i]).is_none() {
+            if input_key(&tx, i, &spent[i]).and_then(|k| PublicKey::from_slice(&k).ok()).is_none() {
                 continue;
             }
             let mut k = SecretKey::from_slice(&hex(&v[5])).unwrap();
