@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use bitcoin::block::Header;
-use bitcoin::{Script, Transaction, Txid};
+use bitcoin::{Script, Txid};
 
 use blkindex_shared::merkle;
 use blkindex_shared::parse::{self, is_unspendable};
@@ -147,6 +147,7 @@ pub fn block_rows(
     let covered = sp.start.covers(height);
     let mut p2tr = block.p2tr.iter().peekable();
     let mut candidates = Vec::new();
+    let mut spends = parse::Spends::default();
     let mut at = block.first_offset as usize;
     for (i, (id, &output_end)) in block.txids.iter().zip(&block.output_ends).enumerate() {
         let tx_at = at;
@@ -167,7 +168,7 @@ pub fn block_rows(
         if covered && i > 0 && has_p2tr {
             let spent: Vec<&[u8]> =
                 spent_from[..block.inputs[i] as usize].iter().map(|c| undo.script(c)).collect();
-            if let Some(t) = candidate(&bytes[tx_at..at], &spent, txnum)? {
+            if let Some(t) = candidate(&bytes[tx_at..at], &spent, txnum, &mut spends)? {
                 candidates.push(t);
             }
         }
@@ -192,18 +193,22 @@ pub fn block_rows(
 }
 
 /// A transaction with a P2TR output, as the index keeps it if it may be eligible (its keys are
-/// checked to be points when its tweak is computed). Only such transactions are deserialized
-/// (rust-bitcoin), and only when an input could carry a key.
-fn candidate(raw: &[u8], spent: &[&[u8]], txnum: TxNum) -> Result<Option<PendingTweak>> {
+/// checked to be points when its tweak is computed). Only such transactions are read further,
+/// in place (`tx`, reused), and only when an input could carry a key.
+fn candidate<'a>(
+    raw: &'a [u8],
+    spent: &[&[u8]],
+    txnum: TxNum,
+    tx: &mut parse::Spends<'a>,
+) -> Result<Option<PendingTweak>> {
     let spent: Vec<&Script> = spent.iter().map(|s| Script::from_bytes(s)).collect();
     if !spent.iter().any(|s| silent::may_give_key(s)) {
         return Ok(None);
     }
-    let tx: Transaction =
-        bitcoin::consensus::deserialize(raw).context("a transaction rust-bitcoin cannot read")?;
-    Ok(TweakInputs::of(&tx, &spent).map(|inputs| PendingTweak {
+    parse::spends(raw, tx)?;
+    Ok(TweakInputs::of(tx, &spent).map(|inputs| PendingTweak {
         txnum,
         inputs,
-        outputs: silent::output_prefixes(&tx),
+        outputs: silent::output_prefixes(tx),
     }))
 }

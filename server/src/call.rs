@@ -563,13 +563,14 @@ fn sp_start(params: &Value) -> Result<SpStart, ServerError> {
     })
 }
 
-/// `labels`: positive integers (0, change, is always scanned for, so it may be given too).
+/// `labels`: BIP352's label numbers m, any 32-bit value (0, change, is always scanned for, so it
+/// may be given too).
 fn sp_labels(params: &Value) -> Result<Vec<u32>, ServerError> {
-    let bad = || ServerError::bad_request("labels must be a list of integers from 0 to 2^31 - 1");
+    let bad = || ServerError::bad_request("labels must be a list of integers from 0 to 2^32 - 1");
     match arg(params, 3, "labels") {
         None => Ok(Vec::new()),
         Some(Value::Array(a)) => {
-            a.iter().map(|l| l.as_u64().filter(|l| *l < 1 << 31).map(|l| l as u32).ok_or_else(bad)).collect()
+            a.iter().map(|l| l.as_u64().and_then(|l| u32::try_from(l).ok()).ok_or_else(bad)).collect()
         }
         Some(_) => Err(bad()),
     }
@@ -625,7 +626,13 @@ mod tests {
             panic!()
         };
         assert_eq!(labels, vec![3, 0, 7]);
-        for bad in [json!([-1]), json!([1u64 << 31]), json!("1"), json!([1.5])] {
+        let Call::SilentSubscribe { labels, .. } =
+            parse(json!([SCAN, SPEND, 0, [1u64 << 31, u32::MAX]])).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(labels, vec![1 << 31, u32::MAX]);
+        for bad in [json!([-1]), json!([1u64 << 32]), json!("1"), json!([1.5])] {
             let e = parse(json!([SCAN, SPEND, 0, bad])).unwrap_err();
             assert_eq!(e.code(), BAD_REQUEST, "{bad}");
         }

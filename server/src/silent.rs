@@ -81,9 +81,12 @@ pub struct Subs {
     generation: u64,
 }
 
-/// A subscription: its start, and its scan task (aborted when the subscription is dropped).
+/// A subscription: its start and end, and its scan task (aborted when the subscription is
+/// dropped).
 struct Sub {
     start_height: Height,
+    /// The end of a `"FROM-TO"` range (None: live).
+    to: Option<Height>,
     generation: u64,
     task: tokio::task::JoinHandle<()>,
 }
@@ -130,10 +133,11 @@ impl Subs {
     /// Subscribes (or subscribes again) and starts the scan; the subscription object, as the
     /// reply and every notification carry it. Refused before any work: over the session's
     /// subscriptions (a new address), or with `--sp-max-scans` scans in flight. Subscribing
-    /// again never narrows the start (Frigate's rule) and scans again from it.
+    /// again never narrows what is scanned (Frigate's rule: neither the start nor, for a live
+    /// subscription, its live part) and scans again from the start.
     pub fn subscribe(&mut self, state: &Arc<State>, w: Wanted) -> Result<String, ServerError> {
         let limits = *state.tweaks().limits();
-        let existing = self.map.get(&w.address).map(|s| s.start_height);
+        let existing = self.map.get(&w.address).map(|s| (s.start_height, s.to));
         if existing.is_none() && self.map.len() >= limits.max_subscriptions {
             return Err(ServerError::ExcessiveUsage(format!(
                 "too many silent-payment subscriptions: at most {} per session",
@@ -146,7 +150,12 @@ impl Subs {
                 limits.max_scans
             ))
         })?;
-        let from = existing.map_or(w.from, |e| e.min(w.from));
+        // Nor the end: a live subscription stays live, a range keeps the later end.
+        let from = existing.map_or(w.from, |(e, _)| e.min(w.from));
+        let to = match existing {
+            None => w.to,
+            Some((_, to)) => to.zip(w.to).map(|(a, b)| a.max(b)),
+        };
         let mut labels = vec![0];
         labels.extend(&w.labels);
         let text = json!({"address": w.address, "labels": labels, "start_height": from}).to_string();
@@ -157,14 +166,14 @@ impl Subs {
             subscription: text.clone().into(),
             generation: self.generation,
             from,
-            to: w.to,
+            to,
             out: self.tx.clone(),
             slot: Some(slot),
             cpu_limit: limits.scan_cpu,
         };
         let task = tokio::spawn(run(scan));
         // Replacing an earlier subscription of the address drops it: its scan is aborted.
-        self.map.insert(w.address, Sub { start_height: from, generation: self.generation, task });
+        self.map.insert(w.address, Sub { start_height: from, to, generation: self.generation, task });
         Ok(text)
     }
 
@@ -263,7 +272,6 @@ impl Scan {
             }
             h = last + 1;
         }
-        self.slot = None;
         // Mempool transactions sent, each once: not again from the mempool, nor when mined
         // (Frigate: the client follows confirmations by script). `true`: seen gone from the
         // mempool at the last check (dropped at the next, after a block scan has had its chance
@@ -274,13 +282,16 @@ impl Scan {
             let mined: std::collections::HashSet<Txid> = hits.iter().map(|h: &Hit| h.txid).collect();
             let mut snapshot = self.state.tweaks().mempool_snapshot();
             snapshot.retain(|t| !mined.contains(&t.txid));
+            // Part of the scan of the past: in its slot and its CPU budget.
             let (found, cpu) = self.mempool(snapshot).await?;
-            unsent += cpu;
+            (used, unsent) = (used + cpu, unsent + cpu);
+            self.within_budget(used, &mut unsent).await?;
             for hit in found {
                 sent.insert(hit.txid, false);
                 hits.push(hit);
             }
         }
+        self.slot = None;
         // The rest, the last page at 1.0: the historical scan is done.
         let pages: Vec<&[Hit]> = hits.chunks(PAGE).collect();
         if pages.is_empty() {

@@ -171,6 +171,74 @@ pub fn prevouts(raw: &[u8]) -> impl Iterator<Item = Input<'_>> + '_ {
     })
 }
 
+/// What a silent-payment key is read from in a transaction, as slices of its bytes: each input's
+/// outpoint, scriptSig and witness (its item count and last two items), each output's script.
+#[derive(Default)]
+pub struct Spends<'a> {
+    pub inputs: Vec<SpendingInput<'a>>,
+    pub outputs: Vec<&'a [u8]>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SpendingInput<'a> {
+    /// txid ‖ vout, as serialized.
+    pub outpoint: &'a [u8; 36],
+    pub script_sig: &'a [u8],
+    pub witness_items: usize,
+    pub witness_last: Option<&'a [u8]>,
+    pub witness_before_last: Option<&'a [u8]>,
+}
+
+/// Reads the transaction `raw` into `out` (its vectors reused from one transaction to the next):
+/// what `bitcoin::Transaction` deserialization would give BIP352's rules, without copying a
+/// script or a witness.
+pub fn spends<'a>(raw: &'a [u8], out: &mut Spends<'a>) -> Result<(), DecodeError> {
+    out.inputs.clear();
+    out.outputs.clear();
+    let mut r = Reader::new(raw);
+    r.skip(4)?; // version
+    let mut n_in = r.length(r.remaining() / 41)?;
+    let segwit = n_in == 0;
+    if segwit {
+        r.skip(1)?; // flag (checked by `parse_tx` when the block was verified)
+        n_in = r.length(r.remaining() / 41)?;
+    }
+    for _ in 0..n_in {
+        let outpoint: &[u8; 36] = r.take(36)?.try_into().unwrap();
+        let script_len = r.length(r.remaining())?;
+        let script_sig = r.take(script_len)?;
+        r.skip(4)?; // sequence
+        out.inputs.push(SpendingInput {
+            outpoint,
+            script_sig,
+            witness_items: 0,
+            witness_last: None,
+            witness_before_last: None,
+        });
+    }
+    let n_out = r.length(r.remaining() / 9)?;
+    for _ in 0..n_out {
+        r.skip(8)?; // value
+        let script_len = r.length(r.remaining())?;
+        out.outputs.push(r.take(script_len)?);
+    }
+    if segwit {
+        for input in out.inputs.iter_mut() {
+            input.witness_items = r.length(r.remaining())?;
+            for _ in 0..input.witness_items {
+                let len = r.length(r.remaining())?;
+                input.witness_before_last = input.witness_last;
+                input.witness_last = Some(r.take(len)?);
+            }
+        }
+    }
+    r.skip(4)?; // lock time
+    if r.remaining() != 0 {
+        return Err(DecodeError::Invalid { what: "trailing bytes after a transaction", at: r.pos() });
+    }
+    Ok(())
+}
+
 /// Script classes the index treats specially.
 pub fn is_unspendable(script: &[u8]) -> bool {
     // Provably unspendable: OP_RETURN first, or longer than the consensus script limit.

@@ -21,6 +21,7 @@ use bitcoin::{Script, Transaction};
 use sha2::{Digest, Sha256};
 
 use crate::network::Net;
+use crate::parse;
 use crate::schema::TxNum;
 
 /// The compressed point `input_hash·A` of an eligible transaction (BIP352).
@@ -97,16 +98,83 @@ pub fn may_give_key(spent: &Script) -> bool {
     spent.is_p2pkh() || spent.is_p2sh() || spent.is_p2wpkh() || spent.is_p2tr()
 }
 
+/// What BIP352 reads of a spending transaction: implemented by `bitcoin::Transaction` (the
+/// server's mempool, the tests) and by [`parse::Spends`], a transaction's bytes read in place (the
+/// indexer's, which would otherwise spend most of its candidates' time deserializing them).
+pub trait Spending {
+    fn input_count(&self) -> usize;
+    /// Input i's outpoint, serialized (txid as stored ‖ vout little-endian).
+    fn outpoint(&self, i: usize) -> [u8; 36];
+    fn script_sig(&self, i: usize) -> &[u8];
+    /// Input i's number of witness items, its last item and the one before it.
+    fn witness_tail(&self, i: usize) -> (usize, Option<&[u8]>, Option<&[u8]>);
+    fn output_scripts(&self) -> impl Iterator<Item = &Script>;
+
+    fn is_coinbase(&self) -> bool {
+        let mut null = [0u8; 36];
+        null[32..].copy_from_slice(&u32::MAX.to_le_bytes());
+        self.input_count() == 1 && self.outpoint(0) == null
+    }
+}
+
+impl Spending for Transaction {
+    fn input_count(&self) -> usize {
+        self.input.len()
+    }
+
+    fn outpoint(&self, i: usize) -> [u8; 36] {
+        let mut o = [0u8; 36];
+        o[..32].copy_from_slice(self.input[i].previous_output.txid.as_byte_array());
+        o[32..].copy_from_slice(&self.input[i].previous_output.vout.to_le_bytes());
+        o
+    }
+
+    fn script_sig(&self, i: usize) -> &[u8] {
+        self.input[i].script_sig.as_bytes()
+    }
+
+    fn witness_tail(&self, i: usize) -> (usize, Option<&[u8]>, Option<&[u8]>) {
+        let w = &self.input[i].witness;
+        (w.len(), w.last(), w.second_to_last())
+    }
+
+    fn output_scripts(&self) -> impl Iterator<Item = &Script> {
+        self.output.iter().map(|o| o.script_pubkey.as_script())
+    }
+}
+
+impl Spending for parse::Spends<'_> {
+    fn input_count(&self) -> usize {
+        self.inputs.len()
+    }
+
+    fn outpoint(&self, i: usize) -> [u8; 36] {
+        *self.inputs[i].outpoint
+    }
+
+    fn script_sig(&self, i: usize) -> &[u8] {
+        self.inputs[i].script_sig
+    }
+
+    fn witness_tail(&self, i: usize) -> (usize, Option<&[u8]>, Option<&[u8]>) {
+        let input = &self.inputs[i];
+        (input.witness_items, input.witness_last, input.witness_before_last)
+    }
+
+    fn output_scripts(&self) -> impl Iterator<Item = &Script> {
+        self.outputs.iter().map(|s| Script::from_bytes(s))
+    }
+}
+
 /// The key input `i` contributes to `A`, compressed, if its type is one BIP352 reads one from;
 /// not yet checked to be a point (bytes only, no curve arithmetic).
-fn input_key(tx: &Transaction, i: usize, spent: &Script) -> Option<[u8; 33]> {
-    let input = &tx.input[i];
+fn input_key(tx: &impl Spending, i: usize, spent: &Script) -> Option<[u8; 33]> {
     let spk = spent.as_bytes();
-    let witness = &input.witness;
+    let (items, last, before_last) = tx.witness_tail(i);
     if spent.is_p2pkh() {
         // The key is the last push of a standard scriptSig, but a malleated one can hold it
         // anywhere: any 33 bytes of the scriptSig that hash to the spent hash, from the end.
-        let sig = input.script_sig.as_bytes();
+        let sig = tx.script_sig(i);
         let want = &spk[3..23];
         return (33..=sig.len())
             .rev()
@@ -116,28 +184,25 @@ fn input_key(tx: &Transaction, i: usize, spent: &Script) -> Option<[u8; 33]> {
     }
     if spent.is_p2sh() {
         // P2SH-P2WPKH: the scriptSig is one push of the 22-byte v0 key-hash program.
-        let sig = input.script_sig.as_bytes();
+        let sig = tx.script_sig(i);
         let wrapped_p2wpkh = sig.len() == 23 && sig[0] == 22 && sig[1] == 0x00 && sig[2] == 0x14;
-        return if wrapped_p2wpkh { witness.last().and_then(compressed) } else { None };
+        return if wrapped_p2wpkh { last.and_then(compressed) } else { None };
     }
     if spent.is_p2wpkh() {
-        return witness.last().and_then(compressed);
+        return last.and_then(compressed);
     }
     if spent.is_p2tr() {
-        let mut items: Vec<&[u8]> = witness.iter().collect();
-        if items.is_empty() {
+        let last = last?;
+        // Without the annex (a last item starting 0x50, when there are two or more), the stack's
+        // size and its last item.
+        let (items, top) = match items > 1 && last.first() == Some(&0x50) {
+            true => (items - 1, before_last.unwrap_or_default()),
+            false => (items, last),
+        };
+        // A script-path spend: the last item is the control block, whose bytes 1..33 are the
+        // internal key.
+        if items > 1 && top.get(1..33) == Some(&NUMS_H[..]) {
             return None;
-        }
-        if items.len() > 1 && items.last().is_some_and(|a| a.first() == Some(&0x50)) {
-            items.pop(); // the annex
-        }
-        if items.len() > 1 {
-            // A script-path spend: the last item is the control block, whose bytes 1..33 are
-            // the internal key.
-            let control = items[items.len() - 1];
-            if control.get(1..33) == Some(&NUMS_H[..]) {
-                return None;
-            }
         }
         // Key path or script path alike, the output key (x-only, even Y) is the input's key:
         // as the compressed key 02 ‖ x, lifted with one square root when parsed
@@ -151,17 +216,8 @@ fn input_key(tx: &Transaction, i: usize, spent: &Script) -> Option<[u8; 33]> {
 }
 
 /// The smallest outpoint by its serialization (txid as stored, then vout little-endian).
-fn smallest_outpoint(tx: &Transaction) -> [u8; 36] {
-    tx.input
-        .iter()
-        .map(|i| {
-            let mut o = [0u8; 36];
-            o[..32].copy_from_slice(i.previous_output.txid.as_byte_array());
-            o[32..].copy_from_slice(&i.previous_output.vout.to_le_bytes());
-            o
-        })
-        .min()
-        .expect("a transaction has inputs")
+fn smallest_outpoint(tx: &impl Spending) -> [u8; 36] {
+    (0..tx.input_count()).map(|i| tx.outpoint(i)).min().expect("a transaction has inputs")
 }
 
 /// What a transaction's tweak is computed from, read from its bytes and spent scripts alone:
@@ -180,17 +236,18 @@ impl TweakInputs {
     /// The inputs of `tx`'s tweak, or None if it is not eligible whatever its keys turn out to
     /// be. `spent[i]` is the scriptPubKey input i spends (a coinbase, or a `spent` of the wrong
     /// length, is not eligible).
-    pub fn of(tx: &Transaction, spent: &[&Script]) -> Option<TweakInputs> {
-        if tx.is_coinbase()
-            || spent.len() != tx.input.len()
-            || !tx.output.iter().any(|o| o.script_pubkey.is_p2tr())
+    pub fn of(tx: &impl Spending, spent: &[&Script]) -> Option<TweakInputs> {
+        if tx.input_count() == 0
+            || tx.is_coinbase()
+            || spent.len() != tx.input_count()
+            || !tx.output_scripts().any(|s| s.is_p2tr())
         {
             return None;
         }
         if spent.iter().any(|s| is_future_witness(s.as_bytes())) {
             return None;
         }
-        let keys: Vec<[u8; 33]> = (0..tx.input.len()).filter_map(|i| input_key(tx, i, spent[i])).collect();
+        let keys: Vec<[u8; 33]> = (0..tx.input_count()).filter_map(|i| input_key(tx, i, spent[i])).collect();
         if keys.is_empty() {
             return None;
         }
@@ -216,17 +273,13 @@ impl TweakInputs {
 
 /// BIP352's tweak of `tx`, or None if it is not eligible. `spent[i]` is the scriptPubKey input i
 /// spends (a coinbase, or a `spent` of the wrong length, is not eligible).
-pub fn tweak(tx: &Transaction, spent: &[&Script]) -> Option<Tweak> {
+pub fn tweak(tx: &impl Spending, spent: &[&Script]) -> Option<Tweak> {
     TweakInputs::of(tx, spent)?.tweak()
 }
 
 /// Prefixes of the tx's taproot output keys, in output order.
-pub fn output_prefixes(tx: &Transaction) -> Vec<OutputPrefix> {
-    tx.output
-        .iter()
-        .filter(|o| o.script_pubkey.is_p2tr())
-        .map(|o| o.script_pubkey.as_bytes()[2..10].try_into().unwrap())
-        .collect()
+pub fn output_prefixes(tx: &impl Spending) -> Vec<OutputPrefix> {
+    tx.output_scripts().filter(|s| s.is_p2tr()).map(|s| s.as_bytes()[2..10].try_into().unwrap()).collect()
 }
 
 /// `t_k`: the tagged hash of the shared secret and k, as a secret key for `t_k·G` (None: zero or

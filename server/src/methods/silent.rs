@@ -64,8 +64,8 @@ pub fn unsubscribe(state: &Arc<State>, s: &mut Session, keys: SpKeys) -> Reply {
 /// (BIP352's light clients), the tweak of each eligible transaction of `count` blocks from
 /// `start_height`, with the first 8 bytes (hex) of each of its taproot output keys, so that a
 /// wallet computes `P_0` per tweak and fetches only the transactions it matches (by
-/// `blockchain.transaction.id_from_pos(height, pos)`). Blocks with none are left out; `next` is
-/// the height to ask from next (null: the tip was reached).
+/// `blockchain.transaction.id_from_pos(height, pos)`). Blocks with none are left out; each block
+/// comes with its hash; `next` is the height to ask from next (null: the tip was reached).
 pub async fn tweaks(state: &Arc<State>, start: Height, count: u32) -> Result<Answer, ServerError> {
     let first = state.tweaks().start().ok_or_else(not_indexed)?;
     let max = MAX_TWEAKS_REPLY.min(state.send_budget().max_message() / 2);
@@ -99,7 +99,12 @@ pub async fn tweaks(state: &Arc<State>, start: Height, count: u32) -> Result<Ans
                     }
                     out.push_str(r#"{"height":"#);
                     out.push_str(itoa::Buffer::new().format(height));
-                    out.push_str(r#","tweaks":["#);
+                    // The block's hash: a wallet paging through a reorg sees its blocks change.
+                    out.push_str(r#","hash":""#);
+                    if let Some(hash) = i.chain.hash(height) {
+                        out.push_str(&hash.to_string());
+                    }
+                    out.push_str(r#"","tweaks":["#);
                     for (n, t) in txs.iter().enumerate() {
                         if n > 0 {
                             out.push(',');

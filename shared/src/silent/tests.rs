@@ -118,6 +118,16 @@ fn sending_vectors_eligibility_and_tweak() {
         // Any taproot output makes the transaction a candidate; the inputs decide.
         let (tx, spent) = tx_of(vin, &[vec![0x79; 32]]);
         let got = tweak(&tx, &refs(&spent));
+        // The indexer reads the transaction's bytes in place: the same inputs to the tweak.
+        let raw = bitcoin::consensus::serialize(&tx);
+        let mut view = crate::parse::Spends::default();
+        crate::parse::spends(&raw, &mut view).unwrap();
+        assert_eq!(
+            TweakInputs::of(&view, &refs(&spent)),
+            TweakInputs::of(&tx, &refs(&spent)),
+            "{name}: in place"
+        );
+        assert_eq!(output_prefixes(&view), output_prefixes(&tx), "{name}: in place");
         assert_eq!(got.is_some(), eligible, "{name}: eligibility");
         let Some(got) = got else { continue };
 
@@ -271,6 +281,35 @@ fn skipped_transactions() {
     // Keys that sum to the point at infinity: skipped.
     let (neg, sneg) = p2wpkh_input(&k.negate(), 1);
     assert!(tweak(&tx_with(vec![a.clone(), neg]), &[&sa, &sneg]).is_none());
+
+    // Taproot inputs and the annex (a last item starting 0x50, when there are two or more):
+    // a script-path spend from the NUMS point gives no key, with an annex after its control
+    // block as without; a key-path spend with an annex does, even one whose bytes look like a
+    // NUMS control block. Each alone in its transaction, read both ways (rust-bitcoin's
+    // transaction and the indexer's in-place reading).
+    let x = SecretKey::from_slice(&[0x22; 32]).unwrap().x_only_public_key(&Secp256k1::new()).0.serialize();
+    let nums_control = [&[0xc0][..], &NUMS_H[..]].concat();
+    let annex_like_nums = [&[0x50][..], &NUMS_H[..]].concat();
+    for (witness, gives_key) in [
+        (vec![vec![0x51], nums_control.clone()], false),
+        (vec![vec![0x51], nums_control.clone(), vec![0x50, 1]], false),
+        (vec![vec![0x30; 64], annex_like_nums], true),
+        (vec![vec![0x30; 64]], true),
+        (vec![vec![0x51], [&[0xc0][..], &[9; 32]].concat(), vec![0x50]], true),
+    ] {
+        let tx = tx_with(vec![TxIn {
+            previous_output: OutPoint { txid: Txid::from_byte_array([8; 32]), vout: 0 },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::from_slice(&witness),
+        }]);
+        let spent = p2tr(&x);
+        let raw = bitcoin::consensus::serialize(&tx);
+        let mut view = crate::parse::Spends::default();
+        crate::parse::spends(&raw, &mut view).unwrap();
+        assert_eq!(tweak(&tx, &[&spent]).is_some(), gives_key, "{witness:x?}");
+        assert_eq!(tweak(&view, &[&spent]), tweak(&tx, &[&spent]), "{witness:x?}");
+    }
 
     // Wrong number of spent scripts, and a coinbase.
     assert!(tweak(&tx_with(vec![a.clone(), b]), &[&sa]).is_none());
