@@ -29,8 +29,16 @@ use crate::progress::Progress;
 /// CPU per core, so a kill loses little and the server sees the tweaks advance steadily.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Bytes of `tweakinputs` rows deleted between compactions of what the pass has done: their files
+/// are dropped as it goes, so the disk holds the pending rows or their tweaks, not both.
+const COMPACT_BYTES: usize = 256 << 20;
+
 /// Computes every pending tweak (none pending: nothing to do) and prints what it did.
 pub fn run(store: &Store, progress: &Progress) -> Result<()> {
+    run_in(store, progress, BATCH_BYTES, COMPACT_BYTES)
+}
+
+fn run_in(store: &Store, progress: &Progress, batch_bytes: usize, compact_bytes: usize) -> Result<()> {
     let family = store.cf(cf::TWEAK_INPUTS);
     let height_of = |k: &[u8]| -> Result<Height> {
         Ok(Height::from_be_bytes(k.try_into().context("bad tweak inputs key")?))
@@ -53,14 +61,14 @@ pub fn run(store: &Store, progress: &Progress) -> Result<()> {
     // included).
     let (mut blocks, mut covered) = (0u64, first);
     let mut rows: Vec<(Height, Box<[u8]>)> = Vec::new();
-    let mut bytes = 0;
+    let (mut bytes, mut since_compaction) = (0, 0);
     let mut it = store.db().iterator_cf(family, IteratorMode::Start);
     loop {
         let next = it.next().transpose()?;
         if let Some((k, v)) = next.as_ref() {
             bytes += v.len();
             rows.push((height_of(k)?, v.clone()));
-            if bytes < BATCH_BYTES {
+            if bytes < batch_bytes {
                 continue;
             }
         }
@@ -87,6 +95,15 @@ pub fn run(store: &Store, progress: &Progress) -> Result<()> {
         blocks += rows.len() as u64;
         progress.inc(bytes as u64, (to - covered) as u64);
         covered = to;
+        since_compaction += bytes;
+        if since_compaction >= compact_bytes {
+            // A new iterator: the old one pins the files the compaction makes obsolete.
+            let from = schema::height_key(to);
+            drop(it);
+            store.db().compact_range_cf(family, None::<&[u8]>, Some(&from[..]));
+            it = store.db().iterator_cf(family, IteratorMode::From(&from, rocksdb::Direction::Forward));
+            since_compaction = 0;
+        }
         (rows, bytes) = (Vec::new(), 0);
         if next.is_none() {
             break;
@@ -105,4 +122,88 @@ pub fn run(store: &Store, progress: &Progress) -> Result<()> {
         HumanBytes(tweak_bytes)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use blkindex_shared::schema::{PendingTweak, TweakRow};
+    use blkindex_shared::silent::{TweakInputs, TweakedTx};
+    use blkindex_shared::store::Mode;
+
+    use super::*;
+    use crate::progress::ProgressMode;
+
+    /// Many small batches with compactions between them (and the iterator made again after
+    /// each) give what one batch gives: every block's `tweak` row, computed as `TweakInputs`
+    /// computes it, blocks whose candidates are none eligible left out, no `tweakinputs` row left.
+    #[test]
+    fn batches_and_compactions_between_them_change_nothing() {
+        let secp = Secp256k1::new();
+        let key = |n: u64| {
+            let mut b = [0u8; 32];
+            b[24..].copy_from_slice(&(n + 1).to_be_bytes());
+            SecretKey::from_slice(&b).unwrap().public_key(&secp).serialize()
+        };
+        let no_point = {
+            let mut k = [0u8; 33];
+            (k[0], k[32]) = (2, 5); // x = 5: 5³ + 7 is no square mod p
+            k
+        };
+        let blocks: Vec<(Height, Vec<PendingTweak>)> = (0..300u32)
+            .filter(|h| h % 7 != 3)
+            .map(|h| {
+                let txs = (0..3u32)
+                    .map(|i| PendingTweak {
+                        txnum: h * 10 + i,
+                        inputs: TweakInputs {
+                            outpoint: [(h + i) as u8; 36],
+                            keys: match h % 5 {
+                                0 => vec![no_point],
+                                _ => vec![key((h * 10 + i) as u64), key(1000 + i as u64)],
+                            },
+                        },
+                        outputs: vec![[i as u8; 8]],
+                    })
+                    .collect();
+                (h, txs)
+            })
+            .collect();
+        let want: Vec<(Height, Vec<TweakedTx>)> = blocks
+            .iter()
+            .filter_map(|(h, txs)| {
+                let done: Vec<TweakedTx> = txs
+                    .iter()
+                    .filter_map(|p| {
+                        Some(TweakedTx {
+                            txnum: p.txnum,
+                            tweak: p.inputs.tweak()?,
+                            outputs: p.outputs.clone(),
+                        })
+                    })
+                    .collect();
+                (!done.is_empty()).then_some((*h, done))
+            })
+            .collect();
+        for (batch, compact) in [(usize::MAX, usize::MAX), (1, 1), (700, 3000)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), Mode::Follow).unwrap();
+            let mut b = WriteBatch::default();
+            for (h, txs) in &blocks {
+                b.put_cf(store.cf(cf::TWEAK_INPUTS), schema::height_key(*h), TweakInputsRow::encode(txs));
+            }
+            store.write_sync(b).unwrap();
+            run_in(&store, &Progress::new(ProgressMode::None), batch, compact).unwrap();
+            let got: Vec<(Height, Vec<TweakedTx>)> = store
+                .db()
+                .iterator_cf(store.cf(cf::TWEAK), IteratorMode::Start)
+                .map(|kv| {
+                    let (k, v) = kv.unwrap();
+                    (Height::from_be_bytes(k[..].try_into().unwrap()), TweakRow::decode(&v).unwrap())
+                })
+                .collect();
+            assert_eq!(got, want, "batches of {batch} bytes, compactions every {compact}");
+            assert!(store.db().iterator_cf(store.cf(cf::TWEAK_INPUTS), IteratorMode::Start).next().is_none());
+        }
+    }
 }
