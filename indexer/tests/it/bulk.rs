@@ -267,15 +267,18 @@ fn wrong_network_and_foreign_db_are_refused() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("built for regtest, not testnet4"), "{err}");
-    // An index of an older format (3: no silent-payment family) is refused, with what to do.
+    // An index of the format before this build's (4: tweaks computed by the bulk pass, no
+    // `tweakinputs` family) is refused, with what to do.
+    let (old, now) = (blkindex_shared::schema::FORMAT_VERSION - 1, blkindex_shared::schema::FORMAT_VERSION);
     {
         let store = Store::open(&db, Mode::Bulk)?;
-        store.put_meta(&[(blkindex_shared::schema::meta::FORMAT, Some(&3u32.to_be_bytes()))])?;
+        store.put_meta(&[(blkindex_shared::schema::meta::FORMAT, Some(&old.to_be_bytes()))])?;
     }
     let out = indexer(&node, &db, &["--offline"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("index format 3, this build reads format 4; delete it and re-index"), "{err}");
+    let want = format!("index format {old}, this build reads format {now}; delete it and re-index");
+    assert!(err.contains(&want), "{err}");
     Ok(())
 }
 
