@@ -220,6 +220,19 @@ impl Store {
             );
         }
         let genesis = net.genesis_hash();
+        if !writable {
+            // A secondary opened while the indexer flushed can miss the WAL that held the stamp
+            // (RocksDB deletes a WAL once it is flushed; seen when a server started as the tweak
+            // pass ended): caught up, it reads the flushed files. An index that truly has none
+            // is refused after about a second.
+            for _ in 0..20 {
+                if self.get_meta(meta::FORMAT)?.is_some() {
+                    break;
+                }
+                self.catch_up()?;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         match self.get_meta(meta::FORMAT)? {
             None if writable => {
                 let has_rows =
