@@ -273,10 +273,8 @@ impl Scan {
             h = last + 1;
         }
         // Mempool transactions sent, each once: not again from the mempool, nor when mined
-        // (Frigate: the client follows confirmations by script). `true`: seen gone from the
-        // mempool at the last check (dropped at the next, after a block scan has had its chance
-        // to skip it).
-        let mut sent: HashMap<Txid, bool> = HashMap::new();
+        // (Frigate: the client follows confirmations by script).
+        let mut sent = Sent::default();
         if self.to.is_none() {
             // One mined since the mempool was last read is reported with its block only.
             let mined: std::collections::HashSet<Txid> = hits.iter().map(|h: &Hit| h.txid).collect();
@@ -287,7 +285,7 @@ impl Scan {
             (used, unsent) = (used + cpu, unsent + cpu);
             self.within_budget(used, &mut unsent).await?;
             for hit in found {
-                sent.insert(hit.txid, false);
+                sent.add_from_mempool(hit.txid);
                 hits.push(hit);
             }
         }
@@ -321,11 +319,11 @@ impl Scan {
                         Err(broadcast::error::RecvError::Lagged(_)) => self.state.tweaks().mempool_snapshot(),
                         Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
                     };
-                    let list: Vec<_> = list.into_iter().filter(|t| !sent.contains_key(&t.txid)).collect();
+                    let list: Vec<_> = list.into_iter().filter(|t| !sent.contains(&t.txid)).collect();
                     let (found, cpu) = self.mempool(list).await?;
                     unsent += cpu;
                     for hit in &found {
-                        sent.insert(hit.txid, false);
+                        sent.add_from_mempool(hit.txid);
                     }
                     for page in found.chunks(PAGE) {
                         self.page(page, 1.0, &mut unsent).await?;
@@ -341,7 +339,7 @@ impl Scan {
     async fn new_tip(
         &self,
         seen: &mut VecDeque<(Height, BlockHash)>,
-        sent: &mut HashMap<Txid, bool>,
+        sent: &mut Sent,
         unsent: &mut Duration,
     ) -> Result<(), Stop> {
         let index = self.state.index();
@@ -361,14 +359,14 @@ impl Scan {
             used += found.cpu;
             self.within_budget(used, unsent).await?;
             remember(seen, found.hashes);
-            hits.extend(found.hits.into_iter().filter(|hit| sent.remove(&hit.txid).is_none()));
+            hits.extend(found.hits.into_iter().filter(|hit| sent.new_in_block(&hit.txid, hit.height)));
             h = last + 1;
         }
         for page in hits.chunks(PAGE) {
             self.page(page, 1.0, unsent).await?;
         }
         let mempool = self.state.tweaks().mempool();
-        prune(sent, |txid| mempool.contains_key(txid));
+        sent.prune(|txid| mempool.contains_key(txid), top.max(0) as Height);
         Ok(())
     }
 
@@ -686,12 +684,53 @@ fn mempool_tweak(
 
 /// Forgets the mempool transactions sent that have been gone from the mempool at two checks
 /// running (checks come after a tip's blocks are scanned, so a mined one is skipped first).
-fn prune(sent: &mut HashMap<Txid, bool>, in_mempool: impl Fn(&Txid) -> bool) {
-    sent.retain(|txid, gone| {
-        let was = *gone;
-        *gone = !in_mempool(txid);
-        !(was && *gone)
-    });
+/// The mempool transactions a scan has sent, so that none is sent twice: not from the mempool
+/// again, not when it is mined, nor when a reorg takes its block away and it is mined again.
+#[derive(Default)]
+struct Sent(HashMap<Txid, SentState>);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SentState {
+    /// In the mempool; `true`: seen gone from it at the last check (dropped at the next, after a
+    /// block scan has had its chance to find it mined).
+    Mempool(bool),
+    /// Found in the block at this height: kept while a reorg could mine it again.
+    Mined(Height),
+}
+
+impl Sent {
+    fn add_from_mempool(&mut self, txid: Txid) {
+        self.0.insert(txid, SentState::Mempool(false));
+    }
+
+    fn contains(&self, txid: &Txid) -> bool {
+        self.0.contains_key(txid)
+    }
+
+    /// Whether a hit in the block at `height` is to be sent: not if it was sent already (it is
+    /// then remembered as mined there).
+    fn new_in_block(&mut self, txid: &Txid, height: Height) -> bool {
+        match self.0.get_mut(txid) {
+            Some(state) => {
+                *state = SentState::Mined(height);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Forgets what can no longer come back: mempool transactions gone at two checks in a row,
+    /// and mined ones deeper below `tip` than the indexer follows a reorg.
+    fn prune(&mut self, in_mempool: impl Fn(&Txid) -> bool, tip: Height) {
+        self.0.retain(|txid, state| match state {
+            SentState::Mempool(gone) => {
+                let was = *gone;
+                *gone = !in_mempool(txid);
+                !(was && *gone)
+            }
+            SentState::Mined(h) => (*h as usize) + MAX_SEEN > tip as usize,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -718,13 +757,31 @@ mod tests {
     }
 
     #[test]
-    fn mempool_sends_are_forgotten_after_two_checks_gone() {
-        let (a, b) = (Txid::from_byte_array([1; 32]), Txid::from_byte_array([2; 32]));
-        let mut sent: HashMap<Txid, bool> = [(a, false), (b, false)].into();
+    fn mempool_sends_are_sent_once_through_blocks_and_reorgs() {
+        let (a, b, c) =
+            (Txid::from_byte_array([1; 32]), Txid::from_byte_array([2; 32]), Txid::from_byte_array([3; 32]));
+        let mut sent = Sent::default();
+        sent.add_from_mempool(a);
+        sent.add_from_mempool(b);
         let mempool: HashSet<Txid> = [a].into();
-        prune(&mut sent, |t| mempool.contains(t));
-        assert_eq!(sent.len(), 2, "b gone once: kept, so its block's scan can still skip it");
-        prune(&mut sent, |t| mempool.contains(t));
-        assert_eq!(sent.keys().collect::<Vec<_>>(), vec![&a]);
+        sent.prune(|t| mempool.contains(t), 10);
+        assert!(sent.contains(&b), "b gone once: kept, so its block's scan can still skip it");
+        sent.prune(|t| mempool.contains(t), 10);
+        assert!(sent.contains(&a) && !sent.contains(&b));
+        // a is mined at 11: not sent again; a reorg puts it back in the mempool (still known,
+        // so not sent from there) and mines it at 12: not sent again either.
+        assert!(!sent.new_in_block(&a, 11));
+        sent.prune(|_| false, 11);
+        assert!(sent.contains(&a));
+        assert!(!sent.new_in_block(&a, 12));
+        // A transaction first seen in a block is sent (and sent again after a reorg, as the
+        // rescan from the fork sends every block's).
+        assert!(sent.new_in_block(&c, 12));
+        assert!(sent.new_in_block(&c, 12));
+        // Forgotten once deeper than a reorg the indexer follows.
+        sent.prune(|_| false, 12 + MAX_SEEN as Height - 1);
+        assert!(sent.contains(&a));
+        sent.prune(|_| false, 12 + MAX_SEEN as Height);
+        assert!(!sent.contains(&a));
     }
 }
