@@ -333,7 +333,7 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     let (w, other) = (Wallet::new(1, 2), Wallet::new(3, 4));
 
     let mut coins = Vec::new();
-    for n in 0..13u8 {
+    for n in 0..14u8 {
         coins.push(fund(&node, secret(100 + n), if n % 2 == 0 { Kind::P2wpkh } else { Kind::P2tr })?);
     }
     node.mine(1, &miner)?;
@@ -477,6 +477,41 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     wait_tip(&mut c, node.height()?);
     c.wait_until(Duration::from_secs(2), |_| false);
     assert_eq!(sp_notifications(&c).len(), seen_before, "a notification after unsubscribing");
+
+    // A "FROM-TO" range is scanned once: exactly the payments of its blocks, at 1.0, and nothing
+    // live after it (a payment in a new block is not sent).
+    let to_w_id = to_w.compute_txid().to_string();
+    let to_w_height = expected.iter().find(|(t, _)| *t == to_w_id).unwrap().1;
+    let mut r = Conn::open(&server.addr);
+    r.result("server.version", json!(["sp-test", "1.4"]));
+    let range = r.result(
+        "blockchain.silentpayments.subscribe",
+        json!([scan, spend, format!("{to_w_height}-{to_w_height}")]),
+    );
+    assert_eq!(range["start_height"], json!(to_w_height));
+    assert!(r.wait_until(WAIT, done), "the range's scan never finished");
+    let got: Vec<(String, i64)> =
+        entries(&sp_notifications(&r)).into_iter().map(|(t, h, _)| (t, h)).collect();
+    assert_eq!(got, vec![(to_w_id, to_w_height)], "the range's payments only");
+    let seen_in_range = sp_notifications(&r).len();
+    block_with(&node, &[&sp_payment(&coins[13..14], &[w.code()], &[])?])?;
+    wait_tip(&mut r, node.height()?);
+    r.wait_until(Duration::from_secs(2), |_| false);
+    assert_eq!(sp_notifications(&r).len(), seen_in_range, "a range subscription has no live part");
+    // A start given as a time (above 500,000,000) is the first block of at least that time.
+    let time_of = |c: &mut Conn, h: i64| -> u32 {
+        let hex = c.result("blockchain.block.header", json!([h]));
+        bitcoin::consensus::encode::deserialize_hex::<bitcoin::block::Header>(hex.as_str().unwrap())
+            .unwrap()
+            .time
+    };
+    let t = time_of(&mut r, to_w_height);
+    let mut tc = Conn::open(&server.addr);
+    tc.result("server.version", json!(["sp-test", "1.4"]));
+    let by_time = tc.result("blockchain.silentpayments.subscribe", json!([scan, spend, t]));
+    let h = by_time["start_height"].as_i64().context("start_height")?;
+    assert!(h <= to_w_height && time_of(&mut tc, h) >= t, "{by_time}");
+    assert!(h == 0 || time_of(&mut tc, h - 1) < t, "{by_time}: an earlier block is as late");
 
     // Client-side scanning: the tweaks of the first payment's block, with its position and the
     // prefixes of its taproot outputs.
