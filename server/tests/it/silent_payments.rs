@@ -45,6 +45,10 @@ enum Kind {
     P2wpkh,
     /// BIP86 key path: the output key is the internal key tweaked with no script tree.
     P2tr,
+    /// Legacy: the key in the scriptSig.
+    P2pkh,
+    /// P2WPKH nested in P2SH: the key in the witness, the program in the scriptSig.
+    P2shP2wpkh,
 }
 
 /// A coin the test can spend.
@@ -68,6 +72,8 @@ fn address_of(key: &SecretKey, kind: Kind) -> Address {
             let (internal, _) = Keypair::from_secret_key(&secp, key).x_only_public_key();
             Address::p2tr(&secp, internal, None, Network::Regtest)
         }
+        Kind::P2pkh => Address::p2pkh(CompressedPublicKey(key.public_key(&secp)), Network::Regtest),
+        Kind::P2shP2wpkh => Address::p2shwpkh(&CompressedPublicKey(key.public_key(&secp)), Network::Regtest),
     }
 }
 
@@ -89,7 +95,7 @@ fn get_tx(node: &Node, txid: &Txid) -> Result<Transaction> {
 fn input_secret(coin: &Coin) -> (SecretKey, bool) {
     let secp = Secp256k1::new();
     match coin.kind {
-        Kind::P2wpkh => (coin.key, false),
+        Kind::P2wpkh | Kind::P2pkh | Kind::P2shP2wpkh => (coin.key, false),
         Kind::P2tr => {
             let tweaked = Keypair::from_secret_key(&secp, &coin.key).tap_tweak(&secp, None);
             (tweaked.to_keypair().secret_key(), true)
@@ -139,6 +145,11 @@ fn sp_payment(coins: &[Coin], to: &[SilentPaymentCode], plain: &[Address]) -> Re
     let mut witnesses = Vec::new();
     {
         let mut cache = SighashCache::new(&tx);
+        let pk = |c: &Coin| CompressedPublicKey(c.key.public_key(&secp));
+        let ecdsa = |digest: [u8; 32], c: &Coin| bitcoin::ecdsa::Signature {
+            signature: secp.sign_ecdsa(&Message::from_digest(digest), &c.key),
+            sighash_type: EcdsaSighashType::All,
+        };
         for (i, c) in coins.iter().enumerate() {
             witnesses.push(match c.kind {
                 Kind::P2wpkh => {
@@ -148,10 +159,25 @@ fn sp_payment(coins: &[Coin], to: &[SilentPaymentCode], plain: &[Address]) -> Re
                         c.txout.value,
                         EcdsaSighashType::All,
                     )?;
-                    let sig = secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), &c.key);
-                    let sig =
-                        bitcoin::ecdsa::Signature { signature: sig, sighash_type: EcdsaSighashType::All };
-                    Witness::p2wpkh(&sig, &c.key.public_key(&secp))
+                    (ScriptBuf::new(), Witness::p2wpkh(&ecdsa(h.to_byte_array(), c), &pk(c).0))
+                }
+                Kind::P2shP2wpkh => {
+                    let program = ScriptBuf::new_p2wpkh(&pk(c).wpubkey_hash());
+                    let h = cache.p2wpkh_signature_hash(i, &program, c.txout.value, EcdsaSighashType::All)?;
+                    let push = bitcoin::script::PushBytesBuf::try_from(program.to_bytes())?;
+                    let script_sig = ScriptBuf::builder().push_slice(push).into_script();
+                    (script_sig, Witness::p2wpkh(&ecdsa(h.to_byte_array(), c), &pk(c).0))
+                }
+                Kind::P2pkh => {
+                    let h = cache.legacy_signature_hash(
+                        i,
+                        &c.txout.script_pubkey,
+                        EcdsaSighashType::All.to_u32(),
+                    )?;
+                    let sig = bitcoin::script::PushBytesBuf::try_from(ecdsa(h.to_byte_array(), c).to_vec())?;
+                    let script_sig =
+                        ScriptBuf::builder().push_slice(sig).push_key(&pk(c).into()).into_script();
+                    (script_sig, Witness::new())
                 }
                 Kind::P2tr => {
                     let h = cache.taproot_key_spend_signature_hash(
@@ -161,15 +187,17 @@ fn sp_payment(coins: &[Coin], to: &[SilentPaymentCode], plain: &[Address]) -> Re
                     )?;
                     let kp = Keypair::from_secret_key(&secp, &c.key).tap_tweak(&secp, None).to_keypair();
                     let sig = secp.sign_schnorr(&Message::from_digest(h.to_byte_array()), &kp);
-                    Witness::p2tr_key_spend(&bitcoin::taproot::Signature {
+                    let w = Witness::p2tr_key_spend(&bitcoin::taproot::Signature {
                         signature: sig,
                         sighash_type: TapSighashType::Default,
-                    })
+                    });
+                    (ScriptBuf::new(), w)
                 }
             });
         }
     }
-    for (input, w) in tx.input.iter_mut().zip(witnesses) {
+    for (input, (script_sig, w)) in tx.input.iter_mut().zip(witnesses) {
+        input.script_sig = script_sig;
         input.witness = w;
     }
     Ok(tx)
@@ -336,17 +364,22 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     for n in 0..14u8 {
         coins.push(fund(&node, secret(100 + n), if n % 2 == 0 { Kind::P2wpkh } else { Kind::P2tr })?);
     }
+    // The other two input types BIP352 reads a key from, spent together below.
+    coins.push(fund(&node, secret(114), Kind::P2pkh)?);
+    coins.push(fund(&node, secret(115), Kind::P2shP2wpkh)?);
     node.mine(1, &miner)?;
     let plain = node.new_address("bech32")?;
 
     // Mined: to the wallet (P2WPKH input), to its label 1 (P2TR input), to its change and the
-    // other wallet (both kinds of input), to the other wallet only.
+    // other wallet (both kinds of input), to the other wallet only, and to the wallet from a
+    // P2PKH and a P2SH-P2WPKH input.
     let to_w = sp_payment(&coins[0..1], &[w.code()], std::slice::from_ref(&plain))?;
     let to_label = sp_payment(&coins[1..2], &[w.labeled()], &[])?;
     let to_change = sp_payment(&coins[2..4], &[w.change(), other.code()], &[])?;
     let to_other = sp_payment(&coins[4..5], &[other.code()], std::slice::from_ref(&plain))?;
+    let legacy_and_nested = sp_payment(&coins[14..16], &[w.code()], &[])?;
     let mut expected: BTreeSet<(String, i64)> = BTreeSet::new();
-    for tx in [&to_w, &to_label, &to_change, &to_other] {
+    for tx in [&to_w, &to_label, &to_change, &to_other, &legacy_and_nested] {
         block_with(&node, &[tx])?;
         if !std::ptr::eq(tx, &to_other) {
             expected.insert((tx.compute_txid().to_string(), node.height()? as i64));
