@@ -724,3 +724,64 @@ fn scans_wait_for_the_tweak_pass_and_end_after_it() -> Result<()> {
     assert!(late["blocks"].is_array(), "{late}");
     Ok(())
 }
+
+/// More hits than a page: 101 payments to the wallet in one block are sent as a page of 100
+/// (progress below 1.0) and then the last one with progress 1.0, each once.
+#[test]
+fn more_payments_than_a_page_come_in_pages_of_at_most_100() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    node.ensure_wallet()?;
+    let miner = node.new_address("bech32")?;
+    node.mine(110, &miner)?;
+    // 101 coins of 101 keys, from one transaction of the node's wallet.
+    let keys: Vec<SecretKey> = (0..101u8).map(|i| secret(150 + i)).collect();
+    let amounts: serde_json::Map<String, Value> =
+        keys.iter().map(|k| (address_of(k, Kind::P2wpkh).to_string(), json!(0.01))).collect();
+    let txid: Txid = node.wallet_call("sendmany", json!(["", amounts]))?.as_str().context("txid")?.parse()?;
+    let funding = get_tx(&node, &txid)?;
+    node.mine(1, &miner)?;
+    let coins: Vec<Coin> = keys
+        .iter()
+        .map(|k| {
+            let spk = address_of(k, Kind::P2wpkh).script_pubkey();
+            let vout = funding.output.iter().position(|o| o.script_pubkey == spk).unwrap();
+            Coin {
+                outpoint: OutPoint { txid, vout: vout as u32 },
+                txout: funding.output[vout].clone(),
+                key: *k,
+                kind: Kind::P2wpkh,
+            }
+        })
+        .collect();
+    let w = Wallet::new(1, 2);
+    let payments: Vec<Transaction> =
+        coins.iter().map(|c| sp_payment(std::slice::from_ref(c), &[w.code()], &[])).collect::<Result<_>>()?;
+    block_with(&node, &payments.iter().collect::<Vec<_>>())?;
+    let height = node.height()? as i64;
+
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, SP_INDEX)?;
+    indexer.wait_synced(&node, &db)?;
+    let server = Server::start(&node, &db)?;
+    let mut c = Conn::open(&server.addr);
+    c.result("server.version", json!(["sp-test", "1.4"]));
+    wait_tip(&mut c, height as u64);
+    let (scan, spend) = w.keys();
+    c.result("blockchain.silentpayments.subscribe", json!([scan, spend, 0]));
+    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
+    assert!(c.wait_until(WAIT, done), "the scan never finished");
+    let ns = sp_notifications(&c);
+    let sizes: Vec<usize> = ns.iter().map(|n| n["params"]["history"].as_array().unwrap().len()).collect();
+    let progress: Vec<f64> = ns.iter().map(|n| n["params"]["progress"].as_f64().unwrap()).collect();
+    assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
+    assert!(sizes.iter().filter(|&&n| n > 0).count() >= 2, "{sizes:?}");
+    assert!(progress.windows(2).all(|p| p[0] <= p[1]) && *progress.last().unwrap() == 1.0, "{progress:?}");
+    assert!(progress[sizes.iter().position(|&n| n == 100).unwrap()] < 1.0, "{progress:?}");
+    let got: BTreeSet<(String, i64)> = entries(&ns).into_iter().map(|(t, h, _)| (t, h)).collect();
+    let want: BTreeSet<(String, i64)> =
+        payments.iter().map(|t| (t.compute_txid().to_string(), height)).collect();
+    assert_eq!(got, want);
+    assert_eq!(entries(&ns).len(), 101, "each once");
+    Ok(())
+}
