@@ -180,12 +180,7 @@ pub fn block_rows(
         _ if candidates.is_empty() => None,
         true => Some(SpRow::Pending(TweakInputsRow::encode(&candidates))),
         false => {
-            let done: Vec<TweakedTx> = candidates
-                .into_iter()
-                .filter_map(|c| {
-                    Some(TweakedTx { txnum: c.txnum, tweak: c.inputs.tweak()?, outputs: c.outputs })
-                })
-                .collect();
+            let done: Vec<TweakedTx> = candidates.into_iter().filter_map(PendingTweak::computed).collect();
             (!done.is_empty()).then(|| SpRow::Done(TweakRow::encode(&done)))
         }
     };

@@ -129,15 +129,11 @@ pub struct TweakRow;
 impl TweakRow {
     pub fn encode(txs: &[TweakedTx]) -> Vec<u8> {
         let mut v = Vec::with_capacity(txs.iter().map(|t| 40 + 8 * t.outputs.len()).sum());
-        let mut last = 0;
-        for (i, t) in txs.iter().enumerate() {
-            put_leb128(&mut v, if i == 0 { t.txnum } else { t.txnum - last } as u64);
-            last = t.txnum;
+        let mut last = None;
+        for t in txs {
+            put_txnum(&mut v, t.txnum, &mut last);
             v.extend_from_slice(&t.tweak);
-            put_leb128(&mut v, t.outputs.len() as u64);
-            for o in &t.outputs {
-                v.extend_from_slice(o);
-            }
+            put_items(&mut v, &t.outputs);
         }
         v
     }
@@ -145,25 +141,47 @@ impl TweakRow {
     pub fn decode(v: &[u8]) -> Result<Vec<TweakedTx>, DecodeError> {
         let mut r = Reader::new(v);
         let mut out = Vec::new();
-        let mut txnum: u64 = 0;
+        let mut last = None;
         while r.remaining() > 0 {
-            let d = get_leb128(&mut r)?;
-            txnum =
-                if out.is_empty() { d } else { txnum.checked_add(d).ok_or(DecodeError::BadInt(r.pos()))? };
-            let txnum = u32::try_from(txnum).map_err(|_| DecodeError::BadInt(r.pos()))?;
+            let txnum = get_txnum(&mut r, &mut last)?;
             let tweak: Tweak = r.take(33)?.try_into().unwrap();
-            // Bounded by what is left before anything is allocated: a corrupt count fails here.
-            let n = get_leb128(&mut r)?;
-            if n > (r.remaining() / 8) as u64 {
-                return Err(DecodeError::Invalid { what: "tweak row output count", at: r.pos() });
-            }
-            let outputs = (0..n)
-                .map(|_| r.take(8).map(|b| OutputPrefix::try_from(b).unwrap()))
-                .collect::<Result<_, _>>()?;
+            let outputs = get_items(&mut r, "tweak row output count")?;
             out.push(TweakedTx { txnum, tweak, outputs });
         }
         Ok(out)
     }
+}
+
+/// A row's txnum: the first absolute, later ones as the difference from the one before.
+fn put_txnum(v: &mut Vec<u8>, txnum: TxNum, last: &mut Option<TxNum>) {
+    put_leb128(v, (txnum - last.unwrap_or(0)) as u64);
+    *last = Some(txnum);
+}
+
+fn get_txnum(r: &mut Reader, last: &mut Option<TxNum>) -> Result<TxNum, DecodeError> {
+    let d = get_leb128(r)?;
+    let txnum = (last.unwrap_or(0) as u64).checked_add(d).ok_or(DecodeError::BadInt(r.pos()))?;
+    let txnum = u32::try_from(txnum).map_err(|_| DecodeError::BadInt(r.pos()))?;
+    *last = Some(txnum);
+    Ok(txnum)
+}
+
+/// `LEB128(count) ‖ the items`, each N bytes.
+fn put_items<const N: usize>(v: &mut Vec<u8>, items: &[[u8; N]]) {
+    put_leb128(v, items.len() as u64);
+    for item in items {
+        v.extend_from_slice(item);
+    }
+}
+
+/// What [`put_items`] wrote. The count is bounded by what is left before anything is allocated:
+/// a corrupt count fails here.
+fn get_items<const N: usize>(r: &mut Reader, what: &'static str) -> Result<Vec<[u8; N]>, DecodeError> {
+    let n = get_leb128(r)?;
+    if n > (r.remaining() / N) as u64 {
+        return Err(DecodeError::Invalid { what, at: r.pos() });
+    }
+    (0..n).map(|_| r.take(N).map(|b| <[u8; N]>::try_from(b).unwrap())).collect()
 }
 
 /// A transaction whose tweak is still to be computed: its number, what the tweak is made of,
@@ -175,6 +193,14 @@ pub struct PendingTweak {
     pub outputs: Vec<OutputPrefix>,
 }
 
+impl PendingTweak {
+    /// The transaction as the `tweak` family keeps it, its tweak computed (the elliptic-curve
+    /// work of the silent-payment index); None if it is not eligible after all.
+    pub fn computed(self) -> Option<TweakedTx> {
+        Some(TweakedTx { txnum: self.txnum, tweak: self.inputs.tweak()?, outputs: self.outputs })
+    }
+}
+
 /// `cf::TWEAK_INPUTS` value: for each candidate transaction, in txnum order, `LEB128(txnum, as in
 /// a [`TweakRow`]) ‖ smallest outpoint (36) ‖ LEB128(key count) ‖ 33 bytes a key ‖
 /// LEB128(taproot output count) ‖ 8-byte prefix of each taproot output key`.
@@ -184,19 +210,12 @@ impl TweakInputsRow {
     pub fn encode(txs: &[PendingTweak]) -> Vec<u8> {
         let mut v =
             Vec::with_capacity(txs.iter().map(|t| 48 + 33 * t.inputs.keys.len() + 8 * t.outputs.len()).sum());
-        let mut last = 0;
-        for (i, t) in txs.iter().enumerate() {
-            put_leb128(&mut v, if i == 0 { t.txnum } else { t.txnum - last } as u64);
-            last = t.txnum;
+        let mut last = None;
+        for t in txs {
+            put_txnum(&mut v, t.txnum, &mut last);
             v.extend_from_slice(&t.inputs.outpoint);
-            put_leb128(&mut v, t.inputs.keys.len() as u64);
-            for k in &t.inputs.keys {
-                v.extend_from_slice(k);
-            }
-            put_leb128(&mut v, t.outputs.len() as u64);
-            for o in &t.outputs {
-                v.extend_from_slice(o);
-            }
+            put_items(&mut v, &t.inputs.keys);
+            put_items(&mut v, &t.outputs);
         }
         v
     }
@@ -204,29 +223,12 @@ impl TweakInputsRow {
     pub fn decode(v: &[u8]) -> Result<Vec<PendingTweak>, DecodeError> {
         let mut r = Reader::new(v);
         let mut out = Vec::new();
-        let mut txnum: u64 = 0;
-        // Counts are bounded by what is left before anything is allocated.
-        let count = |r: &mut Reader, each: usize, what: &'static str| -> Result<usize, DecodeError> {
-            let n = get_leb128(r)?;
-            if n > (r.remaining() / each) as u64 {
-                return Err(DecodeError::Invalid { what, at: r.pos() });
-            }
-            Ok(n as usize)
-        };
+        let mut last = None;
         while r.remaining() > 0 {
-            let d = get_leb128(&mut r)?;
-            txnum =
-                if out.is_empty() { d } else { txnum.checked_add(d).ok_or(DecodeError::BadInt(r.pos()))? };
-            let txnum = u32::try_from(txnum).map_err(|_| DecodeError::BadInt(r.pos()))?;
+            let txnum = get_txnum(&mut r, &mut last)?;
             let outpoint: [u8; 36] = r.take(36)?.try_into().unwrap();
-            let n = count(&mut r, 33, "tweak inputs key count")?;
-            let keys = (0..n)
-                .map(|_| r.take(33).map(|b| <[u8; 33]>::try_from(b).unwrap()))
-                .collect::<Result<_, _>>()?;
-            let n = count(&mut r, 8, "tweak inputs output count")?;
-            let outputs = (0..n)
-                .map(|_| r.take(8).map(|b| OutputPrefix::try_from(b).unwrap()))
-                .collect::<Result<_, _>>()?;
+            let keys = get_items(&mut r, "tweak inputs key count")?;
+            let outputs = get_items(&mut r, "tweak inputs output count")?;
             out.push(PendingTweak { txnum, inputs: TweakInputs { outpoint, keys }, outputs });
         }
         Ok(out)
@@ -235,10 +237,7 @@ impl TweakInputsRow {
     /// The block's `tweak` row made from its pending one (None: none of them is eligible after
     /// all). The elliptic-curve work of the silent-payment index.
     pub fn computed(v: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
-        let done: Vec<TweakedTx> = Self::decode(v)?
-            .into_iter()
-            .filter_map(|p| Some(TweakedTx { txnum: p.txnum, tweak: p.inputs.tweak()?, outputs: p.outputs }))
-            .collect();
+        let done: Vec<TweakedTx> = Self::decode(v)?.into_iter().filter_map(PendingTweak::computed).collect();
         Ok((!done.is_empty()).then(|| TweakRow::encode(&done)))
     }
 }
