@@ -249,16 +249,9 @@ impl Scan {
         let mut progress = 0.0;
         let mut h = self.from as i64;
         while h <= end {
-            let last = (h + CHUNK as i64 - 1).min(end);
-            let last = self
-                .computed_to(h as Height, last as Height, Some((progress, &mut last_sent)), &mut unsent)
-                .await? as i64;
-            let found = self.blocks(h as Height, last as Height).await?;
-            used += found.cpu;
-            unsent += found.cpu;
-            self.within_budget(used, &mut unsent).await?;
-            remember(&mut seen, found.hashes);
-            hits.extend(found.hits);
+            let pulse = Some((progress, &mut last_sent));
+            let (found, last) = self.chunk(h, end, &mut used, &mut unsent, &mut seen, pulse).await?;
+            hits.extend(found);
             // Never 1.0 before the last page: 1.0 marks the end of the historical scan.
             progress = ((last + 1 - self.from as i64) as f64 / total).min(0.999);
             while hits.len() >= PAGE {
@@ -352,14 +345,8 @@ impl Scan {
         let mut used = Duration::ZERO;
         let mut h = from as i64;
         while h <= top {
-            let last = (h + CHUNK as i64 - 1).min(top);
-            let last = self.computed_to(h as Height, last as Height, None, unsent).await? as i64;
-            let found = self.blocks(h as Height, last as Height).await?;
-            *unsent += found.cpu;
-            used += found.cpu;
-            self.within_budget(used, unsent).await?;
-            remember(seen, found.hashes);
-            hits.extend(found.hits.into_iter().filter(|hit| sent.new_in_block(&hit.txid, hit.height)));
+            let (found, last) = self.chunk(h, top, &mut used, unsent, seen, None).await?;
+            hits.extend(found.into_iter().filter(|hit| sent.new_in_block(&hit.txid, hit.height)));
             h = last + 1;
         }
         for page in hits.chunks(PAGE) {
@@ -368,6 +355,29 @@ impl Scan {
         let mempool = self.state.tweaks().mempool();
         sent.prune(|txid| mempool.contains_key(txid), top.max(0) as Height);
         Ok(())
+    }
+
+    /// One turn of a scan: the blocks from `h` (at most `CHUNK`, none past `end`, none whose
+    /// tweaks the index has not computed yet: it waits for those) scanned on a scan thread, their
+    /// CPU time charged to `used` (held to the scan's budget) and to the session, their hashes
+    /// remembered. The hits, and the last height scanned.
+    async fn chunk(
+        &self,
+        h: i64,
+        end: i64,
+        used: &mut Duration,
+        unsent: &mut Duration,
+        seen: &mut VecDeque<(Height, BlockHash)>,
+        pulse: Option<(f64, &mut Instant)>,
+    ) -> Result<(Vec<Hit>, i64), Stop> {
+        let last = (h + CHUNK as i64 - 1).min(end);
+        let last = self.computed_to(h as Height, last as Height, pulse, unsent).await? as i64;
+        let found = self.blocks(h as Height, last as Height).await?;
+        *used += found.cpu;
+        *unsent += found.cpu;
+        self.within_budget(*used, unsent).await?;
+        remember(seen, found.hashes);
+        Ok((found.hits, last))
     }
 
     /// The last height of `from..=to` whose tweaks the index has computed, once it has `from`'s:

@@ -636,6 +636,40 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     Ok(())
 }
 
+/// A `gen-blocks` chain of `gb` GB from `seed` in `<dir>/chain` (no node can validate it: its
+/// signatures are made up), and where its index goes, `<dir>/db`.
+fn generated_chain(
+    dir: &std::path::Path,
+    gb: &str,
+    seed: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let datadir = dir.join("chain");
+    let generated = std::process::Command::new(crate::common::workspace_bin("gen-blocks"))
+        .args(["--gb", gb, "--seed", seed, "--datadir"])
+        .arg(&datadir)
+        .output()?;
+    anyhow::ensure!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    Ok((datadir, dir.join("db")))
+}
+
+/// The indexer's whole job on `datadir` without a node (`--offline --no-follow`), with
+/// `BLKINDEX_FAILPOINT` set to `failpoint` if given.
+fn index_offline(
+    datadir: &std::path::Path,
+    db: &std::path::Path,
+    failpoint: Option<&str>,
+) -> Result<std::process::Output> {
+    let mut cmd = std::process::Command::new(indexer_bin());
+    cmd.args(["--network", "regtest", "--offline", "--no-follow", "--progress", "none", "--datadir"])
+        .arg(datadir)
+        .arg("--db")
+        .arg(db);
+    if let Some(f) = failpoint {
+        cmd.env("BLKINDEX_FAILPOINT", f);
+    }
+    Ok(cmd.output()?)
+}
+
 /// `--sp-max-scans`: with one slot, a subscription made while another one's scan of past blocks
 /// holds it is refused (-101, nothing queued), and accepted once that scan is done. On a chain
 /// `gen-blocks` makes (no node: its signatures are made up), whose 36,450 eligible transactions
@@ -643,19 +677,8 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
 #[test]
 fn a_subscription_past_the_scan_slots_is_refused_until_one_is_free() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let datadir = dir.path().join("chain");
-    let db = dir.path().join("db");
-    let generated = std::process::Command::new(crate::common::workspace_bin("gen-blocks"))
-        .args(["--gb", "0.3", "--seed", "5", "--datadir"])
-        .arg(&datadir)
-        .output()?;
-    anyhow::ensure!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
-    let indexed = std::process::Command::new(indexer_bin())
-        .args(["--network", "regtest", "--offline", "--no-follow", "--progress", "none", "--datadir"])
-        .arg(&datadir)
-        .arg("--db")
-        .arg(&db)
-        .output()?;
+    let (datadir, db) = generated_chain(dir.path(), "0.3", "5")?;
+    let indexed = index_offline(&datadir, &db, None)?;
     anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
     let server = Server::start_no_node_on(&datadir, &db, &["--sp-max-scans", "1", "--sp-scan-threads", "1"])?;
     let (first, second) = (Wallet::new(1, 2).keys(), Wallet::new(3, 4).keys());
@@ -683,25 +706,8 @@ fn a_subscription_past_the_scan_slots_is_refused_until_one_is_free() -> Result<(
 #[test]
 fn scans_wait_for_the_tweak_pass_and_end_after_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let datadir = dir.path().join("chain");
-    let db = dir.path().join("db");
-    let generated = std::process::Command::new(crate::common::workspace_bin("gen-blocks"))
-        .args(["--gb", "0.05", "--seed", "6", "--datadir"])
-        .arg(&datadir)
-        .output()?;
-    anyhow::ensure!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
-    let index = |failpoint: Option<&str>| -> Result<std::process::Output> {
-        let mut cmd = std::process::Command::new(indexer_bin());
-        cmd.args(["--network", "regtest", "--offline", "--no-follow", "--progress", "none", "--datadir"])
-            .arg(&datadir)
-            .arg("--db")
-            .arg(&db);
-        if let Some(f) = failpoint {
-            cmd.env("BLKINDEX_FAILPOINT", f);
-        }
-        Ok(cmd.output()?)
-    };
-    let killed = index(Some("tweaks:1"))?;
+    let (datadir, db) = generated_chain(dir.path(), "0.05", "6")?;
+    let killed = index_offline(&datadir, &db, Some("tweaks:1"))?;
     let stderr = String::from_utf8_lossy(&killed.stderr);
     assert!(!killed.status.success() && stderr.contains("failpoint tweaks:1"), "{stderr}");
 
@@ -716,7 +722,7 @@ fn scans_wait_for_the_tweak_pass_and_end_after_it() -> Result<()> {
     let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
     assert!(!c.wait_until(Duration::from_secs(3), done), "a scan ended before the tweaks were computed");
 
-    let finished = index(None)?;
+    let finished = index_offline(&datadir, &db, None)?;
     let stdout = String::from_utf8_lossy(&finished.stdout);
     assert!(finished.status.success() && stdout.contains("silent-payment tweaks of"), "{stdout}");
     assert!(c.wait_until(WAIT, done), "the scan did not end once the tweak pass was done");
