@@ -441,7 +441,7 @@ impl Scan {
                 let Some(raw) = raw else { continue };
                 let tx: Transaction = bitcoin::consensus::deserialize(&raw)?;
                 if !receiver.paid_outputs(&t.tweak, &tx).is_empty() {
-                    hits.push(Hit { height: 0, txid: t.txid, tweak: t.tweak });
+                    hits.push(Hit { height: 0, txid: t.txid, tweak: t.tweak.serialize() });
                 }
             }
             anyhow::Ok((hits, thread_cpu().saturating_sub(started)))
@@ -519,7 +519,7 @@ fn scan_blocks(
             let (raw, ..) = index.tx_by_num(t.txnum)?;
             let tx: Transaction = bitcoin::consensus::deserialize(&raw)?;
             if !receiver.paid_outputs(&t.tweak, &tx).is_empty() {
-                hits.push(Hit { height, txid: tx.compute_txid(), tweak: t.tweak });
+                hits.push(Hit { height, txid: tx.compute_txid(), tweak: t.tweak.serialize() });
             }
         }
     }

@@ -12,18 +12,20 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::Txid;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
 use blkindex_shared::schema::Height;
-use blkindex_shared::silent::{OutputPrefix, Tweak};
+use blkindex_shared::silent::OutputPrefix;
 
 use crate::config::SilentLimits;
 
 /// An eligible mempool transaction: what a scan needs to tell whether it may pay a wallet.
 pub struct MempoolTweak {
     pub txid: Txid,
-    pub tweak: Tweak,
+    /// Parsed once, for every session that scans it.
+    pub tweak: PublicKey,
     pub outputs: Vec<OutputPrefix>,
 }
 

@@ -2,16 +2,22 @@
 //! carries, and a receiver's check of a transaction against its keys.
 //!
 //! The index keeps, per block, every eligible transaction as a [`TweakedTx`]: its number, its
-//! tweak `input_hash·A` and the first 8 bytes of each taproot output key. A scan for a receiver
+//! tweak `input_hash·A` (stored uncompressed, so that a scan does not pay a square root per
+//! transaction to lift it) and the first 8 bytes of each taproot output key. A scan for a receiver
 //! computes `P_0` (and `P_0` plus each label) from the tweak and its scan key and looks for its
 //! prefix among the outputs ([`Receiver::matches`]); a candidate is then checked on the
 //! transaction itself ([`Receiver::paid_outputs`]).
 //!
 //! Curve arithmetic is libsecp256k1's (the `secp256k1` crate `bitcoin` re-exports):
 //! `PublicKey::mul_tweak` for a point times a scalar (libsecp256k1's `ecmult`, variable time) and,
-//! for `P + t·G`, `t·G` by `PublicKey::from_secret_key` (libsecp256k1's `ecmult_gen`, its
-//! generator comb) then one point addition: 2.75 µs less a check than `add_exp_tweak`, whose
-//! `ecmult` doubles its way through `t` (`scripts/bench-sp-scan.sh`).
+//! for `P + t·G`, a sum of table points (`plus_times_g`): one precomputed `d·256^i·G` per non-zero
+//! byte of `t`, added in one `PublicKey::combine_keys` (additions, then one inversion). That is
+//! about half the cost of the generator comb (`from_secret_key`) and of `add_exp_tweak`, whose
+//! `ecmult` doubles its way through `t` (`scripts/bench-sp-scan.sh` times all three).
+//!
+//! Both are variable time in secrets of the receiver's (the scan key, `t_k`), as a scan must be to
+//! be fast: a process sharing the server's CPU could time them. The server holds the scan keys it
+//! is given in memory, so it is trusted with them in any case.
 
 use std::sync::LazyLock;
 
@@ -24,7 +30,8 @@ use crate::network::Net;
 use crate::parse;
 use crate::schema::TxNum;
 
-/// The compressed point `input_hash·A` of an eligible transaction (BIP352).
+/// The point `input_hash·A` of an eligible transaction (BIP352), compressed: as the protocol
+/// sends it.
 pub type Tweak = [u8; 33];
 /// The first 8 bytes of a taproot output's x-only key.
 pub type OutputPrefix = [u8; 8];
@@ -33,7 +40,7 @@ pub type OutputPrefix = [u8; 8];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TweakedTx {
     pub txnum: TxNum,
-    pub tweak: Tweak,
+    pub tweak: PublicKey,
     pub outputs: Vec<OutputPrefix>,
 }
 
@@ -256,7 +263,7 @@ impl TweakInputs {
 
     /// BIP352's tweak `input_hash·A`, or None if the transaction is not eligible after all (no
     /// key is a point, or they sum to the point at infinity).
-    pub fn tweak(&self) -> Option<Tweak> {
+    pub fn tweak(&self) -> Option<PublicKey> {
         let keys: Vec<PublicKey> = self.keys.iter().filter_map(|k| PublicKey::from_slice(k).ok()).collect();
         if keys.is_empty() {
             return None;
@@ -267,13 +274,13 @@ impl TweakInputs {
         let input_hash = tagged(Tag::Inputs, &[&self.outpoint, &a.serialize()]);
         // A hash at or above the curve order (probability ~2^-128) is no scalar: not eligible.
         let scalar = Scalar::from_be_bytes(input_hash).ok()?;
-        Some(a.mul_tweak(&SECP, &scalar).ok()?.serialize())
+        a.mul_tweak(&SECP, &scalar).ok()
     }
 }
 
 /// BIP352's tweak of `tx`, or None if it is not eligible. `spent[i]` is the scriptPubKey input i
 /// spends (a coinbase, or a `spent` of the wrong length, is not eligible).
-pub fn tweak(tx: &impl Spending, spent: &[&Script]) -> Option<Tweak> {
+pub fn tweak(tx: &impl Spending, spent: &[&Script]) -> Option<PublicKey> {
     TweakInputs::of(tx, spent)?.tweak()
 }
 
@@ -291,7 +298,42 @@ fn output_tweak(shared: &[u8; 33], k: u32) -> Option<SecretKey> {
 /// `B_m + t_k·G`, the output key a sender makes for the k-th output to the (labelled) spend key
 /// `b_m`. Shared with the tests' sending side.
 pub(crate) fn output_key(b_m: &PublicKey, shared: &[u8; 33], k: u32) -> Option<PublicKey> {
-    PublicKey::from_secret_key(&GEN, &output_tweak(shared, k)?).combine(b_m).ok()
+    plus_times_g(b_m, &output_tweak(shared, k)?)
+}
+
+/// `d·256^i·G` at `[i·255 + d − 1]`, for byte position i (0 the least significant) and byte
+/// value d ≥ 1: 8,160 points, 510 KiB, built once by additions (about 20 ms).
+static G_BYTES: LazyLock<Vec<PublicKey>> = LazyLock::new(|| {
+    let mut one = [0u8; 32];
+    one[31] = 1;
+    let mut base = SecretKey::from_slice(&one).expect("1 is a scalar").public_key(&GEN);
+    let mut table = Vec::with_capacity(32 * 255);
+    for _ in 0..32 {
+        let mut p = base;
+        table.push(p);
+        for _ in 1..255 {
+            p = p.combine(&base).expect("d·base, d < 256, is not infinity");
+            table.push(p);
+        }
+        base = p.combine(&base).expect("256·base is not infinity");
+    }
+    table
+});
+
+/// `p + t·G`: p plus one `G_BYTES` point per non-zero byte of t (t < n, so the bytes are t's
+/// digits exactly), at most 33 points summed in one `combine_keys`. None only if the sum is the
+/// point at infinity (p = −t·G).
+pub fn plus_times_g(p: &PublicKey, t: &SecretKey) -> Option<PublicKey> {
+    let table = &*G_BYTES;
+    let mut terms = [p; 33];
+    let mut n = 1;
+    for (i, &d) in t.secret_bytes().iter().rev().enumerate() {
+        if d != 0 {
+            terms[n] = &table[i * 255 + d as usize - 1];
+            n += 1;
+        }
+    }
+    PublicKey::combine_keys(&terms[..n]).ok()
 }
 
 fn prefix_of(p: &PublicKey) -> OutputPrefix {
@@ -344,14 +386,13 @@ impl Receiver {
         address(hrp, &self.scan.public_key(&GEN), &self.spend)
     }
 
-    /// `b_scan·tweak`, compressed: the input to every `t_k`. None for a tweak that is no point.
-    fn shared_secret(&self, tweak: &Tweak) -> Option<[u8; 33]> {
-        let t = PublicKey::from_slice(tweak).ok()?;
-        Some(t.mul_tweak(&SECP, &self.scan_scalar).ok()?.serialize())
+    /// `b_scan·tweak`, compressed: the input to every `t_k`.
+    fn shared_secret(&self, tweak: &PublicKey) -> Option<[u8; 33]> {
+        Some(tweak.mul_tweak(&SECP, &self.scan_scalar).ok()?.serialize())
     }
 
     /// Whether P_0 (or P_0 plus any label point) has its prefix among `outputs`: a candidate hit.
-    pub fn matches(&self, tweak: &Tweak, outputs: &[OutputPrefix]) -> bool {
+    pub fn matches(&self, tweak: &PublicKey, outputs: &[OutputPrefix]) -> bool {
         let Some(shared) = self.shared_secret(tweak) else { return false };
         let Some(p0) = output_key(&self.spend, &shared, 0) else { return false };
         if outputs.contains(&prefix_of(&p0)) {
@@ -363,7 +404,7 @@ impl Receiver {
 
     /// The full check on the transaction itself, k = 0, 1, … as BIP352 scans: the output indexes
     /// that pay this receiver.
-    pub fn paid_outputs(&self, tweak: &Tweak, tx: &Transaction) -> Vec<u32> {
+    pub fn paid_outputs(&self, tweak: &PublicKey, tx: &Transaction) -> Vec<u32> {
         let Some(shared) = self.shared_secret(tweak) else { return Vec::new() };
         let mut left: Vec<(u32, [u8; 32])> = tx
             .output

@@ -7,7 +7,8 @@
 //! 2. one block (the one with the most eligible transactions) scanned for N receivers (default
 //!    1,000) on every core;
 //! 3. where the time of one check goes: each step on its own over the same tweaks, and the
-//!    alternatives (constant-time ECDH point; `t·G` then an addition).
+//!    alternatives (constant-time ECDH point; `t·G` by the generator comb then an addition;
+//!    `t·G` as a sum of byte-table points, what `Receiver` uses).
 //!
 //! Usage: sp-scan DB_DIR BLOCKS_DIR [RECEIVERS]
 
@@ -21,7 +22,7 @@ use sha2::{Digest, Sha256};
 use blkindex_shared::blkfile::BlockFiles;
 use blkindex_shared::query::IndexReader;
 use blkindex_shared::schema::Height;
-use blkindex_shared::silent::{Receiver, TweakedTx};
+use blkindex_shared::silent::{plus_times_g, Receiver, TweakedTx};
 use blkindex_shared::store::{Mode, Store};
 
 fn key(i: u64) -> SecretKey {
@@ -111,7 +112,9 @@ fn main() -> Result<()> {
         let us = t.elapsed().as_secs_f64() * 1e6 / n;
         println!("  {name:<58} {us:>7.2} µs   (check {x})");
     };
-    let points: Vec<PublicKey> = sample.iter().map(|x| PublicKey::from_slice(&x.tweak).unwrap()).collect();
+    let points: Vec<PublicKey> = sample.iter().map(|x| x.tweak).collect();
+    let stored: Vec<[u8; 65]> = points.iter().map(|p| p.serialize_uncompressed()).collect();
+    let compressed: Vec<[u8; 33]> = points.iter().map(|p| p.serialize()).collect();
     let shared: Vec<PublicKey> = points.iter().map(|p| p.mul_tweak(&secp, &scan_scalar).unwrap()).collect();
     let shared_ser: Vec<[u8; 33]> = shared.iter().map(|p| p.serialize()).collect();
     let tagged = |s: &[u8; 33]| -> [u8; 32] {
@@ -125,8 +128,11 @@ fn main() -> Result<()> {
     };
     let t0: Vec<Scalar> = shared_ser.iter().map(|s| Scalar::from_be_bytes(tagged(s)).unwrap()).collect();
     println!("one check's steps, {} tweaks, 1 thread:", sample.len());
-    time("tweak row bytes → point (decompression: a square root)", &mut || {
-        sample.iter().filter(|x| PublicKey::from_slice(&x.tweak).is_ok()).count()
+    time("tweak row bytes (x ‖ y) → point, checked on the curve", &mut || {
+        stored.iter().filter(|p| PublicKey::from_slice(*p).is_ok()).count()
+    });
+    time("  alternative: compressed bytes → point (a square root)", &mut || {
+        compressed.iter().filter(|p| PublicKey::from_slice(*p).is_ok()).count()
     });
     time("b_scan·tweak: PublicKey::mul_tweak (ecmult, variable time)", &mut || {
         points.iter().filter(|p| p.mul_tweak(&secp, &scan_scalar).is_ok()).count()
@@ -148,6 +154,11 @@ fn main() -> Result<()> {
                 let k = SecretKey::from_slice(&t.to_be_bytes()).unwrap();
                 PublicKey::from_secret_key(&s, &k).combine(&spend).is_ok()
             })
+            .count()
+    });
+    time("  what Receiver does: t_0·G as a sum of byte-table points (plus_times_g)", &mut || {
+        t0.iter()
+            .filter(|t| plus_times_g(&spend, &SecretKey::from_slice(&t.to_be_bytes()).unwrap()).is_some())
             .count()
     });
     let p0: Vec<PublicKey> = t0.iter().map(|t| spend.add_exp_tweak(&secp, t).unwrap()).collect();

@@ -112,7 +112,7 @@ pub async fn tweaks(state: &Arc<State>, start: Height, count: u32) -> Result<Ans
                         out.push_str(r#"{"pos":"#);
                         out.push_str(itoa::Buffer::new().format(t.txnum - base));
                         out.push_str(r#","tweak":""#);
-                        out.push_str(&hex::encode(t.tweak));
+                        out.push_str(&hex::encode(t.tweak.serialize()));
                         out.push_str(r#"","outputs":["#);
                         for (k, o) in t.outputs.iter().enumerate() {
                             out.push_str(if k > 0 { r#",""# } else { r#"""# });

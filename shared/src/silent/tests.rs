@@ -151,7 +151,7 @@ fn sending_vectors_eligibility_and_tweak() {
         let a_pub = a.public_key(&secp);
         let input_hash = tagged(Tag::Inputs, &[&smallest_outpoint(&tx), &a_pub.serialize()]);
         let ia = a.mul_tweak(&Scalar::from_be_bytes(input_hash).unwrap()).unwrap();
-        assert_eq!(got, ia.public_key(&secp).serialize(), "{name}: tweak = input_hash·a·G");
+        assert_eq!(got, ia.public_key(&secp), "{name}: tweak = input_hash·a·G");
 
         // Outputs as the sender makes them: recipients grouped by scan key, k counting within a
         // group, in the order given; the vectors list every acceptable set.
@@ -332,4 +332,31 @@ fn testnet_address_and_prefixes() {
     tx.output.insert(0, TxOut { value: Amount::ZERO, script_pubkey: ScriptBuf::new_op_return([1, 2]) });
     tx.output.push(TxOut { value: Amount::ZERO, script_pubkey: p2tr(&[0x33; 32]) });
     assert_eq!(output_prefixes(&tx), vec![[0x79; 8], [0x33; 8]]);
+}
+
+/// The byte table's `p + t·G` against libsecp256k1's own `add_exp_tweak`, for scalars with zero
+/// bytes, 0xff bytes, one byte, the largest scalar n − 1, and hashes; and its one failure, the point
+/// at infinity.
+#[test]
+fn byte_table_adds_t_times_g_exactly() {
+    let secp = Secp256k1::new();
+    let p = SecretKey::from_slice(&[0x42; 32]).unwrap().public_key(&secp);
+    let n_minus_1 = "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364140";
+    let mut scalars: Vec<[u8; 32]> =
+        vec![[0xff; 32], [0x01; 32], hex::decode(n_minus_1).unwrap().try_into().unwrap()];
+    let mut one_byte = [0u8; 32];
+    one_byte[31] = 7;
+    scalars.push(one_byte);
+    let mut sparse = [0u8; 32];
+    sparse[0] = 0x80;
+    sparse[17] = 0xff;
+    scalars.push(sparse);
+    scalars.extend((0u32..200).map(|i| tagged(Tag::SharedSecret, &[&i.to_be_bytes()])));
+    for bytes in scalars {
+        let Ok(t) = SecretKey::from_slice(&bytes) else { continue };
+        let want = p.add_exp_tweak(&secp, &Scalar::from(t)).unwrap();
+        assert_eq!(plus_times_g(&p, &t), Some(want), "t = {}", t.display_secret());
+    }
+    let t = SecretKey::from_slice(&[0x42; 32]).unwrap();
+    assert_eq!(plus_times_g(&p.negate(&secp), &t), None, "p = −t·G sums to infinity");
 }
