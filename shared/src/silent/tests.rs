@@ -28,7 +28,7 @@ fn cases() -> Vec<Value> {
         }
     }
     let cases: Vec<Value> = lines.map(|l| resolve(serde_json::from_str(l).unwrap(), &defs)).collect();
-    assert_eq!(cases.len(), 25, "every case of the vectors' file");
+    assert_eq!(cases.len(), 26, "every case the vectors' README lists");
     cases
 }
 
@@ -129,6 +129,9 @@ fn sending_vectors_eligibility_and_tweak() {
         );
         assert_eq!(output_prefixes(&view), output_prefixes(&tx), "{name}: in place");
         assert_eq!(got.is_some(), eligible, "{name}: eligibility");
+        // The tweak the vectors' receiving side expects (input_hash·A, null when none).
+        let want = case["tweak"].as_str().map(|t| PublicKey::from_slice(&hex::decode(t).unwrap()).unwrap());
+        assert_eq!(got, want, "{name}: the vectors' tweak");
         let Some(got) = got else { continue };
 
         // The sender's side, from the private keys: a = Σ a_i (a taproot key negated when its
