@@ -506,6 +506,20 @@ pub(crate) fn failpoint(name: &str) {
     }
 }
 
+/// A test hook, like `failpoint`: with `BLKINDEX_PAUSEPOINT=<name>:<file>`, waits at `name` until
+/// `file` exists (two minutes at most), so that a test can act while a phase is midway.
+pub(crate) fn pausepoint(name: &str) {
+    let Ok(v) = std::env::var("BLKINDEX_PAUSEPOINT") else { return };
+    let Some((point, file)) = v.split_once(':') else { return };
+    if point != name {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !std::path::Path::new(file).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// First txnum of every height of the chain.
 fn first_txnums(chain: &[ChainBlock], fetched: &HashMap<BlockHash, RpcBlock>) -> Result<Vec<TxNum>> {
     let mut out = Vec::with_capacity(chain.len());

@@ -101,8 +101,9 @@ impl<'a> Follower<'a> {
         let mut backoff = Duration::from_secs(1);
         let mut node_down = false;
         while !self.stop.load(Ordering::Relaxed) {
-            // Between syncs this thread, the only writer, has committed whole blocks only (and
-            // the long-list moves of the last sync): a checkpoint now is at a block boundary.
+            // Between syncs this thread, the only writer of blocks, has committed whole blocks
+            // only (and the long-list moves of the last sync): a checkpoint now is at a block
+            // boundary. (A tweak pass beside it writes whole batches of tweaks; a copy resumes it.)
             if let Some(requests) = &self.checkpoints {
                 crate::checkpoint::answer(self.blocks.store, requests);
             }

@@ -28,7 +28,7 @@ mod undo_redo;
 mod unwind;
 mod zmq;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -248,10 +248,9 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         store.enable_auto_compactions()?;
     }
     // The bulk pass's tweaks, or those a killed tweak pass left: the index serves everything else
-    // meanwhile, and the follower, which computes each new block's at once, starts after them.
-    tweak_pass::run(&store, &progress)?;
+    // meanwhile. Without a follower they are computed now; with one, beside it (below).
     if args.no_follow {
-        return Ok(());
+        return tweak_pass::run(&store, &progress, None);
     }
     if rpc.is_none() {
         anyhow::bail!("following needs the node's RPC: drop --offline, or add --no-follow");
@@ -280,7 +279,22 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
             std::mem::forget(wake_tx);
         }
     }
-    let result = follower.run(&wake_rx);
+    // The follower computes each new block's tweaks at once; the pass's, of the blocks before,
+    // take hours on mainnet, and the tip does not wait for them. A failed pass stops the
+    // follower too, and the process says why.
+    let result = std::thread::scope(|s| {
+        let pass = s.spawn(|| {
+            let done = tweak_pass::run(&store, &progress, Some(&stop));
+            if done.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            done
+        });
+        let followed = follower.run(&wake_rx);
+        stop.store(true, Ordering::Relaxed);
+        let passed = pass.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the tweak pass panicked")));
+        followed.and(passed)
+    });
     service::stopping();
     result
 }

@@ -6,11 +6,20 @@
 //! they made it up to ten times longer on a chain dense in taproot. So the bulk pass keeps what
 //! each candidate's tweak is made of (`cf::TWEAK_INPUTS`, no curve arithmetic), the index serves
 //! everything else as soon as it is written, and this pass turns those rows into `tweak` rows,
-//! in height order, before the follower starts. Each of its batches puts a run of blocks'
-//! `tweak` rows and deletes their `tweakinputs` rows in one write, so a height's tweaks are
-//! complete exactly when it has no `tweakinputs` row; the server scans only below the first one
-//! (`IndexReader::tweaks_done_below`), and a killed pass resumes from it.
+//! in height order, beside the follower (on mainnet it takes hours, and the tip must not wait).
+//! Each of its batches puts a run of blocks' `tweak` rows and deletes their `tweakinputs` rows in
+//! one write, so a height's tweaks are complete exactly when it has no `tweakinputs` row; the
+//! server scans only below the first one (`IndexReader::tweaks_done_below`), and a killed pass
+//! resumes from it.
+//!
+//! The follower writes rows of the same heights only when it undoes blocks (a reorg reaching
+//! into heights the pass has not done yet): it deletes their `tweak` and `tweakinputs` rows.
+//! The pass computes a batch from the rows as it read them, then, holding [`PENDING`] (which
+//! the follower holds for its undo's write), keeps only the heights whose `tweakinputs` row is
+//! still the one it read: a block undone meanwhile gets no tweaks from its old transactions.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -33,19 +42,33 @@ const BATCH_BYTES: usize = 4 << 20;
 /// are dropped as it goes, so the disk holds the pending rows or their tweaks, not both.
 const COMPACT_BYTES: usize = 256 << 20;
 
-/// Computes every pending tweak (none pending: nothing to do) and prints what it did.
-pub fn run(store: &Store, progress: &Progress) -> Result<()> {
-    run_in(store, progress, BATCH_BYTES, COMPACT_BYTES)
+/// Held by the pass from checking a batch's rows to writing it, and by the follower for the write
+/// that undoes blocks: the two never interleave there.
+pub(crate) static PENDING: Mutex<()> = Mutex::new(());
+
+/// Computes every pending tweak (none pending: nothing to do) and prints what it did; stops
+/// between batches once `stop` is set (the rest is done at the next start).
+pub fn run(store: &Store, progress: &Progress, stop: Option<&AtomicBool>) -> Result<()> {
+    run_in(store, progress, BATCH_BYTES, COMPACT_BYTES, stop)
 }
 
-fn run_in(store: &Store, progress: &Progress, batch_bytes: usize, compact_bytes: usize) -> Result<()> {
+fn run_in(
+    store: &Store,
+    progress: &Progress,
+    batch_bytes: usize,
+    compact_bytes: usize,
+    stop: Option<&AtomicBool>,
+) -> Result<()> {
     let family = store.cf(cf::TWEAK_INPUTS);
     let height_of = |k: &[u8]| -> Result<Height> {
         Ok(Height::from_be_bytes(k.try_into().context("bad tweak inputs key")?))
     };
     let first = match store.db().iterator_cf(family, IteratorMode::Start).next().transpose()? {
         Some((k, _)) => height_of(&k)?,
-        None => return Ok(()),
+        None => {
+            info!("tweak pass: done (nothing pending)");
+            return Ok(());
+        }
     };
     let last = match store.db().iterator_cf(family, IteratorMode::End).next().transpose()? {
         Some((k, _)) => height_of(&k)?,
@@ -72,7 +95,7 @@ fn run_in(store: &Store, progress: &Progress, batch_bytes: usize, compact_bytes:
                 continue;
             }
         }
-        if rows.is_empty() {
+        if rows.is_empty() || stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
             break;
         }
         let computed: Vec<Option<Vec<u8>>> = rows
@@ -81,8 +104,15 @@ fn run_in(store: &Store, progress: &Progress, batch_bytes: usize, compact_bytes:
                 TweakInputsRow::computed(v).with_context(|| format!("the tweak inputs of block {h}"))
             })
             .collect::<Result<_>>()?;
+        crate::bulk::pausepoint("tweaks");
+        let held = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        // The rows as they are now: one the follower deleted (its block undone) is left out.
+        let now = store.db().multi_get_cf(rows.iter().map(|(h, _)| (family, schema::height_key(*h))));
         let mut batch = WriteBatch::default();
-        for ((h, _), row) in rows.iter().zip(&computed) {
+        for (((h, read), row), now) in rows.iter().zip(&computed).zip(now) {
+            if now?.as_deref() != Some(&read[..]) {
+                continue;
+            }
             let k = schema::height_key(*h);
             if let Some(row) = row {
                 batch.put_cf(store.cf(cf::TWEAK), k, row);
@@ -91,6 +121,7 @@ fn run_in(store: &Store, progress: &Progress, batch_bytes: usize, compact_bytes:
         }
         crate::bulk::failpoint("tweaks");
         store.write_sync(batch)?;
+        drop(held);
         let to = rows.last().unwrap().0 + 1;
         blocks += rows.len() as u64;
         progress.inc(bytes as u64, (to - covered) as u64);
@@ -110,6 +141,10 @@ fn run_in(store: &Store, progress: &Progress, batch_bytes: usize, compact_bytes:
         }
     }
     progress.finish();
+    if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+        info!(next = covered, "tweak pass stopped; it resumes from there at the next start");
+        return Ok(());
+    }
     store.flush()?;
     // Every `tweakinputs` row is deleted: a compaction of the family drops their files now (it
     // writes nothing), rather than whenever RocksDB would.
@@ -121,6 +156,7 @@ fn run_in(store: &Store, progress: &Progress, batch_bytes: usize, compact_bytes:
         "silent-payment tweaks of {blocks} blocks (heights {first} to {last}) computed in {secs:.1}s; tweak family {}",
         HumanBytes(tweak_bytes)
     );
+    info!(blocks, secs = format!("{secs:.1}"), "tweak pass: done");
     Ok(())
 }
 
@@ -193,7 +229,7 @@ mod tests {
                 b.put_cf(store.cf(cf::TWEAK_INPUTS), schema::height_key(*h), TweakInputsRow::encode(txs));
             }
             store.write_sync(b).unwrap();
-            run_in(&store, &Progress::new(ProgressMode::None), batch, compact).unwrap();
+            run_in(&store, &Progress::new(ProgressMode::None), batch, compact, None).unwrap();
             let got: Vec<(Height, Vec<TweakedTx>)> = store
                 .db()
                 .iterator_cf(store.cf(cf::TWEAK), IteratorMode::Start)

@@ -149,11 +149,23 @@ pub struct Indexer {
 impl Indexer {
     /// Starts `bin` (the indexer binary) on the node's data dir, following.
     pub fn follow(bin: &Path, node: &Node, db: &Path, extra: &[&str]) -> Result<Self> {
+        Self::follow_with_env(bin, node, db, extra, &[])
+    }
+
+    /// As `follow`, with more environment variables (a test hook such as `BLKINDEX_PAUSEPOINT`).
+    pub fn follow_with_env(
+        bin: &Path,
+        node: &Node,
+        db: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let log = db.with_extension("log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = indexer_command(bin, node, db)
             .args(["--progress", "none", "--poll-secs", "0.5"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("BLKINDEX_LOG", "info,zeromq=error")
             .stdout(Stdio::null())
             .stderr(out)

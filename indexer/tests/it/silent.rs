@@ -134,3 +134,53 @@ fn sp_follow_and_reorg() -> Result<()> {
     assert_eq!(open_index(&node, &db).tweaks(0..=h + 2)?, want.blocks);
     Ok(())
 }
+
+/// The tweak pass runs beside the follower. Held before its first write (a pause point), the
+/// follower follows a reorg that takes away a block whose tweaks are still pending and puts an
+/// empty block in its place; let go, the pass must leave that block out (its rows are not the
+/// ones it read), and the index must equal a fresh one and the node's tweaks.
+#[test]
+fn sp_tweak_pass_beside_the_follower_and_a_reorg_into_its_heights() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    build_rich_chain(&node)?;
+    spend_taproot_by_key_path(&node)?;
+    let tip = node.height()? as u32;
+    let want = expected_tweaks(&node, 0)?;
+    assert!(want.blocks.iter().any(|(h, _)| *h == tip), "the tip's block has an eligible transaction");
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let go = dir.path().join("go");
+    let pause = format!("tweaks:{}", go.display());
+    let mut f = Indexer::follow_with_env(&bin(), &node, &db, &[], &[("BLKINDEX_PAUSEPOINT", &pause)])?;
+    f.wait_synced(&node, &db)?;
+    assert!(open_index(&node, &db).tweaks_done_below()? <= want.blocks[0].0, "the pass is held");
+
+    let stale = node.best_hash()?;
+    node.call("invalidateblock", json!([stale.to_string()]))?;
+    let addr = node.new_address("bech32")?;
+    for _ in 0..2 {
+        node.call("generateblock", json!([addr.to_string(), []]))?;
+    }
+    // The follower undid a pending height and went on while the pass is still held.
+    f.wait_synced(&node, &db)?;
+    let index = open_index(&node, &db);
+    assert!(index.tweaks_done_below()? <= want.blocks[0].0, "the pass wrote while held");
+    assert_eq!(index.chain.tip().map(|t| t.0), Some(tip + 1));
+    drop(index);
+
+    std::fs::write(&go, b"")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while open_index(&node, &db).tweaks_done_below()? <= tip + 1 {
+        assert!(std::time::Instant::now() < deadline, "the tweak pass did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let now = expected_tweaks(&node, 0)?;
+    assert!(
+        !now.blocks.iter().any(|(h, _)| *h == tip),
+        "the empty block at {tip} has no eligible transaction"
+    );
+    assert_eq!(open_index(&node, &db).tweaks(0..=tip + 1)?, now.blocks);
+    assert_matches_node(&mut f, &node, &db, dir.path())?;
+    assert!(f.stop()?.success());
+    Ok(())
+}

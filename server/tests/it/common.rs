@@ -31,9 +31,10 @@ pub fn indexed(node: &Node) -> Result<(tempfile::TempDir, Indexer)> {
     let mut indexer = Indexer::follow(&indexer_bin(), node, &db, &[])?;
     indexer.wait_synced(node, &db)?;
     // At the node's tip is not yet done: the bulk pass marks itself finished just after, and the
-    // tweak pass follows. A test that stops the indexer (a checkpoint of a finished index) or
-    // reads the tweaks needs both done, as they are once it follows.
+    // tweak pass runs beside the follower. A test that stops the indexer (a checkpoint of a
+    // finished index) or reads the tweaks needs both done.
     indexer.wait_logged("following:")?;
+    indexer.wait_logged("tweak pass: done")?;
     Ok((dir, indexer))
 }
 
