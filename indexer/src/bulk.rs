@@ -506,16 +506,23 @@ pub(crate) fn failpoint(name: &str) {
     }
 }
 
-/// A test hook, like `failpoint`: with `BLKINDEX_PAUSEPOINT=<name>:<file>`, waits at `name` until
-/// `file` exists (two minutes at most), so that a test can act while a phase is midway.
+/// A test hook, like `failpoint`: with `BLKINDEX_PAUSEPOINT=<name>:<file>`, creates
+/// `<file>.reached` at `name` and waits there until `file` exists, so that a test can act while a
+/// phase is midway. A test that never lets it go aborts the process after ten minutes.
 pub(crate) fn pausepoint(name: &str) {
     let Ok(v) = std::env::var("BLKINDEX_PAUSEPOINT") else { return };
     let Some((point, file)) = v.split_once(':') else { return };
     if point != name {
         return;
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !std::path::Path::new(file).exists() && std::time::Instant::now() < deadline {
+    let file = std::path::Path::new(file);
+    let _ = std::fs::write(file.with_extension("reached"), b"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !file.exists() {
+        if std::time::Instant::now() > deadline {
+            eprintln!("pausepoint {name}: {} never appeared: aborting", file.display());
+            std::process::abort();
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

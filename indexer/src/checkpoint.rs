@@ -4,9 +4,11 @@
 //! Who takes it: the process holding the primary. RocksDB's lock lets one primary open the DB,
 //! and a checkpoint needs a primary (a secondary cannot stop the primary deleting the files it is
 //! linking). So a running indexer takes it on request: it listens on `<db>/checkpoint.sock`
-//! (mode 0600) once it follows the node, and its follower thread, the only writer, takes the
-//! checkpoint between two syncs, where the index is at a block boundary with nothing half
-//! written. With no indexer running, the command opens the primary itself. An indexer in its
+//! (mode 0600) once it follows the node, and its follower thread, the only writer of blocks,
+//! takes the checkpoint between two syncs, where the index is at a block boundary with nothing
+//! half written. (A tweak pass beside it writes whole batches, each one atomic, so a copy holds
+//! the tweaks done and the `tweakinputs` rows left, and its indexer resumes the pass.) With no
+//! indexer running, the command opens the primary itself. An indexer in its
 //! bulk pass holds the lock and does not listen yet, so the command says that instead.
 //!
 //! A checkpoint is refused mid-bulk-load (`meta/pending` or `meta/staged` present, or
@@ -66,7 +68,8 @@ fn mid_load(store: &Store) -> Result<Option<String>> {
 }
 
 /// Takes the checkpoint of `store` (a primary) in `dir`, stamps it and returns its tip. The caller
-/// makes sure nothing writes meanwhile (the follower's own thread, or a primary only we opened).
+/// makes sure no block is written meanwhile (the follower's own thread, or a primary only we
+/// opened); a tweak pass's atomic batches may be.
 pub fn create(store: &Store, dir: &Path) -> Result<(Height, BlockHash)> {
     if let Some(why) = mid_load(store)? {
         bail!(

@@ -249,10 +249,11 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     }
     // The bulk pass's tweaks, or those a killed tweak pass left: the index serves everything else
     // meanwhile. Without a follower they are computed now; with one, beside it (below).
-    if args.no_follow {
-        return tweak_pass::run(&store, &progress, None);
-    }
-    if rpc.is_none() {
+    if args.no_follow || rpc.is_none() {
+        tweak_pass::run(&store, &progress, None)?;
+        if args.no_follow {
+            return Ok(());
+        }
         anyhow::bail!("following needs the node's RPC: drop --offline, or add --no-follow");
     }
     let stop = match shutdown {
@@ -282,16 +283,30 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
     // The follower computes each new block's tweaks at once; the pass's, of the blocks before,
     // take hours on mainnet, and the tip does not wait for them. A failed pass stops the
     // follower too, and the process says why.
+    // Each side stops the other when it ends, by an error or a panic too (a guard's drop).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let result = std::thread::scope(|s| {
         let pass = s.spawn(|| {
+            let guard = StopOnDrop(&stop);
             let done = tweak_pass::run(&store, &progress, Some(&stop));
-            if done.is_err() {
-                stop.store(true, Ordering::Relaxed);
+            match &done {
+                Ok(()) => {
+                    std::mem::forget(guard);
+                    service::status("following the node; the silent-payment tweaks are computed");
+                }
+                Err(_) => drop(guard),
             }
             done
         });
-        let followed = follower.run(&wake_rx);
-        stop.store(true, Ordering::Relaxed);
+        let followed = {
+            let _guard = StopOnDrop(&stop);
+            follower.run(&wake_rx)
+        };
         let passed = pass.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the tweak pass panicked")));
         followed.and(passed)
     });

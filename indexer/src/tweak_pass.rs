@@ -9,8 +9,8 @@
 //! in height order, beside the follower (on mainnet it takes hours, and the tip must not wait).
 //! Each of its batches puts a run of blocks' `tweak` rows and deletes their `tweakinputs` rows in
 //! one write, so a height's tweaks are complete exactly when it has no `tweakinputs` row; the
-//! server scans only below the first one (`IndexReader::tweaks_done_below`), and a killed pass
-//! resumes from it.
+//! server serves no tweaks from the first such row to the last (`IndexReader::tweaks_pending`),
+//! and a killed pass resumes from the first.
 //!
 //! The follower writes rows of the same heights only when it undoes blocks (a reorg reaching
 //! into heights the pass has not done yet): it deletes their `tweak` and `tweakinputs` rows.
@@ -111,6 +111,7 @@ fn run_in(
         let mut batch = WriteBatch::default();
         for (((h, read), row), now) in rows.iter().zip(&computed).zip(now) {
             if now?.as_deref() != Some(&read[..]) {
+                info!(height = h, "tweak pass: a block undone meanwhile is left out");
                 continue;
             }
             let k = schema::height_key(*h);

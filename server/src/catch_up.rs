@@ -51,7 +51,7 @@ pub async fn run(state: Arc<State>, standby: IndexReader, every: Duration) {
                 if tip == s.tip() {
                     // The indexer's tweak pass (after a bulk pass) moves no tip: what it has done
                     // is swapped in by itself, so that scans waiting for it go on.
-                    if index.tweaks_done_below()? == s.index().tweaks_done_below()? {
+                    if index.tweaks_pending()? == s.index().tweaks_pending()? {
                         return Ok(Progress::Same);
                     }
                     standby = s.swap_index(standby.clone());

@@ -380,9 +380,10 @@ impl Scan {
         Ok((found.hits, last))
     }
 
-    /// The last height of `from..=to` whose tweaks the index has computed, once it has `from`'s:
-    /// while the indexer's tweak pass is still below `from`, the scan waits for it (sending its
-    /// empty progress pages meanwhile, if it is a scan of past blocks).
+    /// The last height of `from..=to` up to which the index has computed the tweaks, once it has
+    /// `from`'s: while `from` is among the heights the indexer's tweak pass has still to do, the
+    /// scan waits for it (sending its empty progress pages meanwhile, if it is a scan of past
+    /// blocks). Blocks above those (the follower's) are scanned meanwhile.
     async fn computed_to(
         &self,
         from: Height,
@@ -391,9 +392,10 @@ impl Scan {
         unsent: &mut Duration,
     ) -> Result<Height, Stop> {
         loop {
-            let below = self.state.index().tweaks_done_below()?;
-            if from < below {
-                return Ok(to.min(below - 1));
+            if let Some(last) = self.state.index().tweaks_computed_to(from, to)? {
+                // Below `from` only if the chain is now shorter than `from` (a reorg): the scan
+                // of `from..=from` then finds nothing, as a scan past the tip does.
+                return Ok(last.max(from));
             }
             if let Some((progress, last_sent)) = pulse.as_mut() {
                 if last_sent.elapsed() >= PULSE {

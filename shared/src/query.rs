@@ -601,32 +601,51 @@ impl IndexReader {
         Ok(self.store.tweak_start()?.0)
     }
 
-    /// The first height whose tweaks the index does not have yet: the tip's successor, or, while
-    /// the indexer's tweak pass computes those of its bulk pass, the lowest height it has not
-    /// done (the first key of `cf::TWEAK_INPUTS`; each of its batches replaces such rows by
-    /// `tweak` rows atomically).
-    pub fn tweaks_done_below(&self) -> Result<Height> {
-        let Some((tip, _)) = self.chain.tip() else { return Ok(0) };
-        let mut it =
-            self.store.db().iterator_cf(self.store.cf(cf::TWEAK_INPUTS), rocksdb::IteratorMode::Start);
-        let pending = match it.next().transpose()? {
-            Some((k, _)) => Height::from_be_bytes(k.as_ref().try_into().context("bad tweak inputs key")?),
-            None => Height::MAX,
+    /// The heights whose tweaks the indexer's tweak pass may not have computed yet, while it
+    /// turns a bulk pass's `cf::TWEAK_INPUTS` rows into `tweak` rows: from the first such row's
+    /// height to the last's (it works up from the first, each batch atomically). None once it is
+    /// done. Every other height's tweaks are computed: below, by the pass; above, by the
+    /// follower, which computes each new block's at once.
+    pub fn tweaks_pending(&self) -> Result<Option<std::ops::RangeInclusive<Height>>> {
+        let height = |k: &[u8]| -> Result<Height> {
+            Ok(Height::from_be_bytes(k.try_into().context("bad tweak inputs key")?))
         };
-        Ok(pending.min(tip + 1))
+        let family = self.store.cf(cf::TWEAK_INPUTS);
+        let Some((first, _)) =
+            self.store.db().iterator_cf(family, rocksdb::IteratorMode::Start).next().transpose()?
+        else {
+            return Ok(None);
+        };
+        let last = match self.store.db().iterator_cf(family, rocksdb::IteratorMode::End).next().transpose()? {
+            Some((k, _)) => height(&k)?,
+            None => height(&first)?,
+        };
+        Ok(Some(height(&first)?..=last))
+    }
+
+    /// The last height of `from..=to` (and of the reader's chain) up to which every block's
+    /// tweaks are computed, or None if `from`'s are not (it is in [`Self::tweaks_pending`]).
+    pub fn tweaks_computed_to(&self, from: Height, to: Height) -> Result<Option<Height>> {
+        let Some((tip, _)) = self.chain.tip() else { return Ok(None) };
+        let to = to.min(tip);
+        Ok(match self.tweaks_pending()? {
+            Some(p) if p.contains(&from) => None,
+            Some(p) if from < *p.start() => Some(to.min(p.start() - 1)),
+            _ => Some(to),
+        })
     }
 
     /// The eligible transactions of each block in `heights` that has any, in height order.
-    /// Caller bounds the range; blocks with none are omitted, and so are heights above the
-    /// reader's tip (rows of a block not yet committed, or of one being undone, are not seen)
-    /// and those whose tweaks are not computed yet ([`Self::tweaks_done_below`]).
+    /// Caller bounds the range; blocks with none are omitted. The range is cut at the first
+    /// height not to serve: above the reader's tip (rows of a block not yet committed, or of
+    /// one being undone, are not seen), or whose tweaks are not computed yet
+    /// ([`Self::tweaks_computed_to`]).
     pub fn tweaks(
         &self,
         heights: std::ops::RangeInclusive<Height>,
     ) -> Result<Vec<(Height, Vec<crate::silent::TweakedTx>)>> {
-        let done_below = self.tweaks_done_below()?;
-        let Some(done_to) = done_below.checked_sub(1) else { return Ok(Vec::new()) };
-        let (from, to) = (*heights.start(), (*heights.end()).min(done_to));
+        let from = *heights.start();
+        let Some(to) = self.tweaks_computed_to(from, *heights.end())? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         if from > to {
             return Ok(out);

@@ -62,13 +62,17 @@ fn sp_bulk_tweaks_equal_the_nodes() -> Result<()> {
     let tip = node.height()? as u32;
     assert_eq!(index.chain.tip().map(|t| t.0), Some(tip));
     assert!(index.tweaks(0..=tip)?.is_empty());
-    assert!(index.tweaks_done_below()? <= want.blocks[0].0, "{}", index.tweaks_done_below()?);
+    let pending = index.tweaks_pending()?.expect("tweaks still to do");
+    assert!(
+        *pending.start() <= want.blocks[0].0 && *pending.end() >= want.blocks.last().unwrap().0,
+        "{pending:?}"
+    );
     drop(index);
     let out = bulk(&node, &db, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("silent-payment tweaks of"));
     let index = open_index(&node, &db);
-    assert_eq!(index.tweaks_done_below()?, tip + 1);
+    assert_eq!(index.tweaks_pending()?, None);
     assert_eq!(index.tweak_start()?, Some(0));
     assert_eq!(index.tweaks(0..=tip)?, want.blocks);
     // A sub-range, and one past the tip, are bounded as asked.
@@ -135,10 +139,12 @@ fn sp_follow_and_reorg() -> Result<()> {
     Ok(())
 }
 
-/// The tweak pass runs beside the follower. Held before its first write (a pause point), the
-/// follower follows a reorg that takes away a block whose tweaks are still pending and puts an
-/// empty block in its place; let go, the pass must leave that block out (its rows are not the
-/// ones it read), and the index must equal a fresh one and the node's tweaks.
+/// The tweak pass runs beside the follower. Held before its first write (a pause point, reached
+/// once it has read and computed its batch), the follower follows a reorg that takes away a block
+/// whose tweaks are still pending and puts an empty block in its place, then blocks with an
+/// eligible transaction, whose tweaks are served at once; let go, the pass must leave the undone
+/// block out (its row is not the one it read), and the index must equal a fresh one and the
+/// node's tweaks.
 #[test]
 fn sp_tweak_pass_beside_the_follower_and_a_reorg_into_its_heights() -> Result<()> {
     let node = Node::start(NodeOptions::default())?;
@@ -153,7 +159,13 @@ fn sp_tweak_pass_beside_the_follower_and_a_reorg_into_its_heights() -> Result<()
     let pause = format!("tweaks:{}", go.display());
     let mut f = Indexer::follow_with_env(&bin(), &node, &db, &[], &[("BLKINDEX_PAUSEPOINT", &pause)])?;
     f.wait_synced(&node, &db)?;
-    assert!(open_index(&node, &db).tweaks_done_below()? <= want.blocks[0].0, "the pass is held");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !go.with_extension("reached").exists() {
+        assert!(std::time::Instant::now() < deadline, "the tweak pass never reached its pause point");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let held = open_index(&node, &db).tweaks_pending()?.expect("the pass is held");
+    assert!(held.contains(&want.blocks[0].0) && held.contains(&tip), "{held:?}");
 
     let stale = node.best_hash()?;
     node.call("invalidateblock", json!([stale.to_string()]))?;
@@ -161,25 +173,37 @@ fn sp_tweak_pass_beside_the_follower_and_a_reorg_into_its_heights() -> Result<()
     for _ in 0..2 {
         node.call("generateblock", json!([addr.to_string(), []]))?;
     }
-    // The follower undid a pending height and went on while the pass is still held.
+    // New blocks above, with eligible transactions: computed by the follower, served at once.
+    spend_taproot_by_key_path(&node)?;
+    let new_tip = node.height()? as u32;
     f.wait_synced(&node, &db)?;
     let index = open_index(&node, &db);
-    assert!(index.tweaks_done_below()? <= want.blocks[0].0, "the pass wrote while held");
-    assert_eq!(index.chain.tip().map(|t| t.0), Some(tip + 1));
+    let pending = index.tweaks_pending()?.expect("the pass is still held");
+    assert!(
+        pending.contains(&want.blocks[0].0) && *pending.end() < tip,
+        "the undone row is gone: {pending:?}"
+    );
+    assert_eq!(index.tweaks_computed_to(*pending.start(), new_tip)?, None);
+    let above = expected_tweaks(&node, tip)?.blocks;
+    assert!(!above.is_empty() && above.iter().all(|(h, _)| *h > tip + 1), "{above:?}");
+    assert_eq!(index.tweaks(tip..=new_tip)?, above, "the follower's tweaks, above the pending ones");
     drop(index);
 
     std::fs::write(&go, b"")?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while open_index(&node, &db).tweaks_done_below()? <= tip + 1 {
-        assert!(std::time::Instant::now() < deadline, "the tweak pass did not finish");
+    while open_index(&node, &db).tweaks_pending()?.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(60),
+            "the pass did not end"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    f.wait_logged("left out")?;
     let now = expected_tweaks(&node, 0)?;
     assert!(
         !now.blocks.iter().any(|(h, _)| *h == tip),
         "the empty block at {tip} has no eligible transaction"
     );
-    assert_eq!(open_index(&node, &db).tweaks(0..=tip + 1)?, now.blocks);
+    assert_eq!(open_index(&node, &db).tweaks(0..=new_tip)?, now.blocks);
     assert_matches_node(&mut f, &node, &db, dir.path())?;
     assert!(f.stop()?.success());
     Ok(())

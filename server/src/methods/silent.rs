@@ -78,15 +78,19 @@ pub async fn tweaks(state: &Arc<State>, start: Height, count: u32) -> Result<Ans
             if start as i64 > tip {
                 Err(ServerError::bad_request(format!("start_height {start} is beyond the tip {tip}")))?;
             }
-            // While the indexer's tweak pass runs, the blocks above what it has done have none yet.
-            let computed = i.tweaks_done_below()? as i64 - 1;
-            if start as i64 > computed {
+            // While the indexer's tweak pass runs, the heights it has still to do have none yet.
+            let Some(computed) = i.tweaks_computed_to(start, tip as Height)? else {
+                let pending = i.tweaks_pending()?.map_or(start..=start, |p| p);
                 Err(ServerError::bad_request(format!(
-                    "tweaks are computed up to height {computed} so far (the indexer is computing the rest)"
-                )))?;
-            }
-            let tip = tip.min(computed);
-            let end = (start as i64 + count as i64 - 1).min(tip);
+                    "tweaks of heights {} to {} are still being computed by the indexer: ask from height {}",
+                    pending.start(),
+                    pending.end(),
+                    pending.end() + 1
+                )))?
+            };
+            // `next` is null only at the chain's tip: a reply cut short by heights still to do
+            // points at the first of them, which answers the error above.
+            let end = (start as i64 + count as i64 - 1).min(computed as i64);
             let mut out = String::from(r#"{"blocks":["#);
             let mut next = (end < tip).then_some(end + 1);
             let mut h = start as i64;
