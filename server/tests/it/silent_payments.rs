@@ -796,3 +796,65 @@ fn more_payments_than_a_page_come_in_pages_of_at_most_100() -> Result<()> {
     assert_eq!(entries(&ns).len(), 101, "each once");
     Ok(())
 }
+
+/// The tweak pass beside the follower: while it is held (a pause point) on a bulk pass's heights,
+/// a subscription that starts above them, at a block the follower indexed since, is served at
+/// once, to its end; one from height 0 waits below 1.0 and ends once the pass is let go.
+#[test]
+fn a_subscription_above_the_tweaks_still_to_do_is_served_while_the_pass_runs() -> Result<()> {
+    let node = Node::start(NodeOptions::default())?;
+    node.ensure_wallet()?;
+    let miner = node.new_address("bech32")?;
+    node.mine(110, &miner)?;
+    let (first, second) = (fund(&node, secret(90), Kind::P2wpkh)?, fund(&node, secret(91), Kind::P2tr)?);
+    node.mine(1, &miner)?;
+    let w = Wallet::new(1, 2);
+    let early = sp_payment(&[first], &[w.code()], &[])?;
+    block_with(&node, &[&early])?;
+    let early_height = node.height()? as i64;
+
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db");
+    let go = dir.path().join("go");
+    let pause = format!("tweaks:{}", go.display());
+    let mut indexer =
+        Indexer::follow_with_env(&indexer_bin(), &node, &db, SP_INDEX, &[("BLKINDEX_PAUSEPOINT", &pause)])?;
+    indexer.wait_synced(&node, &db)?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !go.with_extension("reached").exists() {
+        assert!(std::time::Instant::now() < deadline, "the tweak pass never reached its pause point");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server = Server::start(&node, &db)?;
+
+    // A payment in a block the follower indexes: its tweaks are computed at once.
+    let late = sp_payment(&[second], &[w.code()], &[])?;
+    block_with(&node, &[&late])?;
+    let late_height = node.height()? as i64;
+    let mut c = Conn::open(&server.addr);
+    c.result("server.version", json!(["sp-test", "1.4"]));
+    wait_tip(&mut c, late_height as u64);
+    let (scan, spend) = w.keys();
+    c.result("blockchain.silentpayments.subscribe", json!([scan, spend, late_height]));
+    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
+    assert!(c.wait_until(WAIT, done), "a scan above the heights still to do did not end");
+    let late_entry = (late.compute_txid().to_string(), late_height);
+    let got: Vec<(String, i64)> =
+        entries(&sp_notifications(&c)).into_iter().map(|(t, h, _)| (t, h)).collect();
+    assert_eq!(got, vec![late_entry.clone()]);
+    assert!(!go.exists(), "the pass is still held");
+
+    // From height 0 the scan waits at the heights still to do.
+    let mut c0 = Conn::open(&server.addr);
+    c0.result("server.version", json!(["sp-test", "1.4"]));
+    c0.result("blockchain.silentpayments.subscribe", json!([scan, spend, 0]));
+    assert!(!c0.wait_until(Duration::from_secs(3), done), "a scan ended through heights still to do");
+    std::fs::write(&go, b"")?;
+    assert!(c0.wait_until(WAIT, done), "the scan did not end once the pass was let go");
+    let got: BTreeSet<(String, i64)> =
+        entries(&sp_notifications(&c0)).into_iter().map(|(t, h, _)| (t, h)).collect();
+    let want: BTreeSet<(String, i64)> = [(early.compute_txid().to_string(), early_height), late_entry].into();
+    assert_eq!(got, want);
+    drop(indexer);
+    Ok(())
+}
