@@ -168,7 +168,7 @@ if follow and follow["blocks"]:
     p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     p(f"| {len(b)} | {median(x['txs'] for x in b):,.0f} | {ms(q(commit, .5))} | {ms(q(commit, .99))} | {ms(commit[-1])} "
       f"| {ms(q(found, .5))} | {ms(q(visible, .5))} | {ms(q(visible, .99))} | {ms(q(check, .5))} | {ms(q(check, .99))} "
-      f"| {sum(x['promoted'] for x in b)} | {peak(follow)} | {follow['new_db_bytes'] / 1e6:,.0f} MB |")
+      f"| {follow['promoted']} | {peak(follow)} | {follow['new_db_bytes'] / 1e6:,.0f} MB |")
     p("\nCommit: the indexer's `block committed ms=` (read the block and its undo record, verify, make the rows, one "
       "synced WriteBatch with the new tip: what a server then sees). Appended → found: from `fake-node` writing "
       "the block to the follower's tail finding it in the blk file (ZMQ wake-up, `getbestblockhash`, "

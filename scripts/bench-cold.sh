@@ -31,7 +31,8 @@
 #
 # Environment: BENCH_DIR (~/.cache/blkindex/bench), BENCH_COLD_CHAIN (a gen-blocks data dir with
 # its index in db/; default the largest gen-* under ~/.cache/blkindex/scale), BENCH_COLD_MEM (2G),
-# BENCH_COLD_BLOCKS (60), BENCH_COLD_SERVER_BIN (the server binary to run), BENCH_COLD_PHASES ("disk history neighbours mix follow"; a run of some
+# BENCH_COLD_BLOCKS (60), BENCH_COLD_SERVER_BIN and BENCH_COLD_INDEXER_BIN (the binaries to run, for
+# comparing builds), BENCH_COLD_PHASES ("disk history neighbours mix follow"; a run of some
 # of them replaces only their figures in the results the report is made from).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -251,7 +252,7 @@ for phase in $phases; do
         (
             [ -n "$follow_cg" ] && echo "$BASHPID" >"$follow_cg/cgroup.procs"
             # The tail's debug line says when the follower found each block in the files.
-            BLKINDEX_LOG=info,blkindex_indexer::tail=debug exec "$bin/blkindex-indexer" --network regtest \
+            BLKINDEX_LOG=info,blkindex_indexer::tail=debug exec "${BENCH_COLD_INDEXER_BIN:-$bin/blkindex-indexer}" --network regtest \
                 --datadir "$f" --db "$f/db" \
                 --daemon-rpc-addr "127.0.0.1:$rport" --cookie "$f/regtest/.cookie" --progress none
         ) 2>"$work/follow-indexer.log" &
@@ -270,10 +271,12 @@ for phase in $phases; do
 import json, os, re, sys
 from datetime import datetime
 appended = {j["height"]: j for j in map(json.loads, open(sys.argv[1]))}
-found, blocks = {}, []
+found, blocks, promoted = {}, [], 0
 for line in open(sys.argv[2]):
     line = re.sub(r"\x1b\[[0-9;]*m", "", line)
     kv = dict(re.findall(r"(\w+)=([^ ]+)", line))
+    # The long-list check logs each list it moves, after the commit of the block that grew it.
+    promoted += "a list moved to the long family" in line
     if "found block in blk file" in line:
         at = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
         found.setdefault(kv["hash"], int(at.timestamp() * 1e6))
@@ -281,7 +284,7 @@ for line in open(sys.argv[2]):
         continue
     h, a, f = int(kv["height"]), appended.get(int(kv["height"])), found.get(kv["hash"])
     ms, logged = float(kv["ms"]), int(kv["committed_at_us"])
-    blocks.append({"height": h, "txs": int(kv["txs"]), "ms": ms, "promoted": int(kv["promoted"]),
+    blocks.append({"height": h, "txs": int(kv["txs"]), "ms": ms,
                    "bytes": a and a["bytes"],
                    # appended → found in the files (ZMQ, RPC, the tail's read), and the commit's end
                    "found_ms": a and f and (f - a["appended_at_us"]) / 1000,
@@ -291,7 +294,7 @@ for line in open(sys.argv[2]):
 # What the follower added to the disk: files of the copy that are not links to the original's.
 new = sum(st.st_size for st in (os.stat(os.path.join(d, n)) for d, _, ns in os.walk(sys.argv[3]) for n in ns)
           if st.st_nlink == 1)
-print(json.dumps({"blocks": blocks, "new_db_bytes": new}))
+print(json.dumps({"blocks": blocks, "promoted": promoted, "new_db_bytes": new}))
 PY
 )
         [ -z "$follow_cg" ] || j=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a["cgroup"]=json.loads(sys.argv[2]); print(json.dumps(a))' "$j" "$(cg_peak "$follow_cg")")
