@@ -294,12 +294,10 @@ pub fn run(args: Args, shutdown: Shutdown) -> Result<()> {
         let pass = s.spawn(|| {
             let guard = StopOnDrop(&stop);
             let done = tweak_pass::run(&store, &progress, Some(&stop));
-            match &done {
-                Ok(()) => {
-                    std::mem::forget(guard);
-                    service::status("following the node; the silent-payment tweaks are computed");
-                }
-                Err(_) => drop(guard),
+            if done.is_ok() {
+                // Done: the follower goes on.
+                std::mem::forget(guard);
+                service::status("following the node; the silent-payment tweaks are computed");
             }
             done
         });

@@ -235,10 +235,30 @@ fn candidate<'a>(
     }))
 }
 
+/// Input keys for the tests of tweaks computed here and in the tweak pass.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_keys {
     use bitcoin::secp256k1::{Secp256k1, SecretKey};
 
+    /// `(n + 1)·G`, compressed.
+    pub fn key(n: u64) -> [u8; 33] {
+        let mut b = [0u8; 32];
+        b[24..].copy_from_slice(&(n + 1).to_be_bytes());
+        SecretKey::from_slice(&b).unwrap().public_key(&Secp256k1::new()).serialize()
+    }
+
+    /// Bytes that are no point (x = 5: 5³ + 7 is no square mod p).
+    pub const NO_POINT: [u8; 33] = {
+        let mut k = [0u8; 33];
+        k[0] = 2;
+        k[32] = 5;
+        k
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_keys::{key, NO_POINT};
     use super::*;
 
     /// A block's tweaks computed on every core come in the candidates' order, each as computed
@@ -246,21 +266,17 @@ mod tests {
     /// over a multiple of the cores, and many).
     #[test]
     fn tweaks_on_every_core_are_those_of_one_in_order() {
-        let secp = Secp256k1::new();
-        let key = |n: u32| {
-            let mut b = [0u8; 32];
-            b[28..].copy_from_slice(&(n + 1).to_be_bytes());
-            SecretKey::from_slice(&b).unwrap().public_key(&secp).serialize()
-        };
-        let mut no_point = [0u8; 33];
-        (no_point[0], no_point[32]) = (2, 5); // x = 5: 5³ + 7 is no square mod p
         for n in [10u32, 65, 129, 300] {
             let candidates: Vec<PendingTweak> = (0..n)
                 .map(|i| PendingTweak {
                     txnum: 1000 + i,
                     inputs: TweakInputs {
                         outpoint: [i as u8; 36],
-                        keys: if i % 9 == 4 { vec![no_point] } else { vec![key(i), key(i + 5000)] },
+                        keys: if i % 9 == 4 {
+                            vec![NO_POINT]
+                        } else {
+                            vec![key(i as u64), key(i as u64 + 5000)]
+                        },
                     },
                     outputs: vec![[i as u8; 8]],
                 })

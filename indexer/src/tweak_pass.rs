@@ -163,30 +163,19 @@ fn run_in(
 
 #[cfg(test)]
 mod tests {
-    use bitcoin::secp256k1::{Secp256k1, SecretKey};
     use blkindex_shared::schema::{PendingTweak, TweakRow};
     use blkindex_shared::silent::{TweakInputs, TweakedTx};
     use blkindex_shared::store::Mode;
 
     use super::*;
     use crate::progress::ProgressMode;
+    use crate::rows::test_keys::{key, NO_POINT};
 
     /// Many small batches with compactions between them (and the iterator made again after
     /// each) give what one batch gives: every block's `tweak` row, computed as `TweakInputs`
     /// computes it, blocks whose candidates are none eligible left out, no `tweakinputs` row left.
     #[test]
     fn batches_and_compactions_between_them_change_nothing() {
-        let secp = Secp256k1::new();
-        let key = |n: u64| {
-            let mut b = [0u8; 32];
-            b[24..].copy_from_slice(&(n + 1).to_be_bytes());
-            SecretKey::from_slice(&b).unwrap().public_key(&secp).serialize()
-        };
-        let no_point = {
-            let mut k = [0u8; 33];
-            (k[0], k[32]) = (2, 5); // x = 5: 5³ + 7 is no square mod p
-            k
-        };
         let blocks: Vec<(Height, Vec<PendingTweak>)> = (0..300u32)
             .filter(|h| h % 7 != 3)
             .map(|h| {
@@ -196,7 +185,7 @@ mod tests {
                         inputs: TweakInputs {
                             outpoint: [(h + i) as u8; 36],
                             keys: match h % 5 {
-                                0 => vec![no_point],
+                                0 => vec![NO_POINT],
                                 _ => vec![key((h * 10 + i) as u64), key(1000 + i as u64)],
                             },
                         },

@@ -140,6 +140,47 @@ pub fn indexer_command(bin: &Path, node: &Node, db: &Path) -> Command {
     c
 }
 
+/// A test's hold on a phase of the indexer (`BLKINDEX_PAUSEPOINT`, `pausepoint` in
+/// `indexer/src/bulk.rs`): the indexer stops at the named point until the test releases it.
+pub struct PausePoint {
+    go: std::path::PathBuf,
+    value: String,
+}
+
+impl PausePoint {
+    /// A hold at `name`, its files in `dir`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let go = dir.join(format!("{name}.go"));
+        let value = format!("{name}:{}", go.display());
+        PausePoint { go, value }
+    }
+
+    /// The environment variable that sets it, for [`Indexer::follow_with_env`].
+    pub fn env(&self) -> (&'static str, &str) {
+        ("BLKINDEX_PAUSEPOINT", &self.value)
+    }
+
+    /// Waits until the indexer is held there, at most `within`.
+    pub fn wait_reached(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while !self.go.with_extension("reached").exists() {
+            if Instant::now() > deadline {
+                bail!("the indexer never reached its pause point");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    pub fn release(&self) -> Result<()> {
+        Ok(std::fs::write(&self.go, b"")?)
+    }
+
+    pub fn released(&self) -> bool {
+        self.go.exists()
+    }
+}
+
 /// A running `blkindex-indexer`, stopped (SIGTERM) on drop.
 pub struct Indexer {
     pub child: Child,

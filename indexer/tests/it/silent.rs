@@ -7,7 +7,7 @@ use serde_json::json;
 
 use blkindex_testkit::chain::{build_rich_chain, ChainBuilder};
 use blkindex_testkit::expect::expected_tweaks;
-use blkindex_testkit::verify::{indexer_command, open_index, Indexer};
+use blkindex_testkit::verify::{indexer_command, open_index, Indexer, PausePoint};
 use blkindex_testkit::{Node, NodeOptions};
 
 use crate::follow::{assert_matches_node, bin, following};
@@ -155,15 +155,11 @@ fn sp_tweak_pass_beside_the_follower_and_a_reorg_into_its_heights() -> Result<()
     assert!(want.blocks.iter().any(|(h, _)| *h == tip), "the tip's block has an eligible transaction");
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
-    let go = dir.path().join("go");
-    let pause = format!("tweaks:{}", go.display());
-    let mut f = Indexer::follow_with_env(&bin(), &node, &db, &[], &[("BLKINDEX_PAUSEPOINT", &pause)])?;
+    let pause = PausePoint::new(dir.path(), "tweaks");
+    let mut f = Indexer::follow_with_env(&bin(), &node, &db, &[], &[pause.env()])?;
     f.wait_synced(&node, &db)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !go.with_extension("reached").exists() {
-        assert!(std::time::Instant::now() < deadline, "the tweak pass never reached its pause point");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    pause.wait_reached(std::time::Duration::from_secs(60))?;
     let held = open_index(&node, &db).tweaks_pending()?.expect("the pass is held");
     assert!(held.contains(&want.blocks[0].0) && held.contains(&tip), "{held:?}");
 
@@ -189,7 +185,7 @@ fn sp_tweak_pass_beside_the_follower_and_a_reorg_into_its_heights() -> Result<()
     assert_eq!(index.tweaks(tip..=new_tip)?, above, "the follower's tweaks, above the pending ones");
     drop(index);
 
-    std::fs::write(&go, b"")?;
+    pause.release()?;
     while open_index(&node, &db).tweaks_pending()?.is_some() {
         assert!(
             std::time::Instant::now() < deadline + std::time::Duration::from_secs(60),

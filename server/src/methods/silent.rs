@@ -80,7 +80,7 @@ pub async fn tweaks(state: &Arc<State>, start: Height, count: u32) -> Result<Ans
             }
             // While the indexer's tweak pass runs, the heights it has still to do have none yet.
             let Some(computed) = i.tweaks_computed_to(start, tip as Height)? else {
-                let pending = i.tweaks_pending()?.map_or(start..=start, |p| p);
+                let pending = i.tweaks_pending()?.unwrap_or(start..=start);
                 Err(ServerError::bad_request(format!(
                     "tweaks of heights {} to {} are still being computed by the indexer: ask from height {}",
                     pending.start(),

@@ -30,7 +30,7 @@ use silentpayments::{SilentPaymentCode, SpVersion};
 use blkindex_testkit::{Node, NodeOptions};
 
 use crate::common::{indexer_bin, Conn, Server};
-use blkindex_testkit::verify::Indexer;
+use blkindex_testkit::verify::{Indexer, PausePoint};
 
 /// How long a notification may take: the indexer's poll, the server's catch-up and mempool read.
 const WAIT: Duration = Duration::from_secs(30);
@@ -339,6 +339,20 @@ fn wait_tip(c: &mut Conn, height: u64) {
     }
 }
 
+/// Whether a notification with progress 1.0 came: the scan of the past is done.
+fn scan_ended(ns: &[Value]) -> bool {
+    ns.iter().any(|n| n["params"]["progress"] == json!(1.0))
+}
+
+/// A regtest node whose wallet has mature coins (110 blocks mined to it), and its mining address.
+fn node_with_coins() -> Result<(Node, Address)> {
+    let node = Node::start(NodeOptions::default())?;
+    node.ensure_wallet()?;
+    let miner = node.new_address("bech32")?;
+    node.mine(110, &miner)?;
+    Ok((node, miner))
+}
+
 /// Waits until the server's mempool holds `txid`.
 fn wait_mempool(c: &mut Conn, txid: &Txid) {
     let deadline = std::time::Instant::now() + WAIT;
@@ -354,10 +368,7 @@ fn wait_mempool(c: &mut Conn, txid: &Txid) {
 
 #[test]
 fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
-    let node = Node::start(NodeOptions::default())?;
-    node.ensure_wallet()?;
-    let miner = node.new_address("bech32")?;
-    node.mine(110, &miner)?;
+    let (node, miner) = node_with_coins()?;
     let (w, other) = (Wallet::new(1, 2), Wallet::new(3, 4));
 
     let mut coins = Vec::new();
@@ -418,8 +429,7 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     let address = sub["address"].as_str().context("address")?.to_string();
     // The address is the independent implementation's for the same keys.
     assert_eq!(address, w.code().to_string());
-    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
-    assert!(c.wait_until(WAIT, done), "the historical scan never finished: {:?}", c.notifications);
+    assert!(c.wait_until(WAIT, scan_ended), "the historical scan never finished: {:?}", c.notifications);
     // A mempool payment the server had not yet looked at would come live, just after: wait.
     c.wait_until(Duration::from_secs(2), |_| false);
     let ns = sp_notifications(&c);
@@ -522,7 +532,7 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
         json!([scan, spend, format!("{to_w_height}-{to_w_height}")]),
     );
     assert_eq!(range["start_height"], json!(to_w_height));
-    assert!(r.wait_until(WAIT, done), "the range's scan never finished");
+    assert!(r.wait_until(WAIT, scan_ended), "the range's scan never finished");
     let got: Vec<(String, i64)> =
         entries(&sp_notifications(&r)).into_iter().map(|(t, h, _)| (t, h)).collect();
     assert_eq!(got, vec![(to_w_id, to_w_height)], "the range's payments only");
@@ -688,12 +698,11 @@ fn a_subscription_past_the_scan_slots_is_refused_until_one_is_free() -> Result<(
     let mut b = Conn::open(&server.addr);
     let refused = b.call("blockchain.silentpayments.subscribe", json!([second.0, second.1, 0]));
     assert_eq!(refused["error"]["code"], json!(-101), "a second scan past --sp-max-scans 1: {refused}");
-    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
-    assert!(a.wait_until(Duration::from_secs(300), done), "the first scan did not end");
+    assert!(a.wait_until(Duration::from_secs(300), scan_ended), "the first scan did not end");
     eprintln!("the first scan took {:.1} s", t.elapsed().as_secs_f64());
     let accepted = b.result("blockchain.silentpayments.subscribe", json!([second.0, second.1, 0]));
     assert!(accepted.is_object(), "{accepted}");
-    assert!(b.wait_until(Duration::from_secs(300), done), "the second scan did not end");
+    assert!(b.wait_until(Duration::from_secs(300), scan_ended), "the second scan did not end");
     Ok(())
 }
 
@@ -724,13 +733,15 @@ fn scans_wait_for_the_tweak_pass_and_end_after_it() -> Result<()> {
     assert!(message.contains(&format!("tweaks of heights {pending} to")), "{early}");
     let (scan, spend) = Wallet::new(1, 2).keys();
     c.result("blockchain.silentpayments.subscribe", json!([scan, spend, 0]));
-    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
-    assert!(!c.wait_until(Duration::from_secs(3), done), "a scan ended before the tweaks were computed");
+    assert!(
+        !c.wait_until(Duration::from_secs(3), scan_ended),
+        "a scan ended before the tweaks were computed"
+    );
 
     let finished = index_offline(&datadir, &db, None)?;
     let stdout = String::from_utf8_lossy(&finished.stdout);
     assert!(finished.status.success() && stdout.contains("silent-payment tweaks of"), "{stdout}");
-    assert!(c.wait_until(WAIT, done), "the scan did not end once the tweak pass was done");
+    assert!(c.wait_until(WAIT, scan_ended), "the scan did not end once the tweak pass was done");
     let late = c.result("blockchain.silentpayments.tweaks", json!([tip, 1]));
     assert!(late["blocks"].is_array(), "{late}");
     Ok(())
@@ -740,10 +751,7 @@ fn scans_wait_for_the_tweak_pass_and_end_after_it() -> Result<()> {
 /// (progress below 1.0) and then the last one with progress 1.0, each once.
 #[test]
 fn more_payments_than_a_page_come_in_pages_of_at_most_100() -> Result<()> {
-    let node = Node::start(NodeOptions::default())?;
-    node.ensure_wallet()?;
-    let miner = node.new_address("bech32")?;
-    node.mine(110, &miner)?;
+    let (node, miner) = node_with_coins()?;
     // 101 coins of 101 keys, from one transaction of the node's wallet.
     let keys: Vec<SecretKey> = (0..101u8).map(|i| secret(150 + i)).collect();
     let amounts: serde_json::Map<String, Value> =
@@ -780,8 +788,7 @@ fn more_payments_than_a_page_come_in_pages_of_at_most_100() -> Result<()> {
     wait_tip(&mut c, height as u64);
     let (scan, spend) = w.keys();
     c.result("blockchain.silentpayments.subscribe", json!([scan, spend, 0]));
-    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
-    assert!(c.wait_until(WAIT, done), "the scan never finished");
+    assert!(c.wait_until(WAIT, scan_ended), "the scan never finished");
     let ns = sp_notifications(&c);
     let sizes: Vec<usize> = ns.iter().map(|n| n["params"]["history"].as_array().unwrap().len()).collect();
     let progress: Vec<f64> = ns.iter().map(|n| n["params"]["progress"].as_f64().unwrap()).collect();
@@ -802,10 +809,7 @@ fn more_payments_than_a_page_come_in_pages_of_at_most_100() -> Result<()> {
 /// once, to its end; one from height 0 waits below 1.0 and ends once the pass is let go.
 #[test]
 fn a_subscription_above_the_tweaks_still_to_do_is_served_while_the_pass_runs() -> Result<()> {
-    let node = Node::start(NodeOptions::default())?;
-    node.ensure_wallet()?;
-    let miner = node.new_address("bech32")?;
-    node.mine(110, &miner)?;
+    let (node, miner) = node_with_coins()?;
     let (first, second) = (fund(&node, secret(90), Kind::P2wpkh)?, fund(&node, secret(91), Kind::P2tr)?);
     node.mine(1, &miner)?;
     let w = Wallet::new(1, 2);
@@ -815,16 +819,10 @@ fn a_subscription_above_the_tweaks_still_to_do_is_served_while_the_pass_runs() -
 
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("db");
-    let go = dir.path().join("go");
-    let pause = format!("tweaks:{}", go.display());
-    let mut indexer =
-        Indexer::follow_with_env(&indexer_bin(), &node, &db, SP_INDEX, &[("BLKINDEX_PAUSEPOINT", &pause)])?;
+    let pause = PausePoint::new(dir.path(), "tweaks");
+    let mut indexer = Indexer::follow_with_env(&indexer_bin(), &node, &db, SP_INDEX, &[pause.env()])?;
     indexer.wait_synced(&node, &db)?;
-    let deadline = std::time::Instant::now() + WAIT;
-    while !go.with_extension("reached").exists() {
-        assert!(std::time::Instant::now() < deadline, "the tweak pass never reached its pause point");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pause.wait_reached(WAIT)?;
     let server = Server::start(&node, &db)?;
 
     // A payment in a block the follower indexes: its tweaks are computed at once.
@@ -836,21 +834,20 @@ fn a_subscription_above_the_tweaks_still_to_do_is_served_while_the_pass_runs() -
     wait_tip(&mut c, late_height as u64);
     let (scan, spend) = w.keys();
     c.result("blockchain.silentpayments.subscribe", json!([scan, spend, late_height]));
-    let done = |ns: &[Value]| ns.iter().any(|n| n["params"]["progress"] == json!(1.0));
-    assert!(c.wait_until(WAIT, done), "a scan above the heights still to do did not end");
+    assert!(c.wait_until(WAIT, scan_ended), "a scan above the heights still to do did not end");
     let late_entry = (late.compute_txid().to_string(), late_height);
     let got: Vec<(String, i64)> =
         entries(&sp_notifications(&c)).into_iter().map(|(t, h, _)| (t, h)).collect();
     assert_eq!(got, vec![late_entry.clone()]);
-    assert!(!go.exists(), "the pass is still held");
+    assert!(!pause.released(), "the pass is still held");
 
     // From height 0 the scan waits at the heights still to do.
     let mut c0 = Conn::open(&server.addr);
     c0.result("server.version", json!(["sp-test", "1.4"]));
     c0.result("blockchain.silentpayments.subscribe", json!([scan, spend, 0]));
-    assert!(!c0.wait_until(Duration::from_secs(3), done), "a scan ended through heights still to do");
-    std::fs::write(&go, b"")?;
-    assert!(c0.wait_until(WAIT, done), "the scan did not end once the pass was let go");
+    assert!(!c0.wait_until(Duration::from_secs(3), scan_ended), "a scan ended through heights still to do");
+    pause.release()?;
+    assert!(c0.wait_until(WAIT, scan_ended), "the scan did not end once the pass was let go");
     let got: BTreeSet<(String, i64)> =
         entries(&sp_notifications(&c0)).into_iter().map(|(t, h, _)| (t, h)).collect();
     let want: BTreeSet<(String, i64)> = [(early.compute_txid().to_string(), early_height), late_entry].into();
