@@ -13,6 +13,15 @@ use anyhow::{Context, Result};
 /// Most subnets kept: the list is scanned at every accept.
 pub const MAX_BANS: usize = 10_000;
 
+/// What a per-address limit (connections, silent-payment scans) counts a client under: its IPv4
+/// address (also when it comes mapped into IPv6), or its IPv6 /64 (one host is given a whole /64).
+pub fn client_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+    }
+}
+
 /// An IP subnet: an address with its host bits zero, and a prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Subnet {

@@ -147,6 +147,11 @@ pub struct Args {
     /// past it is refused until one ends.
     #[arg(long, env = "BLKINDEX_SP_MAX_SCANS", default_value_t = 8, help_heading = "Silent payments")]
     sp_max_scans: usize,
+    /// Of those, most from one client address (counted as --max-connections-per-ip counts:
+    /// an IPv4 address or an IPv6 /64; loopback exempt unless --limit-loopback), so that one
+    /// client cannot hold every slot.
+    #[arg(long, env = "BLKINDEX_SP_MAX_SCANS_PER_IP", default_value_t = 2, help_heading = "Silent payments")]
+    sp_max_scans_per_ip: usize,
     /// Threads that run silent-payment scans (their elliptic-curve work), beside those that
     /// answer requests.
     #[arg(long, env = "BLKINDEX_SP_SCAN_THREADS", default_value_t = 1, help_heading = "Silent payments")]
@@ -319,8 +324,11 @@ impl Config {
         );
         anyhow::ensure!(a.max_node_calls > 0, "--max-node-calls must be at least 1");
         anyhow::ensure!(
-            a.sp_scan_threads > 0 && a.sp_max_scans > 0 && a.sp_scan_cpu_secs > 0.0,
-            "--sp-scan-threads, --sp-max-scans and --sp-scan-cpu-secs must be above 0"
+            a.sp_scan_threads > 0
+                && a.sp_max_scans > 0
+                && a.sp_max_scans_per_ip > 0
+                && a.sp_scan_cpu_secs > 0.0,
+            "--sp-scan-threads, --sp-max-scans, --sp-max-scans-per-ip and --sp-scan-cpu-secs must be above 0"
         );
         let secondary_dir = a.secondary_dir.unwrap_or_else(|| a.node.db.with_extension("server"));
         Ok(Config {
@@ -354,6 +362,8 @@ impl Config {
                     max_subscriptions: a.sp_max_subscriptions,
                     max_labels: a.sp_max_labels,
                     max_scans: a.sp_max_scans,
+                    max_scans_per_ip: a.sp_max_scans_per_ip,
+                    limit_loopback: a.limit_loopback,
                     scan_threads: a.sp_scan_threads,
                     scan_cpu: Duration::from_secs_f64(a.sp_scan_cpu_secs),
                 },
@@ -472,8 +482,11 @@ pub struct SilentLimits {
     /// Subscriptions per session, and labels per subscription (change not counted).
     pub max_subscriptions: usize,
     pub max_labels: usize,
-    /// Scans of past blocks in flight over the whole server.
+    /// Scans of past blocks in flight over the whole server, and from one client address
+    /// (loopback's counted only with `limit_loopback`).
     pub max_scans: usize,
+    pub max_scans_per_ip: usize,
+    pub limit_loopback: bool,
     /// Threads doing scans' elliptic-curve work at once.
     pub scan_threads: usize,
     /// CPU time one scan of past blocks may take.

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tracing::{debug, warn};
 
-use crate::bans::Bans;
+use crate::bans::{client_group, Bans};
 use crate::config::Transport;
 use crate::outbox::{Inbox, Queued};
 use crate::protocol::ServerError;
@@ -49,15 +49,6 @@ pub struct Admitted {
     admission: Arc<Admission>,
     /// What the per-address limit counted it under (`client_group`).
     group: IpAddr,
-}
-
-/// What the per-address limit counts a client under: its IPv4 address (also when it comes
-/// mapped into IPv6), or its IPv6 /64.
-fn client_group(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-    }
 }
 
 impl Admission {

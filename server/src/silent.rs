@@ -19,7 +19,8 @@
 //! here logs or prints one (no `Debug` of a receiver, no message quoting a key).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -34,7 +35,7 @@ use blkindex_shared::silent::{self as sp, Receiver, Tweak};
 
 use crate::protocol::{push_txid, ServerError};
 use crate::state::State;
-use crate::tweaks::{MempoolTweak, ScanSlot};
+use crate::tweaks::{MempoolTweak, NoSlot, ScanSlot};
 
 /// Most entries in one notification's `history` (Frigate's suggestion).
 pub const PAGE: usize = 100;
@@ -89,6 +90,8 @@ struct Sub {
     to: Option<Height>,
     generation: u64,
     task: tokio::task::JoinHandle<()>,
+    /// The scan's slot while it scans past blocks (shared with it).
+    slot: Arc<Mutex<Option<ScanSlot>>>,
 }
 
 impl Drop for Sub {
@@ -135,7 +138,12 @@ impl Subs {
     /// subscriptions (a new address), or with `--sp-max-scans` scans in flight. Subscribing
     /// again never narrows what is scanned (Frigate's rule: neither the start nor, for a live
     /// subscription, its live part) and scans again from the start.
-    pub fn subscribe(&mut self, state: &Arc<State>, w: Wanted) -> Result<String, ServerError> {
+    pub fn subscribe(
+        &mut self,
+        state: &Arc<State>,
+        w: Wanted,
+        ip: Option<IpAddr>,
+    ) -> Result<String, ServerError> {
         let limits = *state.tweaks().limits();
         let existing = self.map.get(&w.address).map(|s| (s.start_height, s.to));
         if existing.is_none() && self.map.len() >= limits.max_subscriptions {
@@ -144,12 +152,26 @@ impl Subs {
                 limits.max_subscriptions
             )));
         }
-        let slot = state.tweaks().try_scan().ok_or_else(|| {
-            ServerError::ExcessiveUsage(format!(
-                "the server is busy: {} silent-payment scans in flight; try again later",
-                limits.max_scans
-            ))
-        })?;
+        // A subscription made again takes over its scan's slot if that scan still holds one:
+        // otherwise it would need a second one for the moment both scans run.
+        let held = self.map.get(&w.address).and_then(|s| s.slot.lock().unwrap().take());
+        let slot = match held {
+            Some(slot) => slot,
+            None => state.tweaks().try_scan(ip).map_err(|why| {
+                ServerError::ExcessiveUsage(match why {
+                    NoSlot::Server => format!(
+                        "the server is busy: {} silent-payment scans in flight; try again later",
+                        limits.max_scans
+                    ),
+                    NoSlot::Client => format!(
+                        "too many silent-payment scans from your address: at most {} in flight; \
+                         try again when one has ended",
+                        limits.max_scans_per_ip
+                    ),
+                })
+            })?,
+        };
+        let slot = Arc::new(Mutex::new(Some(slot)));
         // Nor the end: a live subscription stays live, a range keeps the later end.
         let from = existing.map_or(w.from, |(e, _)| e.min(w.from));
         let to = match existing {
@@ -168,12 +190,12 @@ impl Subs {
             from,
             to,
             out: self.tx.clone(),
-            slot: Some(slot),
+            slot: slot.clone(),
             cpu_limit: limits.scan_cpu,
         };
         let task = tokio::spawn(run(scan));
         // Replacing an earlier subscription of the address drops it: its scan is aborted.
-        self.map.insert(w.address, Sub { start_height: from, to, generation: self.generation, task });
+        self.map.insert(w.address, Sub { start_height: from, to, generation: self.generation, task, slot });
         Ok(text)
     }
 
@@ -201,8 +223,8 @@ struct Scan {
     from: Height,
     to: Option<Height>,
     out: mpsc::Sender<Msg>,
-    /// Held while past blocks are scanned.
-    slot: Option<ScanSlot>,
+    /// Held while past blocks are scanned (a subscription made again may take it over).
+    slot: Arc<Mutex<Option<ScanSlot>>>,
     cpu_limit: Duration,
 }
 
@@ -282,7 +304,7 @@ impl Scan {
                 hits.push(hit);
             }
         }
-        self.slot = None;
+        drop(self.slot.lock().unwrap().take());
         // The rest, the last page at 1.0: the historical scan is done.
         let pages: Vec<&[Hit]> = hits.chunks(PAGE).collect();
         if pages.is_empty() {

@@ -1,6 +1,7 @@
 //! What silent-payment scanning shares over the whole server, below `state`: where the index's
 //! tweaks start (None: the index has none, and the methods are refused), the limits, the count
-//! of scans of past blocks in flight (`--sp-max-scans`), the threads their elliptic-curve work
+//! of scans of past blocks in flight (`--sp-max-scans`, and `--sp-max-scans-per-ip` of one client
+//! address), the threads their elliptic-curve work
 //! may use (`--sp-scan-threads`, a semaphore: a scan takes a permit per chunk of blocks, so the
 //! blocking threads that answer requests are never the ones waiting), and the tweaks of the
 //! mempool's eligible transactions, computed once for every session (`silent::track_mempool`
@@ -9,7 +10,7 @@
 //! No client key is held here: keys live in their session's scan tasks only.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bitcoin::secp256k1::PublicKey;
@@ -19,6 +20,7 @@ use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use blkindex_shared::schema::Height;
 use blkindex_shared::silent::OutputPrefix;
 
+use crate::bans::client_group;
 use crate::config::SilentLimits;
 
 /// An eligible mempool transaction: what a scan needs to tell whether it may pay a wallet.
@@ -40,18 +42,46 @@ pub type News = Arc<Vec<Arc<MempoolTweak>>>;
 pub struct Tweaks {
     start: Option<Height>,
     limits: SilentLimits,
-    scans: Arc<AtomicUsize>,
+    scans: Arc<Mutex<InFlight>>,
     threads: Arc<Semaphore>,
     mempool: Mutex<MempoolTweaks>,
     news: broadcast::Sender<News>,
 }
 
+/// Scans of past blocks in flight: in all, and per client group (`bans::client_group`).
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    by_client: HashMap<IpAddr, usize>,
+}
+
+/// Why a scan of past blocks could not start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoSlot {
+    /// `--sp-max-scans` over the whole server.
+    Server,
+    /// `--sp-max-scans-per-ip` from the client's address.
+    Client,
+}
+
 /// A scan of past blocks in flight: counted until dropped.
-pub struct ScanSlot(Arc<AtomicUsize>);
+pub struct ScanSlot {
+    scans: Arc<Mutex<InFlight>>,
+    /// The group it is counted under, if counted per client.
+    client: Option<IpAddr>,
+}
 
 impl Drop for ScanSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut f = self.scans.lock().unwrap();
+        f.total -= 1;
+        if let Some(group) = self.client {
+            let n = f.by_client.get_mut(&group).expect("a slot's client is counted");
+            *n -= 1;
+            if *n == 0 {
+                f.by_client.remove(&group);
+            }
+        }
     }
 }
 
@@ -77,20 +107,32 @@ impl Tweaks {
         &self.limits
     }
 
-    /// A slot for a scan of past blocks, if fewer than `--sp-max-scans` are in flight.
-    pub fn try_scan(&self) -> Option<ScanSlot> {
-        self.scans
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limits.max_scans).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ScanSlot(self.scans.clone()))
+    /// A slot for a scan of past blocks for a client at `ip` (None: not a network client), if
+    /// fewer than `--sp-max-scans` are in flight and fewer than `--sp-max-scans-per-ip` from its
+    /// address (loopback counted only with `--limit-loopback`).
+    pub fn try_scan(&self, ip: Option<IpAddr>) -> Result<ScanSlot, NoSlot> {
+        let client =
+            ip.filter(|ip| self.limits.limit_loopback || !ip.to_canonical().is_loopback()).map(client_group);
+        let mut f = self.scans.lock().unwrap();
+        if f.total >= self.limits.max_scans {
+            return Err(NoSlot::Server);
+        }
+        if let Some(group) = client {
+            let n = f.by_client.entry(group).or_default();
+            if *n >= self.limits.max_scans_per_ip {
+                return Err(NoSlot::Client);
+            }
+            *n += 1;
+        }
+        f.total += 1;
+        Ok(ScanSlot { scans: self.scans.clone(), client })
     }
 
-    /// Scans of past blocks in flight now.
+    /// Scans of past blocks in flight now: in all, and from how many client groups.
     #[cfg(test)]
-    pub fn scans(&self) -> usize {
-        self.scans.load(Ordering::Acquire)
+    pub fn scans(&self) -> (usize, usize) {
+        let f = self.scans.lock().unwrap();
+        (f.total, f.by_client.len())
     }
 
     /// A turn on one of the scan threads, for one chunk of work.
@@ -132,17 +174,33 @@ mod tests {
         let limits = SilentLimits {
             max_subscriptions: 1,
             max_labels: 1,
-            max_scans: 2,
+            max_scans: 3,
+            max_scans_per_ip: 2,
+            limit_loopback: false,
             scan_threads: 1,
             scan_cpu: Duration::from_secs(1),
         };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         let t = Tweaks::new(Some(0), limits);
-        let (a, b) = (t.try_scan().unwrap(), t.try_scan().unwrap());
-        assert!(t.try_scan().is_none(), "a third scan past --sp-max-scans 2");
+        let (a, b) = (t.try_scan(ip("192.0.2.1")).unwrap(), t.try_scan(ip("::ffff:192.0.2.1")).unwrap());
+        assert_eq!(t.try_scan(ip("192.0.2.1")).err(), Some(NoSlot::Client), "a third from one address");
+        // An IPv6 client is counted by its /64.
+        let c = t.try_scan(ip("2001:db8:0:1::1")).unwrap();
+        assert_eq!(t.scans(), (3, 2));
+        assert_eq!(t.try_scan(ip("2001:db8:0:2::1")).err(), Some(NoSlot::Server), "a fourth in all");
         drop(a);
-        let c = t.try_scan().expect("a slot freed");
-        assert_eq!(t.scans(), 2);
-        drop((b, c));
-        assert_eq!(t.scans(), 0);
+        let d = t.try_scan(ip("2001:db8:0:1::ffff")).expect("a slot freed, and the /64's second");
+        assert_eq!(t.try_scan(None).err(), Some(NoSlot::Server));
+        drop((b, c, d));
+        assert_eq!(t.scans(), (0, 0));
+        // Loopback is exempt from the per-address limit, not from the server's.
+        let local: Vec<_> = (0..3).map(|_| t.try_scan(ip("127.0.0.1")).unwrap()).collect();
+        assert_eq!(t.scans(), (3, 0));
+        assert_eq!(t.try_scan(ip("127.0.0.1")).err(), Some(NoSlot::Server));
+        drop(local);
+        let t = Tweaks::new(Some(0), SilentLimits { limit_loopback: true, ..limits });
+        let _held = (t.try_scan(ip("127.0.0.1")).unwrap(), t.try_scan(ip("127.0.0.1")).unwrap());
+        assert_eq!(t.try_scan(ip("127.0.0.1")).err(), Some(NoSlot::Client), "with --limit-loopback");
+        assert!(t.try_scan(ip("127.0.0.2")).is_ok(), "another loopback address is another client");
     }
 }

@@ -48,7 +48,7 @@ pub async fn subscribe(
     let receiver = Receiver::new(keys.scan, keys.spend, &labels);
     let address = receiver.address(state.settings().net);
     let w = Wanted { receiver, address, labels, from: from.max(first), to };
-    Ok(Answer::Text(s.silent.subscribe(state, w)?))
+    Ok(Answer::Text(s.silent.subscribe(state, w, s.peer_addr.map(|a| a.ip()))?))
 }
 
 /// `blockchain.silentpayments.unsubscribe(scan_private_key, spend_public_key)`: the address

@@ -279,7 +279,21 @@ pub struct Conn {
 
 impl Conn {
     pub fn open(addr: &str) -> Conn {
-        let s = std::net::TcpStream::connect(addr).unwrap();
+        Conn::on(std::net::TcpStream::connect(addr).unwrap())
+    }
+
+    /// A connection from the local address `from` (e.g. 127.0.0.2: to the server another client
+    /// address than 127.0.0.1's).
+    pub fn open_from(addr: &str, from: &str) -> Conn {
+        use socket2::{Domain, Socket, Type};
+        let to: std::net::SocketAddr = addr.parse().unwrap();
+        let s = Socket::new(Domain::for_address(to), Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::new(from.parse().unwrap(), 0).into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        Conn::on(s.into())
+    }
+
+    fn on(s: std::net::TcpStream) -> Conn {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.set_nodelay(true).unwrap();
         Conn {

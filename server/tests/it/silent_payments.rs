@@ -680,29 +680,52 @@ fn index_offline(
     Ok(cmd.output()?)
 }
 
-/// `--sp-max-scans`: with one slot, a subscription made while another one's scan of past blocks
-/// holds it is refused (-101, nothing queued), and accepted once that scan is done. On a chain
-/// `gen-blocks` makes (no node: its signatures are made up), whose 36,450 eligible transactions
-/// keep the one scan thread busy for about two seconds.
+/// Scan slots: `--sp-max-scans` over the server and `--sp-max-scans-per-ip` per client address
+/// (here 2 and 1, loopback counted: 127.0.0.2 is another client than 127.0.0.1). A subscription
+/// made again takes over its own scan's slot; one past either limit is refused (-101, each with
+/// its own message, nothing queued) and accepted once a scan is done. On a chain `gen-blocks`
+/// makes (no node: its signatures are made up), whose 36,450 eligible transactions keep the one
+/// scan thread busy for about two seconds a scan.
 #[test]
-fn a_subscription_past_the_scan_slots_is_refused_until_one_is_free() -> Result<()> {
+fn scan_slots_are_capped_per_server_and_per_address_until_a_scan_ends() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (datadir, db) = generated_chain(dir.path(), "0.3", "5")?;
     let indexed = index_offline(&datadir, &db, None)?;
     anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
-    let server = Server::start_no_node_on(&datadir, &db, &["--sp-max-scans", "1", "--sp-scan-threads", "1"])?;
+    let args =
+        ["--sp-max-scans", "2", "--sp-max-scans-per-ip", "1", "--limit-loopback", "--sp-scan-threads", "1"];
+    let server = Server::start_no_node_on(&datadir, &db, &args)?;
     let (first, second) = (Wallet::new(1, 2).keys(), Wallet::new(3, 4).keys());
-    let mut a = Conn::open(&server.addr);
+    let subscribe = |c: &mut Conn, keys: &(String, String)| {
+        c.call("blockchain.silentpayments.subscribe", json!([keys.0, keys.1, 0]))
+    };
+    let refused = |reply: &Value, why: &str| {
+        reply["error"]["code"] == json!(-101)
+            && reply["error"]["message"].as_str().is_some_and(|m| m.contains(why))
+    };
+    let mut a = Conn::open_from(&server.addr, "127.0.0.1");
     let t = std::time::Instant::now();
-    a.result("blockchain.silentpayments.subscribe", json!([first.0, first.1, 0]));
-    let mut b = Conn::open(&server.addr);
-    let refused = b.call("blockchain.silentpayments.subscribe", json!([second.0, second.1, 0]));
-    assert_eq!(refused["error"]["code"], json!(-101), "a second scan past --sp-max-scans 1: {refused}");
+    assert!(subscribe(&mut a, &first)["result"].is_object());
+    let again = subscribe(&mut a, &first);
+    assert!(again["result"].is_object(), "the same subscription again, in its own slot: {again}");
+    let mut b = Conn::open_from(&server.addr, "127.0.0.1");
+    let one_address = subscribe(&mut b, &second);
+    assert!(refused(&one_address, "from your address"), "a second scan from 127.0.0.1: {one_address}");
+    let mut c = Conn::open_from(&server.addr, "127.0.0.2");
+    let other = subscribe(&mut c, &second);
+    assert!(other["result"].is_object(), "another address's first scan: {other}");
+    let mut d = Conn::open_from(&server.addr, "127.0.0.3");
+    let full = subscribe(&mut d, &second);
+    assert!(refused(&full, "server is busy"), "a third scan past --sp-max-scans 2: {full}");
     assert!(a.wait_until(Duration::from_secs(300), scan_ended), "the first scan did not end");
     eprintln!("the first scan took {:.1} s", t.elapsed().as_secs_f64());
-    let accepted = b.result("blockchain.silentpayments.subscribe", json!([second.0, second.1, 0]));
-    assert!(accepted.is_object(), "{accepted}");
+    let accepted = subscribe(&mut b, &second);
+    assert!(accepted["result"].is_object(), "127.0.0.1's slot is free again: {accepted}");
     assert!(b.wait_until(Duration::from_secs(300), scan_ended), "the second scan did not end");
+    assert!(c.wait_until(Duration::from_secs(300), scan_ended), "the third scan did not end");
+    // A refused subscription left nothing behind: no notification came to its connection.
+    d.result("server.ping", json!([]));
+    assert!(d.notifications.is_empty(), "{:?}", d.notifications);
     Ok(())
 }
 
