@@ -152,6 +152,11 @@ pub struct Args {
     /// client cannot hold every slot.
     #[arg(long, env = "BLKINDEX_SP_MAX_SCANS_PER_IP", default_value_t = 2, help_heading = "Silent payments")]
     sp_max_scans_per_ip: usize,
+    /// Live subscriptions from which a new block is checked with one table of multiples per
+    /// transaction's tweak, made once and shared by all of them (about 2.3 ms a transaction;
+    /// each check then saves about 15 µs); below it, each subscription checks on its own.
+    #[arg(long, env = "BLKINDEX_SP_TABLE_FROM", default_value_t = 128, help_heading = "Silent payments")]
+    sp_table_from: usize,
     /// Threads that run silent-payment scans (their elliptic-curve work), beside those that
     /// answer requests.
     #[arg(long, env = "BLKINDEX_SP_SCAN_THREADS", default_value_t = 1, help_heading = "Silent payments")]
@@ -364,6 +369,7 @@ impl Config {
                     max_scans: a.sp_max_scans,
                     max_scans_per_ip: a.sp_max_scans_per_ip,
                     limit_loopback: a.limit_loopback,
+                    table_from: a.sp_table_from,
                     scan_threads: a.sp_scan_threads,
                     scan_cpu: Duration::from_secs_f64(a.sp_scan_cpu_secs),
                 },
@@ -487,6 +493,8 @@ pub struct SilentLimits {
     pub max_scans: usize,
     pub max_scans_per_ip: usize,
     pub limit_loopback: bool,
+    /// Members of a new block's batch from which its transactions' tweak tables are made.
+    pub table_from: usize,
     /// Threads doing scans' elliptic-curve work at once.
     pub scan_threads: usize,
     /// CPU time one scan of past blocks may take.

@@ -11,11 +11,15 @@
 //! (`tweaks::Tweaks::thread`), a chunk at a time, so scans take turns and the request path keeps
 //! its threads; a scan of past blocks holds one of the server's `--sp-max-scans` slots and may
 //! use `--sp-scan-cpu-secs` of CPU (measured per thread, checked after each chunk of at most
-//! `CHUNK` blocks). Its results go to the session as whole notifications through a channel of
-//! `CHANNEL` messages (each at most `PAGE` entries), so what a scan holds is a chunk's rows and a
-//! page; the session queues them in its byte budget, waiting for room as a reply does.
+//! `CHUNK` blocks). A new block is scanned for every live subscription at once: their scans join
+//! one batch per height (`together`, `run_batch`), which reads the block's tweaks once and, with
+//! enough members, makes each transaction's `TweakTable` once for all of them. A scan's results
+//! go to the session as whole notifications through a channel of `CHANNEL` messages (each at most
+//! `PAGE` entries), so what a scan holds is a chunk's rows and a page; the session queues them in
+//! its byte budget, waiting for room as a reply does.
 //!
-//! Keys: a `Receiver` lives in its scan task only, for as long as the subscription does; nothing
+//! Keys: a `Receiver` lives in its scan task only, for as long as the subscription does (lent to
+//! a block's batch while the scan waits in it); nothing
 //! here logs or prints one (no `Debug` of a receiver, no message quoting a key).
 
 use std::collections::{HashMap, VecDeque};
@@ -31,11 +35,11 @@ use tracing::{debug, info, warn};
 
 use blkindex_shared::query::IndexReader;
 use blkindex_shared::schema::Height;
-use blkindex_shared::silent::{self as sp, Receiver, Tweak};
+use blkindex_shared::silent::{self as sp, Receiver};
 
 use crate::protocol::{push_txid, ServerError};
 use crate::state::State;
-use crate::tweaks::{MempoolTweak, NoSlot, ScanSlot};
+use crate::tweaks::{Found, Hit, Member, MempoolTweak, NoSlot, ScanSlot};
 
 /// Most entries in one notification's `history` (Frigate's suggestion).
 pub const PAGE: usize = 100;
@@ -205,14 +209,6 @@ impl Subs {
     }
 }
 
-/// A transaction found paying the wallet.
-struct Hit {
-    /// 0: in the mempool.
-    height: Height,
-    txid: Txid,
-    tweak: Tweak,
-}
-
 /// One subscription's scan, for its task.
 struct Scan {
     state: Arc<State>,
@@ -248,14 +244,6 @@ async fn run(mut scan: Scan) {
     }
 }
 
-/// What a chunk of blocks gave.
-struct Found {
-    hits: Vec<Hit>,
-    /// The hash of each block scanned, for finding a fork later.
-    hashes: Vec<(Height, BlockHash)>,
-    cpu: Duration,
-}
-
 impl Scan {
     async fn go(&mut self) -> Result<(), Stop> {
         let mut tips = self.state.watch_tip();
@@ -272,7 +260,7 @@ impl Scan {
         let mut h = self.from as i64;
         while h <= end {
             let pulse = Some((progress, &mut last_sent));
-            let (found, last) = self.chunk(h, end, &mut used, &mut unsent, &mut seen, pulse).await?;
+            let (found, last) = self.chunk(h, end, &mut used, &mut unsent, &mut seen, pulse, false).await?;
             hits.extend(found);
             // Never 1.0 before the last page: 1.0 marks the end of the historical scan.
             progress = ((last + 1 - self.from as i64) as f64 / total).min(0.999);
@@ -367,7 +355,7 @@ impl Scan {
         let mut used = Duration::ZERO;
         let mut h = from as i64;
         while h <= top {
-            let (found, last) = self.chunk(h, top, &mut used, unsent, seen, None).await?;
+            let (found, last) = self.chunk(h, top, &mut used, unsent, seen, None, true).await?;
             hits.extend(found.into_iter().filter(|hit| sent.new_in_block(&hit.txid, hit.height)));
             h = last + 1;
         }
@@ -382,7 +370,9 @@ impl Scan {
     /// One turn of a scan: the blocks from `h` (at most `CHUNK`, none past `end`, none whose
     /// tweaks the index has not computed yet: it waits for those) scanned on a scan thread, their
     /// CPU time charged to `used` (held to the scan's budget) and to the session, their hashes
-    /// remembered. The hits, and the last height scanned.
+    /// remembered. The hits, and the last height scanned. With `together`, a turn of one block
+    /// is scanned in a batch with the other scans that want it (`together`).
+    #[allow(clippy::too_many_arguments)]
     async fn chunk(
         &self,
         h: i64,
@@ -391,10 +381,15 @@ impl Scan {
         unsent: &mut Duration,
         seen: &mut VecDeque<(Height, BlockHash)>,
         pulse: Option<(f64, &mut Instant)>,
+        together: bool,
     ) -> Result<(Vec<Hit>, i64), Stop> {
         let last = (h + CHUNK as i64 - 1).min(end);
         let last = self.computed_to(h as Height, last as Height, pulse, unsent).await? as i64;
-        let found = self.blocks(h as Height, last as Height).await?;
+        let found = if together && last == h {
+            self.together(h as Height).await?
+        } else {
+            self.blocks(h as Height, last as Height).await?
+        };
         *used += found.cpu;
         *unsent += found.cpu;
         self.within_budget(*used, unsent).await?;
@@ -446,6 +441,25 @@ impl Scan {
         .await
         .map_err(|e| Stop::Failed(e.into()))??;
         Ok(found)
+    }
+
+    /// The block at `height` scanned in one batch with every other scan that asks for it
+    /// meanwhile (a new tip wakes all live subscriptions at once): see `run_batch`.
+    async fn together(&self, height: Height) -> Result<Found, Stop> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let m = Member { receiver: self.receiver.clone(), answer };
+        if self.state.tweaks().join_batch(height, m) {
+            // Its own task: this scan may be dropped (its session closed) before the others.
+            tokio::spawn(run_batch(self.state.clone(), height));
+        }
+        tokio::select! {
+            found = answered => match found {
+                Ok(Ok(found)) => Ok(found),
+                Ok(Err(e)) => Err(Stop::Failed(anyhow::anyhow!("{e}"))),
+                Err(_) => Err(Stop::Failed(anyhow::anyhow!("the batch of block {height} was dropped"))),
+            },
+            _ = self.out.closed() => Err(Stop::Gone),
+        }
     }
 
     /// Which of `list` pay the wallet, on a scan thread; the CPU time it took.
@@ -549,6 +563,122 @@ fn scan_blocks(
     }
     let hashes = (from..=to).filter_map(|h| Some((h, index.chain.hash(h)?))).collect();
     Ok((hits, hashes))
+}
+
+/// How long a new block's batch waits for its members after the first (a tip wakes every live
+/// scan within about a millisecond) before it takes a scan thread.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// Runs the batch of the block at `height` (`Scan::together`): once the members have gathered,
+/// on a scan thread and any other idle one, the block's transactions are split among the threads
+/// and each checked for every member: with a table of its tweak's multiples made once for all of
+/// them when there are at least `--sp-table-from` members, each on its own below that. Every
+/// member is charged an equal share of the CPU time.
+async fn run_batch(state: Arc<State>, height: Height) {
+    tokio::time::sleep(GATHER).await;
+    let first = state.tweaks().thread().await;
+    let members = state.tweaks().take_batch(height);
+    if members.is_empty() {
+        return;
+    }
+    let mut turns = vec![first];
+    while turns.len() < state.tweaks().limits().scan_threads {
+        let Some(t) = state.tweaks().idle_thread() else { break };
+        turns.push(t);
+    }
+    let table_from = state.tweaks().limits().table_from;
+    let receivers: Vec<Arc<Receiver>> = members.iter().map(|m| m.receiver.clone()).collect();
+    let state2 = state.clone();
+    let scanned = tokio::task::spawn_blocking(move || {
+        let threads = turns.len();
+        let _turns = turns;
+        let index = state2.index();
+        scan_block_for_all(&index, &receivers, height, threads, receivers.len() >= table_from)
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    match scanned {
+        Ok((hits, hashes, cpu)) => {
+            let share = cpu / members.len().max(1) as u32;
+            for (m, hits) in members.into_iter().zip(hits) {
+                let _ = m.answer.send(Ok(Found { hits, hashes: hashes.clone(), cpu: share }));
+            }
+        }
+        Err(e) => {
+            for m in members {
+                let _ = m.answer.send(Err(format!("{e:#}")));
+            }
+        }
+    }
+}
+
+/// Scans the block at `height` (if the index has it) for each of `receivers`, its transactions
+/// split among `threads` threads: each receiver's hits, the block's hash, the CPU time of all.
+fn scan_block_for_all(
+    index: &IndexReader,
+    receivers: &[Arc<Receiver>],
+    height: Height,
+    threads: usize,
+    tables: bool,
+) -> Result<(Vec<Vec<Hit>>, Seen, Duration)> {
+    let mut hits: Vec<Vec<Hit>> = receivers.iter().map(|_| Vec::new()).collect();
+    if height as usize >= index.chain.len() {
+        return Ok((hits, Vec::new(), Duration::ZERO));
+    }
+    let txs: Vec<sp::TweakedTx> = index.tweaks(height..=height)?.into_iter().flat_map(|(_, t)| t).collect();
+    // (receiver, transaction) pairs whose prefixes match: candidates, checked on the transaction.
+    let part = txs.len().div_ceil(threads.max(1)).max(1);
+    let (candidates, cpu) = std::thread::scope(|s| {
+        let parts: Vec<_> = txs
+            .chunks(part)
+            .enumerate()
+            .map(|(p, chunk)| {
+                s.spawn(move || {
+                    let started = thread_cpu();
+                    let mut found = Vec::new();
+                    for (i, t) in chunk.iter().enumerate() {
+                        let table = tables.then(|| sp::TweakTable::new(&t.tweak));
+                        for (r, receiver) in receivers.iter().enumerate() {
+                            let hit = match &table {
+                                Some(table) => receiver.matches_by(table, &t.outputs),
+                                None => receiver.matches(&t.tweak, &t.outputs),
+                            };
+                            if hit {
+                                found.push((r, p * part + i));
+                            }
+                        }
+                    }
+                    (found, thread_cpu().saturating_sub(started))
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut cpu = Duration::ZERO;
+        for part in parts {
+            let (found, spent) = part.join().expect("a scan thread panicked");
+            all.extend(found);
+            cpu += spent;
+        }
+        (all, cpu)
+    });
+    let started = thread_cpu();
+    let mut read: HashMap<usize, Transaction> = HashMap::new();
+    for (r, i) in candidates {
+        let t = &txs[i];
+        let tx = match read.entry(i) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let (raw, ..) = index.tx_by_num(t.txnum)?;
+                e.insert(bitcoin::consensus::deserialize(&raw)?)
+            }
+        };
+        if !receivers[r].paid_outputs(&t.tweak, tx).is_empty() {
+            hits[r].push(Hit { height, txid: tx.compute_txid(), tweak: t.tweak.serialize() });
+        }
+    }
+    let hashes = index.chain.hash(height).map(|hash| vec![(height, hash)]).unwrap_or_default();
+    Ok((hits, hashes, cpu + thread_cpu().saturating_sub(started)))
 }
 
 /// A `blockchain.silentpayments.subscribe` notification, as Frigate sends it: named parameters

@@ -7,18 +7,24 @@
 //! mempool's eligible transactions, computed once for every session (`silent::track_mempool`
 //! keeps them) and announced as they come.
 //!
-//! No client key is held here: keys live in their session's scan tasks only.
+//! It also gathers the live scans that want the same new block into one batch
+//! (`silent::together`), so that each transaction's tweak table is made once for all of them.
+//!
+//! No client key is held here but for that while: a scan waiting in a batch lends it its
+//! `Receiver` until the batch has answered. Keys otherwise live in their session's scan tasks.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::Duration;
+
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::Txid;
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use bitcoin::{BlockHash, Txid};
+use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use blkindex_shared::schema::Height;
-use blkindex_shared::silent::OutputPrefix;
+use blkindex_shared::silent::{OutputPrefix, Receiver, Tweak};
 
 use crate::bans::client_group;
 use crate::config::SilentLimits;
@@ -39,6 +45,29 @@ pub type MempoolTweaks = HashMap<Txid, Option<Arc<MempoolTweak>>>;
 /// New eligible mempool transactions, as a batch.
 pub type News = Arc<Vec<Arc<MempoolTweak>>>;
 
+/// A transaction found paying a wallet.
+pub struct Hit {
+    /// 0: in the mempool.
+    pub height: Height,
+    pub txid: Txid,
+    pub tweak: Tweak,
+}
+
+/// What a scan of some blocks gave one wallet.
+pub struct Found {
+    pub hits: Vec<Hit>,
+    /// The hash of each block scanned, for finding a fork later.
+    pub hashes: Vec<(Height, BlockHash)>,
+    /// CPU time spent for it (a batch's divided among its members).
+    pub cpu: Duration,
+}
+
+/// A live scan waiting in a new block's batch: its keys, and where its answer goes.
+pub struct Member {
+    pub receiver: Arc<Receiver>,
+    pub answer: oneshot::Sender<Result<Found, String>>,
+}
+
 pub struct Tweaks {
     start: Option<Height>,
     limits: SilentLimits,
@@ -46,6 +75,8 @@ pub struct Tweaks {
     threads: Arc<Semaphore>,
     mempool: Mutex<MempoolTweaks>,
     news: broadcast::Sender<News>,
+    /// Live scans waiting for a batch of the block at a height.
+    batches: Mutex<HashMap<Height, Vec<Member>>>,
 }
 
 /// Scans of past blocks in flight: in all, and per client group (`bans::client_group`).
@@ -95,6 +126,7 @@ impl Tweaks {
             threads: Arc::new(Semaphore::new(limits.scan_threads)),
             mempool: Mutex::default(),
             news: broadcast::Sender::new(64),
+            batches: Mutex::default(),
         }
     }
 
@@ -140,6 +172,25 @@ impl Tweaks {
         self.threads.clone().acquire_owned().await.expect("the semaphore is never closed")
     }
 
+    /// Also one of the scan threads now, if one is idle: more work for a turn already had.
+    pub fn idle_thread(&self) -> Option<OwnedSemaphorePermit> {
+        self.threads.clone().try_acquire_owned().ok()
+    }
+
+    /// Puts `m` in the batch of the block at `height`; true if it is the batch's first member
+    /// (whose scan must then see that the batch is run).
+    pub fn join_batch(&self, height: Height, m: Member) -> bool {
+        let mut b = self.batches.lock().unwrap();
+        let members = b.entry(height).or_default();
+        members.push(m);
+        members.len() == 1
+    }
+
+    /// The members of the batch of `height` so far; those who come later make a new one.
+    pub fn take_batch(&self, height: Height) -> Vec<Member> {
+        self.batches.lock().unwrap().remove(&height).unwrap_or_default()
+    }
+
     /// The mempool's transactions as `silent::track_mempool` last saw them.
     pub fn mempool(&self) -> MutexGuard<'_, MempoolTweaks> {
         self.mempool.lock().unwrap()
@@ -177,6 +228,7 @@ mod tests {
             max_scans: 3,
             max_scans_per_ip: 2,
             limit_loopback: false,
+            table_from: 128,
             scan_threads: 1,
             scan_cpu: Duration::from_secs(1),
         };

@@ -336,6 +336,49 @@ pub fn plus_times_g(p: &PublicKey, t: &SecretKey) -> Option<PublicKey> {
     PublicKey::combine_keys(&terms[..n]).ok()
 }
 
+/// Multiples of one transaction's tweak T, for checking it against many receivers at once (a new
+/// block, a server's live subscriptions): `d·16^i·T` at `[i·15 + d − 1]` for nibble position i
+/// and value d ≥ 1, 960 points (60 KiB). Built by additions (about 2.3 ms), it makes
+/// `b_scan·T` a sum of at most 64 of them in one `combine_keys` (about 12 µs, against about 21–30
+/// for `mul_tweak`'s `ecmult`), so it pays from about 130 receivers on.
+pub struct TweakTable(Vec<PublicKey>);
+
+impl TweakTable {
+    pub fn new(tweak: &PublicKey) -> TweakTable {
+        let mut table = Vec::with_capacity(64 * 15);
+        let mut base = *tweak;
+        for i in 0..64 {
+            let mut p = base;
+            table.push(p);
+            // No sum is infinity: d·16^i < n for d < 16, i < 64, and T has prime order n.
+            for _ in 1..15 {
+                p = p.combine(&base).expect("d·16^i·T is not infinity");
+                table.push(p);
+            }
+            if i < 63 {
+                base = p.combine(&base).expect("16^(i+1)·T is not infinity");
+            }
+        }
+        TweakTable(table)
+    }
+
+    /// `s·T` for a scalar s (big-endian, below n): one table point per non-zero nibble. None only
+    /// for s = 0.
+    fn times(&self, s: &[u8; 32]) -> Option<PublicKey> {
+        let mut terms = [&self.0[0]; 64];
+        let mut n = 0;
+        for (i, &b) in s.iter().rev().enumerate() {
+            for (at, d) in [(2 * i, b & 15), (2 * i + 1, b >> 4)] {
+                if d != 0 {
+                    terms[n] = &self.0[at * 15 + d as usize - 1];
+                    n += 1;
+                }
+            }
+        }
+        PublicKey::combine_keys(&terms[..n]).ok()
+    }
+}
+
 fn prefix_of(p: &PublicKey) -> OutputPrefix {
     p.serialize()[1..9].try_into().unwrap()
 }
@@ -393,7 +436,16 @@ impl Receiver {
 
     /// Whether P_0 (or P_0 plus any label point) has its prefix among `outputs`: a candidate hit.
     pub fn matches(&self, tweak: &PublicKey, outputs: &[OutputPrefix]) -> bool {
-        let Some(shared) = self.shared_secret(tweak) else { return false };
+        self.p0_among(self.shared_secret(tweak), outputs)
+    }
+
+    /// [`Receiver::matches`] with `b_scan·T` from the transaction's table of T.
+    pub fn matches_by(&self, table: &TweakTable, outputs: &[OutputPrefix]) -> bool {
+        self.p0_among(table.times(&self.scan.secret_bytes()).map(|p| p.serialize()), outputs)
+    }
+
+    fn p0_among(&self, shared: Option<[u8; 33]>, outputs: &[OutputPrefix]) -> bool {
+        let Some(shared) = shared else { return false };
         let Some(p0) = output_key(&self.spend, &shared, 0) else { return false };
         if outputs.contains(&prefix_of(&p0)) {
             return true;

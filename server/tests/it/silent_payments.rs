@@ -415,7 +415,9 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     let db = dir.path().join("db");
     let mut indexer = Indexer::follow(&indexer_bin(), &node, &db, SP_INDEX)?;
     indexer.wait_synced(&node, &db)?;
-    let server = Server::start(&node, &db)?;
+    // A new block's batch makes its tweak tables from one member on (the default is 128), so
+    // that this test's live scans go through them.
+    let server = Server::start_with(&node, &db, &["--sp-table-from", "1"])?;
     let mut c = Conn::open(&server.addr);
     c.result("server.version", json!(["sp-test", "1.4"]));
     assert_eq!(c.result("server.features", json!([]))["silent_payments"], json!([0]));
@@ -451,6 +453,15 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
     }
     assert_eq!(crate_scan(&mut c, &w, &to_other.compute_txid().to_string()).1, 0);
     let seen_before = sp_notifications(&c).len();
+    // The other wallet, live beside it: the new blocks' batches hold both, and each gets its own.
+    let mut c2 = Conn::open(&server.addr);
+    let (scan2, spend2) = other.keys();
+    c2.result("blockchain.silentpayments.subscribe", json!([scan2, spend2, 0]));
+    assert!(c2.wait_until(WAIT, scan_ended), "the other wallet's historical scan never finished");
+    let got2: BTreeSet<String> = entries(&sp_notifications(&c2)).into_iter().map(|e| e.0).collect();
+    let want2: BTreeSet<String> = [&to_change, &to_other].map(|t| t.compute_txid().to_string()).into();
+    assert_eq!(got2, want2, "the other wallet's payments");
+    let seen2 = sp_notifications(&c2).len();
 
     // A new block with a payment never in the mempool, and the two mempool ones: only the new
     // one is sent (a mempool transaction is sent once, and not again when mined).
@@ -467,6 +478,8 @@ fn silent_payments_found_by_subscription_exactly_and_live() -> Result<()> {
         newest(&c.notifications).iter().map(|e| (e.0.clone(), e.1)).collect::<Vec<_>>(),
         vec![(want, h)]
     );
+    c2.wait_until(Duration::from_millis(500), |_| false);
+    assert!(sp_after(&c2.notifications, seen2).is_empty(), "the block pays the other wallet nothing");
     let last = sp_notifications(&c).last().unwrap()["params"].clone();
     assert_eq!((last["progress"].clone(), last["subscription"].clone()), (json!(1.0), sub.clone()));
 

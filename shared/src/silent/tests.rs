@@ -365,3 +365,56 @@ fn byte_table_adds_t_times_g_exactly() {
     let t = SecretKey::from_slice(&[0x42; 32]).unwrap();
     assert_eq!(plus_times_g(&p.negate(&secp), &t), None, "p = −t·G sums to infinity");
 }
+
+#[test]
+fn a_tweak_table_multiplies_as_mul_tweak_and_matches_alike() {
+    let secp = Secp256k1::new();
+    let t = SecretKey::from_slice(&[0x42; 32]).unwrap().public_key(&secp);
+    let table = TweakTable::new(&t);
+    let n_minus_1 = "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364140";
+    let mut scalars: Vec<[u8; 32]> =
+        vec![[0x01; 32], [0x10; 32], hex::decode(n_minus_1).unwrap().try_into().unwrap()];
+    let mut ff = [0xff; 32];
+    ff[0] = 0x7f;
+    scalars.push(ff);
+    for (at, v) in [(31, 1), (31, 0x10), (0, 0x0f), (0, 0xf0), (16, 0x0f)] {
+        let mut one = [0u8; 32];
+        one[at] = v;
+        scalars.push(one);
+    }
+    scalars.extend((0u32..200).map(|i| tagged(Tag::SharedSecret, &[&i.to_be_bytes()])));
+    for bytes in &scalars {
+        let s = SecretKey::from_slice(bytes).expect("a scalar below the curve order");
+        let want = t.mul_tweak(&secp, &Scalar::from(s)).unwrap();
+        assert_eq!(table.times(bytes), Some(want), "s = {}", s.display_secret());
+    }
+    assert_eq!(table.times(&[0; 32]), None, "0·T is infinity");
+
+    // The receiving vectors give the same answer either way (hits and misses, labels among them).
+    let (mut hits, mut misses) = (0, 0);
+    for case in cases() {
+        for r in case["receiving"].as_array().unwrap() {
+            let outputs: Vec<Vec<u8>> = r["outputs"].as_array().unwrap().iter().map(hex).collect();
+            let (tx, spent) = tx_of(case["vin"].as_array().unwrap(), &outputs);
+            let Some(tweak) = tweak(&tx, &refs(&spent)) else { continue };
+            let scan = SecretKey::from_slice(&hex(&r["scan"])).unwrap();
+            let spend = SecretKey::from_slice(&hex(&r["spend"])).unwrap().public_key(&secp);
+            let labels: Vec<u32> =
+                r["labels"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap() as u32).collect();
+            let receiver = Receiver::new(scan, spend, &labels);
+            let prefixes = output_prefixes(&tx);
+            let table = TweakTable::new(&tweak);
+            let m = receiver.matches(&tweak, &prefixes);
+            assert_eq!(receiver.matches_by(&table, &prefixes), m, "{}", case["comment"]);
+            // Another receiver's keys miss with the table too.
+            let other = Receiver::new(SecretKey::from_slice(&[7; 32]).unwrap(), spend, &labels);
+            assert!(!other.matches_by(&table, &prefixes) && !other.matches(&tweak, &prefixes));
+            if m {
+                hits += 1
+            } else {
+                misses += 1
+            }
+        }
+    }
+    assert!(hits > 20 && misses > 0, "{hits} hits, {misses} misses");
+}
