@@ -238,7 +238,11 @@ impl From<anyhow::Error> for Stop {
 }
 
 async fn run(mut scan: Scan) {
-    if let Err(Stop::Failed(e)) = scan.go().await {
+    let ended = scan.go().await;
+    // Its slot, if it still held one (a scan that failed mid-way): the subscription stays in
+    // its session's map, and with it a share of the slot, until it is dropped.
+    drop(scan.slot.lock().unwrap().take());
+    if let Err(Stop::Failed(e)) = ended {
         // Nothing of the wallet is in the error: only heights and the index's own messages.
         warn!("a silent-payments scan stopped: {e:#}");
     }
@@ -386,7 +390,7 @@ impl Scan {
         let last = (h + CHUNK as i64 - 1).min(end);
         let last = self.computed_to(h as Height, last as Height, pulse, unsent).await? as i64;
         let found = if together && last == h {
-            self.together(h as Height).await?
+            self.together(h as Height, seen.back().copied()).await?
         } else {
             self.blocks(h as Height, last as Height).await?
         };
@@ -444,10 +448,11 @@ impl Scan {
     }
 
     /// The block at `height` scanned in one batch with every other scan that asks for it
-    /// meanwhile (a new tip wakes all live subscriptions at once): see `run_batch`.
-    async fn together(&self, height: Height) -> Result<Found, Stop> {
+    /// meanwhile (a new tip wakes all live subscriptions at once): see `run_batch`. `below`: the
+    /// last block this scan saw, which the batch checks is still in the chain.
+    async fn together(&self, height: Height, below: Option<(Height, BlockHash)>) -> Result<Found, Stop> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let m = Member { receiver: self.receiver.clone(), answer };
+        let m = Member { receiver: self.receiver.clone(), below, answer };
         if self.state.tweaks().join_batch(height, m) {
             // Its own task: this scan may be dropped (its session closed) before the others.
             tokio::spawn(run_batch(self.state.clone(), height));
@@ -568,76 +573,126 @@ fn scan_blocks(
 /// How long a new block's batch waits for its members after the first (a tip wakes every live
 /// scan within about a millisecond) before it takes a scan thread.
 const GATHER: Duration = Duration::from_millis(5);
+/// (member, transaction) checks a batch makes per thread in one turn: about half a second at
+/// 40 µs a check, as a scan's turn of `CHUNK` blocks; between turns other scans get theirs.
+const TURN_CHECKS: usize = 12_500;
 
-/// Runs the batch of the block at `height` (`Scan::together`): once the members have gathered,
-/// on a scan thread and any other idle one, the block's transactions are split among the threads
-/// and each checked for every member: with a table of its tweak's multiples made once for all of
-/// them when there are at least `--sp-table-from` members, each on its own below that. Every
-/// member is charged an equal share of the CPU time.
+/// Runs the batch of the block at `height` (`Scan::together`): once the members have gathered
+/// (those gone meanwhile left out), the block's tweak rows are read once and its transactions
+/// checked for every member in turns on the scan threads (each turn on one scan thread and any
+/// idle others, the turn's transactions split among them): with a table of each tweak's
+/// multiples made once for all of them when there are at least `--sp-table-from` members, each
+/// on its own below that. Every member gets its own hits (or its own error) and an equal share
+/// of the CPU time. One index view serves the whole batch; a member whose last block seen is no
+/// longer in it gets nothing, and its next tip change rescans from the fork.
 async fn run_batch(state: Arc<State>, height: Height) {
     tokio::time::sleep(GATHER).await;
     let first = state.tweaks().thread().await;
-    let members = state.tweaks().take_batch(height);
+    let mut members = state.tweaks().take_batch(height);
+    members.retain(|m| !m.answer.is_closed());
     if members.is_empty() {
         return;
     }
-    let mut turns = vec![first];
-    while turns.len() < state.tweaks().limits().scan_threads {
-        let Some(t) = state.tweaks().idle_thread() else { break };
-        turns.push(t);
-    }
-    let table_from = state.tweaks().limits().table_from;
-    let receivers: Vec<Arc<Receiver>> = members.iter().map(|m| m.receiver.clone()).collect();
-    let state2 = state.clone();
-    let scanned = tokio::task::spawn_blocking(move || {
-        let threads = turns.len();
-        let _turns = turns;
-        let index = state2.index();
-        scan_block_for_all(&index, &receivers, height, threads, receivers.len() >= table_from)
-    })
-    .await
-    .map_err(anyhow::Error::from)
-    .and_then(|r| r);
-    match scanned {
-        Ok((hits, hashes, cpu)) => {
-            let share = cpu / members.len().max(1) as u32;
-            for (m, hits) in members.into_iter().zip(hits) {
-                let _ = m.answer.send(Ok(Found { hits, hashes: hashes.clone(), cpu: share }));
-            }
+    let index = state.index();
+    let receivers: Arc<Vec<Arc<Receiver>>> = Arc::new(members.iter().map(|m| m.receiver.clone()).collect());
+    let tables = receivers.len() >= state.tweaks().limits().table_from;
+    let answers = match batch_turns(&state, &index, &receivers, height, first, tables).await {
+        Ok((results, cpu)) => {
+            let share = cpu / members.len() as u32;
+            let hashes: Seen = index.chain.hash(height).map(|hash| vec![(height, hash)]).unwrap_or_default();
+            let forked = |m: &Member| m.below.is_some_and(|(h, hash)| index.chain.hash(h) != Some(hash));
+            results
+                .into_iter()
+                .zip(&members)
+                .map(|(hits, m)| match hits {
+                    Ok(_) if forked(m) => Ok(Found { hits: Vec::new(), hashes: Vec::new(), cpu: share }),
+                    Ok(hits) => Ok(Found { hits, hashes: hashes.clone(), cpu: share }),
+                    Err(e) => Err(e),
+                })
+                .collect::<Vec<_>>()
         }
-        Err(e) => {
-            for m in members {
-                let _ = m.answer.send(Err(format!("{e:#}")));
-            }
-        }
+        Err(e) => members.iter().map(|_| Err(format!("{e:#}"))).collect(),
+    };
+    for (m, answer) in members.into_iter().zip(answers) {
+        let _ = m.answer.send(answer);
     }
 }
 
-/// Scans the block at `height` (if the index has it) for each of `receivers`, its transactions
-/// split among `threads` threads: each receiver's hits, the block's hash, the CPU time of all.
-fn scan_block_for_all(
-    index: &IndexReader,
-    receivers: &[Arc<Receiver>],
+/// The batch's work, turn by turn (`run_batch`): each member's hits (or why its candidates could
+/// not be checked) and the CPU time of all.
+async fn batch_turns(
+    state: &Arc<State>,
+    index: &Arc<IndexReader>,
+    receivers: &Arc<Vec<Arc<Receiver>>>,
     height: Height,
+    first: tokio::sync::OwnedSemaphorePermit,
+    tables: bool,
+) -> Result<(Vec<Result<Vec<Hit>, String>>, Duration)> {
+    let i2 = index.clone();
+    let (txs, mut cpu) = tokio::task::spawn_blocking(move || {
+        let _first = first;
+        let started = thread_cpu();
+        let txs: Vec<sp::TweakedTx> = if (height as usize) < i2.chain.len() {
+            i2.tweaks(height..=height)?.into_iter().flat_map(|(_, t)| t).collect()
+        } else {
+            Vec::new()
+        };
+        anyhow::Ok((txs, thread_cpu().saturating_sub(started)))
+    })
+    .await??;
+    let txs = Arc::new(txs);
+    let per_thread = (TURN_CHECKS / receivers.len()).max(1);
+    let mut candidates: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0;
+    while at < txs.len() {
+        let mut permits = vec![state.tweaks().thread().await];
+        while permits.len() < state.tweaks().limits().scan_threads {
+            let Some(p) = state.tweaks().idle_thread() else { break };
+            permits.push(p);
+        }
+        let end = (at + per_thread * permits.len()).min(txs.len());
+        let (txs2, receivers2) = (txs.clone(), receivers.clone());
+        let (found, spent) = tokio::task::spawn_blocking(move || {
+            let threads = permits.len();
+            let _permits = permits;
+            check_all(&receivers2, &txs2, at..end, threads, tables)
+        })
+        .await?;
+        candidates.extend(found);
+        cpu += spent;
+        at = end;
+    }
+    let (index2, receivers2) = (index.clone(), receivers.clone());
+    let permit = state.tweaks().thread().await;
+    let (results, spent) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let started = thread_cpu();
+        let results = confirm(&index2, &receivers2, &txs, candidates, height);
+        (results, thread_cpu().saturating_sub(started))
+    })
+    .await?;
+    Ok((results, cpu + spent))
+}
+
+/// The (member, transaction) pairs among transactions `range` whose prefixes match, checked on
+/// `threads` threads (the range split among them); the CPU time of all.
+fn check_all(
+    receivers: &[Arc<Receiver>],
+    txs: &[sp::TweakedTx],
+    range: std::ops::Range<usize>,
     threads: usize,
     tables: bool,
-) -> Result<(Vec<Vec<Hit>>, Seen, Duration)> {
-    let mut hits: Vec<Vec<Hit>> = receivers.iter().map(|_| Vec::new()).collect();
-    if height as usize >= index.chain.len() {
-        return Ok((hits, Vec::new(), Duration::ZERO));
-    }
-    let txs: Vec<sp::TweakedTx> = index.tweaks(height..=height)?.into_iter().flat_map(|(_, t)| t).collect();
-    // (receiver, transaction) pairs whose prefixes match: candidates, checked on the transaction.
-    let part = txs.len().div_ceil(threads.max(1)).max(1);
-    let (candidates, cpu) = std::thread::scope(|s| {
-        let parts: Vec<_> = txs
-            .chunks(part)
-            .enumerate()
-            .map(|(p, chunk)| {
+) -> (Vec<(usize, usize)>, Duration) {
+    let part = range.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (range.start..range.end)
+            .step_by(part)
+            .map(|from| {
+                let to = (from + part).min(range.end);
                 s.spawn(move || {
                     let started = thread_cpu();
                     let mut found = Vec::new();
-                    for (i, t) in chunk.iter().enumerate() {
+                    for (i, t) in txs.iter().enumerate().take(to).skip(from) {
                         let table = tables.then(|| sp::TweakTable::new(&t.tweak));
                         for (r, receiver) in receivers.iter().enumerate() {
                             let hit = match &table {
@@ -645,7 +700,7 @@ fn scan_block_for_all(
                                 None => receiver.matches(&t.tweak, &t.outputs),
                             };
                             if hit {
-                                found.push((r, p * part + i));
+                                found.push((r, i));
                             }
                         }
                     }
@@ -661,24 +716,37 @@ fn scan_block_for_all(
             cpu += spent;
         }
         (all, cpu)
-    });
-    let started = thread_cpu();
-    let mut read: HashMap<usize, Transaction> = HashMap::new();
+    })
+}
+
+/// Each candidate checked on its transaction (read once for all the members it matched): each
+/// member's hits, or the error met reading one of its candidates (its own; the others go on).
+fn confirm(
+    index: &IndexReader,
+    receivers: &[Arc<Receiver>],
+    txs: &[sp::TweakedTx],
+    candidates: Vec<(usize, usize)>,
+    height: Height,
+) -> Vec<Result<Vec<Hit>, String>> {
+    let mut results: Vec<Result<Vec<Hit>, String>> = receivers.iter().map(|_| Ok(Vec::new())).collect();
+    let mut read: HashMap<usize, Result<Transaction, String>> = HashMap::new();
     for (r, i) in candidates {
         let t = &txs[i];
-        let tx = match read.entry(i) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let (raw, ..) = index.tx_by_num(t.txnum)?;
-                e.insert(bitcoin::consensus::deserialize(&raw)?)
+        let tx = read.entry(i).or_insert_with(|| {
+            let (raw, ..) = index.tx_by_num(t.txnum).map_err(|e| format!("{e:#}"))?;
+            bitcoin::consensus::deserialize(&raw).map_err(|e| format!("transaction {}: {e}", t.txnum))
+        });
+        match (tx, &mut results[r]) {
+            (Ok(tx), Ok(hits)) => {
+                if !receivers[r].paid_outputs(&t.tweak, tx).is_empty() {
+                    hits.push(Hit { height, txid: tx.compute_txid(), tweak: t.tweak.serialize() });
+                }
             }
-        };
-        if !receivers[r].paid_outputs(&t.tweak, tx).is_empty() {
-            hits[r].push(Hit { height, txid: tx.compute_txid(), tweak: t.tweak.serialize() });
+            (Err(e), result @ Ok(_)) => *result = Err(e.clone()),
+            (_, Err(_)) => {}
         }
     }
-    let hashes = index.chain.hash(height).map(|hash| vec![(height, hash)]).unwrap_or_default();
-    Ok((hits, hashes, cpu + thread_cpu().saturating_sub(started)))
+    results
 }
 
 /// A `blockchain.silentpayments.subscribe` notification, as Frigate sends it: named parameters

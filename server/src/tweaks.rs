@@ -65,6 +65,9 @@ pub struct Found {
 /// A live scan waiting in a new block's batch: its keys, and where its answer goes.
 pub struct Member {
     pub receiver: Arc<Receiver>,
+    /// The last block the scan saw below this one: its answer is empty if that block has left
+    /// the chain (the scan then rescans from the fork at its next tip change).
+    pub below: Option<(Height, BlockHash)>,
     pub answer: oneshot::Sender<Result<Found, String>>,
 }
 

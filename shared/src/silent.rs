@@ -340,7 +340,7 @@ pub fn plus_times_g(p: &PublicKey, t: &SecretKey) -> Option<PublicKey> {
 /// block, a server's live subscriptions): `d·16^i·T` at `[i·15 + d − 1]` for nibble position i
 /// and value d ≥ 1, 960 points (60 KiB). Built by additions (about 2.3 ms), it makes
 /// `b_scan·T` a sum of at most 64 of them in one `combine_keys` (about 12 µs, against about 21–30
-/// for `mul_tweak`'s `ecmult`), so it pays from about 130 receivers on.
+/// for `mul_tweak`'s `ecmult`, on the machine measured), so it pays from about 130 receivers on.
 pub struct TweakTable(Vec<PublicKey>);
 
 impl TweakTable {
