@@ -988,6 +988,52 @@ mod tests {
         assert!(text.contains(&format!(r#""subscription":{sub},"progress":0.5,"history":[]"#)), "{text}");
     }
 
+    /// A batch's checks give the same (member, transaction) pairs however the block is cut into
+    /// turns and threads, with tables or without, and exactly those the block was made to pay.
+    #[test]
+    fn a_batch_finds_the_same_pairs_in_any_turns_and_threads() {
+        use bitcoin::secp256k1::{Secp256k1, SecretKey};
+        let secp = Secp256k1::new();
+        let key = |i: u32| {
+            let mut b = [0x11u8; 32];
+            b[28..].copy_from_slice(&i.to_be_bytes());
+            SecretKey::from_slice(&b).unwrap()
+        };
+        let receivers: Vec<Arc<Receiver>> = (0..5)
+            .map(|r| Arc::new(Receiver::new(key(100 + r), key(200 + r).public_key(&secp), &[])))
+            .collect();
+        let mut want = Vec::new();
+        let txs: Vec<sp::TweakedTx> = (0..23)
+            .map(|i| {
+                let tweak = key(300 + i).public_key(&secp);
+                let mut outputs = vec![[i as u8; 8]];
+                // Transaction i pays member i % 7 (none for 5 and 6), and every third also member 0.
+                for r in [i as usize % 7, if i % 3 == 0 { 0 } else { 9 }] {
+                    if let Some(receiver) = receivers.get(r) {
+                        outputs.push(receiver.first_output_prefix(&tweak).unwrap());
+                        want.push((r, i as usize));
+                    }
+                }
+                sp::TweakedTx { txnum: i, tweak, outputs }
+            })
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        for tables in [false, true] {
+            for (per_turn, threads) in [(23, 1), (23, 2), (5, 2), (1, 3), (4, 5)] {
+                let mut got = Vec::new();
+                let mut at = 0;
+                while at < txs.len() {
+                    let end = (at + per_turn * threads).min(txs.len());
+                    got.extend(check_all(&receivers, &txs, at..end, threads, tables).0);
+                    at = end;
+                }
+                got.sort_unstable();
+                assert_eq!(got, want, "turns of {per_turn} × {threads} threads, tables {tables}");
+            }
+        }
+    }
+
     #[test]
     fn mempool_sends_are_sent_once_through_blocks_and_reorgs() {
         let (a, b, c) =

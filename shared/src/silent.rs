@@ -439,6 +439,12 @@ impl Receiver {
         self.p0_among(self.shared_secret(tweak), outputs)
     }
 
+    /// The prefix of the first output (k = 0, no label) a sender paying this receiver makes with
+    /// `tweak`: what tests and benchmarks put among a transaction's outputs to make a hit.
+    pub fn first_output_prefix(&self, tweak: &PublicKey) -> Option<OutputPrefix> {
+        Some(prefix_of(&output_key(&self.spend, &self.shared_secret(tweak)?, 0)?))
+    }
+
     /// [`Receiver::matches`] with `b_scan·T` from the transaction's table of T.
     pub fn matches_by(&self, table: &TweakTable, outputs: &[OutputPrefix]) -> bool {
         self.p0_among(table.times(&self.scan.secret_bytes()).map(|p| p.serialize()), outputs)
