@@ -301,23 +301,32 @@ pub(crate) fn output_key(b_m: &PublicKey, shared: &[u8; 33], k: u32) -> Option<P
     plus_times_g(b_m, &output_tweak(shared, k)?)
 }
 
+/// `d·(m+1)^i·base` at `[i·m + d − 1]`, for window i < `windows` and digit 1 ≤ d ≤ m, by
+/// additions: the tables of `t·G` (bytes) and of a tweak's multiples (nibbles). No sum is
+/// infinity while m·(m+1)^(windows−1) < n, the group's prime order, as for both.
+fn window_multiples(base: PublicKey, windows: usize, m: usize) -> Vec<PublicKey> {
+    let mut table = Vec::with_capacity(windows * m);
+    let mut base = base;
+    for i in 0..windows {
+        let mut p = base;
+        table.push(p);
+        for _ in 1..m {
+            p = p.combine(&base).expect("d·(m+1)^i·base, d ≤ m, is not infinity");
+            table.push(p);
+        }
+        if i + 1 < windows {
+            base = p.combine(&base).expect("(m+1)^(i+1)·base is not infinity");
+        }
+    }
+    table
+}
+
 /// `d·256^i·G` at `[i·255 + d − 1]`, for byte position i (0 the least significant) and byte
 /// value d ≥ 1: 8,160 points, 510 KiB, built once by additions (about 20 ms).
 static G_BYTES: LazyLock<Vec<PublicKey>> = LazyLock::new(|| {
     let mut one = [0u8; 32];
     one[31] = 1;
-    let mut base = SecretKey::from_slice(&one).expect("1 is a scalar").public_key(&GEN);
-    let mut table = Vec::with_capacity(32 * 255);
-    for _ in 0..32 {
-        let mut p = base;
-        table.push(p);
-        for _ in 1..255 {
-            p = p.combine(&base).expect("d·base, d < 256, is not infinity");
-            table.push(p);
-        }
-        base = p.combine(&base).expect("256·base is not infinity");
-    }
-    table
+    window_multiples(SecretKey::from_slice(&one).expect("1 is a scalar").public_key(&GEN), 32, 255)
 });
 
 /// `p + t·G`: p plus one `G_BYTES` point per non-zero byte of t (t < n, so the bytes are t's
@@ -345,21 +354,7 @@ pub struct TweakTable(Vec<PublicKey>);
 
 impl TweakTable {
     pub fn new(tweak: &PublicKey) -> TweakTable {
-        let mut table = Vec::with_capacity(64 * 15);
-        let mut base = *tweak;
-        for i in 0..64 {
-            let mut p = base;
-            table.push(p);
-            // No sum is infinity: d·16^i < n for d < 16, i < 64, and T has prime order n.
-            for _ in 1..15 {
-                p = p.combine(&base).expect("d·16^i·T is not infinity");
-                table.push(p);
-            }
-            if i < 63 {
-                base = p.combine(&base).expect("16^(i+1)·T is not infinity");
-            }
-        }
-        TweakTable(table)
+        TweakTable(window_multiples(*tweak, 64, 15))
     }
 
     /// `s·T` for a scalar s (big-endian, below n): one table point per non-zero nibble. None only
