@@ -258,9 +258,23 @@ impl Node {
     }
 
     /// Restarts with the same data dir and ports.
+    /// Stops the node and starts it again on the same data dir and RPC and ZMQ ports (its
+    /// clients know those). While it was down, the kernel may have given its P2P port to another
+    /// socket as an ephemeral local port (a CI run saw "Unable to bind"): the P2P port, which a
+    /// peer asks for when it connects, is moved to a fresh one then.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        self.spawn()
+        let mut attempt = 0;
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 3 && e.to_string().contains("exited at start") => {
+                    attempt += 1;
+                    self.p2p_port = free_port();
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn ensure_wallet(&self) -> Result<()> {
