@@ -152,6 +152,16 @@ pub struct Args {
     /// client cannot hold every slot.
     #[arg(long, env = "BLKINDEX_SP_MAX_SCANS_PER_IP", default_value_t = 2, help_heading = "Silent payments")]
     sp_max_scans_per_ip: usize,
+    /// Live silent-payment subscriptions (those without an end height) at once, over all
+    /// sessions: each costs a check of every eligible transaction of every new block (about
+    /// 40 µs of a scan thread a transaction, 1,500 transactions a mainnet block), for as long
+    /// as it lives. A subscribe past it is refused until one is dropped.
+    #[arg(long, env = "BLKINDEX_SP_MAX_LIVE", default_value_t = 1000, help_heading = "Silent payments")]
+    sp_max_live: usize,
+    /// Of those, most from one client address (counted as --sp-max-scans-per-ip counts), so
+    /// that one client's sessions cannot hold them all.
+    #[arg(long, env = "BLKINDEX_SP_MAX_LIVE_PER_IP", default_value_t = 20, help_heading = "Silent payments")]
+    sp_max_live_per_ip: usize,
     /// Live subscriptions from which a new block is checked with one table of multiples per
     /// transaction's tweak, made once and shared by all of them (about 2.3 ms a transaction;
     /// each check then saves about 18 µs, on the machine measured); below it, each subscription checks on its own.
@@ -332,8 +342,11 @@ impl Config {
             a.sp_scan_threads > 0
                 && a.sp_max_scans > 0
                 && a.sp_max_scans_per_ip > 0
+                && a.sp_max_live > 0
+                && a.sp_max_live_per_ip > 0
                 && a.sp_scan_cpu_secs > 0.0,
-            "--sp-scan-threads, --sp-max-scans, --sp-max-scans-per-ip and --sp-scan-cpu-secs must be above 0"
+            "--sp-scan-threads, --sp-max-scans(-per-ip), --sp-max-live(-per-ip) and --sp-scan-cpu-secs \
+             must be above 0"
         );
         let secondary_dir = a.secondary_dir.unwrap_or_else(|| a.node.db.with_extension("server"));
         Ok(Config {
@@ -368,6 +381,8 @@ impl Config {
                     max_labels: a.sp_max_labels,
                     max_scans: a.sp_max_scans,
                     max_scans_per_ip: a.sp_max_scans_per_ip,
+                    max_live: a.sp_max_live,
+                    max_live_per_ip: a.sp_max_live_per_ip,
                     limit_loopback: a.limit_loopback,
                     table_from: a.sp_table_from,
                     scan_threads: a.sp_scan_threads,
@@ -492,6 +507,9 @@ pub struct SilentLimits {
     /// (loopback's counted only with `limit_loopback`).
     pub max_scans: usize,
     pub max_scans_per_ip: usize,
+    /// Live subscriptions over the whole server, and from one client address (counted alike).
+    pub max_live: usize,
+    pub max_live_per_ip: usize,
     pub limit_loopback: bool,
     /// Members of a new block's batch from which its transactions' tweak tables are made.
     pub table_from: usize,

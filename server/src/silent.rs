@@ -39,7 +39,7 @@ use blkindex_shared::silent::{self as sp, Receiver};
 
 use crate::protocol::{push_txid, ServerError};
 use crate::state::State;
-use crate::tweaks::{Found, Hit, Member, MempoolTweak, NoSlot, ScanSlot};
+use crate::tweaks::{Found, Hit, Member, MempoolTweak, NoSlot, Slot};
 
 /// Most entries in one notification's `history` (Frigate's suggestion).
 pub const PAGE: usize = 100;
@@ -95,7 +95,9 @@ struct Sub {
     generation: u64,
     task: tokio::task::JoinHandle<()>,
     /// The scan's slot while it scans past blocks (shared with it).
-    slot: Arc<Mutex<Option<ScanSlot>>>,
+    slot: Arc<Mutex<Option<Slot>>>,
+    /// Its place under `--sp-max-live`, if live.
+    live: Option<Slot>,
 }
 
 impl Drop for Sub {
@@ -139,7 +141,8 @@ impl Subs {
 
     /// Subscribes (or subscribes again) and starts the scan; the subscription object, as the
     /// reply and every notification carry it. Refused before any work: over the session's
-    /// subscriptions (a new address), or with `--sp-max-scans` scans in flight. Subscribing
+    /// subscriptions (a new address), with `--sp-max-scans` scans in flight, or, for a live
+    /// subscription, `--sp-max-live` live ones (each with its per-address cap). Subscribing
     /// again never narrows what is scanned (Frigate's rule: neither the start nor, for a live
     /// subscription, its live part) and scans again from the start.
     pub fn subscribe(
@@ -156,32 +159,32 @@ impl Subs {
                 limits.max_subscriptions
             )));
         }
-        // A subscription made again takes over its scan's slot if that scan still holds one:
-        // otherwise it would need a second one for the moment both scans run.
-        let held = self.map.get(&w.address).and_then(|s| s.slot.lock().unwrap().take());
-        let slot = match held {
-            Some(slot) => slot,
-            None => state.tweaks().try_scan(ip).map_err(|why| {
-                ServerError::ExcessiveUsage(match why {
-                    NoSlot::Server => format!(
-                        "the server is busy: {} silent-payment scans in flight; try again later",
-                        limits.max_scans
-                    ),
-                    NoSlot::Client => format!(
-                        "too many silent-payment scans from your address: at most {} in flight; \
-                         try again when one has ended",
-                        limits.max_scans_per_ip
-                    ),
-                })
-            })?,
-        };
-        let slot = Arc::new(Mutex::new(Some(slot)));
         // Nor the end: a live subscription stays live, a range keeps the later end.
         let from = existing.map_or(w.from, |(e, _)| e.min(w.from));
         let to = match existing {
             None => w.to,
             Some((_, to)) => to.zip(w.to).map(|(a, b)| a.max(b)),
         };
+        // A subscription made again keeps its slots: otherwise it would need second ones for
+        // the moment both scans run. Only a new slot can be refused, so the earlier
+        // subscription loses nothing when this one is refused.
+        let earlier = self.map.get_mut(&w.address);
+        let had_live = earlier.as_ref().is_some_and(|s| s.live.is_some());
+        let new_live = match to.is_none() && !had_live {
+            true => Some(state.tweaks().try_live(ip).map_err(|why| {
+                refused(why, "live silent-payment subscriptions", limits.max_live, limits.max_live_per_ip)
+            })?),
+            false => None,
+        };
+        let held = earlier.as_ref().and_then(|s| s.slot.lock().unwrap().take());
+        let slot = match held {
+            Some(slot) => slot,
+            None => state.tweaks().try_scan(ip).map_err(|why| {
+                refused(why, "silent-payment scans in flight", limits.max_scans, limits.max_scans_per_ip)
+            })?,
+        };
+        let live = new_live.or_else(|| earlier.and_then(|s| s.live.take()));
+        let slot = Arc::new(Mutex::new(Some(slot)));
         let mut labels = vec![0];
         labels.extend(&w.labels);
         let text = json!({"address": w.address, "labels": labels, "start_height": from}).to_string();
@@ -199,7 +202,8 @@ impl Subs {
         };
         let task = tokio::spawn(run(scan));
         // Replacing an earlier subscription of the address drops it: its scan is aborted.
-        self.map.insert(w.address, Sub { start_height: from, to, generation: self.generation, task, slot });
+        let sub = Sub { start_height: from, to, generation: self.generation, task, slot, live };
+        self.map.insert(w.address, sub);
         Ok(text)
     }
 
@@ -207,6 +211,17 @@ impl Subs {
     pub fn unsubscribe(&mut self, address: &str) -> bool {
         self.map.remove(address).is_some()
     }
+}
+
+/// The error for a subscription refused a slot of `what`: `server` of them on the server, or
+/// `client` from the client's address, held already.
+fn refused(why: NoSlot, what: &str, server: usize, client: usize) -> ServerError {
+    ServerError::ExcessiveUsage(match why {
+        NoSlot::Server => format!("the server is busy: {server} {what}; try again later"),
+        NoSlot::Client => {
+            format!("too many {what} from your address: at most {client}; try again when one has ended")
+        }
+    })
 }
 
 /// One subscription's scan, for its task.
@@ -220,7 +235,7 @@ struct Scan {
     to: Option<Height>,
     out: mpsc::Sender<Msg>,
     /// Held while past blocks are scanned (a subscription made again may take it over).
-    slot: Arc<Mutex<Option<ScanSlot>>>,
+    slot: Arc<Mutex<Option<Slot>>>,
     cpu_limit: Duration,
 }
 

@@ -1,7 +1,8 @@
 //! What silent-payment scanning shares over the whole server, below `state`: where the index's
 //! tweaks start (None: the index has none, and the methods are refused), the limits, the count
 //! of scans of past blocks in flight (`--sp-max-scans`, and `--sp-max-scans-per-ip` of one client
-//! address), the threads their elliptic-curve work
+//! address) and of live subscriptions (`--sp-max-live`, `--sp-max-live-per-ip`: each costs a
+//! check of every new block's eligible transactions), the threads their elliptic-curve work
 //! may use (`--sp-scan-threads`, a semaphore: a scan takes a permit per chunk of blocks, so the
 //! blocking threads that answer requests are never the ones waiting), and the tweaks of the
 //! mempool's eligible transactions, computed once for every session (`silent::track_mempool`
@@ -74,7 +75,8 @@ pub struct Member {
 pub struct Tweaks {
     start: Option<Height>,
     limits: SilentLimits,
-    scans: Arc<Mutex<InFlight>>,
+    scans: Quota,
+    live: Quota,
     threads: Arc<Semaphore>,
     mempool: Mutex<MempoolTweaks>,
     news: broadcast::Sender<News>,
@@ -82,40 +84,80 @@ pub struct Tweaks {
     batches: Mutex<HashMap<Height, Vec<Member>>>,
 }
 
-/// Scans of past blocks in flight: in all, and per client group (`bans::client_group`).
+/// Things held (scans in flight, live subscriptions) capped in all and per client group
+/// (`bans::client_group`; loopback not counted per client unless `limit_loopback`).
+struct Quota {
+    total: usize,
+    per_client: usize,
+    limit_loopback: bool,
+    held: Arc<Mutex<Held>>,
+}
+
 #[derive(Default)]
-struct InFlight {
+struct Held {
     total: usize,
     by_client: HashMap<IpAddr, usize>,
 }
 
-/// Why a scan of past blocks could not start.
+/// Why a scan or a live subscription could not start.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NoSlot {
-    /// `--sp-max-scans` over the whole server.
+    /// The server's cap (`--sp-max-scans`, `--sp-max-live`).
     Server,
-    /// `--sp-max-scans-per-ip` from the client's address.
+    /// The cap of the client's address (`--sp-max-scans-per-ip`, `--sp-max-live-per-ip`).
     Client,
 }
 
-/// A scan of past blocks in flight: counted until dropped.
-pub struct ScanSlot {
-    scans: Arc<Mutex<InFlight>>,
+/// One of a `Quota`'s: counted until dropped.
+pub struct Slot {
+    held: Arc<Mutex<Held>>,
     /// The group it is counted under, if counted per client.
     client: Option<IpAddr>,
 }
 
-impl Drop for ScanSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut f = self.scans.lock().unwrap();
-        f.total -= 1;
+        let mut h = self.held.lock().unwrap();
+        h.total -= 1;
         if let Some(group) = self.client {
-            let n = f.by_client.get_mut(&group).expect("a slot's client is counted");
+            let n = h.by_client.get_mut(&group).expect("a slot's client is counted");
             *n -= 1;
             if *n == 0 {
-                f.by_client.remove(&group);
+                h.by_client.remove(&group);
             }
         }
+    }
+}
+
+impl Quota {
+    fn new(total: usize, per_client: usize, limit_loopback: bool) -> Quota {
+        Quota { total, per_client, limit_loopback, held: Arc::default() }
+    }
+
+    /// A slot for a client at `ip` (None: not a network client), if both caps allow one.
+    fn take(&self, ip: Option<IpAddr>) -> Result<Slot, NoSlot> {
+        let client =
+            ip.filter(|ip| self.limit_loopback || !ip.to_canonical().is_loopback()).map(client_group);
+        let mut h = self.held.lock().unwrap();
+        if h.total >= self.total {
+            return Err(NoSlot::Server);
+        }
+        if let Some(group) = client {
+            let n = h.by_client.entry(group).or_default();
+            if *n >= self.per_client {
+                return Err(NoSlot::Client);
+            }
+            *n += 1;
+        }
+        h.total += 1;
+        Ok(Slot { held: self.held.clone(), client })
+    }
+
+    /// Held now: in all, and by how many client groups.
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        let h = self.held.lock().unwrap();
+        (h.total, h.by_client.len())
     }
 }
 
@@ -125,7 +167,8 @@ impl Tweaks {
         Tweaks {
             start,
             limits,
-            scans: Arc::default(),
+            scans: Quota::new(limits.max_scans, limits.max_scans_per_ip, limits.limit_loopback),
+            live: Quota::new(limits.max_live, limits.max_live_per_ip, limits.limit_loopback),
             threads: Arc::new(Semaphore::new(limits.scan_threads)),
             mempool: Mutex::default(),
             news: broadcast::Sender::new(64),
@@ -145,29 +188,21 @@ impl Tweaks {
     /// A slot for a scan of past blocks for a client at `ip` (None: not a network client), if
     /// fewer than `--sp-max-scans` are in flight and fewer than `--sp-max-scans-per-ip` from its
     /// address (loopback counted only with `--limit-loopback`).
-    pub fn try_scan(&self, ip: Option<IpAddr>) -> Result<ScanSlot, NoSlot> {
-        let client =
-            ip.filter(|ip| self.limits.limit_loopback || !ip.to_canonical().is_loopback()).map(client_group);
-        let mut f = self.scans.lock().unwrap();
-        if f.total >= self.limits.max_scans {
-            return Err(NoSlot::Server);
-        }
-        if let Some(group) = client {
-            let n = f.by_client.entry(group).or_default();
-            if *n >= self.limits.max_scans_per_ip {
-                return Err(NoSlot::Client);
-            }
-            *n += 1;
-        }
-        f.total += 1;
-        Ok(ScanSlot { scans: self.scans.clone(), client })
+    pub fn try_scan(&self, ip: Option<IpAddr>) -> Result<Slot, NoSlot> {
+        self.scans.take(ip)
     }
 
-    /// Scans of past blocks in flight now: in all, and from how many client groups.
+    /// A slot for a live subscription, held for as long as it lives, under `--sp-max-live` and
+    /// `--sp-max-live-per-ip` as `try_scan` is under its caps.
+    pub fn try_live(&self, ip: Option<IpAddr>) -> Result<Slot, NoSlot> {
+        self.live.take(ip)
+    }
+
+    /// Scans of past blocks in flight now, and live subscriptions: each in all, and from how
+    /// many client groups.
     #[cfg(test)]
-    pub fn scans(&self) -> (usize, usize) {
-        let f = self.scans.lock().unwrap();
-        (f.total, f.by_client.len())
+    pub fn counts(&self) -> [(usize, usize); 2] {
+        [self.scans.counts(), self.live.counts()]
     }
 
     /// A turn on one of the scan threads, for one chunk of work.
@@ -230,6 +265,8 @@ mod tests {
             max_labels: 1,
             max_scans: 3,
             max_scans_per_ip: 2,
+            max_live: 2,
+            max_live_per_ip: 1,
             limit_loopback: false,
             table_from: 128,
             scan_threads: 1,
@@ -241,21 +278,50 @@ mod tests {
         assert_eq!(t.try_scan(ip("192.0.2.1")).err(), Some(NoSlot::Client), "a third from one address");
         // An IPv6 client is counted by its /64.
         let c = t.try_scan(ip("2001:db8:0:1::1")).unwrap();
-        assert_eq!(t.scans(), (3, 2));
+        assert_eq!(t.counts()[0], (3, 2));
         assert_eq!(t.try_scan(ip("2001:db8:0:2::1")).err(), Some(NoSlot::Server), "a fourth in all");
         drop(a);
         let d = t.try_scan(ip("2001:db8:0:1::ffff")).expect("a slot freed, and the /64's second");
         assert_eq!(t.try_scan(None).err(), Some(NoSlot::Server));
         drop((b, c, d));
-        assert_eq!(t.scans(), (0, 0));
+        assert_eq!(t.counts()[0], (0, 0));
         // Loopback is exempt from the per-address limit, not from the server's.
         let local: Vec<_> = (0..3).map(|_| t.try_scan(ip("127.0.0.1")).unwrap()).collect();
-        assert_eq!(t.scans(), (3, 0));
+        assert_eq!(t.counts()[0], (3, 0));
         assert_eq!(t.try_scan(ip("127.0.0.1")).err(), Some(NoSlot::Server));
         drop(local);
         let t = Tweaks::new(Some(0), SilentLimits { limit_loopback: true, ..limits });
         let _held = (t.try_scan(ip("127.0.0.1")).unwrap(), t.try_scan(ip("127.0.0.1")).unwrap());
         assert_eq!(t.try_scan(ip("127.0.0.1")).err(), Some(NoSlot::Client), "with --limit-loopback");
         assert!(t.try_scan(ip("127.0.0.2")).is_ok(), "another loopback address is another client");
+    }
+
+    #[test]
+    fn live_subscriptions_are_capped_apart_from_scans() {
+        let limits = SilentLimits {
+            max_subscriptions: 10,
+            max_labels: 1,
+            max_scans: 1,
+            max_scans_per_ip: 1,
+            max_live: 3,
+            max_live_per_ip: 2,
+            limit_loopback: false,
+            table_from: 128,
+            scan_threads: 1,
+            scan_cpu: Duration::from_secs(1),
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let t = Tweaks::new(Some(0), limits);
+        let _scan = t.try_scan(ip("192.0.2.1")).unwrap();
+        let a = t.try_live(ip("192.0.2.1")).expect("a live slot beside a scan's, from its quota");
+        let b = t.try_live(ip("192.0.2.1")).unwrap();
+        assert_eq!(t.try_live(ip("192.0.2.1")).err(), Some(NoSlot::Client));
+        let c = t.try_live(ip("192.0.2.2")).unwrap();
+        assert_eq!(t.try_live(ip("192.0.2.3")).err(), Some(NoSlot::Server));
+        assert_eq!(t.counts(), [(1, 1), (3, 2)]);
+        drop(a);
+        let _d = t.try_live(ip("192.0.2.3")).expect("a freed slot");
+        drop((b, c));
+        assert_eq!(t.counts()[1], (1, 1));
     }
 }

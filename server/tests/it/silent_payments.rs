@@ -742,6 +742,68 @@ fn scan_slots_are_capped_per_server_and_per_address_until_a_scan_ends() -> Resul
     Ok(())
 }
 
+/// Live subscriptions: `--sp-max-live` over the server and `--sp-max-live-per-ip` per client
+/// address (here 3 and 2, loopback counted), apart from the scan slots. A subscription made
+/// again keeps its place; a range (`"FROM-TO"`) needs none; one past either cap is refused
+/// (-101) and leaves what the session held as it was (a range refused its live part still
+/// scans to its end); places come free when a subscription is dropped or its session closes.
+#[test]
+fn live_subscriptions_are_capped_per_server_and_per_address_until_dropped() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (datadir, db) = generated_chain(dir.path(), "0.05", "6")?;
+    let indexed = index_offline(&datadir, &db, None)?;
+    anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
+    let args = ["--sp-max-live", "3", "--sp-max-live-per-ip", "2", "--sp-max-scans-per-ip", "8"];
+    let server = Server::start_no_node_on(&datadir, &db, &[&args[..], &["--limit-loopback"]].concat())?;
+    let w: Vec<(String, String)> = (1..=5u8).map(|i| Wallet::new(2 * i, 2 * i + 1).keys()).collect();
+    let mut a = Conn::open_from(&server.addr, "127.0.0.1");
+    let tip = a.result("blockchain.headers.subscribe", json!([]))["height"].as_u64().context("tip")?;
+    let subscribe = |c: &mut Conn, k: &(String, String), start: Value| {
+        c.call("blockchain.silentpayments.subscribe", json!([k.0, k.1, start]))
+    };
+    let live = |c: &mut Conn, k: &(String, String)| subscribe(c, k, json!(tip + 1));
+    let refused = |reply: &Value, why: &str| {
+        reply["error"]["code"] == json!(-101)
+            && reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("live silent-payment subscriptions") && m.contains(why))
+    };
+    let accepted = |reply: &Value| reply["result"].is_object();
+
+    assert!(accepted(&live(&mut a, &w[0])) && accepted(&live(&mut a, &w[1])), "two from 127.0.0.1");
+    assert!(accepted(&live(&mut a, &w[0])), "one made again keeps its place");
+    let mut b = Conn::open_from(&server.addr, "127.0.0.1");
+    let third = live(&mut b, &w[2]);
+    assert!(refused(&third, "from your address"), "a third live one from 127.0.0.1: {third}");
+    let range = subscribe(&mut b, &w[2], json!(format!("0-{tip}")));
+    assert!(accepted(&range), "a range takes no live place: {range}");
+    let widened = live(&mut b, &w[2]);
+    assert!(refused(&widened, "from your address"), "the range made live: {widened}");
+    assert!(b.wait_until(WAIT, scan_ended), "the range's scan did not end after a refusal");
+
+    let mut c = Conn::open_from(&server.addr, "127.0.0.2");
+    assert!(accepted(&live(&mut c, &w[3])), "another address's first");
+    let mut d = Conn::open_from(&server.addr, "127.0.0.3");
+    let full = live(&mut d, &w[4]);
+    assert!(refused(&full, "server is busy"), "a fourth past --sp-max-live 3: {full}");
+    a.result("blockchain.silentpayments.unsubscribe", json!([w[1].0, w[1].1]));
+    assert!(accepted(&live(&mut d, &w[4])), "a place freed by unsubscribing");
+    assert!(refused(&live(&mut b, &w[2]), "server is busy"), "full again");
+
+    // A closed session's places come free once the server has seen it go.
+    drop(c);
+    let deadline = std::time::Instant::now() + WAIT;
+    let reply = loop {
+        let reply = live(&mut b, &w[2]);
+        if accepted(&reply) || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(accepted(&reply), "127.0.0.2's place after its session closed: {reply}");
+    Ok(())
+}
+
 /// The tweak pass (a bulk pass's tweaks, computed after its other rows): while it has not run, a
 /// server on the index serves no tweak it lacks (the client method stops at the first height
 /// still to do and refuses it; a subscription's scan of past blocks waits, its progress below
