@@ -434,10 +434,15 @@ impl Receiver {
         self.p0_among(self.shared_secret(tweak), outputs)
     }
 
-    /// The prefix of the first output (k = 0, no label) a sender paying this receiver makes with
-    /// `tweak`: what tests and benchmarks put among a transaction's outputs to make a hit.
+    /// The first output key (k = 0, no label) a sender paying this receiver makes with `tweak`:
+    /// what tests and benchmarks put among a transaction's outputs to make a hit.
+    pub fn first_output_key(&self, tweak: &PublicKey) -> Option<PublicKey> {
+        output_key(&self.spend, &self.shared_secret(tweak)?, 0)
+    }
+
+    /// The prefix of [`Receiver::first_output_key`], as the index keeps it.
     pub fn first_output_prefix(&self, tweak: &PublicKey) -> Option<OutputPrefix> {
-        Some(prefix_of(&output_key(&self.spend, &self.shared_secret(tweak)?, 0)?))
+        Some(prefix_of(&self.first_output_key(tweak)?))
     }
 
     /// [`Receiver::matches`] with `b_scan·T` from the transaction's table of T.
