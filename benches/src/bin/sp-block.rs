@@ -266,8 +266,10 @@ fn one_block(bench: &mut Bench, addr: &str, args: &Args, round: usize) -> Result
             _ => {}
         }
     }
-    drop(conns);
-    drop(headers);
+    // Closed, not only dropped: each reader thread holds a clone of its socket.
+    for c in conns.iter().chain([&headers]) {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
     paid.sort_by(f64::total_cmp);
     Ok([header.unwrap(), paid[0], paid[paid.len() / 2], paid[paid.len() - 1]])
 }
