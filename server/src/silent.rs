@@ -170,11 +170,12 @@ impl Subs {
         // subscription loses nothing when this one is refused.
         let earlier = self.map.get_mut(&w.address);
         let had_live = earlier.as_ref().is_some_and(|s| s.live.is_some());
-        let new_live = match to.is_none() && !had_live {
-            true => Some(state.tweaks().try_live(ip).map_err(|why| {
+        let new_live = if to.is_none() && !had_live {
+            Some(state.tweaks().try_live(ip).map_err(|why| {
                 refused(why, "live silent-payment subscriptions", limits.max_live, limits.max_live_per_ip)
-            })?),
-            false => None,
+            })?)
+        } else {
+            None
         };
         let held = earlier.as_ref().and_then(|s| s.slot.lock().unwrap().take());
         let slot = match held {

@@ -258,20 +258,25 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn scans_in_flight_are_capped_and_freed() {
-        let limits = SilentLimits {
+    /// Caps of one, to be raised where a test counts.
+    fn limits() -> SilentLimits {
+        SilentLimits {
             max_subscriptions: 1,
             max_labels: 1,
-            max_scans: 3,
-            max_scans_per_ip: 2,
-            max_live: 2,
+            max_scans: 1,
+            max_scans_per_ip: 1,
+            max_live: 1,
             max_live_per_ip: 1,
             limit_loopback: false,
             table_from: 128,
             scan_threads: 1,
             scan_cpu: Duration::from_secs(1),
-        };
+        }
+    }
+
+    #[test]
+    fn scans_in_flight_are_capped_and_freed() {
+        let limits = SilentLimits { max_scans: 3, max_scans_per_ip: 2, ..limits() };
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         let t = Tweaks::new(Some(0), limits);
         let (a, b) = (t.try_scan(ip("192.0.2.1")).unwrap(), t.try_scan(ip("::ffff:192.0.2.1")).unwrap());
@@ -298,18 +303,7 @@ mod tests {
 
     #[test]
     fn live_subscriptions_are_capped_apart_from_scans() {
-        let limits = SilentLimits {
-            max_subscriptions: 10,
-            max_labels: 1,
-            max_scans: 1,
-            max_scans_per_ip: 1,
-            max_live: 3,
-            max_live_per_ip: 2,
-            limit_loopback: false,
-            table_from: 128,
-            scan_threads: 1,
-            scan_cpu: Duration::from_secs(1),
-        };
+        let limits = SilentLimits { max_live: 3, max_live_per_ip: 2, ..limits() };
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         let t = Tweaks::new(Some(0), limits);
         let _scan = t.try_scan(ip("192.0.2.1")).unwrap();

@@ -753,8 +753,9 @@ fn live_subscriptions_are_capped_per_server_and_per_address_until_dropped() -> R
     let (datadir, db) = generated_chain(dir.path(), "0.05", "6")?;
     let indexed = index_offline(&datadir, &db, None)?;
     anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
-    let args = ["--sp-max-live", "3", "--sp-max-live-per-ip", "2", "--sp-max-scans-per-ip", "8"];
-    let server = Server::start_no_node_on(&datadir, &db, &[&args[..], &["--limit-loopback"]].concat())?;
+    let args =
+        ["--sp-max-live", "3", "--sp-max-live-per-ip", "2", "--sp-max-scans-per-ip", "8", "--limit-loopback"];
+    let server = Server::start_no_node_on(&datadir, &db, &args)?;
     let w: Vec<(String, String)> = (1..=5u8).map(|i| Wallet::new(2 * i, 2 * i + 1).keys()).collect();
     let mut a = Conn::open_from(&server.addr, "127.0.0.1");
     let tip = a.result("blockchain.headers.subscribe", json!([]))["height"].as_u64().context("tip")?;
