@@ -150,6 +150,11 @@ pub async fn run(
                         let _ = out.try_send(error_reply(&Value::Null, true, &ServerError::ExcessiveUsage(message)));
                         break "a silent-payments scan over its CPU limit";
                     }
+                    Body::Failed => {
+                        let m = "a silent-payments scan failed on the server: subscribe again later".into();
+                        let _ = out.try_send(error_reply(&Value::Null, true, &ServerError::Closing(m)));
+                        break "a silent-payments scan failed";
+                    }
                 }
                 report(live, &session, bytes_in, bytes_out, &out, &mut cost);
             }

@@ -76,6 +76,9 @@ pub enum Body {
     Notification(String),
     /// The scan used more CPU than it may: the session is told and closed.
     OverBudget(String),
+    /// The scan failed (the index could not be read: the server's log says why): the session is
+    /// told and closed, rather than left waiting for what will not come.
+    Failed,
 }
 
 /// A session's silent-payment subscriptions, by address, and the channel their scans send on.
@@ -255,12 +258,14 @@ impl From<anyhow::Error> for Stop {
 
 async fn run(mut scan: Scan) {
     let ended = scan.go().await;
-    // Its slot, if it still held one (a scan that failed mid-way): the subscription stays in
-    // its session's map, and with it a share of the slot, until it is dropped.
+    // Its slot, if it still held one (a scan that failed mid-way).
     drop(scan.slot.lock().unwrap().take());
     if let Err(Stop::Failed(e)) = ended {
         // Nothing of the wallet is in the error: only heights and the index's own messages.
         warn!("a silent-payments scan stopped: {e:#}");
+        // The session closes, and with it the subscription's live place.
+        let mut unsent = Duration::ZERO;
+        let _ = scan.send(Body::Failed, &mut unsent).await;
     }
 }
 

@@ -954,3 +954,79 @@ fn a_subscription_above_the_tweaks_still_to_do_is_served_while_the_pass_runs() -
     drop(indexer);
     Ok(())
 }
+
+/// A scan that fails (here on a `tweak` row corrupted on disk after indexing: a point off the
+/// curve) tells its wallet with an error and closes the session, rather than leaving it waiting
+/// for notifications that will not come; the server logs why, the session's places come free,
+/// and the blocks below the bad row still serve other wallets.
+#[test]
+fn a_failed_scan_tells_its_wallet_and_frees_its_places() -> Result<()> {
+    use blkindex_shared::schema::{cf, height_key};
+    use blkindex_shared::store::{Mode, Store};
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir()?;
+    let (datadir, db) = generated_chain(dir.path(), "0.05", "6")?;
+    let indexed = index_offline(&datadir, &db, None)?;
+    anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
+    let bad = {
+        let store = Store::open(&db, Mode::Bulk)?;
+        let (tip, _) = store.tip()?.context("a tip")?;
+        // A block in the middle with eligible transactions (those without have no row).
+        let (bad, value) = (tip / 2..tip)
+            .find_map(|h| {
+                store.db().get_cf(store.cf(cf::TWEAK), height_key(h)).ok().flatten().map(|v| (h, v))
+            })
+            .context("no block with eligible transactions above the middle")?;
+        // The last byte of the first tweak's y: after its txnum's LEB128 bytes, then 63.
+        let at = value.iter().position(|b| b & 0x80 == 0).context("a txnum")? + 1 + 63;
+        let mut corrupt = value.to_vec();
+        corrupt[at] ^= 1;
+        store.db().put_cf(store.cf(cf::TWEAK), height_key(bad), corrupt)?;
+        store.flush()?;
+        bad
+    };
+    let server = Server::start_no_node_on(&datadir, &db, &["--sp-max-live", "1", "--limit-loopback"])?;
+
+    // From height 0 the scan meets the bad row: the reply, then the error, then the close.
+    let (scan, spend) = Wallet::new(7, 8).keys();
+    let mut s = std::net::TcpStream::connect(&server.addr)?;
+    s.set_read_timeout(Some(WAIT))?;
+    let subscribe = json!({"jsonrpc": "2.0", "id": 1, "method": "blockchain.silentpayments.subscribe",
+        "params": [scan, spend, 0]});
+    s.write_all(format!("{subscribe}\n").as_bytes())?;
+    let lines: Vec<Value> = std::io::BufReader::new(&s)
+        .lines()
+        .map(|l| Ok(serde_json::from_str(&l?)?))
+        .collect::<Result<_>>()
+        .context("the session was not closed")?;
+    assert!(lines.first().is_some_and(|r| r["id"] == json!(1) && r["result"].is_object()), "{lines:?}");
+    let last = lines.last().context("nothing")?;
+    assert!(
+        last["id"].is_null()
+            && last["error"]["code"] == json!(-32000)
+            && last["error"]["message"].as_str().is_some_and(|m| m.contains("scan failed")),
+        "the error before the close: {lines:?}"
+    );
+    assert!(!last.to_string().contains(&scan), "no key in the error");
+    assert!(server.logged_within(&format!("tweak row of block {bad}"), WAIT), "{}", server.log());
+    assert!(server.logged_within(r#"reason="a silent-payments scan failed""#, WAIT), "{}", server.log());
+    assert!(!server.log().contains(&scan), "no key in the log");
+
+    // Its live place (the only one, `--sp-max-live 1`) is free, and blocks below the bad row scan.
+    let mut c = Conn::open(&server.addr);
+    let range =
+        c.result("blockchain.silentpayments.subscribe", json!([scan, spend, format!("0-{}", bad - 1)]));
+    assert!(range.is_object(), "{range}");
+    assert!(c.wait_until(WAIT, scan_ended), "the scan below the bad row did not end");
+    let other = Wallet::new(9, 10).keys();
+    let deadline = std::time::Instant::now() + WAIT;
+    let live = loop {
+        let reply = c.call("blockchain.silentpayments.subscribe", json!([other.0, other.1, bad + 1]));
+        if reply["result"].is_object() || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(live["result"].is_object(), "the failed session's live place came free: {live}");
+    Ok(())
+}
