@@ -73,6 +73,14 @@ report=$BENCH_DIR/sp-block-$(date -u +%Y%m%dT%H%M%SZ).md
     echo
     "$bin/sp-block" "${servers[@]}" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" \
         --sessions "$sessions" --eligible "$eligible" --rounds "$rounds"
+    echo
+    echo "Each server's batches of the measured blocks, as its log has them (late: members that joined"
+    echo "after the first turn; ms: from the first member's call to the last answer):"
+    echo
+    for name in default tables-2 alone-2; do
+        grep -E "scanned for the live subscriptions.*transactions=[0-9]{3,}" "$dir/server-$name.log" |
+            sed -E 's/^.*(height=.*)$/\1/; s/^/    '"$name"': /' || true
+    done
 } >"$report"
 cat "$report"
 echo "bench-sp-block: report in $report" >&2

@@ -12,8 +12,9 @@
 //! its threads; a scan of past blocks holds one of the server's `--sp-max-scans` slots and may
 //! use `--sp-scan-cpu-secs` of CPU (measured per thread, checked after each chunk of at most
 //! `CHUNK` blocks). A new block is scanned for every live subscription at once: their scans join
-//! one batch per height (`together`, `run_batch`), which reads the block's tweaks once and, with
-//! enough members, makes each transaction's `TweakTable` once for all of them. A scan's results
+//! one batch per block (`together`, `run_batch`), which reads the block's tweaks once and, with
+//! enough members, makes each transaction's `TweakTable` once for all of them; a scan that wakes
+//! while the batch runs joins it at its next turn. A scan's results
 //! go to the session as whole notifications through a channel of `CHANNEL` messages (each at most
 //! `PAGE` entries), so what a scan holds is a chunk's rows and a page; the session queues them in
 //! its byte budget, waiting for room as a reply does.
@@ -39,7 +40,7 @@ use blkindex_shared::silent::{self as sp, Receiver};
 
 use crate::protocol::{push_txid, ServerError};
 use crate::state::State;
-use crate::tweaks::{Found, Hit, Member, MempoolTweak, NoSlot, Slot};
+use crate::tweaks::{BatchKey, Found, Hit, Member, MempoolTweak, NoSlot, Slot};
 
 /// Most entries in one notification's `history` (Frigate's suggestion).
 pub const PAGE: usize = 100;
@@ -473,10 +474,11 @@ impl Scan {
     /// last block this scan saw, which the batch checks is still in the chain.
     async fn together(&self, height: Height, below: Option<(Height, BlockHash)>) -> Result<Found, Stop> {
         let (answer, answered) = tokio::sync::oneshot::channel();
+        let key = (height, self.state.index().chain.hash(height));
         let m = Member { receiver: self.receiver.clone(), below, answer };
-        if self.state.tweaks().join_batch(height, m) {
+        if self.state.tweaks().join_batch(key, m) {
             // Its own task: this scan may be dropped (its session closed) before the others.
-            tokio::spawn(run_batch(self.state.clone(), height));
+            tokio::spawn(run_batch(self.state.clone(), key));
         }
         tokio::select! {
             found = answered => match found {
@@ -592,130 +594,222 @@ fn scan_blocks(
 }
 
 /// How long a new block's batch waits for its members after the first (a tip wakes every live
-/// scan within about a millisecond) before it takes a scan thread.
+/// scan within about a millisecond) before its first turn; those later join at a later turn.
 const GATHER: Duration = Duration::from_millis(5);
 /// (member, transaction) checks a batch makes per thread in one turn: about half a second at
 /// 40 µs a check, as a scan's turn of `CHUNK` blocks; between turns other scans get theirs.
 const TURN_CHECKS: usize = 12_500;
 
-/// Runs the batch of the block at `height` (`Scan::together`): once the members have gathered
-/// (those gone meanwhile left out), the block's tweak rows are read once and its transactions
-/// checked for every member in turns on the scan threads (each turn on one scan thread and any
-/// idle others, the turn's transactions split among them): with a table of each tweak's
-/// multiples made once for all of them when there are at least `--sp-table-from` members, each
-/// on its own below that. Every member gets its own hits (or its own error) and an equal share
-/// of the CPU time. One index view serves the whole batch; a member whose last block seen is no
-/// longer in it gets nothing, and its next tip change rescans from the fork.
-async fn run_batch(state: Arc<State>, height: Height) {
-    tokio::time::sleep(GATHER).await;
-    let first = state.tweaks().thread().await;
-    let mut members = state.tweaks().take_batch(height);
-    members.retain(|m| !m.answer.is_closed());
-    if members.is_empty() {
-        return;
-    }
-    let index = state.index();
-    let receivers: Arc<Vec<Arc<Receiver>>> = Arc::new(members.iter().map(|m| m.receiver.clone()).collect());
-    let tables = receivers.len() >= state.tweaks().limits().table_from;
-    let answers = match batch_turns(&state, &index, &receivers, height, first, tables).await {
-        Ok((results, cpu)) => {
-            let share = cpu / members.len() as u32;
-            let hashes: Seen = index.chain.hash(height).map(|hash| vec![(height, hash)]).unwrap_or_default();
-            let forked = |m: &Member| m.below.is_some_and(|(h, hash)| index.chain.hash(h) != Some(hash));
-            results
-                .into_iter()
-                .zip(&members)
-                .map(|(hits, m)| match hits {
-                    Ok(_) if forked(m) => Ok(Found { hits: Vec::new(), hashes: Vec::new(), cpu: share }),
-                    Ok(hits) => Ok(Found { hits, hashes: hashes.clone(), cpu: share }),
-                    Err(e) => Err(e),
-                })
-                .collect::<Vec<_>>()
-        }
-        Err(e) => members.iter().map(|_| Err(format!("{e:#}"))).collect(),
-    };
-    for (m, answer) in members.into_iter().zip(answers) {
-        let _ = m.answer.send(answer);
-    }
+/// A member of a running batch: how many of the block's transactions it has been checked
+/// against (always those just before the batch's position), the ones that matched, and its
+/// share of the CPU time so far.
+struct Place {
+    member: Member,
+    checked: usize,
+    candidates: Vec<usize>,
+    cpu: Duration,
 }
 
-/// The batch's work, turn by turn (`run_batch`): each member's hits (or why its candidates could
-/// not be checked) and the CPU time of all.
-async fn batch_turns(
-    state: &Arc<State>,
-    index: &Arc<IndexReader>,
-    receivers: &Arc<Vec<Arc<Receiver>>>,
-    height: Height,
-    first: tokio::sync::OwnedSemaphorePermit,
-    tables: bool,
-) -> Result<(Vec<Result<Vec<Hit>, String>>, Duration)> {
-    let i2 = index.clone();
-    let (txs, mut cpu) = tokio::task::spawn_blocking(move || {
-        let _first = first;
-        let started = thread_cpu();
-        let txs: Vec<sp::TweakedTx> = if (height as usize) < i2.chain.len() {
-            i2.tweaks(height..=height)?.into_iter().flat_map(|(_, t)| t).collect()
-        } else {
-            Vec::new()
-        };
-        anyhow::Ok((txs, thread_cpu().saturating_sub(started)))
-    })
-    .await??;
-    let txs = Arc::new(txs);
-    let per_thread = (TURN_CHECKS / receivers.len()).max(1);
-    let mut candidates: Vec<(usize, usize)> = Vec::new();
+/// Runs the batch of one block (`Scan::together`). The block's tweak rows are read once, from
+/// one index view for the whole batch, and its transactions checked in turns on the scan
+/// threads (each turn on one scan thread and any idle others, the turn's transactions split
+/// among them): with a table of each tweak's multiples made once for all the members checked
+/// against it when they are at least `--sp-table-from`, each on its own below that.
+///
+/// The batch goes round the block's transactions: a member who joins late (its scan woke after
+/// the first turn) is taken at the next turn, checked from where the batch is, and answered once
+/// it has been round, wrapping to the transactions before. Each member is answered as soon as it
+/// is done, with its own hits (or its own error) and its share of the CPU time of the turns it
+/// was in. A member whose last block seen is no longer in the batch's view, or whose view of the
+/// block is not the batch's, gets nothing, and its next tip change rescans from the fork.
+async fn run_batch(state: Arc<State>, key: BatchKey) {
+    let (height, hash) = key;
+    let started = Instant::now();
+    tokio::time::sleep(GATHER).await;
+    let index = state.index();
+    let txs = if index.chain.hash(height) == hash && hash.is_some() {
+        let first = state.tweaks().thread().await;
+        let i2 = index.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let _first = first;
+            i2.tweaks(height..=height).map(|t| t.into_iter().flat_map(|(_, t)| t).collect::<Vec<_>>())
+        })
+        .await;
+        match read {
+            Ok(Ok(txs)) => Some(Arc::new(txs)),
+            Ok(Err(e)) => return answer_all(&state, key, Err(format!("{e:#}"))),
+            Err(e) => return answer_all(&state, key, Err(format!("{e}"))),
+        }
+    } else {
+        None
+    };
+    let Some(txs) = txs else {
+        // Not this view's block (a reorg since) or past its tip: nothing found, nothing
+        // remembered.
+        return answer_all(&state, key, Ok(()));
+    };
+    let n = txs.len();
+    let (mut members, mut late, mut turns) = (0usize, 0usize, 0usize);
+    let mut places: Vec<Place> = Vec::new();
     let mut at = 0;
-    while at < txs.len() {
+    loop {
+        let joiners = state.tweaks().batch_joiners(key);
+        members += joiners.len();
+        if turns > 0 {
+            late += joiners.len();
+        }
+        places.extend(joiners.into_iter().map(|member| Place {
+            member,
+            checked: 0,
+            candidates: Vec::new(),
+            cpu: Duration::ZERO,
+        }));
+        places.retain(|p| !p.member.answer.is_closed());
+        let (done, going): (Vec<Place>, Vec<Place>) = places.into_iter().partition(|p| p.checked >= n);
+        places = going;
+        if !done.is_empty() {
+            answer_done(&state, &index, &txs, height, done).await;
+        }
+        if places.is_empty() {
+            if state.tweaks().close_batch(key) {
+                break;
+            }
+            continue;
+        }
         let mut permits = vec![state.tweaks().thread().await];
         while permits.len() < state.tweaks().limits().scan_threads {
             let Some(p) = state.tweaks().idle_thread() else { break };
             permits.push(p);
         }
-        let end = (at + per_thread * permits.len()).min(txs.len());
-        let (txs2, receivers2) = (txs.clone(), receivers.clone());
-        let (found, spent) = tokio::task::spawn_blocking(move || {
+        let per_thread = (TURN_CHECKS / places.len()).max(1);
+        let len = (per_thread * permits.len()).min(n);
+        // How many of the turn's transactions each member still needs: a member is done when it
+        // has been checked against all n.
+        let needs: Arc<Vec<usize>> = Arc::new(places.iter().map(|p| (n - p.checked).min(len)).collect());
+        let len = needs.iter().copied().max().unwrap_or(0);
+        let receivers: Arc<Vec<Arc<Receiver>>> =
+            Arc::new(places.iter().map(|p| p.member.receiver.clone()).collect());
+        let table_from = state.tweaks().limits().table_from;
+        let (txs2, needs2) = (txs.clone(), needs.clone());
+        let turn = tokio::task::spawn_blocking(move || {
             let threads = permits.len();
             let _permits = permits;
-            check_all(&receivers2, &txs2, at..end, threads, tables)
+            check_all(&receivers, &txs2, &needs2, at, threads, table_from)
         })
-        .await?;
-        candidates.extend(found);
-        cpu += spent;
-        at = end;
+        .await;
+        let (found, spent) = match turn {
+            Ok(turn) => turn,
+            Err(e) => {
+                let why = format!("{e}");
+                for p in places {
+                    let _ = p.member.answer.send(Err(why.clone()));
+                }
+                return answer_all(&state, key, Err(why));
+            }
+        };
+        turns += 1;
+        let share = spent / places.len() as u32;
+        for (p, need) in places.iter_mut().zip(needs.iter()) {
+            p.checked += need;
+            p.cpu += share;
+        }
+        for (r, i) in found {
+            places[r].candidates.push(i);
+        }
+        at = (at + len) % n;
     }
-    let (index2, receivers2) = (index.clone(), receivers.clone());
-    let permit = state.tweaks().thread().await;
-    let (results, spent) = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let started = thread_cpu();
-        let results = confirm(&index2, &receivers2, &txs, candidates, height);
-        (results, thread_cpu().saturating_sub(started))
-    })
-    .await?;
-    Ok((results, cpu + spent))
+    info!(
+        height,
+        transactions = n,
+        members,
+        late,
+        turns,
+        ms = started.elapsed().as_millis() as u64,
+        "silent payments: a new block scanned for the live subscriptions"
+    );
 }
 
-/// The (member, transaction) pairs among transactions `range` whose prefixes match, checked on
-/// `threads` threads (the range split among them); the CPU time of all.
+/// Answers every member of the batch of `key`, those still to join included, alike: with an
+/// error, or (`Ok`) with nothing found and no block remembered. Closes the batch.
+fn answer_all(state: &State, key: BatchKey, answer: Result<(), String>) {
+    loop {
+        for m in state.tweaks().batch_joiners(key) {
+            let found =
+                answer.clone().map(|()| Found { hits: Vec::new(), hashes: Vec::new(), cpu: Duration::ZERO });
+            let _ = m.answer.send(found);
+        }
+        if state.tweaks().close_batch(key) {
+            return;
+        }
+    }
+}
+
+/// The members checked against all of the block's transactions: their candidates confirmed on
+/// a scan thread (`confirm`), each answered.
+async fn answer_done(
+    state: &State,
+    index: &Arc<IndexReader>,
+    txs: &Arc<Vec<sp::TweakedTx>>,
+    height: Height,
+    done: Vec<Place>,
+) {
+    let permit = state.tweaks().thread().await;
+    let receivers: Vec<Arc<Receiver>> = done.iter().map(|p| p.member.receiver.clone()).collect();
+    let candidates: Vec<(usize, usize)> =
+        done.iter().enumerate().flat_map(|(r, p)| p.candidates.iter().map(move |&i| (r, i))).collect();
+    let (index2, txs2) = (index.clone(), txs.clone());
+    let confirmed = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let started = thread_cpu();
+        let results = confirm(&index2, &receivers, &txs2, candidates, height);
+        (results, thread_cpu().saturating_sub(started))
+    })
+    .await;
+    let (results, spent) = match confirmed {
+        Ok(r) => r,
+        Err(e) => (done.iter().map(|_| Err(format!("{e}"))).collect(), Duration::ZERO),
+    };
+    let share = spent / done.len() as u32;
+    let hashes: Seen = index.chain.hash(height).map(|hash| vec![(height, hash)]).unwrap_or_default();
+    let forked = |m: &Member| m.below.is_some_and(|(h, hash)| index.chain.hash(h) != Some(hash));
+    for (p, hits) in done.into_iter().zip(results) {
+        let cpu = p.cpu + share;
+        let found = match hits {
+            Ok(_) if forked(&p.member) => Ok(Found { hits: Vec::new(), hashes: Vec::new(), cpu }),
+            Ok(hits) => Ok(Found { hits, hashes: hashes.clone(), cpu }),
+            Err(e) => Err(e),
+        };
+        let _ = p.member.answer.send(found);
+    }
+}
+
+/// One turn of a batch: the (member, transaction) pairs whose prefixes match, for the turn's
+/// transactions, from `at` round the block (the `j`-th of them checked for the members whose
+/// `needs` exceed j), split among `threads` threads; the CPU time of all.
 fn check_all(
     receivers: &[Arc<Receiver>],
     txs: &[sp::TweakedTx],
-    range: std::ops::Range<usize>,
+    needs: &[usize],
+    at: usize,
     threads: usize,
-    tables: bool,
+    table_from: usize,
 ) -> (Vec<(usize, usize)>, Duration) {
-    let part = range.len().div_ceil(threads.max(1)).max(1);
+    let len = needs.iter().copied().max().unwrap_or(0);
+    let part = len.div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
-        let parts: Vec<_> = (range.start..range.end)
+        let parts: Vec<_> = (0..len)
             .step_by(part)
             .map(|from| {
-                let to = (from + part).min(range.end);
+                let to = (from + part).min(len);
                 s.spawn(move || {
                     let started = thread_cpu();
                     let mut found = Vec::new();
-                    for (i, t) in txs.iter().enumerate().take(to).skip(from) {
-                        let table = tables.then(|| sp::TweakTable::new(&t.tweak));
-                        for (r, receiver) in receivers.iter().enumerate() {
+                    for j in from..to {
+                        let i = (at + j) % txs.len();
+                        let t = &txs[i];
+                        let checked = needs.iter().filter(|&&need| need > j).count();
+                        let table = (checked >= table_from).then(|| sp::TweakTable::new(&t.tweak));
+                        for (r, receiver) in receivers.iter().enumerate().filter(|&(r, _)| needs[r] > j) {
                             let hit = match &table {
                                 Some(table) => receiver.matches_by(table, &t.outputs),
                                 None => receiver.matches(&t.tweak, &t.outputs),
@@ -1010,9 +1104,11 @@ mod tests {
     }
 
     /// A batch's checks give the same (member, transaction) pairs however the block is cut into
-    /// turns and threads, with tables or without, and exactly those the block was made to pay.
+    /// turns and threads, with tables or without, whenever each member joins (those who join late
+    /// are checked from where the batch is, round to where they came in), and exactly those the
+    /// block was made to pay.
     #[test]
-    fn a_batch_finds_the_same_pairs_in_any_turns_and_threads() {
+    fn a_batch_finds_the_same_pairs_in_any_turns_threads_and_joining_times() {
         use bitcoin::secp256k1::{Secp256k1, SecretKey};
         let secp = Secp256k1::new();
         let key = |i: u32| {
@@ -1040,17 +1136,45 @@ mod tests {
             .collect();
         want.sort_unstable();
         want.dedup();
-        for tables in [false, true] {
-            for (per_turn, threads) in [(23, 1), (23, 2), (5, 2), (1, 3), (4, 5)] {
-                let mut got = Vec::new();
-                let mut at = 0;
-                while at < txs.len() {
-                    let end = (at + per_turn * threads).min(txs.len());
-                    got.extend(check_all(&receivers, &txs, at..end, threads, tables).0);
-                    at = end;
+        let n = txs.len();
+        // The turn at which each member joins.
+        for joins in [[0, 0, 0, 0, 0], [0, 0, 1, 3, 3], [2, 0, 5, 1, 4]] {
+            for table_from in [usize::MAX, 1, 3] {
+                for (per_turn, threads) in [(23, 1), (23, 2), (5, 2), (1, 3), (4, 5)] {
+                    let mut checked: Vec<Option<usize>> = vec![None; receivers.len()];
+                    let mut got = Vec::new();
+                    let (mut at, mut turn) = (0, 0);
+                    // As `run_batch` goes: take the joiners, drop those done, one turn for the rest.
+                    loop {
+                        for (r, &j) in joins.iter().enumerate() {
+                            if j == turn {
+                                checked[r] = Some(0);
+                            }
+                        }
+                        let going: Vec<usize> =
+                            (0..receivers.len()).filter(|&r| checked[r].is_some_and(|c| c < n)).collect();
+                        if going.is_empty() && joins.iter().all(|&j| j <= turn) {
+                            break;
+                        }
+                        let len = (per_turn * threads).min(n);
+                        let needs: Vec<usize> =
+                            going.iter().map(|&r| (n - checked[r].unwrap()).min(len)).collect();
+                        let these: Vec<Arc<Receiver>> = going.iter().map(|&r| receivers[r].clone()).collect();
+                        let (found, _) = check_all(&these, &txs, &needs, at, threads, table_from);
+                        got.extend(found.into_iter().map(|(k, i)| (going[k], i)));
+                        for (k, &r) in going.iter().enumerate() {
+                            checked[r] = checked[r].map(|c| c + needs[k]);
+                        }
+                        at = (at + needs.iter().copied().max().unwrap_or(0)) % n;
+                        turn += 1;
+                    }
+                    got.sort_unstable();
+                    let what = format!(
+                        "joins {joins:?}, turns of {per_turn} × {threads} threads, tables from {table_from}"
+                    );
+                    assert_eq!(got, want, "{what}");
+                    assert!(checked.iter().all(|&c| c == Some(n)), "{what}: {checked:?}");
                 }
-                got.sort_unstable();
-                assert_eq!(got, want, "turns of {per_turn} × {threads} threads, tables {tables}");
             }
         }
     }

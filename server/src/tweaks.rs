@@ -9,7 +9,8 @@
 //! keeps them) and announced as they come.
 //!
 //! It also gathers the live scans that want the same new block into one batch
-//! (`silent::together`), so that each transaction's tweak table is made once for all of them.
+//! (`silent::together`), so that each transaction's tweak table is made once for all of them; a
+//! batch stays open while it runs, so a scan that wakes late joins it at its next turn.
 //!
 //! No client key is held here but for that while: a scan waiting in a batch lends it its
 //! `Receiver` until the batch has answered. Keys otherwise live in their session's scan tasks.
@@ -80,9 +81,14 @@ pub struct Tweaks {
     threads: Arc<Semaphore>,
     mempool: Mutex<MempoolTweaks>,
     news: broadcast::Sender<News>,
-    /// Live scans waiting for a batch of the block at a height.
-    batches: Mutex<HashMap<Height, Vec<Member>>>,
+    /// The batches of new blocks, running or about to.
+    batches: Mutex<HashMap<BatchKey, Vec<Member>>>,
 }
+
+/// A batch is of one block: its height and its hash as the scan saw it (None: past the tip it
+/// saw), so that a scan whose view of the chain differs after a reorg never joins a batch of the
+/// block it replaced.
+pub type BatchKey = (Height, Option<BlockHash>);
 
 /// Things held (scans in flight, live subscriptions) capped in all and per client group
 /// (`bans::client_group`; loopback not counted per client unless `limit_loopback`).
@@ -215,18 +221,34 @@ impl Tweaks {
         self.threads.clone().try_acquire_owned().ok()
     }
 
-    /// Puts `m` in the batch of the block at `height`; true if it is the batch's first member
-    /// (whose scan must then see that the batch is run).
-    pub fn join_batch(&self, height: Height, m: Member) -> bool {
+    /// Puts `m` in the batch of `key`, where it waits to be taken at the batch's next turn; true
+    /// if no batch of `key` was open (the caller must then run one: `silent::run_batch`).
+    pub fn join_batch(&self, key: BatchKey, m: Member) -> bool {
         let mut b = self.batches.lock().unwrap();
-        let members = b.entry(height).or_default();
-        members.push(m);
-        members.len() == 1
+        let mut opened = false;
+        b.entry(key)
+            .or_insert_with(|| {
+                opened = true;
+                Vec::new()
+            })
+            .push(m);
+        opened
     }
 
-    /// The members of the batch of `height` so far; those who come later make a new one.
-    pub fn take_batch(&self, height: Height) -> Vec<Member> {
-        self.batches.lock().unwrap().remove(&height).unwrap_or_default()
+    /// The members who joined the batch of `key` since it last looked.
+    pub fn batch_joiners(&self, key: BatchKey) -> Vec<Member> {
+        self.batches.lock().unwrap().get_mut(&key).map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Closes the batch of `key` if nobody joined it since it last looked (true); later scans
+    /// of the block open a new one.
+    pub fn close_batch(&self, key: BatchKey) -> bool {
+        let mut b = self.batches.lock().unwrap();
+        let idle = b.get(&key).is_none_or(Vec::is_empty);
+        if idle {
+            b.remove(&key);
+        }
+        idle
     }
 
     /// The mempool's transactions as `silent::track_mempool` last saw them.
