@@ -565,11 +565,12 @@ fn remember(seen: &mut VecDeque<(Height, BlockHash)>, hashes: Vec<(Height, Block
     }
 }
 
-/// The transactions of blocks `from..=to` that pay `receiver`, each confirmed against its bytes;
-/// and the blocks' hashes. Blocks past the index's tip are not there yet: none.
+/// The transactions of blocks `from..=to` that pay `receiver`, each confirmed against its bytes
+/// (`confirm`, as a batch's are); and the blocks' hashes. Blocks past the index's tip are not
+/// there yet: none.
 fn scan_blocks(
     index: &IndexReader,
-    receiver: &Receiver,
+    receiver: &Arc<Receiver>,
     from: Height,
     to: Height,
 ) -> Result<(Vec<Hit>, Seen)> {
@@ -581,13 +582,13 @@ fn scan_blocks(
     let to = to as Height;
     let mut hits = Vec::new();
     for (height, txs) in index.tweaks(from..=to)? {
-        for t in txs.iter().filter(|t| receiver.matches(&t.tweak, &t.outputs)) {
-            let (raw, ..) = index.tx_by_num(t.txnum)?;
-            let tx: Transaction = bitcoin::consensus::deserialize(&raw)?;
-            if !receiver.paid_outputs(&t.tweak, &tx).is_empty() {
-                hits.push(Hit { height, txid: tx.compute_txid(), tweak: t.tweak.serialize() });
-            }
-        }
+        let candidates = txs
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| receiver.matches(&t.tweak, &t.outputs))
+            .map(|(i, _)| (0, i));
+        let found = confirm(index, std::slice::from_ref(receiver), &txs, candidates.collect(), height);
+        hits.extend(found.into_iter().next().expect("one result a receiver").map_err(anyhow::Error::msg)?);
     }
     let hashes = (from..=to).filter_map(|h| Some((h, index.chain.hash(h)?))).collect();
     Ok((hits, hashes))
