@@ -10,7 +10,9 @@
 # `sp-block` opens BENCH_SP_SESSIONS (1000) sessions to one server, each its own live
 # subscription, mines a block of BENCH_SP_ELIGIBLE (1000) eligible transactions plus one paying
 # every session, and times each session's notification; the servers in turn, BENCH_ROUNDS (3)
-# rounds, the order alternating. Writes $BENCH_DIR/sp-block-<date>.md and prints it.
+# rounds, the order alternating; each round also makes the same block's checks in its own process
+# on 2 threads with the server's functions (the arithmetic alone). Writes
+# $BENCH_DIR/sp-block-<date>.md and prints it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -69,7 +71,8 @@ report=$BENCH_DIR/sp-block-$(date -u +%Y%m%dT%H%M%SZ).md
 {
     echo "bench-sp-block.sh on $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ): three blkindex-servers on one regtest"
     echo "node and index (default: 1 scan thread, tables from 128; tables-2: 2 threads, tables; alone-2:"
-    echo "2 threads, no tables). Each row is one block mined with generateblock."
+    echo "2 threads, no tables). Each row is one block mined with generateblock; 'in process' is the first"
+    echo "block of the round checked in sp-block itself, on 2 threads, as a batch with tables checks it."
     echo
     "$bin/sp-block" "${servers[@]}" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" \
         --sessions "$sessions" --eligible "$eligible" --rounds "$rounds"

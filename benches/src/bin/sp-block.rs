@@ -9,7 +9,10 @@
 //!
 //! Each server named is measured in turn in every round (the order alternating), so that
 //! setups (flags) compare in one run on one chain as ratios. Between setups the sessions are
-//! closed: a server with no live subscription does no work for a block.
+//! closed: a server with no live subscription does no work for a block. Each round also does
+//! the same block's checks in this process, on `--threads` threads, with the server's own
+//! functions (a `TweakTable` per transaction, `Receiver::matches_by` for every wallet): the
+//! cost of the arithmetic alone, beside which the servers' figures show what serving adds.
 //!
 //! The coins are the bench's own P2WPKH keys, funded by the node's wallet a block before.
 //!
@@ -36,7 +39,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use blkindex_shared::rpc::{btc_to_sat, Auth, Rpc};
-use blkindex_shared::silent::{self, Receiver};
+use blkindex_shared::silent::{self, Receiver, TweakTable};
 
 #[derive(Parser)]
 struct Args {
@@ -55,6 +58,9 @@ struct Args {
     eligible: usize,
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Threads for the in-process checks of each round's block.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 /// How long a block's notifications may take before the run is called failed.
@@ -207,8 +213,14 @@ fn send(mut s: &TcpStream, id: u64, method: &str, params: Value) -> Result<()> {
 }
 
 /// One block through one server; the times from the mining call, in seconds: header, first,
-/// median and last session.
-fn one_block(bench: &mut Bench, addr: &str, args: &Args, round: usize) -> Result<[f64; 4]> {
+/// median and last session; and, with `in_process`, the seconds its checks take here.
+fn one_block(
+    bench: &mut Bench,
+    addr: &str,
+    args: &Args,
+    round: usize,
+    in_process: bool,
+) -> Result<([f64; 4], Option<f64>)> {
     let (tx, events) = crossbeam_channel::unbounded::<(usize, Event)>();
     // The coins first: their block is scanned before any session is there.
     let mut amounts = vec![20_000u64; args.eligible];
@@ -271,7 +283,59 @@ fn one_block(bench: &mut Bench, addr: &str, args: &Args, round: usize) -> Result
         let _ = c.shutdown(std::net::Shutdown::Both);
     }
     paid.sort_by(f64::total_cmp);
-    Ok([header.unwrap(), paid[0], paid[paid.len() / 2], paid[paid.len() - 1]])
+    let here = if in_process {
+        // The coin each transaction spends, in the block's order.
+        let mut spent: Vec<&bitcoin::Script> =
+            coins[..args.eligible].iter().map(|c| c.txout.script_pubkey.as_script()).collect();
+        spent.insert(args.eligible / 2, coins[args.eligible].txout.script_pubkey.as_script());
+        Some(checks_here(&txs, &spent, &receivers, args.threads)?)
+    } else {
+        None
+    };
+    Ok(([header.unwrap(), paid[0], paid[paid.len() / 2], paid[paid.len() - 1]], here))
+}
+
+/// The block's checks for every receiver in this process, as a server's batch makes them (one
+/// `TweakTable` per transaction, shared; `matches_by` for each receiver), its transactions split
+/// among `threads` threads: the seconds taken. `spent`: the script of the coin each transaction
+/// spends. Every receiver must match the payment.
+fn checks_here(
+    txs: &[Transaction],
+    spent: &[&bitcoin::Script],
+    receivers: &[Receiver],
+    threads: usize,
+) -> Result<f64> {
+    let eligible: Vec<(PublicKey, Vec<silent::OutputPrefix>)> = txs
+        .iter()
+        .zip(spent)
+        .map(|(tx, &script)| {
+            let tweak = silent::tweak(tx, &[script]).context("an eligible transaction")?;
+            Ok((tweak, silent::output_prefixes(tx)))
+        })
+        .collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    let part = eligible.len().div_ceil(threads.max(1));
+    let matched: usize = std::thread::scope(|s| {
+        let parts: Vec<_> = eligible
+            .chunks(part)
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut n = 0;
+                    for (tweak, outputs) in chunk {
+                        let table = TweakTable::new(tweak);
+                        n += receivers.iter().filter(|r| r.matches_by(&table, outputs)).count();
+                    }
+                    n
+                })
+            })
+            .collect();
+        parts.into_iter().map(|p| p.join().expect("a check thread panicked")).sum()
+    });
+    let took = t0.elapsed().as_secs_f64();
+    if matched < receivers.len() {
+        bail!("in process, {matched} matches where every one of {} receivers is paid", receivers.len());
+    }
+    Ok(took)
 }
 
 fn main() -> Result<()> {
@@ -296,15 +360,19 @@ fn main() -> Result<()> {
     );
     println!("| round | server | header | first | median | last session | last / {} |", servers[0].0);
     println!("|---|---|---|---|---|---|---|");
-    let mut lasts: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    let mut lasts: Vec<Vec<f64>> = vec![Vec::new(); servers.len() + 1];
     for round in 0..args.rounds {
         let mut order: Vec<usize> = (0..servers.len()).collect();
         if round % 2 == 1 {
             order.reverse();
         }
         let mut row = vec![[0.0; 4]; servers.len()];
+        let mut here = None;
         for &s in &order {
-            row[s] = one_block(&mut bench, &servers[s].1, &args, round * servers.len() + s)?;
+            let (times, h) =
+                one_block(&mut bench, &servers[s].1, &args, round * servers.len() + s, here.is_none())?;
+            row[s] = times;
+            here = here.or(h);
             // The sessions' closing, seen by the server, before the next one's block.
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -321,14 +389,23 @@ fn main() -> Result<()> {
                 t[3] / row[0][3]
             );
         }
+        let here = here.expect("measured in the round's first block");
+        lasts[servers.len()].push(here);
+        println!(
+            "| {} | in process, {} threads | – | – | – | {here:.3} | {:.2} |",
+            round + 1,
+            args.threads,
+            here / row[0][3]
+        );
     }
     let checks = (args.sessions * (args.eligible + 1)) as f64;
+    let in_process = format!("in process, {} threads", args.threads);
     for (s, l) in lasts.iter_mut().enumerate() {
         l.sort_by(f64::total_cmp);
         let median = l[l.len() / 2];
         println!(
             "{}: last session median {:.3} s over {} rounds; {:.1} µs of wall time per (session, transaction) check",
-            servers[s].0,
+            servers.get(s).map_or(&in_process, |s| &s.0),
             median,
             l.len(),
             median / checks * 1e6
