@@ -601,14 +601,92 @@ const GATHER: Duration = Duration::from_millis(5);
 /// 40 µs a check, as a scan's turn of `CHUNK` blocks; between turns other scans get theirs.
 const TURN_CHECKS: usize = 12_500;
 
-/// A member of a running batch: how many of the block's transactions it has been checked
-/// against (always those just before the batch's position), the ones that matched, and its
-/// share of the CPU time so far.
+/// A member of a running batch: the transactions that matched its prefixes so far, and its share
+/// of the CPU time so far.
 struct Place {
     member: Member,
-    checked: usize,
     candidates: Vec<usize>,
     cpu: Duration,
+}
+
+/// A batch's bookkeeping, apart from its work so that a test drives the same code: the block's
+/// `n` transactions, the position of the next turn in them, and each member still going with
+/// how many it has been checked against (always the ones just before `at`, round the block).
+struct Round<T> {
+    n: usize,
+    at: usize,
+    going: Vec<(T, usize)>,
+}
+
+impl<T> Round<T> {
+    fn new(n: usize) -> Self {
+        Round { n, at: 0, going: Vec::new() }
+    }
+
+    /// A member from now on: checked from `at`.
+    fn join(&mut self, member: T) {
+        self.going.push((member, 0));
+    }
+
+    /// The members checked against every transaction, taken out; and those `keep` refuses
+    /// (gone meanwhile) dropped.
+    fn take_done(&mut self, keep: impl Fn(&T) -> bool) -> Vec<T> {
+        let n = self.n;
+        let (done, going) = std::mem::take(&mut self.going)
+            .into_iter()
+            .filter(|(m, _)| keep(m))
+            .partition::<Vec<_>, _>(|&(_, checked)| checked >= n);
+        self.going = going;
+        done.into_iter().map(|(m, _)| m).collect()
+    }
+
+    /// The next turn, for `threads` threads of `turn_checks` (member, transaction) checks
+    /// each: how many of the turn's transactions (from `at`) each member still going needs.
+    fn needs(&self, threads: usize, turn_checks: usize) -> Vec<usize> {
+        let per_thread = (turn_checks / self.going.len().max(1)).max(1);
+        let len = (per_thread * threads).min(self.n);
+        self.going.iter().map(|&(_, checked)| (self.n - checked).min(len)).collect()
+    }
+
+    /// After a turn of `needs`: each member checked against its need more, `at` past the turn.
+    fn advance(&mut self, needs: &[usize]) {
+        for ((_, checked), need) in self.going.iter_mut().zip(needs) {
+            *checked += need;
+        }
+        if self.n > 0 {
+            self.at = (self.at + needs.iter().copied().max().unwrap_or(0)) % self.n;
+        }
+    }
+}
+
+/// Closes a batch that stops short (a panic in its task), answering those still waiting to join
+/// it with an error, so that none waits for a batch nobody runs. Disarmed once the batch has
+/// closed itself: a batch of the same key opened after it is not this one's.
+struct Open {
+    state: Arc<State>,
+    key: BatchKey,
+    armed: bool,
+}
+
+impl Open {
+    /// The batch closed itself.
+    fn closed(mut self) {
+        self.armed = false;
+    }
+
+    /// Every member still to join the batch answered alike (`answer_all`), the batch closed.
+    fn answer_all(mut self, answer: Result<(), String>) {
+        answer_all(&self.state, self.key, answer);
+        self.armed = false;
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.armed {
+            answer_all(&self.state, self.key, Err("the batch of this block stopped".into()));
+        }
+    }
 }
 
 /// Runs the batch of one block (`Scan::together`). The block's tweak rows are read once, from
@@ -617,61 +695,55 @@ struct Place {
 /// among them): with a table of each tweak's multiples made once for all the members checked
 /// against it when they are at least `--sp-table-from`, each on its own below that.
 ///
-/// The batch goes round the block's transactions: a member who joins late (its scan woke after
-/// the first turn) is taken at the next turn, checked from where the batch is, and answered once
-/// it has been round, wrapping to the transactions before. Each member is answered as soon as it
-/// is done, with its own hits (or its own error) and its share of the CPU time of the turns it
-/// was in. A member whose last block seen is no longer in the batch's view, or whose view of the
-/// block is not the batch's, gets nothing, and its next tip change rescans from the fork.
+/// The batch goes round the block's transactions (`Round`): a member who joins late (its scan
+/// woke after the first turn) is taken at the next turn, checked from where the batch is, and
+/// answered once it has been round, wrapping to the transactions before. Each member is answered
+/// as soon as it is done, with its own hits in block order (or its own error) and its share of
+/// the CPU time of the turns it was in (in proportion to its checks). A member whose last block
+/// seen is no longer in the batch's view, or whose view of the block is not the batch's, gets
+/// nothing, and its next tip change rescans from the fork.
 async fn run_batch(state: Arc<State>, key: BatchKey) {
     let (height, hash) = key;
+    let open = Open { state: state.clone(), key, armed: true };
     let started = Instant::now();
     tokio::time::sleep(GATHER).await;
     let index = state.index();
-    let txs = if index.chain.hash(height) == hash && hash.is_some() {
-        let first = state.tweaks().thread().await;
-        let i2 = index.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let _first = first;
-            i2.tweaks(height..=height).map(|t| t.into_iter().flat_map(|(_, t)| t).collect::<Vec<_>>())
-        })
-        .await;
-        match read {
-            Ok(Ok(txs)) => Some(Arc::new(txs)),
-            Ok(Err(e)) => return answer_all(&state, key, Err(format!("{e:#}"))),
-            Err(e) => return answer_all(&state, key, Err(format!("{e}"))),
-        }
-    } else {
-        None
-    };
-    let Some(txs) = txs else {
+    if index.chain.hash(height) != hash || hash.is_none() {
         // Not this view's block (a reorg since) or past its tip: nothing found, nothing
         // remembered.
-        return answer_all(&state, key, Ok(()));
+        debug!(height, "silent payments: a new block's batch answered empty: the block is not in the chain");
+        return open.answer_all(Ok(()));
+    }
+    let first = state.tweaks().thread().await;
+    let i2 = index.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let _first = first;
+        let started = thread_cpu();
+        let txs = i2.tweaks(height..=height).map(|t| t.into_iter().flat_map(|(_, t)| t).collect::<Vec<_>>());
+        txs.map(|txs| (txs, thread_cpu().saturating_sub(started)))
+    })
+    .await;
+    let (txs, mut unshared) = match read {
+        Ok(Ok((txs, cpu))) => (Arc::new(txs), cpu),
+        Ok(Err(e)) => return open.answer_all(Err(format!("{e:#}"))),
+        Err(e) => return open.answer_all(Err(format!("{e}"))),
     };
     let n = txs.len();
     let (mut members, mut late, mut turns) = (0usize, 0usize, 0usize);
-    let mut places: Vec<Place> = Vec::new();
-    let mut at = 0;
+    let mut round: Round<Place> = Round::new(n);
     loop {
-        let joiners = state.tweaks().batch_joiners(key);
-        members += joiners.len();
-        if turns > 0 {
-            late += joiners.len();
+        for member in state.tweaks().batch_joiners(key) {
+            if !member.answer.is_closed() {
+                members += 1;
+                late += usize::from(turns > 0);
+                round.join(Place { member, candidates: Vec::new(), cpu: Duration::ZERO });
+            }
         }
-        places.extend(joiners.into_iter().map(|member| Place {
-            member,
-            checked: 0,
-            candidates: Vec::new(),
-            cpu: Duration::ZERO,
-        }));
-        places.retain(|p| !p.member.answer.is_closed());
-        let (done, going): (Vec<Place>, Vec<Place>) = places.into_iter().partition(|p| p.checked >= n);
-        places = going;
+        let done = round.take_done(|p| !p.member.answer.is_closed());
         if !done.is_empty() {
             answer_done(&state, &index, &txs, height, done).await;
         }
-        if places.is_empty() {
+        if round.going.is_empty() {
             if state.tweaks().close_batch(key) {
                 break;
             }
@@ -682,52 +754,48 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
             let Some(p) = state.tweaks().idle_thread() else { break };
             permits.push(p);
         }
-        let per_thread = (TURN_CHECKS / places.len()).max(1);
-        let len = (per_thread * permits.len()).min(n);
-        // How many of the turn's transactions each member still needs: a member is done when it
-        // has been checked against all n.
-        let needs: Arc<Vec<usize>> = Arc::new(places.iter().map(|p| (n - p.checked).min(len)).collect());
-        let len = needs.iter().copied().max().unwrap_or(0);
+        let needs = Arc::new(round.needs(permits.len(), TURN_CHECKS));
         let receivers: Arc<Vec<Arc<Receiver>>> =
-            Arc::new(places.iter().map(|p| p.member.receiver.clone()).collect());
+            Arc::new(round.going.iter().map(|(p, _)| p.member.receiver.clone()).collect());
         let table_from = state.tweaks().limits().table_from;
-        let (txs2, needs2) = (txs.clone(), needs.clone());
+        let (txs2, needs2, at) = (txs.clone(), needs.clone(), round.at);
         let turn = tokio::task::spawn_blocking(move || {
             let threads = permits.len();
             let _permits = permits;
             check_all(&receivers, &txs2, &needs2, at, threads, table_from)
         })
         .await;
-        let (found, spent) = match turn {
-            Ok(turn) => turn,
-            Err(e) => {
-                let why = format!("{e}");
-                for p in places {
-                    let _ = p.member.answer.send(Err(why.clone()));
-                }
-                return answer_all(&state, key, Err(why));
-            }
+        let Ok((found, spent)) = turn else {
+            // The turn panicked: its members are answered as the batch's dropped (`together`).
+            return open.answer_all(Err("a turn of the batch of this block stopped".into()));
         };
         turns += 1;
-        let share = spent / places.len() as u32;
-        for (p, need) in places.iter_mut().zip(needs.iter()) {
-            p.checked += need;
-            p.cpu += share;
+        // The read's CPU time goes with the first turn.
+        let spent = spent + std::mem::take(&mut unshared);
+        let checks: usize = needs.iter().sum();
+        for ((p, _), &need) in round.going.iter_mut().zip(needs.iter()) {
+            p.cpu += spent.mul_f64(need as f64 / checks.max(1) as f64);
         }
         for (r, i) in found {
-            places[r].candidates.push(i);
+            round.going[r].0.candidates.push(i);
         }
-        at = (at + len) % n;
+        round.advance(&needs);
     }
-    info!(
-        height,
-        transactions = n,
-        members,
-        late,
-        turns,
-        ms = started.elapsed().as_millis() as u64,
-        "silent payments: a new block scanned for the live subscriptions"
-    );
+    let ms = started.elapsed().as_millis() as u64;
+    if n > 0 {
+        info!(
+            height,
+            transactions = n,
+            members,
+            late,
+            turns,
+            ms,
+            "silent payments: a new block scanned for the live subscriptions"
+        );
+    } else {
+        debug!(height, members, ms, "silent payments: a new block with no eligible transaction");
+    }
+    open.closed();
 }
 
 /// Answers every member of the batch of `key`, those still to join included, alike: with an
@@ -746,7 +814,8 @@ fn answer_all(state: &State, key: BatchKey, answer: Result<(), String>) {
 }
 
 /// The members checked against all of the block's transactions: their candidates confirmed on
-/// a scan thread (`confirm`), each answered.
+/// a scan thread (`confirm`; with none, no thread is waited for), each answered, its hits in
+/// block order.
 async fn answer_done(
     state: &State,
     index: &Arc<IndexReader>,
@@ -754,21 +823,27 @@ async fn answer_done(
     height: Height,
     done: Vec<Place>,
 ) {
-    let permit = state.tweaks().thread().await;
-    let receivers: Vec<Arc<Receiver>> = done.iter().map(|p| p.member.receiver.clone()).collect();
-    let candidates: Vec<(usize, usize)> =
+    let mut candidates: Vec<(usize, usize)> =
         done.iter().enumerate().flat_map(|(r, p)| p.candidates.iter().map(move |&i| (r, i))).collect();
-    let (index2, txs2) = (index.clone(), txs.clone());
-    let confirmed = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let started = thread_cpu();
-        let results = confirm(&index2, &receivers, &txs2, candidates, height);
-        (results, thread_cpu().saturating_sub(started))
-    })
-    .await;
-    let (results, spent) = match confirmed {
-        Ok(r) => r,
-        Err(e) => (done.iter().map(|_| Err(format!("{e}"))).collect(), Duration::ZERO),
+    // A member who joined late was checked from mid-block round to its start.
+    candidates.sort_unstable();
+    let (results, spent) = if candidates.is_empty() {
+        (done.iter().map(|_| Ok(Vec::new())).collect(), Duration::ZERO)
+    } else {
+        let permit = state.tweaks().thread().await;
+        let receivers: Vec<Arc<Receiver>> = done.iter().map(|p| p.member.receiver.clone()).collect();
+        let (index2, txs2) = (index.clone(), txs.clone());
+        let confirmed = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let started = thread_cpu();
+            let results = confirm(&index2, &receivers, &txs2, candidates, height);
+            (results, thread_cpu().saturating_sub(started))
+        })
+        .await;
+        match confirmed {
+            Ok(r) => r,
+            Err(e) => (done.iter().map(|_| Err(format!("{e}"))).collect(), Duration::ZERO),
+        }
     };
     let share = spent / done.len() as u32;
     let hashes: Seen = index.chain.hash(height).map(|hash| vec![(height, hash)]).unwrap_or_default();
@@ -1141,43 +1216,46 @@ mod tests {
         // The turn at which each member joins.
         for joins in [[0, 0, 0, 0, 0], [0, 0, 1, 3, 3], [2, 0, 5, 1, 4]] {
             for table_from in [usize::MAX, 1, 3] {
-                for (per_turn, threads) in [(23, 1), (23, 2), (5, 2), (1, 3), (4, 5)] {
-                    let mut checked: Vec<Option<usize>> = vec![None; receivers.len()];
-                    let mut got = Vec::new();
-                    let (mut at, mut turn) = (0, 0);
-                    // As `run_batch` goes: take the joiners, drop those done, one turn for the rest.
+                // Checks a thread makes a turn (shared among the members going, as `run_batch`
+                // shares `TURN_CHECKS`), and threads.
+                for (turn_checks, threads) in [(100, 1), (100, 2), (10, 2), (1, 3), (12, 5)] {
+                    let mut round: Round<usize> = Round::new(n);
+                    let (mut got, mut answered) = (Vec::new(), Vec::new());
+                    let mut turn = 0;
+                    // As `run_batch` goes: take the joiners, answer those done, a turn for the rest.
                     loop {
-                        for (r, &j) in joins.iter().enumerate() {
-                            if j == turn {
-                                checked[r] = Some(0);
-                            }
-                        }
-                        let going: Vec<usize> =
-                            (0..receivers.len()).filter(|&r| checked[r].is_some_and(|c| c < n)).collect();
-                        if going.is_empty() && joins.iter().all(|&j| j <= turn) {
+                        (0..receivers.len()).filter(|&r| joins[r] == turn).for_each(|r| round.join(r));
+                        answered.extend(round.take_done(|_| true));
+                        if round.going.is_empty() && joins.iter().all(|&j| j <= turn) {
                             break;
                         }
-                        let len = (per_turn * threads).min(n);
-                        let needs: Vec<usize> =
-                            going.iter().map(|&r| (n - checked[r].unwrap()).min(len)).collect();
-                        let these: Vec<Arc<Receiver>> = going.iter().map(|&r| receivers[r].clone()).collect();
-                        let (found, _) = check_all(&these, &txs, &needs, at, threads, table_from);
-                        got.extend(found.into_iter().map(|(k, i)| (going[k], i)));
-                        for (k, &r) in going.iter().enumerate() {
-                            checked[r] = checked[r].map(|c| c + needs[k]);
-                        }
-                        at = (at + needs.iter().copied().max().unwrap_or(0)) % n;
+                        let needs = round.needs(threads, turn_checks);
+                        let these: Vec<Arc<Receiver>> =
+                            round.going.iter().map(|&(r, _)| receivers[r].clone()).collect();
+                        let (found, _) = check_all(&these, &txs, &needs, round.at, threads, table_from);
+                        got.extend(found.into_iter().map(|(k, i)| (round.going[k].0, i)));
+                        round.advance(&needs);
                         turn += 1;
                     }
                     got.sort_unstable();
+                    answered.sort_unstable();
                     let what = format!(
-                        "joins {joins:?}, turns of {per_turn} × {threads} threads, tables from {table_from}"
+                        "joins {joins:?}, {turn_checks} checks × {threads} threads, tables from {table_from}"
                     );
                     assert_eq!(got, want, "{what}");
-                    assert!(checked.iter().all(|&c| c == Some(n)), "{what}: {checked:?}");
+                    assert_eq!(
+                        answered,
+                        (0..receivers.len()).collect::<Vec<_>>(),
+                        "{what}: each answered once"
+                    );
                 }
             }
         }
+        // A block with no eligible transaction answers its members at once.
+        let mut empty: Round<usize> = Round::new(0);
+        empty.join(7);
+        assert_eq!(empty.take_done(|_| true), vec![7]);
+        assert_eq!(empty.needs(2, 100), Vec::<usize>::new());
     }
 
     #[test]

@@ -278,6 +278,8 @@ impl Tweaks {
 mod tests {
     use std::time::Duration;
 
+    use bitcoin::secp256k1::SecretKey;
+
     use super::*;
 
     /// Caps of one, to be raised where a test counts.
@@ -339,5 +341,37 @@ mod tests {
         let _d = t.try_live(ip("192.0.2.3")).expect("a freed slot");
         drop((b, c));
         assert_eq!(t.counts()[1], (1, 1));
+    }
+
+    /// A batch is open from its first member's join until it closes with nobody waiting: a
+    /// member who joins while it runs is taken by it (no second batch of the block), one who
+    /// joins after it closed opens a new one, and a scan that saw another block at the height
+    /// (a reorg) never joins it.
+    #[test]
+    fn a_batch_takes_joiners_until_it_closes_idle() {
+        use bitcoin::hashes::Hash;
+        let t = Tweaks::new(Some(0), limits());
+        let member = || {
+            let one = SecretKey::from_slice(&[1; 32]).unwrap();
+            let receiver =
+                Arc::new(Receiver::new(one, one.public_key(&bitcoin::secp256k1::Secp256k1::new()), &[]));
+            let (answer, answered) = oneshot::channel();
+            (Member { receiver, below: None, answer }, answered)
+        };
+        let key = (7, Some(BlockHash::all_zeros()));
+        let (m1, _a1) = member();
+        let (m2, _a2) = member();
+        assert!(t.join_batch(key, m1), "the first opens it");
+        assert!(!t.join_batch(key, m2), "the second finds it open");
+        assert_eq!(t.batch_joiners(key).len(), 2);
+        let (m3, _a3) = member();
+        assert!(!t.join_batch(key, m3), "running, it is still open");
+        assert!(!t.close_batch(key), "not closed with a member waiting");
+        assert_eq!(t.batch_joiners(key).len(), 1);
+        let (other, _b) = member();
+        assert!(t.join_batch((7, Some(BlockHash::from_byte_array([1; 32]))), other), "another block at 7");
+        assert!(t.close_batch(key), "closed with nobody waiting");
+        let (m4, _a4) = member();
+        assert!(t.join_batch(key, m4), "after it closed, a new one");
     }
 }
