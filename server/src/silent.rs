@@ -40,7 +40,7 @@ use blkindex_shared::silent::{self as sp, Receiver};
 
 use crate::protocol::{push_txid, ServerError};
 use crate::state::State;
-use crate::tweaks::{BatchKey, Found, Hit, Member, MempoolTweak, NoSlot, Slot};
+use crate::tweaks::{BatchKey, Checked, Found, Hit, Member, MempoolTweak, NoSlot, Slot};
 
 /// Most entries in one notification's `history` (Frigate's suggestion).
 pub const PAGE: usize = 100;
@@ -56,6 +56,9 @@ type Seen = Vec<(Height, BlockHash)>;
 /// Block hashes a scan remembers to find the fork after a reorg: the indexer follows reorgs of
 /// up to 100 blocks.
 const MAX_SEEN: usize = 101;
+/// Mempool transactions a live scan may hold as matched but unconfirmed (`Checked::unsure`);
+/// past it, the scan's blocks are checked whole.
+const MAX_UNSURE: usize = 1_000;
 /// Notifications a scan may have made that its session has not yet queued.
 const CHANNEL: usize = 2;
 /// How often a scan waiting for the indexer's tweak pass looks again.
@@ -286,7 +289,7 @@ impl Scan {
         let mut h = self.from as i64;
         while h <= end {
             let pulse = Some((progress, &mut last_sent));
-            let (found, last) = self.chunk(h, end, &mut used, &mut unsent, &mut seen, pulse, false).await?;
+            let (found, last) = self.chunk(h, end, &mut used, &mut unsent, &mut seen, pulse, None).await?;
             hits.extend(found);
             // Never 1.0 before the last page: 1.0 marks the end of the historical scan.
             progress = ((last + 1 - self.from as i64) as f64 / total).min(0.999);
@@ -304,18 +307,27 @@ impl Scan {
         // Mempool transactions sent, each once: not again from the mempool, nor when mined
         // (Frigate: the client follows confirmations by script).
         let mut sent = Sent::default();
+        // What this scan checks from the mempool, which new blocks' batches need not check again.
+        let mut checked = Checked::default();
+        let mut trusted = true;
         if self.to.is_none() {
             // One mined since the mempool was last read is reported with its block only.
             let mined: std::collections::HashSet<Txid> = hits.iter().map(|h: &Hit| h.txid).collect();
-            let mut snapshot = self.state.tweaks().mempool_snapshot();
+            let (through, mut snapshot) = self.state.tweaks().mempool_snapshot();
             snapshot.retain(|t| !mined.contains(&t.txid));
             // Part of the scan of the past: in its slot and its CPU budget.
-            let (found, cpu) = self.mempool(snapshot).await?;
+            let (found, cpu, gone) = self.mempool(snapshot).await?;
             (used, unsent) = (used + cpu, unsent + cpu);
             self.within_budget(used, &mut unsent).await?;
             for hit in found {
                 sent.add_from_mempool(hit.txid);
                 hits.push(hit);
+            }
+            checked.unsure.extend(mined.into_iter().chain(gone));
+            checked.through = through;
+            trusted = checked.unsure.len() <= MAX_UNSURE;
+            if !trusted {
+                checked = Checked::default();
             }
         }
         drop(self.slot.lock().unwrap().take());
@@ -339,17 +351,26 @@ impl Scan {
                         return Err(Stop::Gone);
                     }
                     tips.borrow_and_update();
-                    self.new_tip(&mut seen, &mut sent, &mut unsent).await?;
+                    self.new_tip(&mut seen, &mut sent, &mut unsent, &Arc::new(checked.clone())).await?;
                 }
                 batch = news.recv() => {
-                    let list = match batch {
-                        Ok(list) => list.to_vec(),
+                    let (through, list) = match batch {
+                        Ok(batch) => (batch.seq, batch.txs.clone()),
                         // Missed some: look at all of them (those sent are skipped).
                         Err(broadcast::error::RecvError::Lagged(_)) => self.state.tweaks().mempool_snapshot(),
                         Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
                     };
                     let list: Vec<_> = list.into_iter().filter(|t| !sent.contains(&t.txid)).collect();
-                    let (found, cpu) = self.mempool(list).await?;
+                    let (found, cpu, gone) = self.mempool(list).await?;
+                    checked.unsure.extend(gone);
+                    // Batches come in order (a gap is `Lagged`, answered by a snapshot), so all
+                    // up to `through` are checked.
+                    checked.through = checked.through.max(through);
+                    trusted &= checked.unsure.len() <= MAX_UNSURE;
+                    if !trusted {
+                        // Too many to carry into every block: the blocks check everything.
+                        checked = Checked::default();
+                    }
                     unsent += cpu;
                     for hit in &found {
                         sent.add_from_mempool(hit.txid);
@@ -370,6 +391,7 @@ impl Scan {
         seen: &mut VecDeque<(Height, BlockHash)>,
         sent: &mut Sent,
         unsent: &mut Duration,
+        checked: &Arc<Checked>,
     ) -> Result<(), Stop> {
         let index = self.state.index();
         let from = fork(&index, seen, self.from);
@@ -381,7 +403,7 @@ impl Scan {
         let mut used = Duration::ZERO;
         let mut h = from as i64;
         while h <= top {
-            let (found, last) = self.chunk(h, top, &mut used, unsent, seen, None, true).await?;
+            let (found, last) = self.chunk(h, top, &mut used, unsent, seen, None, Some(checked)).await?;
             hits.extend(found.into_iter().filter(|hit| sent.new_in_block(&hit.txid, hit.height)));
             h = last + 1;
         }
@@ -407,14 +429,13 @@ impl Scan {
         unsent: &mut Duration,
         seen: &mut VecDeque<(Height, BlockHash)>,
         pulse: Option<(f64, &mut Instant)>,
-        together: bool,
+        together: Option<&Arc<Checked>>,
     ) -> Result<(Vec<Hit>, i64), Stop> {
         let last = (h + CHUNK as i64 - 1).min(end);
         let last = self.computed_to(h as Height, last as Height, pulse, unsent).await? as i64;
-        let found = if together && last == h {
-            self.together(h as Height, seen.back().copied()).await?
-        } else {
-            self.blocks(h as Height, last as Height).await?
+        let found = match together {
+            Some(checked) if last == h => self.together(h as Height, seen.back().copied(), checked).await?,
+            _ => self.blocks(h as Height, last as Height).await?,
         };
         *used += found.cpu;
         *unsent += found.cpu;
@@ -472,10 +493,15 @@ impl Scan {
     /// The block at `height` scanned in one batch with every other scan that asks for it
     /// meanwhile (a new tip wakes all live subscriptions at once): see `run_batch`. `below`: the
     /// last block this scan saw, which the batch checks is still in the chain.
-    async fn together(&self, height: Height, below: Option<(Height, BlockHash)>) -> Result<Found, Stop> {
+    async fn together(
+        &self,
+        height: Height,
+        below: Option<(Height, BlockHash)>,
+        checked: &Arc<Checked>,
+    ) -> Result<Found, Stop> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let key = (height, self.state.index().chain.hash(height));
-        let m = Member { receiver: self.receiver.clone(), below, answer };
+        let m = Member { receiver: self.receiver.clone(), below, checked: checked.clone(), answer };
         if self.state.tweaks().join_batch(key, m) {
             // Its own task: this scan may be dropped (its session closed) before the others.
             tokio::spawn(run_batch(self.state.clone(), key));
@@ -490,27 +516,31 @@ impl Scan {
         }
     }
 
-    /// Which of `list` pay the wallet, on a scan thread; the CPU time it took.
-    async fn mempool(&self, list: Vec<Arc<MempoolTweak>>) -> Result<(Vec<Hit>, Duration), Stop> {
+    /// Which of `list` pay the wallet, on a scan thread; the CPU time it took; those that
+    /// matched but left the mempool before they could be confirmed.
+    async fn mempool(&self, list: Vec<Arc<MempoolTweak>>) -> Result<(Vec<Hit>, Duration, Vec<Txid>), Stop> {
         if list.is_empty() {
-            return Ok((Vec::new(), Duration::ZERO));
+            return Ok((Vec::new(), Duration::ZERO, Vec::new()));
         }
         let turn = self.state.tweaks().thread().await;
         let (state, receiver) = (self.state.clone(), self.receiver.clone());
         let found = tokio::task::spawn_blocking(move || {
             let _turn = turn;
             let started = thread_cpu();
-            let mut hits = Vec::new();
+            let (mut hits, mut gone) = (Vec::new(), Vec::new());
             for t in list.iter().filter(|t| receiver.matches(&t.tweak, &t.outputs)) {
                 let raw = state.mempool().read().unwrap().txs.get(&t.txid).map(|m| m.raw().to_vec());
                 // Gone since: it is in a block now, or replaced; a block scan finds the first.
-                let Some(raw) = raw else { continue };
+                let Some(raw) = raw else {
+                    gone.push(t.txid);
+                    continue;
+                };
                 let tx: Transaction = bitcoin::consensus::deserialize(&raw)?;
                 if !receiver.paid_outputs(&t.tweak, &tx).is_empty() {
                     hits.push(Hit { height: 0, txid: t.txid, tweak: t.tweak.serialize() });
                 }
             }
-            anyhow::Ok((hits, thread_cpu().saturating_sub(started)))
+            anyhow::Ok((hits, thread_cpu().saturating_sub(started), gone))
         })
         .await
         .map_err(|e| Stop::Failed(e.into()))??;
@@ -729,7 +759,9 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
         Err(e) => return open.answer_all(Err(format!("{e}"))),
     };
     let n = txs.len();
-    let (mut members, mut late, mut turns) = (0usize, 0usize, 0usize);
+    // Each transaction as the mempool announced it, if it did: most members checked it then.
+    let looked = Arc::new(state.tweaks().looked_up(&txs));
+    let (mut members, mut late, mut turns, mut skipped) = (0usize, 0usize, 0usize, 0usize);
     let mut round: Round<Place> = Round::new(n);
     loop {
         for member in state.tweaks().batch_joiners(key) {
@@ -757,19 +789,22 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
         let needs = Arc::new(round.needs(permits.len(), TURN_CHECKS));
         let receivers: Arc<Vec<Arc<Receiver>>> =
             Arc::new(round.going.iter().map(|(p, _)| p.member.receiver.clone()).collect());
+        let checked: Vec<Arc<Checked>> = round.going.iter().map(|(p, _)| p.member.checked.clone()).collect();
         let table_from = state.tweaks().limits().table_from;
-        let (txs2, needs2, at) = (txs.clone(), needs.clone(), round.at);
+        let (txs2, needs2, looked2, at) = (txs.clone(), needs.clone(), looked.clone(), round.at);
         let turn = tokio::task::spawn_blocking(move || {
             let threads = permits.len();
             let _permits = permits;
-            check_all(&receivers, &txs2, &needs2, at, threads, table_from)
+            let done = |r: usize, i: usize| checked[r].has(looked2[i]);
+            check_all(&receivers, &txs2, &needs2, at, threads, table_from, &done)
         })
         .await;
-        let Ok((found, spent)) = turn else {
+        let Ok((found, skips, spent)) = turn else {
             // The turn panicked: its members are answered as the batch's dropped (`together`).
             return open.answer_all(Err("a turn of the batch of this block stopped".into()));
         };
         turns += 1;
+        skipped += skips;
         // The read's CPU time goes with the first turn.
         let spent = spent + std::mem::take(&mut unshared);
         let checks: usize = needs.iter().sum();
@@ -788,6 +823,7 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
             transactions = n,
             members,
             late,
+            skipped,
             turns,
             ms,
             "silent payments: a new block scanned for the live subscriptions"
@@ -861,7 +897,8 @@ async fn answer_done(
 
 /// One turn of a batch: the (member, transaction) pairs whose prefixes match, for the turn's
 /// transactions, from `at` round the block (the `j`-th of them checked for the members whose
-/// `needs` exceed j), split among `threads` threads; the CPU time of all.
+/// `needs` exceed j, but those for whom `done(member, transaction)`: checked from the mempool),
+/// split among `threads` threads; how many were so skipped; the CPU time of all.
 fn check_all(
     receivers: &[Arc<Receiver>],
     txs: &[sp::TweakedTx],
@@ -869,7 +906,8 @@ fn check_all(
     at: usize,
     threads: usize,
     table_from: usize,
-) -> (Vec<(usize, usize)>, Duration) {
+    done: &(dyn Fn(usize, usize) -> bool + Sync),
+) -> (Vec<(usize, usize)>, usize, Duration) {
     let len = needs.iter().copied().max().unwrap_or(0);
     let part = len.div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
@@ -879,13 +917,16 @@ fn check_all(
                 let to = (from + part).min(len);
                 s.spawn(move || {
                     let started = thread_cpu();
-                    let mut found = Vec::new();
+                    let (mut found, mut skipped) = (Vec::new(), 0);
                     for j in from..to {
                         let i = (at + j) % txs.len();
                         let t = &txs[i];
-                        let checked = needs.iter().filter(|&&need| need > j).count();
-                        let table = (checked >= table_from).then(|| sp::TweakTable::new(&t.tweak));
-                        for (r, receiver) in receivers.iter().enumerate().filter(|&(r, _)| needs[r] > j) {
+                        let due = needs.iter().filter(|&&need| need > j).count();
+                        let wanted: Vec<usize> =
+                            (0..receivers.len()).filter(|&r| needs[r] > j && !done(r, i)).collect();
+                        skipped += due - wanted.len();
+                        let table = (wanted.len() >= table_from).then(|| sp::TweakTable::new(&t.tweak));
+                        for (r, receiver) in wanted.into_iter().map(|r| (r, &receivers[r])) {
                             let hit = match &table {
                                 Some(table) => receiver.matches_by(table, &t.outputs),
                                 None => receiver.matches(&t.tweak, &t.outputs),
@@ -895,18 +936,18 @@ fn check_all(
                             }
                         }
                     }
-                    (found, thread_cpu().saturating_sub(started))
+                    (found, skipped, thread_cpu().saturating_sub(started))
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        let mut cpu = Duration::ZERO;
+        let (mut all, mut skipped, mut cpu) = (Vec::new(), 0, Duration::ZERO);
         for part in parts {
-            let (found, spent) = part.join().expect("a scan thread panicked");
+            let (found, skips, spent) = part.join().expect("a scan thread panicked");
             all.extend(found);
+            skipped += skips;
             cpu += spent;
         }
-        (all, cpu)
+        (all, skipped, cpu)
     })
 }
 
@@ -997,7 +1038,7 @@ pub async fn track_mempool(state: Arc<State>) {
         }
         if !logged {
             info!(
-                eligible = state.tweaks().mempool_snapshot().len(),
+                eligible = state.tweaks().mempool_snapshot().1.len(),
                 "silent payments: the mempool's tweaks"
             );
             logged = true;
@@ -1017,7 +1058,15 @@ async fn track_once(state: &Arc<State>) -> Result<bool> {
     let (new, more) = {
         let mut known = state.tweaks().mempool();
         let mempool = state.mempool().read().unwrap();
-        known.retain(|txid, _| mempool.txs.contains_key(txid));
+        let mut gone = Vec::new();
+        known.retain(|txid, t| {
+            let stays = mempool.txs.contains_key(txid);
+            if !stays {
+                gone.extend(t.clone());
+            }
+            stays
+        });
+        state.tweaks().left_mempool(gone);
         let mut new = Vec::new();
         let mut more = false;
         for (txid, entry) in &mempool.txs {
@@ -1213,8 +1262,16 @@ mod tests {
         want.sort_unstable();
         want.dedup();
         let n = txs.len();
-        // The turn at which each member joins.
-        for joins in [[0, 0, 0, 0, 0], [0, 0, 1, 3, 3], [2, 0, 5, 1, 4]] {
+        // Member 0 checked the odd transactions from the mempool (in the test, their pairs are
+        // not checked again, so not found), or nobody checked any.
+        let odd = |r: usize, i: usize| r == 0 && i % 2 == 1;
+        let none = |_: usize, _: usize| false;
+        type Skip<'a> = &'a (dyn Fn(usize, usize) -> bool + Sync);
+        let skips: [(&str, Skip); 2] = [("none", &none), ("odd", &odd)];
+        let cases =
+            skips.iter().flat_map(|s| [[0, 0, 0, 0, 0], [0, 0, 1, 3, 3], [2, 0, 5, 1, 4]].map(|j| (s, j)));
+        for (&(skipped, skip), joins) in cases {
+            let want: Vec<(usize, usize)> = want.iter().copied().filter(|&(r, i)| !skip(r, i)).collect();
             for table_from in [usize::MAX, 1, 3] {
                 // Checks a thread makes a turn (shared among the members going, as `run_batch`
                 // shares `TURN_CHECKS`), and threads.
@@ -1232,16 +1289,18 @@ mod tests {
                         let needs = round.needs(threads, turn_checks);
                         let these: Vec<Arc<Receiver>> =
                             round.going.iter().map(|&(r, _)| receivers[r].clone()).collect();
-                        let (found, _) = check_all(&these, &txs, &needs, round.at, threads, table_from);
+                        let ids: Vec<usize> = round.going.iter().map(|&(r, _)| r).collect();
+                        let done = |k: usize, i: usize| skip(ids[k], i);
+                        let (found, _, _) =
+                            check_all(&these, &txs, &needs, round.at, threads, table_from, &done);
                         got.extend(found.into_iter().map(|(k, i)| (round.going[k].0, i)));
                         round.advance(&needs);
                         turn += 1;
                     }
                     got.sort_unstable();
                     answered.sort_unstable();
-                    let what = format!(
-                        "joins {joins:?}, {turn_checks} checks × {threads} threads, tables from {table_from}"
-                    );
+                    let what =
+                        format!("joins {joins:?}, {turn_checks} checks × {threads} threads, tables from {table_from}, {skipped} skipped");
                     assert_eq!(got, want, "{what}");
                     assert_eq!(
                         answered,

@@ -15,18 +15,18 @@
 //! No client key is held here but for that while: a scan waiting in a batch lends it its
 //! `Receiver` until the batch has answered. Keys otherwise live in their session's scan tasks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{BlockHash, Txid};
 use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use blkindex_shared::schema::Height;
-use blkindex_shared::silent::{OutputPrefix, Receiver, Tweak};
+use blkindex_shared::silent::{OutputPrefix, Receiver, Tweak, TweakedTx};
 
 use crate::bans::client_group;
 use crate::config::SilentLimits;
@@ -44,8 +44,34 @@ pub struct MempoolTweak {
 /// (about 150 bytes an eligible transaction, 40 one that is not).
 pub type MempoolTweaks = HashMap<Txid, Option<Arc<MempoolTweak>>>;
 
-/// New eligible mempool transactions, as a batch.
-pub type News = Arc<Vec<Arc<MempoolTweak>>>;
+/// New eligible mempool transactions, as a batch, numbered in the order announced (from 1).
+pub struct NewsBatch {
+    pub seq: u64,
+    pub txs: Vec<Arc<MempoolTweak>>,
+}
+
+pub type News = Arc<NewsBatch>;
+
+/// What a scan's check of a transaction depends on: its tweak and its output key prefixes. Two
+/// transactions alike in these get the same answer from every `Receiver::matches`.
+type CheckKey = (PublicKey, Vec<OutputPrefix>);
+
+/// The eligible transactions announced from the mempool, by what their check depends on: the
+/// batch that announced each. Kept while they are in the mempool and for `LOOKED_KEEP` after
+/// (at most `LOOKED_LEFT` of those), so that a new block's batch can skip, for each live scan, the
+/// transactions that scan has already checked from the mempool (most of a block's).
+#[derive(Default)]
+struct Looked {
+    seq: u64,
+    by_check: HashMap<CheckKey, (u64, Arc<MempoolTweak>)>,
+    /// Those that left the mempool, oldest first.
+    left: VecDeque<(Instant, CheckKey, u64)>,
+}
+
+/// How long a transaction that left the mempool (mined, mostly) stays looked up.
+const LOOKED_KEEP: Duration = Duration::from_secs(600);
+/// The most transactions kept after leaving the mempool (about 200 bytes each).
+const LOOKED_LEFT: usize = 100_000;
 
 /// A transaction found paying a wallet.
 pub struct Hit {
@@ -70,7 +96,27 @@ pub struct Member {
     /// The last block the scan saw below this one: its answer is empty if that block has left
     /// the chain (the scan then rescans from the fork at its next tip change).
     pub below: Option<(Height, BlockHash)>,
+    /// What the scan has checked from the mempool, which the batch need not check again.
+    pub checked: Arc<Checked>,
     pub answer: oneshot::Sender<Result<Found, String>>,
+}
+
+/// What a live scan has checked from the mempool: every transaction announced up to batch
+/// `through` (0: none), but those in `unsure` (matched, but gone before they could be
+/// confirmed, or left out as found in a block already): a block's transaction alike in its
+/// check to one of those needs no check for this scan.
+#[derive(Clone, Default)]
+pub struct Checked {
+    pub through: u64,
+    pub unsure: std::collections::HashSet<Txid>,
+}
+
+impl Checked {
+    /// Whether the check of a block's transaction looked up as `looked` (`Tweaks::looked_up`)
+    /// was made already.
+    pub fn has(&self, looked: Option<(u64, Txid)>) -> bool {
+        looked.is_some_and(|(seq, txid)| seq <= self.through && !self.unsure.contains(&txid))
+    }
 }
 
 pub struct Tweaks {
@@ -80,6 +126,7 @@ pub struct Tweaks {
     live: Quota,
     threads: Arc<Semaphore>,
     mempool: Mutex<MempoolTweaks>,
+    looked: Mutex<Looked>,
     news: broadcast::Sender<News>,
     /// The batches of new blocks, running or about to.
     batches: Mutex<HashMap<BatchKey, Vec<Member>>>,
@@ -177,6 +224,7 @@ impl Tweaks {
             live: Quota::new(limits.max_live, limits.max_live_per_ip, limits.limit_loopback),
             threads: Arc::new(Semaphore::new(limits.scan_threads)),
             mempool: Mutex::default(),
+            looked: Mutex::default(),
             news: broadcast::Sender::new(64),
             batches: Mutex::default(),
         }
@@ -256,16 +304,58 @@ impl Tweaks {
         self.mempool.lock().unwrap()
     }
 
-    /// The eligible mempool transactions now.
-    pub fn mempool_snapshot(&self) -> Vec<Arc<MempoolTweak>> {
-        self.mempool().values().flatten().cloned().collect()
+    /// Every eligible transaction announced and still looked up (in the mempool, or left it
+    /// lately), with the number of the last batch announced: a scan that checks them all has
+    /// checked everything announced up to that batch.
+    pub fn mempool_snapshot(&self) -> (u64, Vec<Arc<MempoolTweak>>) {
+        let looked = self.looked.lock().unwrap();
+        (looked.seq, looked.by_check.values().map(|(_, t)| t.clone()).collect())
     }
 
     /// Tells the scans about new eligible mempool transactions.
     pub fn announce(&self, news: Vec<Arc<MempoolTweak>>) {
-        if !news.is_empty() {
-            let _ = self.news.send(Arc::new(news));
+        if news.is_empty() {
+            return;
         }
+        let mut looked = self.looked.lock().unwrap();
+        looked.seq += 1;
+        let seq = looked.seq;
+        for t in &news {
+            looked.by_check.insert((t.tweak, t.outputs.clone()), (seq, t.clone()));
+        }
+        // Under the lock: a snapshot taken meanwhile either has these or is before them.
+        let _ = self.news.send(Arc::new(NewsBatch { seq, txs: news }));
+    }
+
+    /// These eligible transactions left the mempool: looked up for a while yet, then forgotten.
+    pub fn left_mempool(&self, gone: impl IntoIterator<Item = Arc<MempoolTweak>>) {
+        let mut looked = self.looked.lock().unwrap();
+        let now = Instant::now();
+        for t in gone {
+            let key = (t.tweak, t.outputs.clone());
+            if let Some(&(seq, _)) = looked.by_check.get(&key) {
+                looked.left.push_back((now, key, seq));
+            }
+        }
+        while let Some((at, _, _)) = looked.left.front() {
+            if now.duration_since(*at) < LOOKED_KEEP && looked.left.len() <= LOOKED_LEFT {
+                break;
+            }
+            let (_, key, seq) = looked.left.pop_front().expect("a front");
+            // Unless announced again since (back in the mempool after a reorg).
+            if looked.by_check.get(&key).is_some_and(|&(s, _)| s == seq) {
+                looked.by_check.remove(&key);
+            }
+        }
+    }
+
+    /// For each of a block's transactions, the announced one alike in its check (the batch
+    /// that announced it, its txid), if any.
+    pub fn looked_up(&self, txs: &[TweakedTx]) -> Vec<Option<(u64, Txid)>> {
+        let looked = self.looked.lock().unwrap();
+        txs.iter()
+            .map(|t| looked.by_check.get(&(t.tweak, t.outputs.clone())).map(|(seq, m)| (*seq, m.txid)))
+            .collect()
     }
 
     /// Each batch of new eligible mempool transactions.
@@ -356,7 +446,7 @@ mod tests {
             let receiver =
                 Arc::new(Receiver::new(one, one.public_key(&bitcoin::secp256k1::Secp256k1::new()), &[]));
             let (answer, answered) = oneshot::channel();
-            (Member { receiver, below: None, answer }, answered)
+            (Member { receiver, below: None, checked: Arc::default(), answer }, answered)
         };
         let key = (7, Some(BlockHash::all_zeros()));
         let (m1, _a1) = member();
@@ -373,5 +463,48 @@ mod tests {
         assert!(t.close_batch(key), "closed with nobody waiting");
         let (m4, _a4) = member();
         assert!(t.join_batch(key, m4), "after it closed, a new one");
+    }
+
+    /// Transactions announced from the mempool are looked up by what their check depends on
+    /// (tweak, output prefixes), with the batch that announced them, also for a while after they
+    /// leave it; a scan's `Checked` says which of a block's it need not check again.
+    #[test]
+    fn announced_transactions_are_looked_up_for_the_blocks_that_mine_them() {
+        use bitcoin::hashes::Hash;
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let tx = |i: u8| {
+            let tweak = SecretKey::from_slice(&[i; 32]).unwrap().public_key(&secp);
+            Arc::new(MempoolTweak { txid: Txid::from_byte_array([i; 32]), tweak, outputs: vec![[i; 8]] })
+        };
+        let mined = |t: &MempoolTweak| TweakedTx { txnum: 0, tweak: t.tweak, outputs: t.outputs.clone() };
+        let t = Tweaks::new(Some(0), limits());
+        let (a, b, c, d) = (tx(1), tx(2), tx(3), tx(4));
+        let mut news = t.watch_mempool();
+        t.announce(vec![a.clone(), b.clone()]);
+        t.announce(vec![c.clone()]);
+        t.announce(Vec::new());
+        assert_eq!(news.try_recv().unwrap().seq, 1);
+        assert_eq!(news.try_recv().unwrap().seq, 2);
+        assert!(news.try_recv().is_err(), "nothing new, nothing announced");
+        let (through, snapshot) = t.mempool_snapshot();
+        assert_eq!((through, snapshot.len()), (2, 3));
+        t.left_mempool([a.clone()]);
+        let block = [mined(&a), mined(&c), mined(&d), TweakedTx { outputs: vec![[9; 8]], ..mined(&b) }];
+        let looked = t.looked_up(&block);
+        assert_eq!(
+            looked,
+            vec![Some((1, a.txid)), Some((2, c.txid)), None, None],
+            "a left lately, b's outputs differ"
+        );
+        assert_eq!(t.mempool_snapshot().1.len(), 3, "a, left lately, still in a snapshot");
+        let upto1 = Checked { through: 1, unsure: Default::default() };
+        let has: Vec<bool> = looked.iter().map(|&l| upto1.has(l)).collect();
+        assert_eq!(has, [true, false, false, false]);
+        let unsure = Checked { through: 2, unsure: [a.txid].into() };
+        assert_eq!(looked.iter().map(|&l| unsure.has(l)).collect::<Vec<_>>(), [false, true, false, false]);
+        assert!(!Checked::default().has(looked[0]), "a scan that checked nothing skips nothing");
+        // Back in the mempool (a reorg): announced again, it outlives its first leaving.
+        t.announce(vec![a.clone()]);
+        assert_eq!(t.looked_up(&block[..1]), vec![Some((3, a.txid))]);
     }
 }
