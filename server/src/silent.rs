@@ -744,7 +744,9 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
         debug!(height, "silent payments: a new block's batch answered empty: the block is not in the chain");
         return open.answer_all(Ok(()));
     }
+    let asked = Instant::now();
     let first = state.tweaks().thread().await;
+    let mut waited = asked.elapsed();
     let i2 = index.clone();
     let read = tokio::task::spawn_blocking(move || {
         let _first = first;
@@ -773,7 +775,7 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
         }
         let done = round.take_done(|p| !p.member.answer.is_closed());
         if !done.is_empty() {
-            answer_done(&state, &index, &txs, height, done).await;
+            waited += answer_done(&state, &index, &txs, height, done).await;
         }
         if round.going.is_empty() {
             if state.tweaks().close_batch(key) {
@@ -781,7 +783,9 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
             }
             continue;
         }
+        let asked = Instant::now();
         let mut permits = vec![state.tweaks().thread().await];
+        waited += asked.elapsed();
         while permits.len() < state.tweaks().limits().scan_threads {
             let Some(p) = state.tweaks().idle_thread() else { break };
             permits.push(p);
@@ -826,6 +830,7 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
             skipped,
             turns,
             ms,
+            waited_ms = waited.as_millis() as u64,
             "silent payments: a new block scanned for the live subscriptions"
         );
     } else {
@@ -851,22 +856,25 @@ fn answer_all(state: &State, key: BatchKey, answer: Result<(), String>) {
 
 /// The members checked against all of the block's transactions: their candidates confirmed on
 /// a scan thread (`confirm`; with none, no thread is waited for), each answered, its hits in
-/// block order.
+/// block order. How long it waited for the thread.
 async fn answer_done(
     state: &State,
     index: &Arc<IndexReader>,
     txs: &Arc<Vec<sp::TweakedTx>>,
     height: Height,
     done: Vec<Place>,
-) {
+) -> Duration {
     let mut candidates: Vec<(usize, usize)> =
         done.iter().enumerate().flat_map(|(r, p)| p.candidates.iter().map(move |&i| (r, i))).collect();
     // A member who joined late was checked from mid-block round to its start.
     candidates.sort_unstable();
+    let mut waited = Duration::ZERO;
     let (results, spent) = if candidates.is_empty() {
         (done.iter().map(|_| Ok(Vec::new())).collect(), Duration::ZERO)
     } else {
+        let asked = Instant::now();
         let permit = state.tweaks().thread().await;
+        waited = asked.elapsed();
         let receivers: Vec<Arc<Receiver>> = done.iter().map(|p| p.member.receiver.clone()).collect();
         let (index2, txs2) = (index.clone(), txs.clone());
         let confirmed = tokio::task::spawn_blocking(move || {
@@ -893,6 +901,7 @@ async fn answer_done(
         };
         let _ = p.member.answer.send(found);
     }
+    waited
 }
 
 /// One turn of a batch: the (member, transaction) pairs whose prefixes match, for the turn's
