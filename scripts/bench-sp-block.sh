@@ -10,7 +10,9 @@
 # `sp-block` opens BENCH_SP_SESSIONS (1000) sessions to one server, each its own live
 # subscription, mines a block of BENCH_SP_ELIGIBLE (1000) eligible transactions plus one paying
 # every session, and times each session's notification; the servers in turn, BENCH_ROUNDS (3)
-# rounds, the order alternating; each round also makes the same block's checks in its own process
+# rounds, the order alternating (BENCH_SP_MEMPOOL=1: the block's transactions in the mempool first,
+# checked there by every session, and one new one, timed, paying every session again: mainnet's
+# usual block); each round also makes the same block's checks in its own process
 # on 2 threads with the server's functions (the arithmetic alone). Writes
 # $BENCH_DIR/sp-block-<date>.md and prints it.
 set -euo pipefail
@@ -21,6 +23,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blkindex/target}
 sessions=${BENCH_SP_SESSIONS:-1000}
 eligible=${BENCH_SP_ELIGIBLE:-1000}
 rounds=${BENCH_ROUNDS:-3}
+mempool_first=${BENCH_SP_MEMPOOL:+1}
+[ "${BENCH_SP_MEMPOOL:-0}" = 0 ] && mempool_first=
 (cd "$root" && cargo build --release -q --workspace --bins)
 bin=$CARGO_TARGET_DIR/release
 dir=$BENCH_DIR/sp-block
@@ -67,7 +71,7 @@ start_server default
 start_server tables-2 --sp-scan-threads 2
 start_server alone-2 --sp-scan-threads 2 --sp-table-from 1000000000
 
-report=$BENCH_DIR/sp-block-$(date -u +%Y%m%dT%H%M%SZ).md
+report=$BENCH_DIR/sp-block${mempool_first:+-mempool}-$(date -u +%Y%m%dT%H%M%SZ).md
 {
     echo "bench-sp-block.sh on $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ): three blkindex-servers on one regtest"
     echo "node and index (default: 1 scan thread, tables from 128; tables-2: 2 threads, tables; alone-2:"
@@ -75,7 +79,7 @@ report=$BENCH_DIR/sp-block-$(date -u +%Y%m%dT%H%M%SZ).md
     echo "block of the round checked in sp-block itself, on 2 threads, as a batch with tables checks it."
     echo
     "$bin/sp-block" "${servers[@]}" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" \
-        --sessions "$sessions" --eligible "$eligible" --rounds "$rounds"
+        --sessions "$sessions" --eligible "$eligible" --rounds "$rounds" ${mempool_first:+--mempool-first}
     echo
     echo "Each server's batches of the measured blocks, as its log has them (late: members that joined"
     echo "after the first turn; ms: from the first member's call to the last answer):"

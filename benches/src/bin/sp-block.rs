@@ -14,6 +14,12 @@
 //! functions (a `TweakTable` per transaction, `Receiver::matches_by` for every wallet): the
 //! cost of the arithmetic alone, beside which the servers' figures show what serving adds.
 //!
+//! With `--mempool-first`, the block is mainnet's usual one instead: its `--eligible`
+//! transactions, and one more paying every session, are sent to the node's mempool first, and
+//! every session has been told of that payment from the mempool (so each has checked all of
+//! them there) before the block is mined with them and one new transaction paying every
+//! session again, the one timed.
+//!
 //! The coins are the bench's own P2WPKH keys, funded by the node's wallet a block before.
 //!
 //! Usage: sp-block --server NAME=HOST:PORT [--server ...] --rpc-addr ADDR --cookie FILE
@@ -61,6 +67,9 @@ struct Args {
     /// Threads for the in-process checks of each round's block.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// The block's transactions in the mempool first, all but the one timed.
+    #[arg(long)]
+    mempool_first: bool,
 }
 
 /// How long a block's notifications may take before the run is called failed.
@@ -85,6 +94,8 @@ enum Event {
     Ready,
     /// Its wallet's payment at a height above 0 (a block), when the line was read.
     Paid(Instant),
+    /// A payment from the mempool (height 0).
+    Mempool,
     /// A header notification (the connection that subscribes headers).
     Header(u64, Instant),
 }
@@ -188,8 +199,11 @@ fn connect(addr: &str, events: Sender<(usize, Event)>, id: usize) -> Result<TcpS
                 }
                 Some("blockchain.silentpayments.subscribe") => {
                     let mined = p["history"].as_array().is_some_and(|h| h.iter().any(|e| e["height"] != 0));
+                    let unmined = p["history"].as_array().is_some_and(|h| h.iter().any(|e| e["height"] == 0));
                     if mined {
                         Event::Paid(at)
+                    } else if unmined {
+                        Event::Mempool
                     } else if p["progress"] == 1.0 && !ready {
                         ready = true;
                         Event::Ready
@@ -205,6 +219,25 @@ fn connect(addr: &str, events: Sender<(usize, Event)>, id: usize) -> Result<TcpS
         }
     })?;
     Ok(s)
+}
+
+/// Until the server at `addr` has a mempool transaction paying `script`.
+fn wait_in_mempool(addr: &str, script: &bitcoin::Script) -> Result<()> {
+    let mut hash: [u8; 32] = Sha256::digest(script.as_bytes()).into();
+    hash.reverse();
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        let s = TcpStream::connect(addr)?;
+        send(&s, 1, "blockchain.scripthash.get_mempool", json!([hex::encode(hash)]))?;
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line)?;
+        let reply: Value = serde_json::from_str(&line)?;
+        if reply["result"].as_array().is_some_and(|a| !a.is_empty()) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the server never had the block's transactions in its mempool")
 }
 
 fn send(mut s: &TcpStream, id: u64, method: &str, params: Value) -> Result<()> {
@@ -224,7 +257,8 @@ fn one_block(
     let (tx, events) = crossbeam_channel::unbounded::<(usize, Event)>();
     // The coins first: their block is scanned before any session is there.
     let mut amounts = vec![20_000u64; args.eligible];
-    amounts.push(args.sessions as u64 * 600 + 100_000);
+    // The payment timed, and with --mempool-first the one before it.
+    amounts.extend([args.sessions as u64 * 600 + 100_000; 2]);
     let coins = bench.fund(&amounts)?;
     let tip = bench.height()?;
     let headers = connect(addr, tx.clone(), usize::MAX)?;
@@ -251,7 +285,7 @@ fn one_block(
         match events.recv_deadline(deadline).context("sessions not ready")? {
             (_, Event::Ready) => ready += 1,
             (_, Event::Header(..)) => {}
-            (_, Event::Paid(_)) => bail!("a payment before the block"),
+            (_, Event::Paid(_) | Event::Mempool) => bail!("a payment before the block"),
         }
     }
     // Some of the plain ones, then the payment to every session, then the rest.
@@ -262,8 +296,39 @@ fn one_block(
     }
     txs.insert(args.eligible / 2, bench.pay_all(&coins[args.eligible], &receivers)?);
     let hexes: Vec<String> = txs.iter().map(bitcoin::consensus::encode::serialize_hex).collect();
+    let block: Vec<String> = if args.mempool_first {
+        // All in the mempool, the payment last and alone, so that a session told of it has
+        // checked every batch the server announced before it.
+        let (payment, plain) = (args.eligible / 2, hexes.iter().enumerate());
+        for (_, hex) in plain.filter(|&(i, _)| i != payment) {
+            bench.rpc.call("sendrawtransaction", json!([hex]))?;
+        }
+        // The server has them all (the last sent), then its tracker a moment to announce them,
+        // before the payment: else the payment may come in the same pass, in an earlier batch, and
+        // sessions told of it still check the rest when the block comes.
+        let last =
+            txs.iter().enumerate().rev().find(|&(i, _)| i != payment).map(|(_, t)| t).context("a tx")?;
+        wait_in_mempool(addr, &last.output[0].script_pubkey)?;
+        std::thread::sleep(Duration::from_secs(2));
+        bench.rpc.call("sendrawtransaction", json!([hexes[payment]]))?;
+        let mut told = 0;
+        while told < args.sessions {
+            if let (_, Event::Mempool) =
+                events.recv_deadline(Instant::now() + PATIENCE).context("mempool payment")?
+            {
+                told += 1;
+            }
+        }
+        let again = bench.pay_all(&coins[args.eligible + 1], &receivers)?;
+        let mut block: Vec<String> = txs.iter().map(|t| t.compute_txid().to_string()).collect();
+        block.push(bitcoin::consensus::encode::serialize_hex(&again));
+        txs.push(again);
+        block
+    } else {
+        hexes
+    };
     let t0 = Instant::now();
-    bench.rpc.call("generateblock", json!([bench.miner, hexes]))?;
+    bench.rpc.call("generateblock", json!([bench.miner, block]))?;
     let height = tip + 1;
     let mut paid: Vec<f64> = Vec::with_capacity(args.sessions);
     let mut seen = vec![false; args.sessions];
@@ -288,6 +353,9 @@ fn one_block(
         let mut spent: Vec<&bitcoin::Script> =
             coins[..args.eligible].iter().map(|c| c.txout.script_pubkey.as_script()).collect();
         spent.insert(args.eligible / 2, coins[args.eligible].txout.script_pubkey.as_script());
+        if args.mempool_first {
+            spent.push(coins[args.eligible + 1].txout.script_pubkey.as_script());
+        }
         Some(checks_here(&txs, &spent, &receivers, args.threads)?)
     } else {
         None
@@ -348,15 +416,22 @@ fn main() -> Result<()> {
     let rpc = Rpc::with_timeout(&args.rpc_addr, Auth::Cookie(args.cookie.clone()), Duration::from_secs(600));
     let miner = rpc.call("getnewaddress", json!([]))?.as_str().context("getnewaddress")?.to_string();
     let balance = btc_to_sat(&rpc.call("getbalance", json!([]))?)?;
-    let need = (args.eligible as u64 * 20_000 + args.sessions as u64 * 600 + 200_000) * 2;
+    let need = (args.eligible as u64 * 20_000 + 2 * args.sessions as u64 * 600 + 300_000) * 2;
     if balance < need * (args.rounds * servers.len()) as u64 {
         bail!("the node's wallet has {balance} sat, the run needs more: mine to it first");
     }
     let mut bench = Bench { rpc, secp: Secp256k1::new(), miner, serial: 0 };
     println!(
         "{} sessions, each its own live subscription; a block of {} eligible transactions + 1 paying every \
-         session; {} rounds; seconds from the mining call",
-        args.sessions, args.eligible, args.rounds
+         session{}; {} rounds; seconds from the mining call",
+        args.sessions,
+        args.eligible,
+        if args.mempool_first {
+            ", all of them in the mempool first and checked there by every session, + 1 new paying every session"
+        } else {
+            ""
+        },
+        args.rounds
     );
     println!("| round | server | header | first | median | last session | last / {} |", servers[0].0);
     println!("|---|---|---|---|---|---|---|");
