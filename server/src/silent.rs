@@ -56,9 +56,6 @@ type Seen = Vec<(Height, BlockHash)>;
 /// Block hashes a scan remembers to find the fork after a reorg: the indexer follows reorgs of
 /// up to 100 blocks.
 const MAX_SEEN: usize = 101;
-/// Mempool transactions a live scan may hold as matched but unconfirmed (`Checked::unsure`);
-/// past it, the scan's blocks are checked whole.
-const MAX_UNSURE: usize = 1_000;
 /// Notifications a scan may have made that its session has not yet queued.
 const CHANNEL: usize = 2;
 /// How often a scan waiting for the indexer's tweak pass looks again.
@@ -309,7 +306,6 @@ impl Scan {
         let mut sent = Sent::default();
         // What this scan checks from the mempool, which new blocks' batches need not check again.
         let mut checked = Checked::default();
-        let mut trusted = true;
         if self.to.is_none() {
             // One mined since the mempool was last read is reported with its block only.
             let mined: std::collections::HashSet<Txid> = hits.iter().map(|h: &Hit| h.txid).collect();
@@ -323,12 +319,7 @@ impl Scan {
                 sent.add_from_mempool(hit.txid);
                 hits.push(hit);
             }
-            checked.unsure.extend(mined.into_iter().chain(gone));
-            checked.through = through;
-            trusted = checked.unsure.len() <= MAX_UNSURE;
-            if !trusted {
-                checked = Checked::default();
-            }
+            checked.add(through, mined.into_iter().chain(gone));
         }
         drop(self.slot.lock().unwrap().take());
         // The rest, the last page at 1.0: the historical scan is done.
@@ -362,15 +353,7 @@ impl Scan {
                     };
                     let list: Vec<_> = list.into_iter().filter(|t| !sent.contains(&t.txid)).collect();
                     let (found, cpu, gone) = self.mempool(list).await?;
-                    checked.unsure.extend(gone);
-                    // Batches come in order (a gap is `Lagged`, answered by a snapshot), so all
-                    // up to `through` are checked.
-                    checked.through = checked.through.max(through);
-                    trusted &= checked.unsure.len() <= MAX_UNSURE;
-                    if !trusted {
-                        // Too many to carry into every block: the blocks check everything.
-                        checked = Checked::default();
-                    }
+                    checked.add(through, gone);
                     unsent += cpu;
                     for hit in &found {
                         sent.add_from_mempool(hit.txid);

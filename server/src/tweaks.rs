@@ -109,9 +109,29 @@ pub struct Member {
 pub struct Checked {
     pub through: u64,
     pub unsure: std::collections::HashSet<Txid>,
+    /// Past `MAX_UNSURE`: nothing is taken as checked any more.
+    given_up: bool,
 }
 
 impl Checked {
+    /// Mempool transactions the scan may hold as unsure: past it, it skips nothing in its
+    /// blocks from then on.
+    pub const MAX_UNSURE: usize = 1_000;
+
+    /// The scan has checked every batch up to `through` but `unsure`. Batches come to it in
+    /// order (a gap is `Lagged`, answered by a snapshot), so `through` only grows.
+    pub fn add(&mut self, through: u64, unsure: impl IntoIterator<Item = Txid>) {
+        if self.given_up {
+            return;
+        }
+        self.unsure.extend(unsure);
+        self.through = self.through.max(through);
+        if self.unsure.len() > Self::MAX_UNSURE {
+            // Too many to carry into every block: the blocks check everything.
+            *self = Checked { given_up: true, ..Checked::default() };
+        }
+    }
+
     /// Whether the check of a block's transaction looked up as `looked` (`Tweaks::looked_up`)
     /// was made already.
     pub fn has(&self, looked: Option<(u64, Txid)>) -> bool {
@@ -476,6 +496,11 @@ mod tests {
             let tweak = SecretKey::from_slice(&[i; 32]).unwrap().public_key(&secp);
             Arc::new(MempoolTweak { txid: Txid::from_byte_array([i; 32]), tweak, outputs: vec![[i; 8]] })
         };
+        let tx_id = |i: u32| {
+            let mut b = [0xee; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            b
+        };
         let mined = |t: &MempoolTweak| TweakedTx { txnum: 0, tweak: t.tweak, outputs: t.outputs.clone() };
         let t = Tweaks::new(Some(0), limits());
         let (a, b, c, d) = (tx(1), tx(2), tx(3), tx(4));
@@ -497,12 +522,17 @@ mod tests {
             "a left lately, b's outputs differ"
         );
         assert_eq!(t.mempool_snapshot().1.len(), 3, "a, left lately, still in a snapshot");
-        let upto1 = Checked { through: 1, unsure: Default::default() };
+        let upto1 = Checked { through: 1, ..Checked::default() };
         let has: Vec<bool> = looked.iter().map(|&l| upto1.has(l)).collect();
         assert_eq!(has, [true, false, false, false]);
-        let unsure = Checked { through: 2, unsure: [a.txid].into() };
+        let unsure = Checked { through: 2, unsure: [a.txid].into(), ..Checked::default() };
         assert_eq!(looked.iter().map(|&l| unsure.has(l)).collect::<Vec<_>>(), [false, true, false, false]);
         assert!(!Checked::default().has(looked[0]), "a scan that checked nothing skips nothing");
+        // Past `MAX_UNSURE` unsure ones, a scan skips nothing from then on.
+        let mut many = Checked::default();
+        many.add(2, (0..=Checked::MAX_UNSURE as u32).map(|i| Txid::from_byte_array(tx_id(i))));
+        many.add(3, []);
+        assert!(looked.iter().all(|&l| !many.has(l)), "given up");
         // Back in the mempool (a reorg): announced again, it outlives its first leaving.
         t.announce(vec![a.clone()]);
         assert_eq!(t.looked_up(&block[..1]), vec![Some((3, a.txid))]);
