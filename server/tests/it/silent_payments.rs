@@ -675,6 +675,18 @@ fn generated_chain(
     Ok((datadir, dir.join("db")))
 }
 
+/// `generated_chain`, indexed by `index_offline` to its end.
+fn indexed_chain(
+    dir: &std::path::Path,
+    gb: &str,
+    seed: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (datadir, db) = generated_chain(dir, gb, seed)?;
+    let indexed = index_offline(&datadir, &db, None)?;
+    anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
+    Ok((datadir, db))
+}
+
 /// The indexer's whole job on `datadir` without a node (`--offline --no-follow`), with
 /// `BLKINDEX_FAILPOINT` set to `failpoint` if given.
 fn index_offline(
@@ -702,9 +714,7 @@ fn index_offline(
 #[test]
 fn scan_slots_are_capped_per_server_and_per_address_until_a_scan_ends() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (datadir, db) = generated_chain(dir.path(), "0.3", "5")?;
-    let indexed = index_offline(&datadir, &db, None)?;
-    anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
+    let (datadir, db) = indexed_chain(dir.path(), "0.3", "5")?;
     let args =
         ["--sp-max-scans", "2", "--sp-max-scans-per-ip", "1", "--limit-loopback", "--sp-scan-threads", "1"];
     let server = Server::start_no_node_on(&datadir, &db, &args)?;
@@ -750,9 +760,7 @@ fn scan_slots_are_capped_per_server_and_per_address_until_a_scan_ends() -> Resul
 #[test]
 fn live_subscriptions_are_capped_per_server_and_per_address_until_dropped() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (datadir, db) = generated_chain(dir.path(), "0.05", "6")?;
-    let indexed = index_offline(&datadir, &db, None)?;
-    anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
+    let (datadir, db) = indexed_chain(dir.path(), "0.05", "6")?;
     let args =
         ["--sp-max-live", "3", "--sp-max-live-per-ip", "2", "--sp-max-scans-per-ip", "8", "--limit-loopback"];
     let server = Server::start_no_node_on(&datadir, &db, &args)?;
@@ -965,9 +973,7 @@ fn a_failed_scan_tells_its_wallet_and_frees_its_places() -> Result<()> {
     use blkindex_shared::store::{Mode, Store};
     use std::io::{BufRead, Write};
     let dir = tempfile::tempdir()?;
-    let (datadir, db) = generated_chain(dir.path(), "0.05", "6")?;
-    let indexed = index_offline(&datadir, &db, None)?;
-    anyhow::ensure!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
+    let (datadir, db) = indexed_chain(dir.path(), "0.05", "6")?;
     let bad = {
         let store = Store::open(&db, Mode::Bulk)?;
         let (tip, _) = store.tip()?.context("a tip")?;
