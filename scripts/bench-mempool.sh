@@ -29,19 +29,10 @@ mkdir -p "$dir"
 
 # -checkmempool=0: regtest checks the whole mempool's consistency after every transaction by
 # default, which makes filling it quadratic (45 transactions/s at 7,000, against 5,000/s without).
-"$here/regtest.sh" start "$dir/node" -maxmempool=1000 -checkmempool=0 >/dev/null
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    "$here/regtest.sh" stop "$dir/node"
-}
-trap cleanup EXIT
-# shellcheck disable=SC1091
-. "$dir/node/node.env"
-fm() { "$bin/fill-mempool" "$1" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" --dir "$dir" "${@:2}"; }
 # shellcheck source=bench/lib.sh
 . "$here/bench/lib.sh"
+start_node "$dir/node" -maxmempool=1000 -checkmempool=0
+fm() { "$bin/fill-mempool" "$1" --rpc-addr "$RPC_ADDR" --cookie "$COOKIE" --dir "$dir" "${@:2}"; }
 anon_kb() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
 
 echo "bench-mempool: funding $TXS outputs" >&2

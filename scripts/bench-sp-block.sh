@@ -32,16 +32,7 @@ rm -rf "$dir"
 mkdir -p "$dir"
 # shellcheck source=bench/lib.sh
 . "$here/bench/lib.sh"
-"$here/regtest.sh" start "$dir/node" >/dev/null
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    "$here/regtest.sh" stop "$dir/node"
-}
-trap cleanup EXIT
-# shellcheck disable=SC1091
-. "$dir/node/node.env"
+start_node "$dir/node"
 cli() { "$here/regtest.sh" cli "$dir/node" "$@"; }
 cli createwallet bench >/dev/null
 cli generatetoaddress 150 "$(cli getnewaddress)" >/dev/null

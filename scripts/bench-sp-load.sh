@@ -15,15 +15,9 @@ scans=${BENCH_SP_SCANS:-4}
 chain=$("$here/bench-chain.sh" | tail -n1)
 (cd "$root" && cargo build --release -q --workspace --bins)
 bin=$CARGO_TARGET_DIR/release
-"$here/regtest.sh" start "$chain" -txindex=1 >/dev/null
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    "$here/regtest.sh" stop "$chain"
-}
-trap cleanup EXIT
-. "$chain/node.env"
+# shellcheck source=bench/lib.sh
+. "$here/bench/lib.sh"
+start_node "$chain" -txindex=1
 db=$BENCH_DIR/db-sp-load
 # An index of another format is refused: this benchmark's own index is made again.
 "$bin/blkindex-indexer" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
@@ -32,8 +26,6 @@ db=$BENCH_DIR/db-sp-load
     "$bin/blkindex-indexer" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
         --no-follow --progress none 2>"$BENCH_DIR/sp-load-indexer.log"
 }
-# shellcheck source=bench/lib.sh
-. "$here/bench/lib.sh"
 port=$(port)
 "$bin/blkindex-server" --network regtest --datadir "$chain" --db "$db" --daemon-rpc-addr "$RPC_ADDR" \
     --electrum-addr "127.0.0.1:$port" --max-connections-per-ip 100000 --sp-scan-threads 1 \

@@ -1,5 +1,25 @@
 # Helpers the bench scripts share; sourced (`. "$here/bench/lib.sh"`), not run.
 
+bench_scripts=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Starts a regtest node in data directory $1 (more arguments go to bitcoind), loads its node.env
+# (RPC_ADDR, COOKIE, ...) and sets the EXIT trap that kills the processes the script puts in
+# `pids`, then stops the node.
+start_node() {
+    bench_node=$1
+    "$bench_scripts/regtest.sh" start "$@" >/dev/null
+    pids=()
+    trap stop_node EXIT
+    # shellcheck disable=SC1091
+    . "$bench_node/node.env"
+}
+
+stop_node() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    "$bench_scripts/regtest.sh" stop "$bench_node"
+}
+
 # A free TCP port on 127.0.0.1, picked by the OS.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
