@@ -31,7 +31,7 @@ const LAYERS: &[&[&str]] = &[
     &["state"],
     // The state's parts.
     &["script_cache", "mempool", "peers", "sessions", "tweaks"],
-    &["metrics", "bans", "outbox", "cost"],
+    &["metrics", "bans", "outbox", "cost", "turns"],
     // Configuration, and the protocol's vocabulary.
     &["protocol", "config"],
     // TLS material, checked at start-up; the PROXY protocol's header.

@@ -41,6 +41,7 @@ mod stats;
 mod status;
 mod tasks;
 mod tls;
+mod turns;
 mod tweaks;
 mod zmq;
 

@@ -40,6 +40,7 @@ use blkindex_shared::silent::{self as sp, Receiver};
 
 use crate::protocol::{push_txid, ServerError};
 use crate::state::State;
+use crate::turns::{Turn, Urgency};
 use crate::tweaks::{BatchKey, Checked, Found, Hit, Member, MempoolTweak, NoSlot, Slot};
 
 /// Most entries in one notification's `history` (Frigate's suggestion).
@@ -418,7 +419,9 @@ impl Scan {
         let last = self.computed_to(h as Height, last as Height, pulse, unsent).await? as i64;
         let found = match together {
             Some(checked) if last == h => self.together(h as Height, seen.back().copied(), checked).await?,
-            _ => self.blocks(h as Height, last as Height).await?,
+            // A live scan's blocks (after a reorg, or many at once) before others' past ones.
+            Some(_) => self.blocks(h as Height, last as Height, Urgency::NewBlock).await?,
+            None => self.blocks(h as Height, last as Height, Urgency::InOrder).await?,
         };
         *used += found.cpu;
         *unsent += found.cpu;
@@ -458,8 +461,8 @@ impl Scan {
     }
 
     /// Scans blocks `from..=to` (those the index has) on a scan thread.
-    async fn blocks(&self, from: Height, to: Height) -> Result<Found, Stop> {
-        let turn = self.state.tweaks().thread().await;
+    async fn blocks(&self, from: Height, to: Height, urgency: Urgency) -> Result<Found, Stop> {
+        let turn = self.state.tweaks().thread(urgency).await;
         let (state, receiver) = (self.state.clone(), self.receiver.clone());
         let found = tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -505,7 +508,7 @@ impl Scan {
         if list.is_empty() {
             return Ok((Vec::new(), Duration::ZERO, Vec::new()));
         }
-        let turn = self.state.tweaks().thread().await;
+        let turn = self.state.tweaks().thread(Urgency::InOrder).await;
         let (state, receiver) = (self.state.clone(), self.receiver.clone());
         let found = tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -600,7 +603,8 @@ fn scan_blocks(
             .enumerate()
             .filter(|(_, t)| receiver.matches(&t.tweak, &t.outputs))
             .map(|(i, _)| (0, i));
-        let found = confirm(index, std::slice::from_ref(receiver), &txs, candidates.collect(), height);
+        let (found, _) =
+            confirm(index, std::slice::from_ref(receiver), &txs, candidates.collect(), height, 1);
         hits.extend(found.into_iter().next().expect("one result a receiver").map_err(anyhow::Error::msg)?);
     }
     let hashes = (from..=to).filter_map(|h| Some((h, index.chain.hash(h)?))).collect();
@@ -704,9 +708,11 @@ impl Drop for Open {
 
 /// Runs the batch of one block (`Scan::together`). The block's tweak rows are read once, from
 /// one index view for the whole batch, and its transactions checked in turns on the scan
-/// threads (each turn on one scan thread and any idle others, the turn's transactions split
-/// among them): with a table of each tweak's multiples made once for all the members checked
-/// against it when they are at least `--sp-table-from`, each on its own below that.
+/// threads (each turn on one scan thread and any idle others, the turn's checks split among
+/// them): with a table of each tweak's multiples made once for all the members checked against
+/// it when they are at least `--sp-table-from`, each on its own below that. The batch takes its
+/// first turn before any other scan's (`Urgency::NewBlock`) and keeps the turns it has until it
+/// ends: every live wallet waits for the block, none for the others' work.
 ///
 /// The batch goes round the block's transactions (`Round`): a member who joins late (its scan
 /// woke after the first turn) is taken at the next turn, checked from where the batch is, and
@@ -727,27 +733,30 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
         debug!(height, "silent payments: a new block's batch answered empty: the block is not in the chain");
         return open.answer_all(Ok(()));
     }
-    let asked = Instant::now();
-    let first = state.tweaks().thread().await;
-    let mut waited = asked.elapsed();
-    let i2 = index.clone();
+    // The scan threads' turns the batch holds, until it ends: every wallet waits for all of it.
+    let mut held = Vec::new();
+    let mut waited = more_turns(&state, &mut held, false).await;
+    let (i2, turns) = (index.clone(), std::mem::take(&mut held));
     let read = tokio::task::spawn_blocking(move || {
-        let _first = first;
         let started = thread_cpu();
         let txs = i2.tweaks(height..=height).map(|t| t.into_iter().flat_map(|(_, t)| t).collect::<Vec<_>>());
-        txs.map(|txs| (txs, thread_cpu().saturating_sub(started)))
+        (txs.map(|txs| (txs, thread_cpu().saturating_sub(started))), turns)
     })
     .await;
     let (txs, mut unshared) = match read {
-        Ok(Ok((txs, cpu))) => (Arc::new(txs), cpu),
-        Ok(Err(e)) => return open.answer_all(Err(format!("{e:#}"))),
+        Ok((Ok((txs, cpu)), turns)) => {
+            held = turns;
+            (Arc::new(txs), cpu)
+        }
+        Ok((Err(e), _)) => return open.answer_all(Err(format!("{e:#}"))),
         Err(e) => return open.answer_all(Err(format!("{e}"))),
     };
     let n = txs.len();
     // Each transaction as the mempool announced it, if it did: most members checked it then.
     let looked = Arc::new(state.tweaks().looked_up(&txs));
-    let (mut members, mut late, mut turns, mut skipped) = (0usize, 0usize, 0usize, 0usize);
+    let (mut members, mut late, mut turns, mut skipped, mut made) = (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut round: Round<Place> = Round::new(n);
+    let mut confirmed = Duration::ZERO;
     loop {
         for member in state.tweaks().batch_joiners(key) {
             if !member.answer.is_closed() {
@@ -758,7 +767,9 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
         }
         let done = round.take_done(|p| !p.member.answer.is_closed());
         if !done.is_empty() {
-            waited += answer_done(&state, &index, &txs, height, done).await;
+            let confirming = Instant::now();
+            waited += answer_done(&state, &index, &txs, height, done, &mut held).await;
+            confirmed += confirming.elapsed();
         }
         if round.going.is_empty() {
             if state.tweaks().close_batch(key) {
@@ -766,35 +777,30 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
             }
             continue;
         }
-        let asked = Instant::now();
-        let mut permits = vec![state.tweaks().thread().await];
-        waited += asked.elapsed();
-        while permits.len() < state.tweaks().limits().scan_threads {
-            let Some(p) = state.tweaks().idle_thread() else { break };
-            permits.push(p);
-        }
-        let needs = Arc::new(round.needs(permits.len(), TURN_CHECKS));
+        waited += more_turns(&state, &mut held, true).await;
+        let needs = Arc::new(round.needs(held.len(), TURN_CHECKS));
         let receivers: Arc<Vec<Arc<Receiver>>> =
             Arc::new(round.going.iter().map(|(p, _)| p.member.receiver.clone()).collect());
         let checked: Vec<Arc<Checked>> = round.going.iter().map(|(p, _)| p.member.checked.clone()).collect();
         let table_from = state.tweaks().limits().table_from;
         let (txs2, needs2, looked2, at) = (txs.clone(), needs.clone(), looked.clone(), round.at);
+        let permits = std::mem::take(&mut held);
         let turn = tokio::task::spawn_blocking(move || {
-            let threads = permits.len();
-            let _permits = permits;
             let done = |r: usize, i: usize| checked[r].has(looked2[i]);
-            check_all(&receivers, &txs2, &needs2, at, threads, table_from, &done)
+            (check_all(&receivers, &txs2, &needs2, at, permits.len(), table_from, &done), permits)
         })
         .await;
-        let Ok((found, skips, spent)) = turn else {
+        let Ok(((found, skips, spent), permits)) = turn else {
             // The turn panicked: its members are answered as the batch's dropped (`together`).
             return open.answer_all(Err("a turn of the batch of this block stopped".into()));
         };
+        held = permits;
         turns += 1;
         skipped += skips;
         // The read's CPU time goes with the first turn.
         let spent = spent + std::mem::take(&mut unshared);
         let checks: usize = needs.iter().sum();
+        made += checks - skips;
         for ((p, _), &need) in round.going.iter_mut().zip(needs.iter()) {
             p.cpu += spent.mul_f64(need as f64 / checks.max(1) as f64);
         }
@@ -810,10 +816,12 @@ async fn run_batch(state: Arc<State>, key: BatchKey) {
             transactions = n,
             members,
             late,
+            checked = made,
             skipped,
             turns,
             ms,
             waited_ms = waited.as_millis() as u64,
+            confirm_ms = confirmed.as_millis() as u64,
             "silent payments: a new block scanned for the live subscriptions"
         );
     } else {
@@ -837,15 +845,31 @@ fn answer_all(state: &State, key: BatchKey, answer: Result<(), String>) {
     }
 }
 
+/// Tops up `held`, the batch's turns on the scan threads: one, waited for if it holds none
+/// (before the other scans' turns); with `idle`, also every other one that is idle. How long it
+/// waited.
+async fn more_turns(state: &State, held: &mut Vec<Turn>, idle: bool) -> Duration {
+    let asked = Instant::now();
+    if held.is_empty() {
+        held.push(state.tweaks().thread(Urgency::NewBlock).await);
+    }
+    while idle && held.len() < state.tweaks().limits().scan_threads {
+        let Some(t) = state.tweaks().idle_thread() else { break };
+        held.push(t);
+    }
+    asked.elapsed()
+}
+
 /// The members checked against all of the block's transactions: their candidates confirmed on
-/// a scan thread (`confirm`; with none, no thread is waited for), each answered, its hits in
-/// block order. How long it waited for the thread.
+/// a scan thread (`confirm`, on one of the batch's turns `held`; with no candidates, no turn is
+/// waited for), each answered, its hits in block order. How long it waited for a turn.
 async fn answer_done(
     state: &State,
     index: &Arc<IndexReader>,
     txs: &Arc<Vec<sp::TweakedTx>>,
     height: Height,
     done: Vec<Place>,
+    held: &mut Vec<Turn>,
 ) -> Duration {
     let mut candidates: Vec<(usize, usize)> =
         done.iter().enumerate().flat_map(|(r, p)| p.candidates.iter().map(move |&i| (r, i))).collect();
@@ -855,20 +879,19 @@ async fn answer_done(
     let (results, spent) = if candidates.is_empty() {
         (done.iter().map(|_| Ok(Vec::new())).collect(), Duration::ZERO)
     } else {
-        let asked = Instant::now();
-        let permit = state.tweaks().thread().await;
-        waited = asked.elapsed();
+        waited = more_turns(state, held, true).await;
         let receivers: Vec<Arc<Receiver>> = done.iter().map(|p| p.member.receiver.clone()).collect();
-        let (index2, txs2) = (index.clone(), txs.clone());
+        let (index2, txs2, turns) = (index.clone(), txs.clone(), std::mem::take(held));
         let confirmed = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let started = thread_cpu();
-            let results = confirm(&index2, &receivers, &txs2, candidates, height);
-            (results, thread_cpu().saturating_sub(started))
+            let (results, spent) = confirm(&index2, &receivers, &txs2, candidates, height, turns.len());
+            (results, spent, turns)
         })
         .await;
         match confirmed {
-            Ok(r) => r,
+            Ok((results, spent, turns)) => {
+                *held = turns;
+                (results, spent)
+            }
             Err(e) => (done.iter().map(|_| Err(format!("{e}"))).collect(), Duration::ZERO),
         }
     };
@@ -889,8 +912,10 @@ async fn answer_done(
 
 /// One turn of a batch: the (member, transaction) pairs whose prefixes match, for the turn's
 /// transactions, from `at` round the block (the `j`-th of them checked for the members whose
-/// `needs` exceed j, but those for whom `done(member, transaction)`: checked from the mempool),
-/// split among `threads` threads; how many were so skipped; the CPU time of all.
+/// `needs` exceed j, but those for whom `done(member, transaction)`: checked from the mempool);
+/// how many were so skipped; the CPU time of all. The pairs to check are split evenly among
+/// `threads` threads, not the transactions: a block seen in the mempool first leaves a turn of
+/// one or two transactions that every member checks.
 fn check_all(
     receivers: &[Arc<Receiver>],
     txs: &[sp::TweakedTx],
@@ -900,77 +925,106 @@ fn check_all(
     table_from: usize,
     done: &(dyn Fn(usize, usize) -> bool + Sync),
 ) -> (Vec<(usize, usize)>, usize, Duration) {
+    let started = thread_cpu();
     let len = needs.iter().copied().max().unwrap_or(0);
-    let part = len.div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = (0..len)
-            .step_by(part)
-            .map(|from| {
-                let to = (from + part).min(len);
-                s.spawn(move || {
-                    let started = thread_cpu();
-                    let (mut found, mut skipped) = (Vec::new(), 0);
-                    for j in from..to {
-                        let i = (at + j) % txs.len();
-                        let t = &txs[i];
-                        let due = needs.iter().filter(|&&need| need > j).count();
-                        let wanted: Vec<usize> =
-                            (0..receivers.len()).filter(|&r| needs[r] > j && !done(r, i)).collect();
-                        skipped += due - wanted.len();
-                        let table = (wanted.len() >= table_from).then(|| sp::TweakTable::new(&t.tweak));
-                        for (r, receiver) in wanted.into_iter().map(|r| (r, &receivers[r])) {
-                            let hit = match &table {
-                                Some(table) => receiver.matches_by(table, &t.outputs),
-                                None => receiver.matches(&t.tweak, &t.outputs),
-                            };
-                            if hit {
-                                found.push((r, i));
-                            }
-                        }
-                    }
-                    (found, skipped, thread_cpu().saturating_sub(started))
-                })
-            })
-            .collect();
-        let (mut all, mut skipped, mut cpu) = (Vec::new(), 0, Duration::ZERO);
-        for part in parts {
-            let (found, skips, spent) = part.join().expect("a scan thread panicked");
-            all.extend(found);
-            skipped += skips;
-            cpu += spent;
+    // In transaction order; with how many members check each transaction.
+    let (mut pairs, mut members_of, mut skipped) = (Vec::new(), HashMap::new(), 0);
+    for j in 0..len {
+        let i = (at + j) % txs.len();
+        let before = pairs.len();
+        for r in (0..receivers.len()).filter(|&r| needs[r] > j) {
+            if done(r, i) {
+                skipped += 1;
+            } else {
+                pairs.push((r, i));
+            }
         }
-        (all, skipped, cpu)
+        members_of.insert(i, pairs.len() - before);
+    }
+    // A transaction's pairs are consecutive: its table is made once a thread.
+    let check = |pairs: &[(usize, usize)]| {
+        let started = thread_cpu();
+        let mut found = Vec::new();
+        for same in pairs.chunk_by(|a, b| a.1 == b.1) {
+            let i = same[0].1;
+            let table = (members_of[&i] >= table_from).then(|| sp::TweakTable::new(&txs[i].tweak));
+            for &(r, i) in same {
+                let hit = match &table {
+                    Some(table) => receivers[r].matches_by(table, &txs[i].outputs),
+                    None => receivers[r].matches(&txs[i].tweak, &txs[i].outputs),
+                };
+                if hit {
+                    found.push((r, i));
+                }
+            }
+        }
+        (found, thread_cpu().saturating_sub(started))
+    };
+    let sorting = thread_cpu().saturating_sub(started);
+    let parts = on_threads(&pairs, threads, &check);
+    let found = parts.iter().flat_map(|(found, _)| found.iter().copied()).collect();
+    (found, skipped, sorting + parts.iter().map(|(_, cpu)| *cpu).sum::<Duration>())
+}
+
+/// `work` done on `items` split into `threads` parts of consecutive items, the first on this
+/// thread, the others each on a thread of its own; the parts' results in order.
+fn on_threads<T: Sync, R: Send>(items: &[T], threads: usize, work: &(dyn Fn(&[T]) -> R + Sync)) -> Vec<R> {
+    let mut parts = items.chunks(items.len().div_ceil(threads.max(1)).max(1));
+    let Some(first) = parts.next() else { return Vec::new() };
+    std::thread::scope(|s| {
+        let others: Vec<_> = parts.map(|part| s.spawn(move || work(part))).collect();
+        let mut done = vec![work(first)];
+        done.extend(others.into_iter().map(|o| o.join().expect("a scan thread panicked")));
+        done
     })
 }
 
-/// Each candidate checked on its transaction (read once for all the members it matched): each
-/// member's hits, or the error met reading one of its candidates (its own; the others go on).
+/// Each candidate checked on its transaction (read once for all the members it matched), split
+/// among `threads` threads: each member's hits in block order, or the error met reading one of
+/// its candidates (its own; the others go on); the CPU time of all. `candidates` sorted.
 fn confirm(
     index: &IndexReader,
     receivers: &[Arc<Receiver>],
     txs: &[sp::TweakedTx],
     candidates: Vec<(usize, usize)>,
     height: Height,
-) -> Vec<Result<Vec<Hit>, String>> {
-    let mut results: Vec<Result<Vec<Hit>, String>> = receivers.iter().map(|_| Ok(Vec::new())).collect();
-    let mut read: HashMap<usize, Result<Transaction, String>> = HashMap::new();
-    for (r, i) in candidates {
-        let t = &txs[i];
-        let tx = read.entry(i).or_insert_with(|| {
-            let (raw, ..) = index.tx_by_num(t.txnum).map_err(|e| format!("{e:#}"))?;
-            bitcoin::consensus::deserialize(&raw).map_err(|e| format!("transaction {}: {e}", t.txnum))
+    threads: usize,
+) -> (Vec<Result<Vec<Hit>, String>>, Duration) {
+    let started = thread_cpu();
+    let mut read: HashMap<usize, Result<(Transaction, Txid), String>> = HashMap::new();
+    for &(_, i) in &candidates {
+        read.entry(i).or_insert_with(|| {
+            let txnum = txs[i].txnum;
+            let (raw, ..) = index.tx_by_num(txnum).map_err(|e| format!("{e:#}"))?;
+            let tx: Transaction =
+                bitcoin::consensus::deserialize(&raw).map_err(|e| format!("transaction {txnum}: {e}"))?;
+            let txid = tx.compute_txid();
+            Ok((tx, txid))
         });
-        match (tx, &mut results[r]) {
-            (Ok(tx), Ok(hits)) => {
-                if !receivers[r].paid_outputs(&t.tweak, tx).is_empty() {
-                    hits.push(Hit { height, txid: tx.compute_txid(), tweak: t.tweak.serialize() });
-                }
+    }
+    let check = |these: &[(usize, usize)]| {
+        let started = thread_cpu();
+        let paid = |&(r, i): &(usize, usize)| match &read[&i] {
+            Ok((tx, _)) => !receivers[r].paid_outputs(&txs[i].tweak, tx).is_empty(),
+            Err(_) => false,
+        };
+        (these.iter().map(paid).collect::<Vec<bool>>(), thread_cpu().saturating_sub(started))
+    };
+    let reading = thread_cpu().saturating_sub(started);
+    let parts = on_threads(&candidates, threads, &check);
+    let cpu = reading + parts.iter().map(|(_, cpu)| *cpu).sum::<Duration>();
+    let paid = parts.into_iter().flat_map(|(paid, _)| paid);
+    let mut results: Vec<Result<Vec<Hit>, String>> = receivers.iter().map(|_| Ok(Vec::new())).collect();
+    for (&(r, i), paid) in candidates.iter().zip(paid) {
+        match (&read[&i], &mut results[r]) {
+            (Ok((_, txid)), Ok(hits)) if paid => {
+                hits.push(Hit { height, txid: *txid, tweak: txs[i].tweak.serialize() })
             }
             (Err(e), result @ Ok(_)) => *result = Err(e.clone()),
-            (_, Err(_)) => {}
+            _ => {}
         }
     }
-    results
+    (results, cpu)
 }
 
 /// A `blockchain.silentpayments.subscribe` notification, as Frigate sends it: named parameters
@@ -1080,7 +1134,7 @@ async fn track_once(state: &Arc<State>) -> Result<bool> {
     if new.is_empty() {
         return Ok(false);
     }
-    let turn = state.tweaks().thread().await;
+    let turn = state.tweaks().thread(Urgency::InOrder).await;
     let st = state.clone();
     let looked = tokio::task::spawn_blocking(move || {
         let _turn = turn;

@@ -3,8 +3,8 @@
 //! of scans of past blocks in flight (`--sp-max-scans`, and `--sp-max-scans-per-ip` of one client
 //! address) and of live subscriptions (`--sp-max-live`, `--sp-max-live-per-ip`: each costs a
 //! check of every new block's eligible transactions), the threads their elliptic-curve work
-//! may use (`--sp-scan-threads`, a semaphore: a scan takes a permit per chunk of blocks, so the
-//! blocking threads that answer requests are never the ones waiting), and the tweaks of the
+//! may use (`--sp-scan-threads`, `turns`: a scan takes a turn per chunk of work, so the
+//! blocking threads that answer requests are never the ones waiting; new blocks' first), and the tweaks of the
 //! mempool's eligible transactions, computed once for every session (`silent::track_mempool`
 //! keeps them) and announced as they come.
 //!
@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{BlockHash, Txid};
-use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, oneshot};
 
 use blkindex_shared::schema::Height;
 use blkindex_shared::silent::{OutputPrefix, Receiver, Tweak, TweakedTx};
 
 use crate::bans::client_group;
 use crate::config::SilentLimits;
+use crate::turns::{Turn, Turns, Urgency};
 
 /// An eligible mempool transaction: what a scan needs to tell whether it may pay a wallet.
 pub struct MempoolTweak {
@@ -144,7 +145,7 @@ pub struct Tweaks {
     limits: SilentLimits,
     scans: Quota,
     live: Quota,
-    threads: Arc<Semaphore>,
+    threads: Arc<Turns>,
     mempool: Mutex<MempoolTweaks>,
     looked: Mutex<Looked>,
     news: broadcast::Sender<News>,
@@ -242,7 +243,7 @@ impl Tweaks {
             limits,
             scans: Quota::new(limits.max_scans, limits.max_scans_per_ip, limits.limit_loopback),
             live: Quota::new(limits.max_live, limits.max_live_per_ip, limits.limit_loopback),
-            threads: Arc::new(Semaphore::new(limits.scan_threads)),
+            threads: Turns::new(limits.scan_threads),
             mempool: Mutex::default(),
             looked: Mutex::default(),
             news: broadcast::Sender::new(64),
@@ -279,14 +280,14 @@ impl Tweaks {
         [self.scans.counts(), self.live.counts()]
     }
 
-    /// A turn on one of the scan threads, for one chunk of work.
-    pub async fn thread(&self) -> OwnedSemaphorePermit {
-        self.threads.clone().acquire_owned().await.expect("the semaphore is never closed")
+    /// A turn on one of the scan threads, for one chunk of work, after the more urgent.
+    pub async fn thread(&self, urgency: Urgency) -> Turn {
+        self.threads.take(urgency).await
     }
 
     /// Also one of the scan threads now, if one is idle: more work for a turn already had.
-    pub fn idle_thread(&self) -> Option<OwnedSemaphorePermit> {
-        self.threads.clone().try_acquire_owned().ok()
+    pub fn idle_thread(&self) -> Option<Turn> {
+        self.threads.try_take()
     }
 
     /// Puts `m` in the batch of `key`, where it waits to be taken at the batch's next turn; true
