@@ -41,7 +41,7 @@ use blkindex_shared::silent::{self as sp, Receiver};
 use crate::protocol::{push_txid, ServerError};
 use crate::state::State;
 use crate::turns::{Turn, Urgency};
-use crate::tweaks::{BatchKey, Checked, Found, Hit, Member, MempoolTweak, NoSlot, Slot};
+use crate::tweaks::{BatchKey, Checked, Found, Hit, Member, MempoolTweak, News, NoSlot, Slot};
 
 /// Most entries in one notification's `history` (Frigate's suggestion).
 pub const PAGE: usize = 100;
@@ -61,8 +61,11 @@ const MAX_SEEN: usize = 101;
 const CHANNEL: usize = 2;
 /// How often a scan waiting for the indexer's tweak pass looks again.
 const TWEAKS_POLL: Duration = Duration::from_millis(500);
-/// Transactions from the mempool looked at per turn by `track_mempool`.
+/// Transactions from the mempool looked at per turn by `track_mempool`, and checked per turn by
+/// a live scan.
 const MEMPOOL_BATCH: usize = 500;
+/// How long `track_mempool` gathers the mempool's changes after the first before it looks.
+const MEMPOOL_GATHER: Duration = Duration::from_millis(100);
 
 /// What a scan sends its session.
 pub struct Msg {
@@ -346,11 +349,9 @@ impl Scan {
                     self.new_tip(&mut seen, &mut sent, &mut unsent, &Arc::new(checked.clone())).await?;
                 }
                 batch = news.recv() => {
-                    let (through, list) = match batch {
-                        Ok(batch) => (batch.seq, batch.txs.clone()),
-                        // Missed some: look at all of them (those sent are skipped).
-                        Err(broadcast::error::RecvError::Lagged(_)) => self.state.tweaks().mempool_snapshot(),
-                        Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
+                    let all = || self.state.tweaks().mempool_snapshot();
+                    let Some((through, list)) = news_ready(&mut news, batch, checked.through, all)? else {
+                        continue;
                     };
                     let list: Vec<_> = list.into_iter().filter(|t| !sent.contains(&t.txid)).collect();
                     let (found, cpu, gone) = self.mempool(list).await?;
@@ -381,6 +382,7 @@ impl Scan {
         let from = fork(&index, seen, self.from);
         let top = index.chain.len() as i64 - 1;
         drop(index);
+        debug!(from, top, "silent payments: a live scan after a new tip");
         let mut hits = Vec::new();
         // A rescan after a reorg, or after the index moved many blocks at once, has the budget
         // of a scan of its own.
@@ -508,10 +510,14 @@ impl Scan {
         if list.is_empty() {
             return Ok((Vec::new(), Duration::ZERO, Vec::new()));
         }
+        let asked = Instant::now();
         let turn = self.state.tweaks().thread(Urgency::InOrder).await;
+        let waited = asked.elapsed();
         let (state, receiver) = (self.state.clone(), self.receiver.clone());
+        let n = list.len();
         let found = tokio::task::spawn_blocking(move || {
             let _turn = turn;
+            debug!(n, waited_ms = waited.as_millis() as u64, "silent payments: a live scan's mempool check");
             let started = thread_cpu();
             let (mut hits, mut gone) = (Vec::new(), Vec::new());
             for t in list.iter().filter(|t| receiver.matches(&t.tweak, &t.outputs)) {
@@ -557,6 +563,45 @@ impl Scan {
         let msg = Msg { generation: self.generation, body, cpu: std::mem::take(unsent) };
         self.out.send(msg).await.map_err(|_| Stop::Gone)
     }
+}
+
+/// The mempool's news for a live scan that has checked every batch up to `through`: `first`
+/// and the batches ready behind it, up to `MEMPOOL_BATCH` transactions, so that a scan behind
+/// by many small batches checks them on one turn, not on one each; past a gap (`Lagged`),
+/// the whole record instead (`all`). None if all were covered already (by a record taken after a
+/// gap). The last batch's number, and the transactions.
+#[allow(clippy::type_complexity)]
+fn news_ready(
+    news: &mut broadcast::Receiver<News>,
+    first: Result<News, broadcast::error::RecvError>,
+    through: u64,
+    all: impl FnOnce() -> (u64, Vec<Arc<MempoolTweak>>),
+) -> Result<Option<(u64, Vec<Arc<MempoolTweak>>)>, Stop> {
+    use broadcast::error::{RecvError, TryRecvError};
+    let (mut last, mut list) = (through, Vec::new());
+    let mut next = first;
+    loop {
+        match next {
+            Ok(batch) if batch.seq > last => {
+                last = batch.seq;
+                list.extend(batch.txs.iter().cloned());
+            }
+            Ok(_) => {}
+            // Missed some: look at all of them (those sent are skipped by the caller).
+            Err(RecvError::Lagged(_)) => return Ok(Some(all())),
+            Err(RecvError::Closed) => return Err(Stop::Gone),
+        }
+        if list.len() >= MEMPOOL_BATCH {
+            break;
+        }
+        next = match news.try_recv() {
+            Ok(batch) => Ok(batch),
+            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            Err(TryRecvError::Empty) => break,
+        };
+    }
+    Ok((last > through).then_some((last, list)))
 }
 
 /// The first height to scan after a tip change: above the highest block remembered that is still
@@ -1095,6 +1140,9 @@ pub async fn track_mempool(state: Arc<State>) {
             r = changes.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return },
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+        // The node relays a burst one transaction at a time: gathered, they are announced in
+        // a few batches, each one turn of every live scan, not one batch each.
+        tokio::time::sleep(MEMPOOL_GATHER).await;
     }
 }
 
@@ -1361,6 +1409,59 @@ mod tests {
         empty.join(7);
         assert_eq!(empty.take_done(|_| true), vec![7]);
         assert_eq!(empty.needs(2, 100), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_live_scan_checks_the_news_ready_in_one_turn_and_skips_what_a_record_covered() {
+        use bitcoin::secp256k1::{Secp256k1, SecretKey};
+        let secp = Secp256k1::new();
+        let tx = |i: u8| {
+            let tweak = SecretKey::from_slice(&[i; 32]).unwrap().public_key(&secp);
+            Arc::new(MempoolTweak { txid: Txid::from_byte_array([i; 32]), tweak, outputs: vec![[i; 8]] })
+        };
+        let batch = |seq: u64, txs: &[u8]| {
+            Arc::new(crate::tweaks::NewsBatch { seq, txs: txs.iter().map(|&i| tx(i)).collect() })
+        };
+        let ids = |got: Option<(u64, Vec<Arc<MempoolTweak>>)>| {
+            got.map(|(through, txs)| {
+                (through, txs.iter().map(|t| t.txid.to_byte_array()[0]).collect::<Vec<u8>>())
+            })
+        };
+        let never = || -> (u64, Vec<Arc<MempoolTweak>>) { panic!("no gap, no record") };
+        let (tx_news, mut news) = broadcast::channel(4);
+        for (seq, txs) in [(1, &[1u8, 2][..]), (2, &[3]), (3, &[4, 5])] {
+            tx_news.send(batch(seq, txs)).ok().unwrap();
+        }
+        // Three batches ready: one check of all of them.
+        let first = news.try_recv().map_err(|_| broadcast::error::RecvError::Closed);
+        assert_eq!(ids(news_ready(&mut news, first, 0, never).ok().unwrap()), Some((3, vec![1, 2, 3, 4, 5])));
+        // Batches a record covered (through 5) are skipped, the next one taken.
+        for (seq, txs) in [(4, &[6u8][..]), (5, &[7]), (6, &[8])] {
+            tx_news.send(batch(seq, txs)).ok().unwrap();
+        }
+        let first = news.try_recv().map_err(|_| broadcast::error::RecvError::Closed);
+        assert_eq!(ids(news_ready(&mut news, first, 5, never).ok().unwrap()), Some((6, vec![8])));
+        tx_news.send(batch(7, &[9])).ok().unwrap();
+        let first = news.try_recv().map_err(|_| broadcast::error::RecvError::Closed);
+        assert_eq!(ids(news_ready(&mut news, first, 7, never).ok().unwrap()), None, "all covered");
+        // A gap while gathering: the whole record instead.
+        tx_news.send(batch(8, &[10])).ok().unwrap();
+        let first = news.try_recv().map_err(|_| broadcast::error::RecvError::Closed);
+        for seq in 9..=14 {
+            tx_news.send(batch(seq, &[seq as u8 + 2])).ok().unwrap();
+        }
+        let record = || (14, vec![tx(10), tx(16)]);
+        assert_eq!(ids(news_ready(&mut news, first, 7, record).ok().unwrap()), Some((14, vec![10, 16])));
+        // Gathering ends once a check holds MEMPOOL_BATCH transactions; the rest is the next.
+        let (tx_news, mut news) = broadcast::channel(4);
+        let big: Vec<u8> = (1..=250).collect();
+        for seq in 1..=3 {
+            tx_news.send(batch(seq, &big)).ok().unwrap();
+        }
+        let first = news.try_recv().map_err(|_| broadcast::error::RecvError::Closed);
+        let (through, txs) = news_ready(&mut news, first, 0, never).ok().unwrap().unwrap();
+        assert_eq!((through, txs.len()), (2, 2 * 250));
+        assert_eq!(news.try_recv().unwrap().seq, 3);
     }
 
     #[test]

@@ -65,8 +65,8 @@ type CheckKey = (PublicKey, Vec<OutputPrefix>);
 struct Looked {
     seq: u64,
     by_check: HashMap<CheckKey, (u64, Arc<MempoolTweak>)>,
-    /// Those that left the mempool, oldest first.
-    left: VecDeque<(Instant, CheckKey, u64)>,
+    /// Those that left the mempool, oldest first (each the entry's own, not a copy of its key).
+    left: VecDeque<(Instant, Arc<MempoolTweak>, u64)>,
 }
 
 /// How long a transaction that left the mempool (mined, mostly) stays looked up.
@@ -353,16 +353,17 @@ impl Tweaks {
         let mut looked = self.looked.lock().unwrap();
         let now = Instant::now();
         for t in gone {
-            let key = (t.tweak, t.outputs.clone());
-            if let Some(&(seq, _)) = looked.by_check.get(&key) {
-                looked.left.push_back((now, key, seq));
+            if let Some((seq, kept)) = looked.by_check.get(&(t.tweak, t.outputs.clone())) {
+                let left = (now, kept.clone(), *seq);
+                looked.left.push_back(left);
             }
         }
         while let Some((at, _, _)) = looked.left.front() {
             if now.duration_since(*at) < LOOKED_KEEP && looked.left.len() <= LOOKED_LEFT {
                 break;
             }
-            let (_, key, seq) = looked.left.pop_front().expect("a front");
+            let (_, t, seq) = looked.left.pop_front().expect("a front");
+            let key = (t.tweak, t.outputs.clone());
             // Unless announced again since (back in the mempool after a reorg).
             if looked.by_check.get(&key).is_some_and(|&(s, _)| s == seq) {
                 looked.by_check.remove(&key);
