@@ -18,7 +18,9 @@
 //! transactions, and one more paying every session, are sent to the node's mempool first, and
 //! every session has been told of that payment from the mempool (so each has checked all of
 //! them there) before the block is mined with them and one new transaction paying every
-//! session again, the one timed.
+//! session again, the one timed. The table then also has the mempool's part: the seconds from
+//! the first transaction sent to the last session told of the payment (a 2 s pause included),
+//! what a burst of `--eligible` transactions costs the server's live subscriptions.
 //!
 //! The coins are the bench's own P2WPKH keys, funded by the node's wallet a block before.
 //!
@@ -253,7 +255,7 @@ fn one_block(
     args: &Args,
     round: usize,
     in_process: bool,
-) -> Result<([f64; 4], Option<f64>)> {
+) -> Result<([f64; 5], Option<f64>)> {
     let (tx, events) = crossbeam_channel::unbounded::<(usize, Event)>();
     // The coins first: their block is scanned before any session is there.
     let mut amounts = vec![20_000u64; args.eligible];
@@ -296,10 +298,12 @@ fn one_block(
     }
     txs.insert(args.eligible / 2, bench.pay_all(&coins[args.eligible], &receivers)?);
     let hexes: Vec<String> = txs.iter().map(bitcoin::consensus::encode::serialize_hex).collect();
+    let mut mempool_phase = 0.0;
     let block: Vec<String> = if args.mempool_first {
         // All in the mempool, the payment last and alone, so that a session told of it has
         // checked every batch the server announced before it.
         let (payment, plain) = (args.eligible / 2, hexes.iter().enumerate());
+        let sent_first = Instant::now();
         for (_, hex) in plain.filter(|&(i, _)| i != payment) {
             bench.rpc.call("sendrawtransaction", json!([hex]))?;
         }
@@ -319,6 +323,7 @@ fn one_block(
                 told += 1;
             }
         }
+        mempool_phase = sent_first.elapsed().as_secs_f64();
         let again = bench.pay_all(&coins[args.eligible + 1], &receivers)?;
         let mut block: Vec<String> = txs.iter().map(|t| t.compute_txid().to_string()).collect();
         block.push(bitcoin::consensus::encode::serialize_hex(&again));
@@ -360,7 +365,7 @@ fn one_block(
     } else {
         None
     };
-    Ok(([header.unwrap(), paid[0], paid[paid.len() / 2], paid[paid.len() - 1]], here))
+    Ok(([header.unwrap(), paid[0], paid[paid.len() / 2], paid[paid.len() - 1], mempool_phase], here))
 }
 
 /// The block's checks for every receiver in this process, as a server's batch makes them (one
@@ -433,15 +438,21 @@ fn main() -> Result<()> {
         },
         args.rounds
     );
-    println!("| round | server | header | first | median | last session | last / {} |", servers[0].0);
-    println!("|---|---|---|---|---|---|---|");
+    // With --mempool-first, also the mempool's part: from the first transaction sent to the last
+    // session told of the payment from the mempool (a 2 s pause included).
+    let mempool = if args.mempool_first { (" mempool part |", "---|") } else { ("", "") };
+    println!(
+        "| round | server | header | first | median | last session | last / {} |{}",
+        servers[0].0, mempool.0
+    );
+    println!("|---|---|---|---|---|---|---|{}", mempool.1);
     let mut lasts: Vec<Vec<f64>> = vec![Vec::new(); servers.len() + 1];
     for round in 0..args.rounds {
         let mut order: Vec<usize> = (0..servers.len()).collect();
         if round % 2 == 1 {
             order.reverse();
         }
-        let mut row = vec![[0.0; 4]; servers.len()];
+        let mut row = vec![[0.0; 5]; servers.len()];
         let mut here = None;
         for &s in &order {
             let (times, h) =
@@ -453,8 +464,9 @@ fn main() -> Result<()> {
         }
         for (s, t) in row.iter().enumerate() {
             lasts[s].push(t[3]);
+            let part = if args.mempool_first { format!(" {:.1} |", t[4]) } else { String::new() };
             println!(
-                "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |",
+                "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |{part}",
                 round + 1,
                 servers[s].0,
                 t[0],
@@ -467,10 +479,11 @@ fn main() -> Result<()> {
         let here = here.expect("measured in the round's first block");
         lasts[servers.len()].push(here);
         println!(
-            "| {} | in process, {} threads | – | – | – | {here:.3} | {:.2} |",
+            "| {} | in process, {} threads | – | – | – | {here:.3} | {:.2} |{}",
             round + 1,
             args.threads,
-            here / row[0][3]
+            here / row[0][3],
+            if args.mempool_first { " – |" } else { "" }
         );
     }
     let checks = (args.sessions * (args.eligible + 1)) as f64;
