@@ -61,8 +61,8 @@ const MAX_SEEN: usize = 101;
 const CHANNEL: usize = 2;
 /// How often a scan waiting for the indexer's tweak pass looks again.
 const TWEAKS_POLL: Duration = Duration::from_millis(500);
-/// Transactions from the mempool looked at per turn by `track_mempool`, and checked per turn by
-/// a live scan.
+/// Transactions from the mempool looked at per turn by `track_mempool`; a live scan gathers
+/// ready news batches into one check until it holds at least this many.
 const MEMPOOL_BATCH: usize = 500;
 /// How long `track_mempool` gathers the mempool's changes after the first before it looks.
 const MEMPOOL_GATHER: Duration = Duration::from_millis(100);
@@ -278,7 +278,6 @@ impl Scan {
     async fn go(&mut self) -> Result<(), Stop> {
         let mut tips = self.state.watch_tip();
         tips.mark_unchanged();
-        let mut news = self.state.tweaks().watch_mempool();
         let top = self.state.index().chain.len() as i64 - 1;
         let end = self.to.map_or(top, |to| (to as i64).min(top));
         let mut seen: VecDeque<(Height, BlockHash)> = VecDeque::new();
@@ -308,6 +307,10 @@ impl Scan {
         // Mempool transactions sent, each once: not again from the mempool, nor when mined
         // (Frigate: the client follows confirmations by script).
         let mut sent = Sent::default();
+        // From just before the scan's first look at the mempool: the batches announced before
+        // that look are in it (and skipped), none after it is missed, and a long scan of past
+        // blocks does not come out of it already lagging.
+        let mut news = self.state.tweaks().watch_mempool();
         // What this scan checks from the mempool, which new blocks' batches need not check again.
         let mut checked = Checked::default();
         if self.to.is_none() {
@@ -421,9 +424,10 @@ impl Scan {
         let last = self.computed_to(h as Height, last as Height, pulse, unsent).await? as i64;
         let found = match together {
             Some(checked) if last == h => self.together(h as Height, seen.back().copied(), checked).await?,
-            // A live scan's blocks (after a reorg, or many at once) before others' past ones.
-            Some(_) => self.blocks(h as Height, last as Height, Urgency::NewBlock).await?,
-            None => self.blocks(h as Height, last as Height, Urgency::InOrder).await?,
+            // A live scan's rescan of several blocks (after a reorg, or after the index moved many
+            // at once) is one scan's alone, in order with the others: a thousand of them first
+            // would hold back the mempool and every new subscription for minutes.
+            _ => self.blocks(h as Height, last as Height).await?,
         };
         *used += found.cpu;
         *unsent += found.cpu;
@@ -463,8 +467,8 @@ impl Scan {
     }
 
     /// Scans blocks `from..=to` (those the index has) on a scan thread.
-    async fn blocks(&self, from: Height, to: Height, urgency: Urgency) -> Result<Found, Stop> {
-        let turn = self.state.tweaks().thread(urgency).await;
+    async fn blocks(&self, from: Height, to: Height) -> Result<Found, Stop> {
+        let turn = self.state.tweaks().thread(Urgency::InOrder).await;
         let (state, receiver) = (self.state.clone(), self.receiver.clone());
         let found = tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -566,10 +570,11 @@ impl Scan {
 }
 
 /// The mempool's news for a live scan that has checked every batch up to `through`: `first`
-/// and the batches ready behind it, up to `MEMPOOL_BATCH` transactions, so that a scan behind
-/// by many small batches checks them on one turn, not on one each; past a gap (`Lagged`),
-/// the whole record instead (`all`). None if all were covered already (by a record taken after a
-/// gap). The last batch's number, and the transactions.
+/// and the batches ready behind it, until it holds `MEMPOOL_BATCH` transactions or more, so
+/// that a scan behind by many small batches checks them on one turn, not on one each; past a
+/// gap (`Lagged`), the whole record instead (`all`). None if all were covered already (by the
+/// scan's first look at the record, or one taken after a gap). The last batch's number, and
+/// the transactions.
 #[allow(clippy::type_complexity)]
 fn news_ready(
     news: &mut broadcast::Receiver<News>,
@@ -906,8 +911,9 @@ async fn more_turns(state: &State, held: &mut Vec<Turn>, idle: bool) -> Duration
 }
 
 /// The members checked against all of the block's transactions: their candidates confirmed on
-/// a scan thread (`confirm`, on one of the batch's turns `held`; with no candidates, no turn is
-/// waited for), each answered, its hits in block order. How long it waited for a turn.
+/// the scan threads (`confirm`, on the batch's turns `held` and any idle others; with no
+/// candidates, no turn is waited for), each answered, its hits in block order. How long it
+/// waited for a turn.
 async fn answer_done(
     state: &State,
     index: &Arc<IndexReader>,
@@ -1141,8 +1147,16 @@ pub async fn track_mempool(state: Arc<State>) {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         // The node relays a burst one transaction at a time: gathered, they are announced in
-        // a few batches, each one turn of every live scan, not one batch each.
+        // a few batches, each one turn of every live scan, not one batch each. The changes
+        // meanwhile are all in the look that follows.
         tokio::time::sleep(MEMPOOL_GATHER).await;
+        loop {
+            match changes.try_recv() {
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Closed) => return,
+            }
+        }
     }
 }
 

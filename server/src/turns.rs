@@ -19,10 +19,12 @@ use tokio::sync::oneshot;
 /// What a turn is for, the most urgent first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Urgency {
-    /// A new block's batch for the live subscriptions (and a live scan's rescan after a reorg).
+    /// A new block's batch for the live subscriptions.
     NewBlock = 0,
     /// The rest, in order of asking: the mempool's new transactions (their tweaks, the live
-    /// subscriptions' checks of them) and the scans of past blocks.
+    /// subscriptions' checks of them), the scans of past blocks, and a live scan's rescan of
+    /// several blocks (after a reorg, or after the index moved many at once), which is one
+    /// scan's alone and not bounded as a batch is.
     InOrder = 1,
 }
 
