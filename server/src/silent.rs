@@ -1011,10 +1011,11 @@ fn check_all(
         }
         (found, thread_cpu().saturating_sub(started))
     };
-    let sorting = thread_cpu().saturating_sub(started);
+    // The listing's CPU time, on this thread, before the parts' (the first part's included).
+    let listing = thread_cpu().saturating_sub(started);
     let parts = on_threads(&pairs, threads, &check);
     let found = parts.iter().flat_map(|(found, _)| found.iter().copied()).collect();
-    (found, skipped, sorting + parts.iter().map(|(_, cpu)| *cpu).sum::<Duration>())
+    (found, skipped, listing + parts.iter().map(|(_, cpu)| *cpu).sum::<Duration>())
 }
 
 /// `work` done on `items` split into `threads` parts of consecutive items, the first on this

@@ -4,9 +4,9 @@
 //! address) and of live subscriptions (`--sp-max-live`, `--sp-max-live-per-ip`: each costs a
 //! check of every new block's eligible transactions), the threads their elliptic-curve work
 //! may use (`--sp-scan-threads`, `turns`: a scan takes a turn per chunk of work, so the
-//! blocking threads that answer requests are never the ones waiting; new blocks' first), and the tweaks of the
-//! mempool's eligible transactions, computed once for every session (`silent::track_mempool`
-//! keeps them) and announced as they come.
+//! blocking threads that answer requests are never the ones waiting; a new block's batch goes
+//! first), and the tweaks of the mempool's eligible transactions, computed once for every
+//! session (`silent::track_mempool` keeps them) and announced as they come.
 //!
 //! It also gathers the live scans that want the same new block into one batch
 //! (`silent::together`), so that each transaction's tweak table is made once for all of them; a
